@@ -1,0 +1,28 @@
+# Two commands on a fresh machine: `make run` (the main job) and `make test` (the suite).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# The CPU build CI runs; on a CUDA machine: make TORCH_SPEC='torch==2.11.0' ...
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: run test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/llmplan
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -q -p no:cacheprovider
+
+bench: $(STAMP)
+	$(BIN)/python bench/cli_startup.py
+	$(BIN)/python bench/planner_speed.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

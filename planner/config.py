@@ -1,0 +1,354 @@
+"""Model architecture: one typed, frozen description of a decoder-only transformer.
+
+Everything in the planner and the runtime is computed from a :class:`ModelConfig`. Field names
+are descriptive; the formulas use the project's vocabulary as local names (V vocab, h hidden,
+L layers, a query heads, g kv heads, d head dim, f ffn hidden, E experts, k experts per token).
+
+Validation happens at construction and names the offending numbers, e.g.
+``kv heads(3) does not divide query heads(32)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+
+class LlmplanError(ValueError):
+    """A user-facing error: the CLI prints its one-line message and exits 2."""
+
+
+class ConfigError(LlmplanError):
+    """An invalid configuration value or combination."""
+
+
+MLP_KINDS = ("gelu", "relu", "swiglu", "geglu", "reglu")
+"""Two-matrix MLPs (gelu, relu) and gated three-matrix GLU variants (swiglu, geglu, reglu)."""
+GATED_MLPS = frozenset({"swiglu", "geglu", "reglu"})
+NORMS = ("rmsnorm", "layernorm", "layernorm_nobias")
+BLOCKS = ("pre_norm", "post_norm", "parallel")
+POSITIONS = ("rope", "learned", "sinusoidal", "alibi", "relative", "none")
+ROPE_SCALINGS = ("none", "linear", "ntk", "yarn", "llama3")
+BIASES = ("none", "qkv", "attention", "all")
+"""Which linears carry a bias: none; q/k/v only (Qwen2); q/k/v/o; every linear incl. the MLP."""
+
+# Short vocabulary names accepted by ``--set`` next to the field names.
+ALIASES = {
+    "V": "vocab_size",
+    "h": "hidden_size",
+    "L": "num_layers",
+    "a": "num_heads",
+    "g": "num_kv_heads",
+    "d": "head_dim",
+    "f": "ffn_hidden_size",
+    "E": "num_experts",
+    "k": "experts_per_token",
+}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelConfig:
+    """A decoder-only transformer architecture.
+
+    ``num_kv_heads`` and ``head_dim`` default to ``num_heads`` and ``hidden_size // num_heads``
+    when left as 0. ``parallel_norms`` is the number of norms in a parallel block (1 for GPT-J,
+    Falcon-7B, PaLM; 2 for GPT-NeoX and Falcon-40B); sequential blocks always have two.
+    """
+
+    name: str = "custom"
+    family: str = "custom"
+    source: str = ""
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int = 0
+    head_dim: int = 0
+    ffn_hidden_size: int
+    mlp: str = "swiglu"
+    norm: str = "rmsnorm"
+    norm_eps: float = 1e-5
+    block: str = "pre_norm"
+    parallel_norms: int = 1
+    final_norm: bool = True
+    embedding_norm: bool = False
+    position: str = "rope"
+    position_offset: int = 0
+    rope_theta: float = 10_000.0
+    rope_fraction: float = 1.0
+    rope_scaling: str = "none"
+    rope_scaling_factor: float = 1.0
+    rope_original_context: int = 0
+    tie_embeddings: bool = False
+    bias: str = "none"
+    max_context: int = 2048
+    sliding_window: int = 0
+
+    num_experts: int = 0
+    experts_per_token: int = 0
+    num_shared_experts: int = 0
+    moe_ffn_hidden_size: int = 0
+    first_dense_layers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_kv_heads == 0:
+            object.__setattr__(self, "num_kv_heads", self.num_heads)
+        if self.head_dim == 0 and self.num_heads > 0:
+            if self.hidden_size % self.num_heads:
+                raise ConfigError(
+                    f"query heads({self.num_heads}) does not divide hidden({self.hidden_size}); "
+                    "set head_dim explicitly"
+                )
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        if self.num_experts and self.moe_ffn_hidden_size == 0:
+            object.__setattr__(self, "moe_ffn_hidden_size", self.ffn_hidden_size)
+        self._validate()
+
+    def _validate(self) -> None:
+        positive = {
+            "vocab": self.vocab_size,
+            "hidden": self.hidden_size,
+            "layers": self.num_layers,
+            "query heads": self.num_heads,
+            "kv heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "ffn hidden": self.ffn_hidden_size,
+            "max context": self.max_context,
+        }
+        for label, value in positive.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{label}({value}) must be a positive integer")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"kv heads({self.num_kv_heads}) does not divide query heads({self.num_heads})"
+            )
+        for label, value, allowed in (
+            ("mlp", self.mlp, MLP_KINDS),
+            ("norm", self.norm, NORMS),
+            ("block", self.block, BLOCKS),
+            ("position", self.position, POSITIONS),
+            ("rope_scaling", self.rope_scaling, ROPE_SCALINGS),
+            ("bias", self.bias, BIASES),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"{label}({value!r}) is not one of {', '.join(allowed)}")
+        if self.parallel_norms not in (1, 2):
+            raise ConfigError(f"parallel_norms({self.parallel_norms}) must be 1 or 2")
+        for label, value in (
+            ("norm_eps", self.norm_eps),
+            ("rope_theta", self.rope_theta),
+            ("rope_scaling_factor", self.rope_scaling_factor),
+        ):
+            if not value > 0:
+                raise ConfigError(f"{label}({value}) must be positive")
+        if not 0 < self.rope_fraction <= 1:
+            raise ConfigError(f"rope_fraction({self.rope_fraction}) must be in (0, 1]")
+        non_negative = {
+            "position_offset": self.position_offset,
+            "rope_original_context": self.rope_original_context,
+            "sliding_window": self.sliding_window,
+            "experts": self.num_experts,
+            "experts per token": self.experts_per_token,
+            "shared experts": self.num_shared_experts,
+            "moe ffn hidden": self.moe_ffn_hidden_size,
+            "first dense layers": self.first_dense_layers,
+        }
+        for label, value in non_negative.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{label}({value}) must be a non-negative integer")
+        if self.num_experts:
+            if not 1 <= self.experts_per_token <= self.num_experts:
+                raise ConfigError(
+                    f"experts per token({self.experts_per_token}) must be between 1 and "
+                    f"experts({self.num_experts})"
+                )
+            if self.first_dense_layers >= self.num_layers:
+                raise ConfigError(
+                    f"first dense layers({self.first_dense_layers}) leaves no MoE layer "
+                    f"among layers({self.num_layers})"
+                )
+        elif self.experts_per_token or self.num_shared_experts:
+            raise ConfigError(
+                f"experts per token({self.experts_per_token}) / shared experts"
+                f"({self.num_shared_experts}) need experts > 0"
+            )
+        if self.rope_scaling != "none" and self.position != "rope":
+            raise ConfigError(f"rope_scaling({self.rope_scaling!r}) needs position 'rope'")
+
+    # ---- derived shape facts -------------------------------------------------------------
+    @property
+    def gated(self) -> bool:
+        """Three-matrix GLU MLP (gate, up, down) rather than two-matrix (up, down)."""
+        return self.mlp in GATED_MLPS
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def num_moe_layers(self) -> int:
+        return self.num_layers - self.first_dense_layers if self.is_moe else 0
+
+    @property
+    def num_dense_layers(self) -> int:
+        return self.num_layers - self.num_moe_layers
+
+    @property
+    def q_width(self) -> int:
+        """a*d: the width of the query projection (may differ from hidden, e.g. Gemma-7B)."""
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_width(self) -> int:
+        """g*d: the width of each of the key and value projections."""
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def norms_per_layer(self) -> int:
+        return self.parallel_norms if self.block == "parallel" else 2
+
+    # ---- editing ------------------------------------------------------------------------
+    def replace(self, **changes: Any) -> "ModelConfig":
+        """A validated copy with ``changes`` applied (derived defaults are kept as given)."""
+        return dataclasses.replace(self, **changes)
+
+    def with_overrides(self, overrides: Mapping[str, str]) -> "ModelConfig":
+        """Apply ``--set key=value`` strings, parsed by each field's type."""
+        changes = {}
+        for raw_key, raw_value in overrides.items():
+            key = ALIASES.get(raw_key, raw_key)
+            changes[key] = parse_field(key, raw_value)
+        return self.replace(**changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "model") -> "ModelConfig":
+        """Build from a mapping (a TOML table), rejecting unknown keys and wrong types."""
+        known = field_types()
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
+        values = {}
+        for key, value in data.items():
+            values[key] = check_type(key, value, known[key], where=where)
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+        missing = [name for name in required if name not in values]
+        if missing:
+            raise ConfigError(f"{where}: missing field(s) {', '.join(missing)}")
+        try:
+            return cls(**values)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+
+
+def field_types() -> dict[str, type]:
+    hints = typing.get_type_hints(ModelConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(ModelConfig)}
+
+
+def check_type(key: str, value: Any, expected: Any, *, where: str) -> Any:
+    """Accept ``value`` for a field of type ``expected`` (ints are allowed for floats)."""
+    if isinstance(expected, types.UnionType):  # pragma: no cover - no optional fields today
+        expected = expected.__args__[0]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, bool):
+        raise ConfigError(f"{where}: {key}({value!r}) must be an integer")
+    if not isinstance(value, expected):
+        raise ConfigError(f"{where}: {key}({value!r}) must be {expected.__name__}")
+    return value
+
+
+def parse_field(key: str, raw: str) -> Any:
+    """Parse one ``--set`` value by the field's declared type."""
+    types_by_name = field_types()
+    if key not in types_by_name:
+        raise ConfigError(f"--set {key}: unknown field (known: {', '.join(sorted(types_by_name))})")
+    expected = types_by_name[key]
+    text = raw.strip()
+    try:
+        if expected is bool:
+            lowered = text.lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return lowered in ("true", "1", "yes")
+        if expected is int:
+            return int(text.replace("_", ""))
+        if expected is float:
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"--set {key}={raw}: expected {expected.__name__}") from None
+    return text
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Hardware:
+    """One accelerator type and the node it sits in.
+
+    Peaks are dense (no 2:4 sparsity) tensor-core FLOP/s in TFLOP/s (10**12); 0 means the
+    format is not supported. ``memory_gib`` is the capacity the device reports (GiB = 2**30).
+    Bandwidths are GB/s (10**9 bytes/s), links per direction per device.
+    """
+
+    name: str
+    source: str = ""
+    peak_tflops_bf16: float
+    peak_tflops_fp16: float
+    peak_tflops_fp8: float = 0.0
+    peak_tflops_int8: float = 0.0
+    peak_tflops_fp32: float
+    memory_gib: float
+    hbm_bandwidth_gbps: float
+    gpus_per_node: int
+    intra_node_bandwidth_gbps: float
+    inter_node_bandwidth_gbps: float
+    intra_node_latency_us: float = 5.0
+    inter_node_latency_us: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("peak_tflops_bf16", "peak_tflops_fp32", "memory_gib", "hbm_bandwidth_gbps",
+                     "intra_node_bandwidth_gbps", "inter_node_bandwidth_gbps"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ConfigError(f"hardware {self.name}: {name}({value}) must be positive")
+        if self.gpus_per_node < 1:
+            raise ConfigError(f"hardware {self.name}: gpus_per_node({self.gpus_per_node}) must be >= 1")
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.memory_gib * 2**30)
+
+    def peak_flops(self, dtype: str) -> float:
+        """Dense peak FLOP/s for a compute dtype (bf16, fp16, fp8, int8, fp32)."""
+        tflops = {
+            "bf16": self.peak_tflops_bf16,
+            "fp16": self.peak_tflops_fp16,
+            "fp8": self.peak_tflops_fp8,
+            "int8": self.peak_tflops_int8,
+            "fp32": self.peak_tflops_fp32,
+        }.get(dtype)
+        if tflops is None:
+            raise ConfigError(f"dtype({dtype!r}) is not one of bf16, fp16, fp8, int8, fp32")
+        if tflops <= 0:
+            raise ConfigError(f"hardware {self.name} has no {dtype} peak")
+        return tflops * 1e12
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "hardware") -> "Hardware":
+        hints = typing.get_type_hints(cls)
+        known = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
+        values = {k: check_type(k, v, known[k], where=where) for k, v in data.items()}
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.default is dataclasses.MISSING and f.name not in values]
+        if missing:
+            raise ConfigError(f"{where}: missing field(s) {', '.join(missing)}")
+        return cls(**values)

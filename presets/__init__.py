@@ -1,0 +1,137 @@
+"""Presets: real models and accelerators as TOML data, plus the user's own.
+
+A MODEL argument is a preset name (``llama-3-8b``), a TOML model file, or a Hugging Face
+``config.json``. User presets live in ``<config dir>/presets/models/*.toml`` and
+``<config dir>/presets/hardware/*.toml``; the config dir is ``$LLMPLAN_CONFIG_DIR`` or the
+platformdirs user config folder for ``llmplan``. A user preset with a built-in's name wins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping
+
+from planner.config import ConfigError, Hardware, LlmplanError, ModelConfig
+
+BUILTIN_DIR = Path(__file__).resolve().parent
+KINDS = ("models", "hardware")
+
+
+class PresetError(LlmplanError):
+    """Unknown preset, unreadable or malformed preset file."""
+
+
+def config_dir() -> Path:
+    """The user's llmplan config folder (``$LLMPLAN_CONFIG_DIR`` overrides)."""
+    override = os.environ.get("LLMPLAN_CONFIG_DIR")
+    if override:
+        return Path(override)
+    import platformdirs  # deferred: only needed when user presets are consulted (~5 ms)
+
+    return platformdirs.user_config_path("llmplan")
+
+
+def _preset_dirs(kind: str) -> list[Path]:
+    return [BUILTIN_DIR / kind, config_dir() / "presets" / kind]
+
+
+def preset_files(kind: str) -> dict[str, Path]:
+    """Name -> file for every preset of ``kind`` (later folders override earlier ones)."""
+    if kind not in KINDS:
+        raise PresetError(f"unknown preset kind {kind!r} (use model or hardware)")
+    found: dict[str, Path] = {}
+    for folder in _preset_dirs(kind):
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.toml")):
+                found[path.stem] = path
+    return found
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except OSError as err:
+        raise PresetError(f"{path}: cannot read ({err.strerror})") from None
+    except tomllib.TOMLDecodeError as err:
+        raise PresetError(f"{path}: malformed TOML ({err})") from None
+
+
+def _model_from_toml(path: Path, default_name: str) -> ModelConfig:
+    data = _read_toml(path)
+    table = data.get("model", data)  # a bare file or one with a [model] table
+    if not isinstance(table, dict):
+        raise PresetError(f"{path}: [model] must be a table")
+    table = {"name": default_name, **table}
+    return ModelConfig.from_dict(table, where=str(path))
+
+
+def _model_from_json(path: Path) -> ModelConfig:
+    from presets.hf import from_hf_config
+
+    try:
+        data = json.loads(path.read_text())
+    except OSError as err:
+        raise PresetError(f"{path}: cannot read ({err.strerror})") from None
+    except json.JSONDecodeError as err:
+        raise PresetError(f"{path}: malformed JSON ({err.msg} at line {err.lineno})") from None
+    name = path.parent.name if path.name == "config.json" else path.stem
+    return from_hf_config(data, name=name or "hf", where=str(path))
+
+
+@lru_cache(maxsize=256)
+def _load_model_cached(spec: str) -> ModelConfig:
+    path = Path(spec)
+    if spec.endswith(".json"):
+        return _model_from_json(path)
+    if spec.endswith(".toml"):
+        return _model_from_toml(path, path.stem)
+    files = preset_files("models")
+    if spec not in files:
+        raise PresetError(f"unknown model preset {spec!r} ({_suggest(spec, files)})")
+    return _model_from_toml(files[spec], spec)
+
+
+def load_model(spec: str, overrides: Mapping[str, str] | None = None) -> ModelConfig:
+    """Resolve a MODEL argument (preset name, .toml file, HF config.json) and apply overrides."""
+    cfg = _load_model_cached(spec)
+    return cfg.with_overrides(overrides) if overrides else cfg
+
+
+@lru_cache(maxsize=64)
+def load_hardware(name: str) -> Hardware:
+    """A hardware preset by name, or a TOML file describing one."""
+    if name.endswith(".toml"):
+        path = Path(name)
+    else:
+        files = preset_files("hardware")
+        if name not in files:
+            raise PresetError(f"unknown hardware preset {name!r} ({_suggest(name, files)})")
+        path = files[name]
+    data = _read_toml(path)
+    table = data.get("hardware", data)
+    return Hardware.from_dict({"name": path.stem, **table}, where=str(path))
+
+
+def _suggest(name: str, files: Mapping[str, Path]) -> str:
+    import difflib  # deferred: only on the error path
+
+    close = difflib.get_close_matches(name, list(files), n=3)
+    if close:
+        return "did you mean " + ", ".join(close) + "?"
+    return "see `llmplan presets`"
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
+    """``["k=v", ...]`` from ``--set`` -> dict, with a clear error for a missing ``=``."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: expected key=value")
+        out[key.strip()] = value
+    return out

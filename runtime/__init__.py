@@ -1,0 +1,1 @@
+"""The torch runtime (imported lazily): model, mesh, parallel plans, train and generate."""

@@ -1,0 +1,96 @@
+"""The CLI as a script sees it: JSON keys, exit code 2 with one line, import hygiene."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+def llmplan(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "tui.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_params_json_keys():
+    data = json.loads(llmplan("params", "llama-2-7b", "--json").stdout)
+    assert data["total"] == 6_738_415_616
+    assert isinstance(data["active"], int) and isinstance(data["non_embedding"], int)
+    assert sum(data["breakdown"].values()) == data["total"]
+
+
+def test_set_overrides_from_the_command_line():
+    data = json.loads(llmplan("params", "llama-2-7b", "--set", "L=16", "--json").stdout)
+    assert data["total"] < 6_738_415_616 / 1.8
+
+
+def test_presets_json():
+    data = json.loads(llmplan("presets", "--json").stdout)
+    assert len(data["models"]) >= 25 and len(data["hardware"]) >= 12
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["params", "llama-2-7b", "--set", "g=5"], "kv heads(5) does not divide query heads(32)"),
+        (["params", "llama-2-7b", "--set", "h=-4096"], "hidden(-4096)"),
+        (["params", "no-such-model"], "unknown model preset 'no-such-model'"),
+        (["params", "BAD_TOML"], "malformed TOML"),
+        (["params", "BAD_JSON"], "malformed JSON"),
+        (["params", "UNKNOWN_ARCH"], "unknown architecture model_type='mamba'"),
+        (["params", "MISSING_FIELD"], "missing field intermediate_size"),
+        (["presets", "--kind", "gpu"], "use model or hardware"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, args, needle):
+    files = {
+        "BAD_TOML": ("bad.toml", "[model\nvocab_size = 1"),
+        "BAD_JSON": ("config.json", '{"model_type": "llama",'),
+        "UNKNOWN_ARCH": ("config.json", '{"model_type": "mamba"}'),
+        "MISSING_FIELD": ("config.json", '{"model_type": "llama", "vocab_size": 10, '
+                          '"hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, '
+                          '"max_position_embeddings": 16}'),
+    }
+    resolved = []
+    for arg in args:
+        if arg in files:
+            name, text = files[arg]
+            path = tmp_path / name
+            path.write_text(text)
+            arg = str(path)
+        resolved.append(arg)
+    proc = llmplan(*resolved, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_no_arguments_without_a_terminal_prints_the_default_report():
+    out = llmplan().stdout
+    assert "8,030,261,248" in out
+
+
+HEAVY = ("torch", "textual", "sympy")
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import planner.config, planner.params, presets, presets.hf",
+        "import sys; sys.argv = ['llmplan', 'params', 'llama-2-7b', '--json']\n"
+        "from tui.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass",
+    ],
+    ids=["planner", "params-json"],
+)
+def test_no_heavy_imports(code):
+    probe = code + "\nimport sys\nprint(sorted(m for m in sys.modules if m.split('.')[0] in %r))" % (HEAVY,)
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

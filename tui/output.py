@@ -1,0 +1,70 @@
+"""One output sink: JSON on stdout for scripts, rich tables for people; diagnostics on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Callable, Sequence
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def console():
+    from rich.console import Console  # deferred: ~30 ms, not needed for --json
+
+    return Console()
+
+
+def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]],
+          *, caption: str | None = None) -> Any:
+    from rich.table import Table
+
+    out = Table(title=title, caption=caption, title_justify="left")
+    for i, header in enumerate(headers):
+        out.add_column(header, justify="left" if i == 0 else "right")
+    for row in rows:
+        out.add_row(*(str(cell) for cell in row))
+    return out
+
+
+def show(*renderables: Any) -> None:
+    con = console()
+    for item in renderables:
+        con.print(item)
+
+
+def warn(message: str) -> None:
+    sys.stderr.write(f"llmplan: {message}\n")
+
+
+def fmt_int(n: int) -> str:
+    return f"{n:,}"
+
+
+def fmt_count(n: float) -> str:
+    """1.23 B / 456.7 M style for headline numbers."""
+    for scale, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:g}"
+
+
+def fmt_gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:,.2f} GiB"
+
+
+def fmt_flops(n: float) -> str:
+    for scale, unit in ((1e24, "Y"), (1e21, "Z"), (1e18, "E"), (1e15, "P"), (1e12, "T"),
+                        (1e9, "G"), (1e6, "M")):
+        if abs(n) >= scale:
+            return f"{n / scale:.3f} {unit}FLOP"
+    return f"{n:g} FLOP"
+
+
+def render(json_mode: bool, data: Any, human: Callable[[], None]) -> None:
+    if json_mode:
+        emit_json(data)
+    else:
+        human()
