@@ -352,3 +352,116 @@ class Hardware:
         if missing:
             raise ConfigError(f"{where}: missing field(s) {', '.join(missing)}")
         return cls(**values)
+
+
+DTYPES = ("bf16", "fp16", "fp32")
+RECIPES = ("mixed", "mixed_fp32_grads", "fp32", "runtime")
+OPTIMIZERS = ("adamw", "adafactor", "sgd_momentum", "adam8bit")
+RECOMPUTES = ("none", "selective", "full")
+ATTENTIONS = ("flash", "eager")
+SCHEDULES = ("1f1b", "gpipe", "interleaved")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrainSetup:
+    """What a training step does, independent of how it is parallelised.
+
+    ``micro_batch`` is b (sequences per micro-batch per data-parallel rank) and ``grad_accum``
+    is m (micro-batches per optimizer step per data-parallel rank; with pipelining these are
+    the micro-batches of one pipeline flush). Global batch = b * m * dp sequences.
+    """
+
+    seq_len: int
+    micro_batch: int = 1
+    grad_accum: int = 1
+    dtype: str = "bf16"
+    recipe: str = "mixed"
+    optimizer: str = "adamw"
+    recompute: str = "none"
+    attention: str = "flash"
+    dropout: bool = False
+
+    def __post_init__(self) -> None:
+        for label, value in (("seq", self.seq_len), ("micro-batch", self.micro_batch),
+                             ("grad accumulation", self.grad_accum)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{label}({value}) must be a positive integer")
+        for label, value, allowed in (("dtype", self.dtype, DTYPES),
+                                      ("recipe", self.recipe, RECIPES),
+                                      ("optimizer", self.optimizer, OPTIMIZERS),
+                                      ("recompute", self.recompute, RECOMPUTES),
+                                      ("attention", self.attention, ATTENTIONS)):
+            if value not in allowed:
+                raise ConfigError(f"{label}({value!r}) is not one of {', '.join(allowed)}")
+        if self.recipe == "fp32" and self.dtype != "fp32":
+            raise ConfigError(f"recipe('fp32') needs dtype fp32, not {self.dtype}")
+
+    @property
+    def activation_bytes(self) -> int:
+        """Bytes per activation element: 2 for bf16/fp16 compute, 4 for fp32."""
+        return 4 if self.dtype == "fp32" else 2
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Parallel:
+    """A 3D layout: t tensor x p pipeline (v virtual stages each) x dp data, ZeRO stage z.
+
+    World size = tp * pp * dp. ``sp`` is Megatron sequence parallelism (needs tp > 1 to
+    matter). ``schedule`` is the pipeline schedule; ``interleaved`` needs vpp > 1.
+    """
+
+    tp: int = 1
+    pp: int = 1
+    vpp: int = 1
+    dp: int = 1
+    zero: int = 0
+    sp: bool = False
+    schedule: str = "1f1b"
+
+    def __post_init__(self) -> None:
+        for label, value in (("tp", self.tp), ("pp", self.pp), ("vpp", self.vpp), ("dp", self.dp)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{label}({value}) must be a positive integer")
+        if self.zero not in (0, 1, 2, 3):
+            raise ConfigError(f"zero({self.zero}) must be 0, 1, 2 or 3")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule({self.schedule!r}) is not one of {', '.join(SCHEDULES)}")
+        if self.vpp > 1 and self.schedule != "interleaved":
+            object.__setattr__(self, "schedule", "interleaved")
+        if self.schedule == "interleaved" and self.vpp == 1:
+            object.__setattr__(self, "schedule", "1f1b")
+        if self.vpp > 1 and self.pp == 1:
+            raise ConfigError(f"vpp({self.vpp}) needs pp > 1")
+
+    @property
+    def world(self) -> int:
+        return self.tp * self.pp * self.dp
+
+    def check(self, cfg: ModelConfig, setup: TrainSetup | None = None) -> None:
+        """Raise ConfigError naming the numbers when this layout cannot run ``cfg``."""
+        t = self.tp
+        if cfg.num_heads % t:
+            raise ConfigError(f"tp({t}) does not divide query heads({cfg.num_heads})")
+        g = cfg.num_kv_heads
+        if g % t and t % g:
+            raise ConfigError(
+                f"tp({t}) and kv heads({g}) must divide one another "
+                "(kv heads are replicated when tp > kv heads)"
+            )
+        if cfg.ffn_hidden_size % t:
+            raise ConfigError(f"tp({t}) does not divide ffn hidden({cfg.ffn_hidden_size})")
+        if cfg.is_moe and cfg.moe_ffn_hidden_size % t:
+            raise ConfigError(f"tp({t}) does not divide moe ffn hidden({cfg.moe_ffn_hidden_size})")
+        chunks = self.pp * self.vpp
+        if cfg.num_layers % chunks:
+            raise ConfigError(
+                f"pp({self.pp}) x vpp({self.vpp}) = {chunks} does not divide layers({cfg.num_layers})"
+            )
+        if setup is not None:
+            if self.sp and setup.seq_len % t:
+                raise ConfigError(f"tp({t}) does not divide seq({setup.seq_len}) under sequence parallel")
+            if self.schedule == "interleaved" and setup.grad_accum % self.pp:
+                raise ConfigError(
+                    f"interleaved schedule needs micro-batches({setup.grad_accum}) to be a "
+                    f"multiple of pp({self.pp})"
+                )

@@ -148,6 +148,288 @@ def _params_report(model: str, sets: list[str] | None, json_mode: bool) -> None:
     output.render(json_mode, data, human)
 
 
+# ---- shared training / parallel flags ----------------------------------------------------
+SeqOpt = Annotated[int, typer.Option("--seq", help="Sequence length s.")]
+MbsOpt = Annotated[int, typer.Option("--mbs", help="Micro-batch b (sequences per rank).")]
+GbsOpt = Annotated[int, typer.Option("--gbs", help="Global batch in sequences (default mbs*dp).")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="bf16, fp16 or fp32.")]
+RecipeOpt = Annotated[str, typer.Option("--recipe", help="mixed (16 B/param), mixed_fp32_grads, fp32, runtime.")]
+OptimOpt = Annotated[str, typer.Option("--optimizer", help="adamw, adafactor, sgd_momentum, adam8bit.")]
+ZeroOpt = Annotated[int, typer.Option("--zero", help="ZeRO stage 0-3 over dp.")]
+DpOpt = Annotated[int, typer.Option("--dp", help="Data-parallel size.")]
+TpOpt = Annotated[int, typer.Option("--tp", help="Tensor-parallel size.")]
+PpOpt = Annotated[int, typer.Option("--pp", help="Pipeline-parallel size.")]
+VppOpt = Annotated[int, typer.Option("--vpp", help="Virtual stages per pipeline rank (interleaved).")]
+SpOpt = Annotated[bool, typer.Option("--sp/--no-sp", help="Sequence parallel.")]
+RecomputeOpt = Annotated[str, typer.Option("--recompute", help="none, selective or full.")]
+AttentionOpt = Annotated[str, typer.Option("--attention", help="flash (SDPA) or eager.")]
+ScheduleOpt = Annotated[str, typer.Option("--schedule", help="1f1b, gpipe (interleaved when vpp > 1).")]
+DropoutOpt = Annotated[bool, typer.Option("--dropout/--no-dropout", help="Dropout masks (Korthikanti's setting).")]
+HardwareOpt = Annotated[str, typer.Option("--hardware", help="Hardware preset (e.g. h100-sxm).")]
+
+
+def _training(seq: int, mbs: int, gbs: int, dtype: str, recipe: str, optimizer: str,
+              zero: int, dp: int, tp: int, pp: int, vpp: int, sp: bool, recompute: str,
+              attention: str, schedule: str, dropout: bool):
+    from planner.config import Parallel, TrainSetup
+
+    par = Parallel(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp, schedule=schedule)
+    per_step = mbs * dp
+    gbs = gbs or per_step
+    if gbs % per_step:
+        raise LlmplanError(f"gbs({gbs}) is not a multiple of mbs({mbs}) x dp({dp}) = {per_step}")
+    setup = TrainSetup(seq_len=seq, micro_batch=mbs, grad_accum=gbs // per_step, dtype=dtype,
+                       recipe=recipe, optimizer=optimizer, recompute=recompute,
+                       attention=attention, dropout=dropout)
+    return setup, par
+
+
+@app.command("flops")
+@cli_errors
+def flops_cmd(
+    model: ModelArg,
+    seq: SeqOpt = 2048,
+    tokens: Annotated[float, typer.Option(help="Training tokens D: adds total_train_flops.")] = 0.0,
+    causal: Annotated[bool, typer.Option("--causal/--no-causal", help="Halve attention for the causal mask.")] = True,
+    count_embedding: Annotated[bool, typer.Option("--embedding/--no-embedding", help="Count the embedding lookup as a matmul.")] = False,
+    recompute: RecomputeOpt = "none",
+    hardware: HardwareOpt = "",
+    gpus: Annotated[int, typer.Option(help="Accelerators, for time to train.")] = 0,
+    mfu: Annotated[float, typer.Option(help="Model FLOPs utilisation, for time to train.")] = 0.4,
+    set_: SetOpt = None,
+    json_mode: JsonOpt = False,
+) -> None:
+    """FLOPs per token (exact, 6N, PaLM), inference prefill/decode, total and time to train."""
+    from planner import flops as F
+    from planner.config import RECOMPUTES
+
+    if recompute not in RECOMPUTES:
+        raise LlmplanError(f"recompute({recompute!r}) is not one of {', '.join(RECOMPUTES)}")
+    cfg = _model(model, set_)
+    conv = F.FlopConventions(causal=causal, count_embedding=count_embedding)
+    rep = F.flops_report(cfg, seq, conv, recompute=recompute)
+    data: dict[str, Any] = {
+        "model": cfg.name, "seq_len": seq, "causal": causal,
+        "forward_flops_per_token": rep.forward_flops_per_token,
+        "train_flops_per_token": rep.train_flops_per_token,
+        "hardware_flops_per_token": rep.hardware_flops_per_token,
+        "conventions": rep.conventions(),
+        "forward_breakdown": rep.forward.to_dict(),
+        "prefill_flops": F.prefill_flops(cfg, seq),
+        "decode_flops_per_token": F.decode_flops_per_token(cfg, seq),
+    }
+    if tokens:
+        total = rep.train_flops_per_token * tokens
+        data["tokens"] = tokens
+        data["total_train_flops"] = total
+        if hardware and gpus:
+            from presets import load_hardware
+            peak = load_hardware(hardware).peak_flops("bf16")
+            seconds = F.time_to_train_s(total, accelerators=gpus, peak_flops=peak, mfu=mfu)
+            data.update(hardware=hardware, gpus=gpus, mfu=mfu, time_to_train_s=seconds,
+                        gpu_hours=seconds * gpus / 3600)
+
+    def human() -> None:
+        rows = [("exact (MFU)", output.fmt_flops(rep.train_flops_per_token)),
+                ("with recompute (HFU)", output.fmt_flops(rep.hardware_flops_per_token)),
+                ("6N (Kaplan)", output.fmt_flops(rep.six_n_flops_per_token)),
+                ("PaLM 6N' + 12Lads", output.fmt_flops(rep.palm_flops_per_token))]
+        fwd = [(k, output.fmt_flops(v)) for k, v in rep.forward.to_dict().items() if v]
+        extra = [("prefill of one sequence", output.fmt_flops(data["prefill_flops"])),
+                 (f"decode per token at context {seq}", output.fmt_flops(data["decode_flops_per_token"]))]
+        if tokens:
+            extra.append((f"training on {tokens:.3g} tokens", output.fmt_flops(data["total_train_flops"])))
+        if "time_to_train_s" in data:
+            extra.append((f"time on {gpus} x {hardware} at {mfu:.0%} MFU",
+                          f"{data['time_to_train_s'] / 86400:,.1f} days ({data['gpu_hours']:,.0f} GPU-h)"))
+        output.show(
+            output.table(f"Training FLOPs per token, {cfg.name}, s={seq}, "
+                         f"{'causal' if causal else 'non-causal'}", ["convention", "per token"], rows),
+            output.table("Forward matmul FLOPs per token", ["component", "per token"], fwd),
+            output.table("Totals", ["quantity", "value"], extra))
+
+    output.render(json_mode, data, human)
+
+
+@app.command("memory")
+@cli_errors
+def memory_cmd(
+    model: ModelArg,
+    seq: SeqOpt = 2048, mbs: MbsOpt = 1, gbs: GbsOpt = 0, dtype: DtypeOpt = "bf16",
+    recipe: RecipeOpt = "mixed", optimizer: OptimOpt = "adamw", zero: ZeroOpt = 0,
+    dp: DpOpt = 1, tp: TpOpt = 1, pp: PpOpt = 1, vpp: VppOpt = 1, sp: SpOpt = False,
+    recompute: RecomputeOpt = "none", attention: AttentionOpt = "flash",
+    schedule: ScheduleOpt = "1f1b", dropout: DropoutOpt = False, hardware: HardwareOpt = "",
+    set_: SetOpt = None, json_mode: JsonOpt = False,
+) -> None:
+    """Per-GPU training memory: weights, gradients, optimizer, activations, per pipeline stage."""
+    from planner.memory import memory_report
+
+    cfg = _model(model, set_)
+    setup, par = _training(seq, mbs, gbs, dtype, recipe, optimizer, zero, dp, tp, pp, vpp, sp,
+                           recompute, attention, schedule, dropout)
+    rep = memory_report(cfg, setup, par)
+    data: dict[str, Any] = {"model": cfg.name, "world": par.world, **rep.to_dict()}
+    capacity = None
+    if hardware:
+        from presets import load_hardware
+        capacity = load_hardware(hardware).memory_bytes
+        data.update(hardware=hardware, capacity_bytes=capacity,
+                    fits=rep.per_gpu.total_bytes <= capacity)
+
+    def human() -> None:
+        cols = ["stage", "params/rank", "weights", "grads", "optimizer", "activations",
+                "transient", "total"]
+        rows = [(st.stage, output.fmt_count(st.params), output.fmt_gib(st.weights_bytes),
+                 output.fmt_gib(st.gradients_bytes), output.fmt_gib(st.optimizer_bytes),
+                 output.fmt_gib(st.activations_bytes), output.fmt_gib(st.transient_bytes),
+                 output.fmt_gib(st.total_bytes)) for st in rep.stages]
+        caption = f"most loaded rank: {output.fmt_gib(rep.per_gpu.total_bytes)} (GiB = 2^30 bytes)"
+        if capacity is not None:
+            verdict = "fits" if data["fits"] else "does NOT fit"
+            caption += f"; {hardware} holds {output.fmt_gib(capacity)}: {verdict}"
+        output.show(output.table(
+            f"Per-GPU memory, {cfg.name}: tp={tp} pp={pp} dp={dp} zero={zero} sp={sp} "
+            f"s={seq} b={mbs} m={setup.grad_accum} {recipe}/{optimizer} recompute={recompute}",
+            cols, rows, caption=caption))
+
+    output.render(json_mode, data, human)
+
+
+@app.command("kv")
+@cli_errors
+def kv_cmd(
+    model: ModelArg,
+    seq: SeqOpt = 2048,
+    batch: Annotated[int, typer.Option(help="Sequences in the batch.")] = 1,
+    kv_dtype: Annotated[str, typer.Option("--kv-dtype", help="fp32, bf16, fp16, fp8, int8, int4.")] = "bf16",
+    tp: TpOpt = 1,
+    hardware: HardwareOpt = "",
+    set_: SetOpt = None,
+    json_mode: JsonOpt = False,
+) -> None:
+    """KV-cache bytes per token and for a batch; with --hardware, what fits beside the weights."""
+    from planner import kv as K
+
+    cfg = _model(model, set_)
+    rep = K.kv_report(cfg, seq_len=seq, batch=batch, kv_dtype=kv_dtype, tp=tp)
+    data: dict[str, Any] = {"model": cfg.name, "seq_len": seq, "batch": batch,
+                            "kv_dtype": kv_dtype, "tp": tp, **rep.to_dict()}
+    if hardware:
+        from presets import load_hardware
+        mem = load_hardware(hardware).memory_bytes
+        data.update(hardware=hardware,
+                    weights_bytes_per_rank=K.weight_bytes_per_rank(cfg, tp=tp),
+                    max_batch=K.max_batch(cfg, memory_bytes=mem, seq_len=seq, kv_dtype=kv_dtype, tp=tp),
+                    max_context=K.max_context(cfg, memory_bytes=mem, batch=batch, kv_dtype=kv_dtype, tp=tp))
+
+    def human() -> None:
+        rows = [("per token (all ranks)", f"{rep.bytes_per_token:,} B ({rep.bytes_per_token / 1024:,.1f} KiB)"),
+                ("per token per rank", f"{rep.bytes_per_token_per_rank:,} B"),
+                ("cached tokens per sequence", f"{rep.cached_tokens:,}"),
+                (f"batch of {batch} per rank", output.fmt_gib(rep.total_bytes))]
+        if hardware:
+            rows += [(f"weights per rank ({hardware})", output.fmt_gib(data["weights_bytes_per_rank"])),
+                     (f"largest batch at s={seq}", f"{data['max_batch']:,}"),
+                     (f"longest context at batch {batch}", f"{data['max_context']:,}")]
+        output.show(output.table(f"KV cache, {cfg.name}, {kv_dtype}, tp={tp}", ["quantity", "value"], rows))
+
+    output.render(json_mode, data, human)
+
+
+@app.command("chinchilla")
+@cli_errors
+def chinchilla_cmd(
+    compute: Annotated[float, typer.Option(help="Compute budget C in FLOPs.")] = 0.0,
+    params: Annotated[float, typer.Option(help="Model size N (parameters).")] = 0.0,
+    model: Annotated[str, typer.Option(help="Take N from a model (preset, TOML, config.json).")] = "",
+    tokens: Annotated[float, typer.Option(help="With --params/--model: the planned D, for over-training.")] = 0.0,
+    gpus: Annotated[int, typer.Option(help="Accelerators (with --hardware and --days).")] = 0,
+    hardware: HardwareOpt = "",
+    days: Annotated[float, typer.Option(help="Days of training.")] = 0.0,
+    mfu: Annotated[float, typer.Option(help="Model FLOPs utilisation.")] = 0.4,
+    fit: Annotated[str, typer.Option(help="hoffmann, epoch or tokens20.")] = "hoffmann",
+    json_mode: JsonOpt = False,
+) -> None:
+    """Compute-optimal params and tokens for a budget, a model size, or a cluster and time."""
+    from planner import scaling as S
+
+    if model:
+        from planner.params import count_params
+        params = float(count_params(_model(model, None)).total)
+    chosen = sum(bool(x) for x in (compute, params, gpus or hardware or days))
+    if chosen != 1:
+        raise LlmplanError("give exactly one of --compute, --params/--model, or --gpus --hardware --days")
+    if gpus or hardware or days:
+        if not (gpus and hardware and days):
+            raise LlmplanError("--gpus, --hardware and --days go together")
+        from presets import load_hardware
+        compute = S.compute_for_cluster(gpus=gpus, peak_flops=load_hardware(hardware).peak_flops("bf16"),
+                                        days=days, mfu=mfu)
+    budget = S.optimal_for_params(params, fit) if params else S.optimal_for_compute(compute, fit)
+    data: dict[str, Any] = {**budget.to_dict(),
+                            "kaplan_params": S.kaplan_optimal_params(budget.compute_flops)}
+    over = None
+    if tokens:
+        if not params:
+            raise LlmplanError("--tokens needs --params or --model")
+        over = S.overtraining(params, tokens, fit if fit != "tokens20" else "hoffmann")
+        data["overtraining"] = over.to_dict()
+
+    def human() -> None:
+        rows = [("fit", fit), ("compute", output.fmt_flops(budget.compute_flops)),
+                ("optimal params N*", output.fmt_count(budget.params)),
+                ("optimal tokens D*", output.fmt_count(budget.tokens)),
+                ("tokens per param", f"{budget.tokens_per_param:,.1f}"),
+                ("loss L(N*, D*)", "n/a" if budget.loss is None else f"{budget.loss:.4f}"),
+                ("Kaplan 2020 N (for comparison)", output.fmt_count(data["kaplan_params"]))]
+        if over is not None:
+            rows += [("planned tokens D", output.fmt_count(over.tokens)),
+                     ("D / D*(6ND) (over-training ratio)", f"{over.ratio:.2f}"),
+                     ("loss at (N, D)", f"{over.loss:.4f}"),
+                     ("loss cost vs optimal at equal compute", f"{over.loss_cost:+.4f}")]
+        output.show(output.table("Compute-optimal budget", ["quantity", "value"], rows))
+
+    output.render(json_mode, data, human)
+
+
+@app.command("explain")
+@cli_errors
+def explain_cmd(
+    quantity: Annotated[str, typer.Argument(help="params, kv_bytes_per_token, train_flops_per_token, model_states_bytes, chinchilla_params.")],
+    model: ModelArg,
+    seq: SeqOpt = 2048, mbs: MbsOpt = 1, gbs: GbsOpt = 0, dtype: DtypeOpt = "bf16",
+    recipe: RecipeOpt = "mixed", optimizer: OptimOpt = "adamw", zero: ZeroOpt = 0,
+    dp: DpOpt = 1, tp: TpOpt = 1, pp: PpOpt = 1, vpp: VppOpt = 1, sp: SpOpt = False,
+    recompute: RecomputeOpt = "none", attention: AttentionOpt = "flash",
+    schedule: ScheduleOpt = "1f1b", dropout: DropoutOpt = False,
+    causal: Annotated[bool, typer.Option("--causal/--no-causal")] = True,
+    kv_dtype: Annotated[str, typer.Option("--kv-dtype")] = "bf16",
+    compute: Annotated[float, typer.Option(help="For chinchilla_params.")] = 5.76e23,
+    fit: Annotated[str, typer.Option(help="For chinchilla_params: hoffmann or epoch.")] = "hoffmann",
+    set_: SetOpt = None, json_mode: JsonOpt = False,
+) -> None:
+    """Show the formula behind a number, the values substituted, and the result."""
+    from planner.explain import explain
+
+    cfg = _model(model, set_)
+    setup, par = _training(seq, mbs, gbs, dtype, recipe, optimizer, zero, dp, tp, pp, vpp, sp,
+                           recompute, attention, schedule, dropout)
+    exp = explain(quantity, cfg, setup=setup, par=par, causal=causal, kv_dtype=kv_dtype,
+                  compute_flops=compute, fit=fit)
+
+    def human() -> None:
+        from rich.panel import Panel
+        values = ", ".join(f"{k} = {v:,}" if isinstance(v, int) else f"{k} = {v:g}"
+                           for k, v in exp.values.items())
+        body = (f"{exp.description}\n\n{exp.pretty}\n\nwith {values}\n\n= {exp.result:,.6g}"
+                f"   (planner: {exp.planner_value:,.6g}, {'agrees' if exp.matches else 'DIFFERS'})"
+                f"\n\nsource: {exp.source}")
+        output.show(Panel(body, title=f"{exp.quantity} of {cfg.name}", expand=False))
+
+    output.render(json_mode, exp.to_dict(), human)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -1,0 +1,176 @@
+"""Why a number is what it is: the symbolic formula, the values substituted, the result.
+
+sympy is imported lazily inside these functions (about 0.3 s), never at planner import.
+Each explanation also carries the planner's own number; ``matches`` says the two agree, so
+the explanation cannot drift from the code that computes the figure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from planner.config import ConfigError, ModelConfig, Parallel, TrainSetup
+
+
+@dataclass(frozen=True, kw_only=True)
+class Explanation:
+    quantity: str
+    description: str
+    formula: str            # sympy's text form, e.g. "2*L*b_kv*d*g"
+    pretty: str             # sympy's pretty (unicode) form
+    values: dict[str, Any]  # symbol -> value substituted
+    result: float           # the formula evaluated
+    planner_value: float    # what the planner computes
+    source: str
+
+    @property
+    def matches(self) -> bool:
+        return abs(self.result - self.planner_value) <= 1e-9 * max(1.0, abs(self.planner_value))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"quantity": self.quantity, "description": self.description,
+                "formula": self.formula, "values": self.values, "result": self.result,
+                "planner_value": self.planner_value, "matches": self.matches,
+                "source": self.source}
+
+
+def _symbols(names: str):
+    import sympy  # deferred: ~300 ms
+
+    return sympy.symbols(names, positive=True)
+
+
+def _build(quantity: str, description: str, expr: Any, values: dict[Any, Any],
+           planner_value: float, source: str) -> Explanation:
+    import sympy
+
+    subs = {sym: sympy.nsimplify(val) for sym, val in values.items()}
+    result = expr.subs(subs)
+    return Explanation(
+        quantity=quantity, description=description, formula=str(expr),
+        pretty=sympy.pretty(expr, use_unicode=True),
+        values={str(sym): val for sym, val in values.items()},
+        result=float(result), planner_value=float(planner_value), source=source)
+
+
+def explain_params(cfg: ModelConfig, **_: Any) -> Explanation:
+    from planner.params import count_params, norm_params
+
+    V, h, L, a, g, d, f, n_norm, n_mlp = _symbols("V h L a g d f n_norm n_mlp")
+    attn = h * a * d + 2 * h * g * d + a * d * h
+    if cfg.bias in ("qkv", "attention", "all"):
+        attn += a * d + 2 * g * d
+    if cfg.bias in ("attention", "all"):
+        attn += h
+    mlp = n_mlp * h * f
+    if cfg.bias == "all":
+        mlp += (n_mlp - 1) * f + h
+    norm = n_norm * h
+    per_layer = attn + mlp + cfg.norms_per_layer * norm
+    expr = L * per_layer + V * h * (1 if cfg.tie_embeddings else 2)
+    expr += norm * (int(cfg.final_norm) + int(cfg.embedding_norm))
+    if cfg.position == "learned":
+        P = _symbols("P")
+        expr += P * h
+    if cfg.is_moe or cfg.position == "relative":
+        raise ConfigError("explain params covers dense models without relative positions; "
+                          "see `llmplan params` for the breakdown")
+    values = {V: cfg.vocab_size, h: cfg.hidden_size, L: cfg.num_layers, a: cfg.num_heads,
+              g: cfg.num_kv_heads, d: cfg.head_dim, f: cfg.ffn_hidden_size,
+              n_norm: norm_params(cfg) // cfg.hidden_size, n_mlp: 3 if cfg.gated else 2}
+    if cfg.position == "learned":
+        values[P] = cfg.max_context + cfg.position_offset
+    return _build("params", "total parameters", expr, values, count_params(cfg).total,
+                  "planner.params (exact; checked against transformers on the meta device)")
+
+
+def explain_kv(cfg: ModelConfig, *, kv_dtype: str = "bf16", **_: Any) -> Explanation:
+    from planner.kv import KV_BITS, kv_bytes_per_token
+
+    L, g, d, bits = _symbols("L g d bits")
+    expr = 2 * L * g * d * bits / 8
+    values = {L: cfg.num_layers, g: cfg.num_kv_heads, d: cfg.head_dim, bits: KV_BITS[kv_dtype]}
+    return _build("kv_bytes_per_token", "KV-cache bytes per token (K and V, all layers)", expr,
+                  values, kv_bytes_per_token(cfg, kv_dtype), "planner.kv")
+
+
+def explain_train_flops(cfg: ModelConfig, *, setup: TrainSetup, causal: bool = True,
+                        **_: Any) -> Explanation:
+    from planner.flops import FlopConventions, attended_keys, flops_report
+
+    if cfg.is_moe or cfg.position == "relative":
+        raise ConfigError("explain train_flops covers dense models; see `llmplan flops`")
+    V, h, L, a, g, d, f, n_mlp, keys = _symbols("V h L a g d f n_mlp keys")
+    forward = L * (2 * h * (a * d + 2 * g * d) + 2 * 2 * a * d * keys + 2 * a * d * h
+                   + 2 * n_mlp * h * f) + 2 * h * V
+    expr = 3 * forward
+    k = attended_keys(setup.seq_len, causal=causal, window=cfg.sliding_window)
+    values = {V: cfg.vocab_size, h: cfg.hidden_size, L: cfg.num_layers, a: cfg.num_heads,
+              g: cfg.num_kv_heads, d: cfg.head_dim, f: cfg.ffn_hidden_size,
+              n_mlp: 3 if cfg.gated else 2, keys: k}
+    report = flops_report(cfg, setup.seq_len, FlopConventions(causal=causal))
+    return _build("train_flops_per_token",
+                  "training FLOPs per token: 3 x forward matmuls (keys = mean keys per query)",
+                  expr, values, report.train_flops_per_token, "planner.flops (Kaplan et al. 2020 §2.1)")
+
+
+def explain_model_states(cfg: ModelConfig, *, setup: TrainSetup, par: Parallel,
+                         **_: Any) -> Explanation:
+    from planner.memory import OPTIMIZER_STATE_BYTES, RECIPE_BYTES, memory_report
+
+    if setup.optimizer == "adafactor":
+        raise ConfigError("explain model_states covers AdamW, 8-bit Adam and SGD-momentum")
+    import sympy
+
+    Psi, dp, w, gb, o = _symbols("Psi dp w g_b o")
+    z = par.zero
+    shard = sympy.ceiling(Psi / dp)  # sharded states are padded to a multiple of dp
+    expr = (shard if z >= 3 else Psi) * w + (shard if z >= 2 else Psi) * gb \
+        + (shard if z >= 1 else Psi) * o
+    stage = memory_report(cfg, setup, par).per_gpu
+    wb, gbb, master = RECIPE_BYTES[setup.recipe]
+    values = {Psi: stage.params, dp: par.dp, w: wb, gb: gbb,
+              o: master + OPTIMIZER_STATE_BYTES[setup.optimizer]}
+    planner_value = stage.weights_bytes + stage.gradients_bytes + stage.optimizer_bytes
+    return _build("model_states_bytes",
+                  f"weights + gradients + optimizer bytes on the most loaded rank, ZeRO-{z}",
+                  expr, values, planner_value,
+                  "Rajbhandari et al. 2020 (ZeRO) §5, Figure 1; planner.memory")
+
+
+def explain_chinchilla(_cfg: ModelConfig | None = None, *, compute_flops: float = 5.76e23,
+                       fit: str = "hoffmann", **_: Any) -> Explanation:
+    from planner.scaling import FITS, optimal_for_compute
+
+    C, A, B, alpha, beta = _symbols("C A B alpha beta")
+    expr = (alpha * A / (beta * B)) ** (1 / (alpha + beta)) * (C / 6) ** (beta / (alpha + beta))
+    law = FITS[fit]
+    values = {C: compute_flops, A: law.A, B: law.B, alpha: law.alpha, beta: law.beta}
+    return _build("chinchilla_params", "compute-optimal parameters N*(C)", expr, values,
+                  optimal_for_compute(compute_flops, fit).params, law.source)
+
+
+def derive_chinchilla_optimum():
+    """Derive N*(C) with sympy: minimise L(N, C/(6N)) over N. Returns (expr, symbols)."""
+    import sympy
+
+    N, C, E, A, B, alpha, beta = sympy.symbols("N C E A B alpha beta", positive=True)
+    loss = E + A / N**alpha + B / (C / (6 * N)) ** beta
+    (solution,) = sympy.solve(sympy.Eq(sympy.diff(loss, N), 0), N)
+    return sympy.simplify(solution), (C, E, A, B, alpha, beta)
+
+
+QUANTITIES: dict[str, Callable[..., Explanation]] = {
+    "params": explain_params,
+    "kv_bytes_per_token": explain_kv,
+    "train_flops_per_token": explain_train_flops,
+    "model_states_bytes": explain_model_states,
+    "chinchilla_params": explain_chinchilla,
+}
+
+
+def explain(quantity: str, cfg: ModelConfig, **context: Any) -> Explanation:
+    if quantity not in QUANTITIES:
+        raise ConfigError(f"unknown quantity {quantity!r} (one of {', '.join(QUANTITIES)})")
+    return QUANTITIES[quantity](cfg, **context)

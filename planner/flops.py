@@ -1,0 +1,189 @@
+"""FLOPs: exact matmul counts per component, and the 6N / PaLM conventions beside them.
+
+A matmul of (m x k) by (k x n) is ``2*m*k*n`` FLOPs (one multiply and one add per MAC).
+Per token of a sequence of length s, one layer's forward matmuls are:
+
+* QKV projections ``2*h*(a*d + 2*g*d)``, output projection ``2*a*d*h``;
+* scores ``Q K^T`` and ``A V``: ``2*a*d*keys`` each, where ``keys`` is the number of keys a
+  query attends: ``s`` without causal halving (PaLM App. B, nanoGPT, torchtitan, FlopCounter),
+  or the exact causal average ``(s + 1) / 2`` (Megatron and MaxText use ``s / 2``), capped by a
+  sliding window;
+* MLP ``2*h*f*(3 if gated else 2)``; an MoE layer runs the router ``2*h*E`` and ``k`` experts;
+* the LM head ``2*h*V`` once per token; the embedding lookup is a gather (0 matmul FLOPs)
+  unless ``count_embedding`` counts it as the one-hot matmul ``2*h*V`` that 6N implies.
+
+Training = 3 x forward (input gradients and weight gradients each cost one forward;
+Kaplan et al. 2020 §2.1). Recompute adds a layer forward (full) or the attention core
+(selective); that is counted in HFU (hardware FLOPs), never in MFU (model FLOPs).
+Elementwise work (norms, activations, softmax, RoPE) is not a matmul and is not counted.
+
+Conventions side by side (shared/reference/calculators.md §2.2):
+  6N (Kaplan; Chinchilla's C = 6ND) uses all active parameters;
+  PaLM (Chowdhery et al. 2022, App. B) is ``6*(N - embedding) + 12*L*a*d*s`` (non-causal);
+  exact is the per-component sum here. Llama-3-8B at s=8192: 48.2 / 57.9 / 51.5 GFLOP (causal).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.config import ModelConfig
+from planner.params import count_params
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FlopConventions:
+    """Switches, each a published convention (see module docstring)."""
+
+    causal: bool = True
+    count_embedding: bool = False
+    count_lm_head: bool = True
+
+
+def attended_keys(seq_len: int, *, causal: bool, window: int = 0) -> float:
+    """Mean number of keys one query attends in a sequence of ``seq_len`` tokens.
+
+    Causal: query i (1-based) sees ``min(i, window)`` keys; the mean over i of ``min(i, w)``
+    is ``(s + 1) / 2`` when ``w >= s``, else ``(w*(w+1)/2 + (s - w)*w) / s``.
+    """
+    s = seq_len
+    if not causal:
+        return float(s)
+    w = window if 0 < window < s else s
+    return (w * (w + 1) / 2 + (s - w) * w) / s
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ForwardFlops:
+    """Forward matmul FLOPs per token, by component (all layers summed)."""
+
+    qkv: float
+    scores: float
+    attn_values: float
+    out_proj: float
+    mlp: float
+    router: float
+    lm_head: float
+    embedding: float
+
+    @property
+    def attention_core(self) -> float:
+        return self.scores + self.attn_values
+
+    @property
+    def layers(self) -> float:
+        return self.qkv + self.attention_core + self.out_proj + self.mlp + self.router
+
+    @property
+    def total(self) -> float:
+        return self.layers + self.lm_head + self.embedding
+
+    def to_dict(self) -> dict[str, float]:
+        return {"qkv": self.qkv, "scores": self.scores, "attn_values": self.attn_values,
+                "out_proj": self.out_proj, "mlp": self.mlp, "router": self.router,
+                "lm_head": self.lm_head, "embedding": self.embedding}
+
+
+def mlp_flops_per_token(cfg: ModelConfig, ffn: int) -> int:
+    """One MLP of width ``ffn``: ``2*h*f`` per matrix, 3 matrices gated, 2 otherwise."""
+    return 2 * cfg.hidden_size * ffn * (3 if cfg.gated else 2)
+
+
+def forward_flops_per_token(cfg: ModelConfig, seq_len: int,
+                            conv: FlopConventions = FlopConventions()) -> ForwardFlops:
+    """Forward matmul FLOPs per token at sequence length ``seq_len`` (mean over positions)."""
+    h, L, V = cfg.hidden_size, cfg.num_layers, cfg.vocab_size
+    qw, kvw = cfg.q_width, cfg.kv_width
+    keys = attended_keys(seq_len, causal=conv.causal, window=cfg.sliding_window)
+    relative = cfg.position == "relative"
+    # Transformer-XL relative positions: project s relative encodings (2*h*a*d per token)
+    # and score queries against them (another 2*a*d*keys).
+    qkv = L * 2 * h * (qw + 2 * kvw + (qw if relative else 0))
+    scores = L * 2 * qw * keys * (2 if relative else 1)
+    attn_values = L * 2 * qw * keys
+    out_proj = L * 2 * qw * h
+    mlp = cfg.num_dense_layers * mlp_flops_per_token(cfg, cfg.ffn_hidden_size)
+    router = 0
+    if cfg.is_moe:
+        per_expert = mlp_flops_per_token(cfg, cfg.moe_ffn_hidden_size)
+        mlp += cfg.num_moe_layers * (cfg.experts_per_token + cfg.num_shared_experts) * per_expert
+        router = cfg.num_moe_layers * 2 * h * cfg.num_experts
+    return ForwardFlops(
+        qkv=float(qkv), scores=float(scores), attn_values=float(attn_values),
+        out_proj=float(out_proj), mlp=float(mlp), router=float(router),
+        lm_head=float(2 * h * V) if conv.count_lm_head else 0.0,
+        embedding=float(2 * h * V) if conv.count_embedding else 0.0,
+    )
+
+
+def recompute_flops_per_token(fwd: ForwardFlops, recompute: str) -> float:
+    """Extra forward work of activation recomputation (HFU only): a layer forward for
+    ``full`` (Korthikanti et al. 2022 §5: 4 forwards instead of 3), the attention core for
+    ``selective`` (§4.2)."""
+    if recompute == "full":
+        return fwd.layers
+    if recompute == "selective":
+        return fwd.attention_core
+    return 0.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FlopsReport:
+    seq_len: int
+    forward: ForwardFlops
+    forward_flops_per_token: float
+    train_flops_per_token: float
+    hardware_flops_per_token: float
+    six_n_flops_per_token: float
+    palm_flops_per_token: float
+
+    def conventions(self) -> dict[str, float]:
+        return {"six_n": self.six_n_flops_per_token, "palm": self.palm_flops_per_token,
+                "exact": self.train_flops_per_token}
+
+
+def flops_report(cfg: ModelConfig, seq_len: int, conv: FlopConventions = FlopConventions(),
+                 *, recompute: str = "none") -> FlopsReport:
+    """Training FLOPs per token: exact (MFU), with recompute (HFU), 6N and PaLM."""
+    fwd = forward_flops_per_token(cfg, seq_len, conv)
+    counts = count_params(cfg)
+    train = 3 * fwd.total
+    return FlopsReport(
+        seq_len=seq_len,
+        forward=fwd,
+        forward_flops_per_token=fwd.total,
+        train_flops_per_token=train,
+        hardware_flops_per_token=train + recompute_flops_per_token(fwd, recompute),
+        six_n_flops_per_token=6.0 * counts.active,
+        palm_flops_per_token=6.0 * (counts.active - counts.embedding - counts.position_embedding)
+        + 12.0 * cfg.num_layers * cfg.q_width * seq_len,
+    )
+
+
+def prefill_flops(cfg: ModelConfig, prompt_len: int, batch: int = 1) -> float:
+    """Forward FLOPs to prefill ``batch`` prompts of ``prompt_len`` tokens (causal)."""
+    per_token = forward_flops_per_token(cfg, prompt_len, FlopConventions(causal=True))
+    return per_token.total * prompt_len * batch
+
+
+def decode_flops_per_token(cfg: ModelConfig, context: int) -> float:
+    """Forward FLOPs to generate one token with ``context`` tokens already cached: every
+    linear once, and attention over ``context + 1`` keys (capped by a sliding window)."""
+    keys = context + 1
+    if 0 < cfg.sliding_window < keys:
+        keys = cfg.sliding_window
+    fwd = forward_flops_per_token(cfg, 1, FlopConventions(causal=False))
+    per_key = 2 * cfg.num_layers * 2 * cfg.q_width  # scores + A.V for one key, all layers
+    return fwd.total - fwd.attention_core + per_key * keys
+
+
+def total_train_flops(cfg: ModelConfig, seq_len: int, tokens: float,
+                      conv: FlopConventions = FlopConventions()) -> float:
+    """Model FLOPs to train on ``tokens`` tokens of sequences of length ``seq_len``."""
+    return 3 * forward_flops_per_token(cfg, seq_len, conv).total * tokens
+
+
+def time_to_train_s(total_flops: float, *, accelerators: int, peak_flops: float,
+                    mfu: float) -> float:
+    """Wall time = FLOPs / (accelerators x dense peak x MFU)."""
+    return total_flops / (accelerators * peak_flops * mfu)
