@@ -196,15 +196,16 @@ def layer_activation_bytes(terms: ActivationTerms, *, tp: int, sp: bool, recompu
     return replicated + terms.sharded + quadratic
 
 
-def in_flight_layers(cfg: ModelConfig, par: Parallel, micro_batches: int, stage: int) -> int:
-    """Layer-micro-batches whose activations stage ``stage`` holds at its peak."""
-    p, v, m = par.pp, par.vpp, micro_batches
-    if par.schedule == "gpipe":
-        return m * (cfg.num_layers // p)
-    if v == 1:
-        return min(p - stage, m) * (cfg.num_layers // p)
-    chunks = min(2 * (p - stage - 1) + (v - 1) * p + 1, m * v)
-    return chunks * (cfg.num_layers // (p * v))
+def in_flight_layers(num_layers: int, *, pp: int, vpp: int, m: int, stage: int,
+                     schedule: str) -> int:
+    """Layer-micro-batches whose activations stage ``stage`` holds at its peak (module
+    docstring: 1F1B ``min(p - i, m)`` micro-batches, interleaved Megatron's warm-up count of
+    chunks, GPipe all m)."""
+    if schedule == "gpipe":
+        return m * (num_layers // pp)
+    if vpp == 1:
+        return min(pp - stage, m) * (num_layers // pp)
+    return min(2 * (pp - stage - 1) + (vpp - 1) * pp + 1, m * vpp) * (num_layers // (pp * vpp))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -260,42 +261,123 @@ def model_state_bytes(params: int, *, recipe: str, optimizer: str, zero: int, dp
     return weights, gradients, optimizer_bytes
 
 
+class Estimator:
+    """Memory of one model under one training setup, fast across many layouts.
+
+    Everything that does not depend on the layout is computed once; per-TP terms and per-
+    (tp, pp, vpp) stage parameter counts are cached. Activation terms are linear in the
+    micro-batch, so they are cached for b = 1 and scaled. ``stage_parts`` is the one place
+    the per-stage formula lives: :func:`memory_report` and the layout search both use it.
+    """
+
+    def __init__(self, cfg: ModelConfig, setup: TrainSetup) -> None:
+        self.cfg, self.setup = cfg, setup
+        self.unit = TrainSetup(seq_len=setup.seq_len, micro_batch=1, dtype=setup.dtype,
+                               attention=setup.attention, dropout=setup.dropout)
+        self.compute_w_bytes = 4 if setup.dtype == "fp32" else 2
+        self.uniform = not cfg.is_moe or cfg.first_dense_layers == 0
+        self._tp: dict[tuple[int, bool, str], tuple[int, float, float]] = {}
+        self._stages: dict[tuple[int, int, int], list[int]] = {}
+        self._tail: dict[tuple[int, bool], float] = {}
+        self._states: dict[tuple, tuple[int, int, int, int, int]] = {}
+
+    def tp_terms(self, tp: int, sp: bool, recompute: str) -> tuple[int, float, float]:
+        """(layer params per rank, kept bytes per layer, running layer's bytes) at b = 1."""
+        key = (tp, sp, recompute)
+        hit = self._tp.get(key)
+        if hit is None:
+            cfg = self.cfg
+            # The layer kinds this model has (dense, MoE, or both with leading dense layers);
+            # the larger per-layer figure bounds a mix of them in flight.
+            kinds = [layer_activation_terms(cfg, self.unit, tp, moe=moe)
+                     for moe in ((False,) if not cfg.is_moe else
+                                 (True,) if cfg.first_dense_layers == 0 else (False, True))]
+            kept = max(layer_activation_bytes(k, tp=tp, sp=sp, recompute=recompute) for k in kinds)
+            running = max(layer_activation_bytes(k, tp=tp, sp=sp, recompute="none") for k in kinds)
+            hit = (layer_params_per_rank(cfg, tp, moe=cfg.is_moe), kept, running)
+            self._tp[key] = hit
+        return hit
+
+    def stage_params(self, tp: int, pp: int, vpp: int) -> list[int]:
+        key = (tp, pp, vpp)
+        hit = self._stages.get(key)
+        if hit is None:
+            hit = stage_params_per_rank(self.cfg, Parallel(tp=tp, pp=pp, vpp=vpp))
+            self._stages[key] = hit
+        return hit
+
+    def stage_parts(self, *, tp: int, pp: int, vpp: int, dp: int, zero: int, sp: bool,
+                    recompute: str, mbs: int, m: int, schedule: str, stage: int,
+                    recipe: str | None = None, optimizer: str | None = None
+                    ) -> tuple[int, int, int, int, int, int]:
+        """(params, weights, gradients, optimizer, activations, transient) bytes of one rank of
+        pipeline stage ``stage``. The layout is assumed valid (see ``Parallel.check``)."""
+        cfg, setup = self.cfg, self.setup
+        key = (tp, pp, vpp, dp, zero, stage, recipe, optimizer)
+        states = self._states.get(key)
+        if states is None:  # model states repeat across sp / recompute / micro-batch choices
+            params = self.stage_params(tp, pp, vpp)[stage]
+            weights, grads, opt = model_state_bytes(
+                params, recipe=recipe or setup.recipe, optimizer=optimizer or setup.optimizer,
+                zero=zero, dp=dp, hidden=cfg.hidden_size)
+            transient = 0
+            if zero >= 3 and dp > 1:
+                # FSDP all-gathers the running layer and prefetches the next (compute dtype).
+                layer_params = self.tp_terms(tp, sp, recompute)[0]
+                transient = min(2, cfg.num_layers // pp) * layer_params * self.compute_w_bytes
+            states = self._states[key] = (params, weights, grads, opt, transient)
+        params, weights, grads, opt, transient = states
+        _, kept, running = self.tp_terms(tp, sp, recompute)
+        in_flight = in_flight_layers(cfg.num_layers, pp=pp, vpp=vpp, m=m, stage=stage,
+                                     schedule=schedule)
+        acts = ((in_flight - 1) * kept + running) * mbs
+        if setup.dropout and stage == 0:  # embedding dropout mask per in-flight micro-batch
+            acts += min(pp, m) * setup.seq_len * mbs * cfg.hidden_size / (tp if sp else 1)
+        if stage == pp - 1:
+            acts += self.last_stage_bytes(tp, sp) * mbs
+        return params, weights, grads, opt, int(acts), transient
+
+    def last_stage_bytes(self, tp: int, sp: bool) -> float:
+        """Per sequence of the micro-batch: the final-norm and LM-head inputs, the logits and
+        their fp32 copy for cross-entropy."""
+        key = (tp, sp)
+        hit = self._tail.get(key)
+        if hit is None:
+            cfg, s, B = self.cfg, self.setup.seq_len, self.setup.activation_bytes
+            hit = 2 * B * s * cfg.hidden_size / (tp if sp else 1)
+            hit += (B + 4) * s * ceil_div(cfg.vocab_size, tp)
+            self._tail[key] = hit
+        return hit
+
+    def peak_bytes(self, *, tp: int, pp: int, vpp: int, dp: int, zero: int, sp: bool,
+                   recompute: str, mbs: int, m: int, schedule: str) -> tuple[int, int]:
+        """(total bytes, stage) of the most loaded rank. With uniform layers a middle stage
+        never exceeds stage 0 (same layers, no embedding, fewer micro-batches in flight), so
+        only the first and last stages are evaluated."""
+        stages = (0, pp - 1) if self.uniform and pp > 2 else range(pp)
+        best, where = -1, 0
+        for i in stages:
+            parts = self.stage_parts(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp,
+                                     recompute=recompute, mbs=mbs, m=m, schedule=schedule, stage=i)
+            total = parts[1] + parts[2] + parts[3] + parts[4] + parts[5]
+            if total > best:
+                best, where = total, i
+        return best, where
+
+    def report(self, par: Parallel) -> MemoryReport:
+        par.check(self.cfg, self.setup)
+        s = self.setup
+        stages = []
+        for i in range(par.pp):
+            params, w, g, o, a, t = self.stage_parts(
+                tp=par.tp, pp=par.pp, vpp=par.vpp, dp=par.dp, zero=par.zero, sp=par.sp,
+                recompute=s.recompute, mbs=s.micro_batch, m=s.grad_accum,
+                schedule=par.schedule, stage=i)
+            stages.append(StageMemory(stage=i, params=params, weights_bytes=w, gradients_bytes=g,
+                                      optimizer_bytes=o, activations_bytes=a, transient_bytes=t))
+        return MemoryReport(stages=tuple(stages))
+
+
 def memory_report(cfg: ModelConfig, setup: TrainSetup, par: Parallel) -> MemoryReport:
     """Per-rank memory of every pipeline stage for ``cfg`` trained with ``setup`` on ``par``."""
-    par.check(cfg, setup)
-    t, p = par.tp, par.pp
-    B = setup.activation_bytes
-    sb = setup.seq_len * setup.micro_batch
-    stage_params = stage_params_per_rank(cfg, par)
-    dense_terms = layer_activation_terms(cfg, setup, t, moe=False)
-    moe_terms = layer_activation_terms(cfg, setup, t, moe=True) if cfg.is_moe else dense_terms
-    # Under MoE the in-flight layers mix dense and MoE; the larger per-layer figure bounds them.
-    terms = moe_terms if cfg.is_moe else dense_terms
-    kept = max(layer_activation_bytes(dense_terms, tp=t, sp=par.sp, recompute=setup.recompute),
-               layer_activation_bytes(moe_terms, tp=t, sp=par.sp, recompute=setup.recompute))
-    # The layer running (or re-running, under recompute) holds its whole working set.
-    working = layer_activation_bytes(terms, tp=t, sp=par.sp, recompute="none")
-    compute_w_bytes = 4 if setup.dtype == "fp32" else 2
-    layers_per_stage = cfg.num_layers // p
-    layer_params = layer_params_per_rank(cfg, t, moe=cfg.is_moe)
-
-    stages = []
-    for i, params in enumerate(stage_params):
-        weights, grads, opt = model_state_bytes(params, recipe=setup.recipe,
-                                                optimizer=setup.optimizer, zero=par.zero,
-                                                dp=par.dp, hidden=cfg.hidden_size)
-        acts = (in_flight_layers(cfg, par, setup.grad_accum, i) - 1) * kept + working
-        if setup.dropout and i == 0:  # embedding dropout mask per in-flight micro-batch
-            acts += min(p, setup.grad_accum) * sb * cfg.hidden_size / (t if par.sp else 1)
-        if i == p - 1:
-            h_part = 2 * B * sb * cfg.hidden_size / (t if par.sp else 1)  # final norm + head inputs
-            logits = (B + 4) * sb * ceil_div(cfg.vocab_size, t)  # logits + fp32 copy for CE
-            acts += h_part + logits
-        transient = 0
-        if par.zero >= 3 and par.dp > 1:
-            # FSDP all-gathers the running layer and prefetches the next, in the compute dtype.
-            transient = min(2, layers_per_stage) * layer_params * compute_w_bytes
-        stages.append(StageMemory(stage=i, params=params, weights_bytes=weights,
-                                  gradients_bytes=grads, optimizer_bytes=opt,
-                                  activations_bytes=int(acts), transient_bytes=transient))
-    return MemoryReport(stages=tuple(stages))
+    return Estimator(cfg, setup).report(par)

@@ -278,13 +278,16 @@ def memory_cmd(
                     fits=rep.per_gpu.total_bytes <= capacity)
 
     def human() -> None:
-        cols = ["stage", "params/rank", "weights", "grads", "optimizer", "activations",
-                "transient", "total"]
-        rows = [(st.stage, output.fmt_count(st.params), output.fmt_gib(st.weights_bytes),
-                 output.fmt_gib(st.gradients_bytes), output.fmt_gib(st.optimizer_bytes),
-                 output.fmt_gib(st.activations_bytes), output.fmt_gib(st.transient_bytes),
-                 output.fmt_gib(st.total_bytes)) for st in rep.stages]
-        caption = f"most loaded rank: {output.fmt_gib(rep.per_gpu.total_bytes)} (GiB = 2^30 bytes)"
+        cols = ["stage", "params", "weights", "grads", "optim", "activ", "transient", "total"]
+
+        def gib(n: int) -> str:
+            return f"{n / 2**30:,.2f}"
+
+        rows = [(st.stage, output.fmt_count(st.params), gib(st.weights_bytes),
+                 gib(st.gradients_bytes), gib(st.optimizer_bytes), gib(st.activations_bytes),
+                 gib(st.transient_bytes), gib(st.total_bytes)) for st in rep.stages]
+        caption = (f"per rank, GiB (2^30 bytes); most loaded rank: "
+                   f"{output.fmt_gib(rep.per_gpu.total_bytes)}")
         if capacity is not None:
             verdict = "fits" if data["fits"] else "does NOT fit"
             caption += f"; {hardware} holds {output.fmt_gib(capacity)}: {verdict}"

@@ -94,3 +94,47 @@ def test_no_heavy_imports(code):
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_flops_json_keys():
+    data = json.loads(llmplan("flops", "llama-3-8b", "--seq", "8192", "--tokens", "15e12",
+                              "--json").stdout)
+    assert set(data["conventions"]) == {"six_n", "palm", "exact"}
+    assert data["train_flops_per_token"] == data["conventions"]["exact"]
+    assert data["total_train_flops"] == pytest.approx(data["train_flops_per_token"] * 15e12)
+    nc = json.loads(llmplan("flops", "llama-3-8b", "--seq", "8192", "--no-causal", "--json").stdout)
+    assert nc["forward_flops_per_token"] > data["forward_flops_per_token"]
+
+
+def test_memory_json_keys():
+    data = json.loads(llmplan("memory", "llama-3-70b", "--seq", "4096", "--tp", "8", "--pp", "4",
+                              "--dp", "2", "--zero", "1", "--gbs", "16", "--sp", "--json").stdout)
+    keys = {"weights_bytes", "gradients_bytes", "optimizer_bytes", "activations_bytes", "total_bytes"}
+    assert keys <= set(data["per_gpu"])
+    assert all(isinstance(data["per_gpu"][k], int) for k in keys)
+    assert len(data["stages"]) == 4
+    assert data["per_gpu"]["total_bytes"] == max(s["total_bytes"] for s in data["stages"])
+
+
+def test_kv_json_keys():
+    data = json.loads(llmplan("kv", "llama-3-8b", "--seq", "8192", "--batch", "2", "--json").stdout)
+    assert data["bytes_per_token"] == 131072 and data["total_bytes"] == 2 * 2**30
+
+
+@pytest.mark.parametrize("args", [["--compute", "5.76e23"], ["--params", "70e9"],
+                                  ["--gpus", "64", "--hardware", "h100-sxm", "--days", "7"],
+                                  ["--compute", "1e22", "--fit", "tokens20"]])
+def test_chinchilla_json_keys(args):
+    data = json.loads(llmplan("chinchilla", *args, "--json").stdout)
+    assert {"params", "tokens", "compute_flops", "loss", "fit"} <= set(data)
+    assert (data["loss"] is None) == ("tokens20" in args)
+
+
+def test_explain_prints_formula_and_agreement():
+    out = llmplan("explain", "kv_bytes_per_token", "llama-2-7b").stdout
+    assert "524,288" in out and "agrees" in out
+
+
+def test_bad_layout_exits_2():
+    proc = llmplan("memory", "llama-3-8b", "--tp", "3", check=False)
+    assert proc.returncode == 2 and "tp(3) does not divide query heads(32)" in proc.stderr

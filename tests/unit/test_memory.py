@@ -67,12 +67,13 @@ def test_korthikanti_pipeline_first_stage_holds_L_layers_of_activations():
     # interleaving multiplies that by 1 + (p - 1)/(p v).
     cfg = gpt(12288, 96, 96)
     p, m = 8, 64
-    assert in_flight_layers(cfg, Parallel(pp=p), m, 0) == cfg.num_layers
-    assert in_flight_layers(cfg, Parallel(pp=p), m, p - 1) == cfg.num_layers // p
+    L = cfg.num_layers
+    assert in_flight_layers(L, pp=p, vpp=1, m=m, stage=0, schedule="1f1b") == L
+    assert in_flight_layers(L, pp=p, vpp=1, m=m, stage=p - 1, schedule="1f1b") == L // p
     v = 3
-    inter = in_flight_layers(cfg, Parallel(pp=p, vpp=v), m, 0)
-    assert inter == pytest.approx(cfg.num_layers * (1 + (p - 1) / (p * v)))
-    assert in_flight_layers(cfg, Parallel(pp=p, schedule="gpipe"), m, 0) == m * cfg.num_layers // p
+    inter = in_flight_layers(L, pp=p, vpp=v, m=m, stage=0, schedule="interleaved")
+    assert inter == pytest.approx(L * (1 + (p - 1) / (p * v)))
+    assert in_flight_layers(L, pp=p, vpp=1, m=m, stage=0, schedule="gpipe") == m * L // p
 
 
 def test_stage_params_sum_to_the_model_and_tp_shards_exactly():

@@ -1,0 +1,87 @@
+"""Throughput of the planner's (config, layout) memory + FLOPs evaluation.
+
+Evaluates 100,000 (model, layout) pairs -- 5 presets x a grid of tp, pp, vpp, dp, ZeRO, sp,
+recompute, micro-batch -- through the fast path the layout search uses (``Estimator``:
+per-model work done once, per-layout work is arithmetic), and prints evaluations per second
+next to the baseline of building a full ``memory_report`` + ``flops_report`` per layout, run
+in the same process on a sample.
+
+Goal (issue 3): at least 200,000 evaluations per second on a 2-core machine.
+Run: `.venv/bin/python bench/planner_speed.py [--n 100000]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+
+from planner.config import Parallel, TrainSetup
+from planner.flops import flops_report
+from planner.memory import Estimator, memory_report
+from presets import load_model
+
+MODELS = ("llama-3-8b", "llama-3-70b", "mixtral-8x7b", "qwen2.5-72b", "gpt3-175b")
+
+
+def layouts(cfg):
+    for tp, pp, vpp, dp, zero, sp, recompute, mbs in itertools.product(
+            (1, 2, 4, 8), (1, 2, 4, 8), (1, 2), (1, 2, 4, 8, 16), (0, 1, 2, 3), (False, True),
+            ("none", "selective", "full"), (1, 2, 4)):
+        if vpp > 1 and pp == 1:
+            continue
+        try:
+            Parallel(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp).check(cfg)
+        except ValueError:
+            continue
+        yield tp, pp, vpp, dp, zero, sp, recompute, mbs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100_000)
+    args = parser.parse_args()
+    seq, m = 4096, 8
+    work = []
+    for name in MODELS:
+        cfg = load_model(name)
+        work.append((cfg, list(layouts(cfg))))
+
+    done = 0
+    start = time.perf_counter()
+    while done < args.n:
+        for cfg, grid in work:
+            setup = TrainSetup(seq_len=seq, grad_accum=m)
+            est = Estimator(cfg, setup)
+            hfu = {r: flops_report(cfg, seq, recompute=r).hardware_flops_per_token
+                   for r in ("none", "selective", "full")}
+            for tp, pp, vpp, dp, zero, sp, recompute, mbs in grid:
+                schedule = "interleaved" if vpp > 1 else "1f1b"
+                est.peak_bytes(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp,
+                               recompute=recompute, mbs=mbs, m=m, schedule=schedule)
+                _step_flops = hfu[recompute] * seq * mbs * m * dp
+                done += 1
+                if done >= args.n:
+                    break
+            if done >= args.n:
+                break
+    fast_s = time.perf_counter() - start
+
+    sample = [(cfg, lay) for cfg, grid in work for lay in grid[::50]]
+    start = time.perf_counter()
+    for cfg, (tp, pp, vpp, dp, zero, sp, recompute, mbs) in sample:
+        setup = TrainSetup(seq_len=seq, micro_batch=mbs, grad_accum=m, recompute=recompute)
+        memory_report(cfg, setup, Parallel(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp))
+        flops_report(cfg, seq, recompute=recompute)
+    slow_s = time.perf_counter() - start
+
+    fast_rate = done / fast_s
+    slow_rate = len(sample) / slow_s
+    print(f"fast path      {done:,} evaluations in {fast_s:.3f} s = {fast_rate:,.0f} /s")
+    print(f"full reports   {len(sample):,} evaluations in {slow_s:.3f} s = {slow_rate:,.0f} /s")
+    print(f"ratio fast / full reports: {fast_rate / slow_rate:.1f}x; goal >= 200,000 /s: "
+          f"{'met' if fast_rate >= 200_000 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
