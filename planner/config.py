@@ -439,29 +439,44 @@ class Parallel:
 
     def check(self, cfg: ModelConfig, setup: TrainSetup | None = None) -> None:
         """Raise ConfigError naming the numbers when this layout cannot run ``cfg``."""
-        t = self.tp
-        if cfg.num_heads % t:
-            raise ConfigError(f"tp({t}) does not divide query heads({cfg.num_heads})")
-        g = cfg.num_kv_heads
-        if g % t and t % g:
-            raise ConfigError(
-                f"tp({t}) and kv heads({g}) must divide one another "
-                "(kv heads are replicated when tp > kv heads)"
-            )
-        if cfg.ffn_hidden_size % t:
-            raise ConfigError(f"tp({t}) does not divide ffn hidden({cfg.ffn_hidden_size})")
-        if cfg.is_moe and cfg.moe_ffn_hidden_size % t:
-            raise ConfigError(f"tp({t}) does not divide moe ffn hidden({cfg.moe_ffn_hidden_size})")
-        chunks = self.pp * self.vpp
-        if cfg.num_layers % chunks:
-            raise ConfigError(
-                f"pp({self.pp}) x vpp({self.vpp}) = {chunks} does not divide layers({cfg.num_layers})"
-            )
-        if setup is not None:
-            if self.sp and setup.seq_len % t:
-                raise ConfigError(f"tp({t}) does not divide seq({setup.seq_len}) under sequence parallel")
-            if self.schedule == "interleaved" and setup.grad_accum % self.pp:
-                raise ConfigError(
-                    f"interleaved schedule needs micro-batches({setup.grad_accum}) to be a "
-                    f"multiple of pp({self.pp})"
-                )
+        problem = layout_problem(
+            cfg, tp=self.tp, pp=self.pp, vpp=self.vpp, sp=self.sp,
+            seq_len=setup.seq_len if setup else 0, micro_batches=setup.grad_accum if setup else 0)
+        if problem:
+            raise ConfigError(problem[1])
+
+
+def tp_problem(cfg: ModelConfig, tp: int) -> str | None:
+    """Why tensor parallelism of ``tp`` cannot split ``cfg`` (None when it can)."""
+    if cfg.num_heads % tp:
+        return f"tp({tp}) does not divide query heads({cfg.num_heads})"
+    g = cfg.num_kv_heads
+    if g % tp and tp % g:
+        return (f"tp({tp}) and kv heads({g}) must divide one another "
+                "(kv heads are replicated when tp > kv heads)")
+    if cfg.ffn_hidden_size % tp:
+        return f"tp({tp}) does not divide ffn hidden({cfg.ffn_hidden_size})"
+    if cfg.is_moe and cfg.moe_ffn_hidden_size % tp:
+        return f"tp({tp}) does not divide moe ffn hidden({cfg.moe_ffn_hidden_size})"
+    return None
+
+
+def layout_problem(cfg: ModelConfig, *, tp: int, pp: int, vpp: int, sp: bool, seq_len: int = 0,
+                   micro_batches: int = 0) -> tuple[str, str] | None:
+    """The first reason (key, message) a layout is invalid, or None. The keys are the
+    rejection reasons the layout search counts."""
+    message = tp_problem(cfg, tp)
+    if message:
+        return "tp_divisibility", message
+    if vpp > 1 and pp == 1:
+        return "vpp_without_pp", f"vpp({vpp}) needs pp > 1"
+    if cfg.num_layers % (pp * vpp):
+        return "pp_layers", (f"pp({pp}) x vpp({vpp}) = {pp * vpp} does not divide "
+                             f"layers({cfg.num_layers})")
+    if sp and seq_len and seq_len % tp:
+        return "sp_seq", f"tp({tp}) does not divide seq({seq_len}) under sequence parallel"
+    if vpp > 1 and micro_batches and micro_batches % pp:
+        return "interleaved_microbatches", (
+            f"interleaved schedule needs micro-batches({micro_batches}) to be a multiple of "
+            f"pp({pp})")
+    return None

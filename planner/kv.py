@@ -58,7 +58,7 @@ def kv_report(cfg: ModelConfig, *, seq_len: int, batch: int = 1, kv_dtype: str =
     g = cfg.num_kv_heads
     if g % tp and tp % g:
         raise ConfigError(f"tp({tp}) and kv heads({g}) must divide one another "
-                          "(kv heads are replicated when tp > kv heads)")
+                          "(kv heads are replicated when tp > kv heads)")  # as config.tp_problem
     whole = kv_bytes_per_token(cfg, kv_dtype)
     per_rank = kv_bytes_per_token(cfg, kv_dtype, tp)
     tokens = cached_tokens(cfg, seq_len)

@@ -433,6 +433,119 @@ def explain_cmd(
     output.render(json_mode, exp.to_dict(), human)
 
 
+@app.command("plan")
+@cli_errors
+def plan_cmd(
+    model: ModelArg,
+    hardware: Annotated[str, typer.Option("--hardware", help="Hardware preset.")] = "h100-sxm",
+    gpus: Annotated[int, typer.Option(help="Accelerators in the cluster.")] = 8,
+    nodes: Annotated[int, typer.Option(help="Nodes (default: from the preset's GPUs per node).")] = 0,
+    gbs: GbsOpt = 0,
+    gbs_tokens: Annotated[float, typer.Option("--gbs-tokens", help="Global batch in tokens.")] = 0.0,
+    seq: SeqOpt = 4096,
+    dtype: DtypeOpt = "bf16", recipe: RecipeOpt = "mixed", optimizer: OptimOpt = "adamw",
+    attention: AttentionOpt = "flash",
+    max_vpp: Annotated[int, typer.Option("--max-vpp", help="Largest virtual-stage count tried.")] = 4,
+    tokens: Annotated[float, typer.Option(help="Token budget: adds time and GPU-hours.")] = 0.0,
+    top: Annotated[int, typer.Option(help="Layouts to show.")] = 5,
+    out: Annotated[Optional[str], typer.Option("--out", help="Write the best layout as a plan file.")] = None,
+    set_: SetOpt = None, json_mode: JsonOpt = False,
+) -> None:
+    """The fastest tensor x pipeline x data (ZeRO) layouts that fit a cluster."""
+    from pathlib import Path
+
+    from planner.config import Parallel, TrainSetup
+    from planner.cost import Cluster
+    from planner.search import SearchSpace, search
+    from presets import load_hardware
+
+    cfg = _model(model, set_)
+    hw = load_hardware(hardware)
+    per_node = 0
+    if nodes:
+        if gpus % nodes:
+            raise LlmplanError(f"gpus({gpus}) is not divisible by nodes({nodes})")
+        per_node = gpus // nodes
+    cluster = Cluster(hardware=hw, gpus=gpus, gpus_per_node=per_node)
+    if bool(gbs) == bool(gbs_tokens):
+        raise LlmplanError("give exactly one of --gbs (sequences) or --gbs-tokens")
+    if gbs_tokens:
+        if gbs_tokens % seq:
+            raise LlmplanError(f"gbs-tokens({gbs_tokens:.0f}) is not a multiple of seq({seq})")
+        gbs = int(gbs_tokens // seq)
+    setup = TrainSetup(seq_len=seq, dtype=dtype, recipe=recipe, optimizer=optimizer,
+                       attention=attention)
+    result = search(cfg, cluster, setup, global_batch=gbs, space=SearchSpace(max_vpp=max_vpp))
+    world = cluster.gpus
+
+    def with_budget(c: Any) -> dict[str, Any]:
+        d = c.to_dict(world)
+        if tokens:
+            seconds = tokens / c.tokens_per_s
+            d.update(time_to_train_s=seconds, gpu_hours=seconds * world / 3600)
+        return d
+
+    data: dict[str, Any] = {
+        "model": cfg.name, "hardware": hardware, "gpus": world, "nodes": cluster.nodes,
+        "global_batch": gbs, "seq_len": seq, "usable_bytes_per_gpu": result.usable_bytes,
+        "evaluated": result.evaluated, "layouts": result.total,
+        "candidates": [with_budget(c) for c in result.candidates[:top]],
+        "rejected": {k: v for k, v in result.rejected.items() if v},
+        "pareto": [with_budget(c) for c in result.pareto()],
+        "runner_up": result.runner_up_reason(),
+        "closest": with_budget(result.closest) if result.closest else None,
+        "suggestions": result.suggestions,
+    }
+    written: list[str] = []
+    if out and result.best:
+        from planner.memory import memory_report
+        from planner.planfile import plan_dict, write_plan
+
+        best = result.best
+        run_setup = TrainSetup(seq_len=seq, micro_batch=best.mbs, grad_accum=best.grad_accum,
+                               dtype=dtype, recipe=recipe, optimizer=optimizer,
+                               recompute=best.recompute, attention=attention)
+        par = Parallel(tp=best.tp, pp=best.pp, vpp=best.vpp, dp=best.dp, zero=best.zero, sp=best.sp)
+        prediction = {**{k: v for k, v in best.to_dict(world).items() if k != "step"},
+                      **best.step.to_dict(),
+                      "stages": memory_report(cfg, run_setup, par).to_dict()["stages"]}
+        plan = plan_dict(cfg=cfg, setup=run_setup, par=par, hardware=hardware, gpus=world,
+                         gpus_per_node=cluster.gpus_per_node, prediction=prediction)
+        written = [str(p) for p in write_plan(Path(out), plan)]
+        data["written"] = written
+    elif out:
+        output.warn("no feasible layout: no plan file written")
+
+    def human() -> None:
+        cols = ["#", "tp", "pp", "v", "dp", "z", "sp", "recomp", "b", "m", "GiB", "step s",
+                "tok/s/gpu", "MFU"]
+        rows = [(i + 1, c.tp, c.pp, c.vpp, c.dp, c.zero, "on" if c.sp else "off", c.recompute[:4],
+                 c.mbs, c.grad_accum, f"{c.memory_per_gpu_bytes / 2**30:.1f}",
+                 f"{c.step_time_s:.3f}", f"{c.tokens_per_s / world:,.0f}", f"{c.mfu:.1%}")
+                for i, c in enumerate(result.candidates[:top])]
+        rejected = ", ".join(f"{k} {v:,}" for k, v in data["rejected"].items())
+        caption = (f"{result.total:,} layouts, {result.evaluated:,} evaluated; usable "
+                   f"{result.usable_bytes / 2**30:.1f} GiB/GPU; rejected: {rejected}")
+        renderables: list[Any] = [output.table(
+            f"Layouts for {cfg.name} on {world} x {hardware} ({cluster.nodes} node(s)), "
+            f"gbs {gbs} x {seq} tokens", cols, rows, caption=caption)]
+        notes = []
+        if result.best and tokens:
+            d = data["candidates"][0]
+            notes.append(f"{tokens:.3g} tokens: {d['time_to_train_s'] / 86400:,.1f} days, "
+                         f"{d['gpu_hours']:,.0f} GPU-hours")
+        if data["runner_up"]:
+            notes.append(data["runner_up"])
+        notes.extend(result.suggestions)
+        if not result.candidates:
+            notes.insert(0, "no layout fits")
+        notes.extend(f"wrote {w}" for w in written)
+        renderables.extend(notes)
+        output.show(*renderables)
+
+    output.render(json_mode, data, human)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

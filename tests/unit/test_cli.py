@@ -138,3 +138,31 @@ def test_explain_prints_formula_and_agreement():
 def test_bad_layout_exits_2():
     proc = llmplan("memory", "llama-3-8b", "--tp", "3", check=False)
     assert proc.returncode == 2 and "tp(3) does not divide query heads(32)" in proc.stderr
+
+
+def test_plan_json_and_plan_file(tmp_path):
+    out = tmp_path / "plan.toml"
+    data = json.loads(llmplan("plan", "llama-3-70b", "--hardware", "h100-sxm", "--gpus", "64",
+                              "--gbs-tokens", "4194304", "--seq", "8192", "--top", "3",
+                              "--out", str(out), "--json").stdout)
+    keys = {"tp", "pp", "vpp", "dp", "zero", "sp", "recompute", "mbs", "grad_accum",
+            "memory_per_gpu_bytes", "step_time_s", "tokens_per_s", "mfu"}
+    assert len(data["candidates"]) == 3 and keys <= set(data["candidates"][0])
+    tps = [c["tokens_per_s"] for c in data["candidates"]]
+    assert tps == sorted(tps, reverse=True)
+    assert data["rejected"]["out_of_memory"] > 0
+    # The plan file round-trips into the same typed model, setup and layout.
+    from planner.planfile import plan_objects, read_plan
+    cfg, setup, par = plan_objects(read_plan(out))
+    best = data["candidates"][0]
+    assert (par.tp, par.pp, par.dp, par.zero, setup.micro_batch) == (
+        best["tp"], best["pp"], best["dp"], best["zero"], best["mbs"])
+    assert cfg.num_layers == 80
+    slurm = (tmp_path / "plan.slurm").read_text()
+    assert "--nnodes=8" in slurm and "--rdzv-backend=c10d" in slurm
+
+
+def test_plan_with_no_feasible_layout_is_not_an_error():
+    data = json.loads(llmplan("plan", "llama-3.1-405b", "--gpus", "8", "--gbs", "64",
+                              "--seq", "8192", "--json").stdout)
+    assert data["candidates"] == [] and data["closest"] and data["suggestions"]

@@ -1,0 +1,215 @@
+"""Step-time model for a 3D-parallel layout: compute, bubble, exposed communication.
+
+For one optimizer step with m micro-batches of b sequences per data-parallel rank:
+
+    t_mb    = matmul time + elementwise time + TP communication   (one micro-batch, slowest stage)
+    compute = m * t_mb
+    bubble  = (p - 1) / v * t_mb            (1F1B / interleaved; Narayanan et al. 2021 §2.2)
+    step    = compute + bubble + PP p2p + exposed DP/ZeRO communication + optimizer update
+
+* Matmuls: HFU FLOPs of the slowest stage (its layers plus the LM head on the last stage)
+  divided by t, at ``peak x efficiency(g)``, where g is the geometric mean of the per-rank GEMM
+  dimensions (tokens, h, ffn/t) and ``efficiency(g) = e_max * g / (g + g_half)``: small GEMMs
+  run far below peak (the MAMF factors of dlcalc, shared/reference/calculators.md §2.7).
+* Elementwise work (norms, activations, softmax, dropout, residuals) is memory bound:
+  ``traffic_factor x`` the layer's activation bytes moved at HBM bandwidth.
+* TP (Megatron): 2 all-reduces per layer forward, 2 backward, 2 more under full recompute, of
+  ``s*b*h`` activations (SP replaces each by a reduce-scatter + all-gather of equal volume).
+* DP: ZeRO 0-2 move ``2 (dp-1)/dp x gradient bytes`` once per step (all-reduce, or
+  reduce-scatter + parameter all-gather), overlapped with the last micro-batch's backward;
+  ZeRO-3 all-gathers parameters in every micro-batch's forward and backward and
+  reduce-scatters once, overlapped with all compute (prefetch).
+* PP: each of the ``m*v + p - 1`` pipeline ticks sends activations forward and gradients back,
+  ``s*b*h/t`` bytes each (Megatron's scatter-gather, Narayanan et al. 2021 §4.1).
+* Collectives follow the alpha-beta ring model: ``2(n-1) alpha + 2(n-1)/n x bytes / bw``
+  for an all-reduce; the link is intra-node while the group fits in a node (ranks are laid
+  out tp innermost, then dp, then pp), else the per-GPU inter-node bandwidth.
+* The optimizer update is memory bound: it reads and writes its states once.
+
+Every constant sits in :class:`CostModel` so ``llmplan calibrate`` can fit it to a machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.config import ConfigError, Hardware, ModelConfig, TrainSetup
+from planner.flops import FlopConventions, flops_report
+from planner.memory import Estimator, layer_activation_bytes, layer_activation_terms
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CostModel:
+    """Calibratable constants of the step-time and fit model (defaults are uncalibrated)."""
+
+    matmul_efficiency: float = 0.75    # achievable fraction of dense peak for large GEMMs
+    matmul_half_dim: float = 256.0     # geometric-mean GEMM dimension at half that efficiency
+    elementwise_traffic: float = 4.0   # x activation bytes moved per layer (fwd + bwd)
+    hbm_efficiency: float = 0.8        # achieved fraction of HBM bandwidth
+    link_efficiency: float = 0.8       # achieved fraction of link bandwidth (NCCL bus bw)
+    overlap_dp: bool = True            # DP/ZeRO traffic hides behind backward compute
+    overlap_tp: bool = False           # TP collectives are on the critical path
+    reserve_gib: float = 1.0           # CUDA context + framework, per GPU
+    reserve_fraction: float = 0.05     # allocator fragmentation
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Cluster:
+    """N accelerators of one preset; 0 means "take it from the hardware preset"."""
+
+    hardware: Hardware
+    gpus: int
+    gpus_per_node: int = 0
+    intra_node_bandwidth_gbps: float = 0.0
+    inter_node_bandwidth_gbps: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.gpus < 1:
+            raise ConfigError(f"gpus({self.gpus}) must be positive")
+        for name, default in (("gpus_per_node", self.hardware.gpus_per_node),
+                              ("intra_node_bandwidth_gbps", self.hardware.intra_node_bandwidth_gbps),
+                              ("inter_node_bandwidth_gbps", self.hardware.inter_node_bandwidth_gbps)):
+            if not getattr(self, name):
+                object.__setattr__(self, name, default)
+        if self.gpus > self.gpus_per_node and self.gpus % self.gpus_per_node:
+            raise ConfigError(f"gpus({self.gpus}) is not a whole number of nodes of "
+                              f"{self.gpus_per_node}")
+
+    @property
+    def nodes(self) -> int:
+        return max(1, self.gpus // self.gpus_per_node)
+
+    def usable_bytes(self, model: CostModel) -> int:
+        return int(self.hardware.memory_bytes * (1 - model.reserve_fraction)
+                   - model.reserve_gib * 2**30)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StepTime:
+    compute_s: float
+    bubble_s: float
+    tp_comm_s: float
+    dp_comm_s: float
+    pp_comm_s: float
+    optimizer_s: float
+
+    @property
+    def total_s(self) -> float:
+        return (self.compute_s + self.bubble_s + self.tp_comm_s + self.dp_comm_s
+                + self.pp_comm_s + self.optimizer_s)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"compute_s": self.compute_s, "bubble_s": self.bubble_s,
+                "tp_comm_s": self.tp_comm_s, "dp_comm_s": self.dp_comm_s,
+                "pp_comm_s": self.pp_comm_s, "optimizer_s": self.optimizer_s,
+                "total_s": self.total_s}
+
+
+def allreduce_s(nbytes: float, n: int, bw_bytes_s: float, latency_s: float) -> float:
+    """Ring all-reduce: ``2(n-1)`` latency steps and ``2(n-1)/n`` of the bytes per link."""
+    if n == 1:
+        return 0.0
+    return 2 * (n - 1) * latency_s + 2 * (n - 1) / n * nbytes / bw_bytes_s
+
+
+def allgather_s(nbytes: float, n: int, bw_bytes_s: float, latency_s: float) -> float:
+    """Ring all-gather or reduce-scatter of ``nbytes`` in total: half an all-reduce."""
+    if n == 1:
+        return 0.0
+    return (n - 1) * latency_s + (n - 1) / n * nbytes / bw_bytes_s
+
+
+class CostEstimator:
+    """Step time of one model and setup on one cluster, fast across layouts (cached terms)."""
+
+    def __init__(self, cfg: ModelConfig, setup: TrainSetup, cluster: Cluster,
+                 model: CostModel = CostModel(), *, memory: Estimator | None = None) -> None:
+        self.cfg, self.setup, self.cluster, self.model = cfg, setup, cluster, model
+        self.memory = memory or Estimator(cfg, setup)
+        hw = cluster.hardware
+        self.peak = hw.peak_flops(setup.dtype)
+        self.hbm = hw.hbm_bandwidth_gbps * 1e9 * model.hbm_efficiency
+        self.intra = (cluster.intra_node_bandwidth_gbps * 1e9 * model.link_efficiency,
+                      hw.intra_node_latency_us * 1e-6)
+        self.inter = (cluster.inter_node_bandwidth_gbps * 1e9 * model.link_efficiency,
+                      hw.inter_node_latency_us * 1e-6)
+        conv = FlopConventions(causal=True)
+        self.flops = {r: flops_report(cfg, setup.seq_len, conv, recompute=r)
+                      for r in ("none", "selective", "full")}
+        fwd = self.flops["none"].forward
+        self.head_fwd_per_token = fwd.lm_head + fwd.embedding
+        self._elementwise: dict[tuple[int, bool], float] = {}
+
+    def model_flops_per_token(self) -> float:
+        return self.flops["none"].train_flops_per_token
+
+    def efficiency(self, tokens: int, tp: int) -> float:
+        cfg = self.cfg
+        ffn = (cfg.moe_ffn_hidden_size if cfg.is_moe else cfg.ffn_hidden_size) // tp
+        g = (tokens * cfg.hidden_size * max(ffn, 1)) ** (1 / 3)
+        return self.model.matmul_efficiency * g / (g + self.model.matmul_half_dim)
+
+    def link(self, group_span: int) -> tuple[float, float]:
+        """(bytes/s, latency s) for a group whose ranks span ``group_span`` consecutive ranks."""
+        return self.intra if group_span <= self.cluster.gpus_per_node else self.inter
+
+    def elementwise_bytes_per_layer(self, tp: int, sp: bool) -> float:
+        key = (tp, sp)
+        hit = self._elementwise.get(key)
+        if hit is None:
+            terms = layer_activation_terms(self.cfg, self.memory.unit, tp, moe=self.cfg.is_moe)
+            hit = self.model.elementwise_traffic * layer_activation_bytes(
+                terms, tp=tp, sp=sp, recompute="none")
+            self._elementwise[key] = hit
+        return hit
+
+    def step_time(self, *, tp: int, pp: int, vpp: int, dp: int, zero: int, sp: bool,
+                  recompute: str, mbs: int, m: int, params_per_rank: int) -> StepTime:
+        cfg, setup, model = self.cfg, self.setup, self.model
+        s = setup.seq_len
+        tokens_mb = s * mbs
+        rep = self.flops[recompute]
+        layers_hfu = rep.hardware_flops_per_token - 3 * self.head_fwd_per_token
+        stage_flops = (layers_hfu / pp + 3 * self.head_fwd_per_token) * tokens_mb / tp
+        matmul_s = stage_flops / (self.peak * self.efficiency(tokens_mb, tp))
+        layers = cfg.num_layers // pp
+        passes = 1.5 if recompute == "full" else 1.0  # elementwise work redone by recompute
+        elementwise_s = layers * passes * self.elementwise_bytes_per_layer(tp, sp) * mbs / self.hbm
+
+        tp_s = 0.0
+        if tp > 1:
+            bw, lat = self.link(tp)
+            act_bytes = tokens_mb * cfg.hidden_size * setup.activation_bytes
+            per_layer = (6 if recompute == "full" else 4) * allreduce_s(act_bytes, tp, bw, lat)
+            tp_s = layers * per_layer
+            if model.overlap_tp:
+                tp_s = max(0.0, tp_s - matmul_s / 3)
+        t_mb = matmul_s + elementwise_s + tp_s
+        compute = m * (matmul_s + elementwise_s)
+        tp_total = m * tp_s
+        bubble = (pp - 1) / vpp * t_mb
+
+        pp_s = 0.0
+        if pp > 1:
+            bw, lat = self.link(tp * dp * 2)  # neighbouring stages are tp*dp ranks apart
+            p2p_bytes = tokens_mb * cfg.hidden_size * setup.activation_bytes / tp
+            pp_s = 2 * (m * vpp + pp - 1) * (lat + p2p_bytes / bw)
+
+        dp_s = 0.0
+        if dp > 1:
+            bw, lat = self.link(tp * dp)
+            grad_bytes = params_per_rank * 2  # reduced in bf16
+            if zero >= 3:
+                gathers = 2 * m * allgather_s(params_per_rank * 2, dp, bw, lat)
+                dp_s = gathers + allgather_s(grad_bytes, dp, bw, lat)
+                hidden = compute if model.overlap_dp else 0.0
+            else:
+                dp_s = allreduce_s(grad_bytes, dp, bw, lat)
+                hidden = (2 / 3) * (matmul_s + elementwise_s) if model.overlap_dp else 0.0
+            dp_s = max(0.0, dp_s - hidden)
+
+        # AdamW-style update: read + write master, states and weights, read grads, once.
+        opt_params = -(-params_per_rank // dp) if zero >= 1 else params_per_rank
+        optimizer_s = 2 * 16 * opt_params / self.hbm
+        return StepTime(compute_s=compute, bubble_s=bubble, tp_comm_s=tp_total, dp_comm_s=dp_s,
+                        pp_comm_s=pp_s, optimizer_s=optimizer_s)

@@ -1,0 +1,240 @@
+"""Layout search: every tensor x pipeline x data (ZeRO) layout of a cluster, ranked.
+
+The space for N accelerators: tp and pp over the divisors of N (dp = N / (tp pp)), virtual
+stages 1..max_vpp, ZeRO 0-3, sequence parallel off/on, recompute none/selective/full, and a
+micro-batch from ``micro_batches`` (the gradient accumulation then follows from the global
+batch). Each combination is either rejected for the first reason that applies, in the order
+of ``REASONS``, or evaluated: per-GPU memory of the most loaded rank (planner.memory) against
+the usable memory, and step time (planner.cost). Rejections are counted exactly; subtrees
+that share a reason are counted in bulk, so the search stays fast on 16,384 GPUs while the
+counts equal a one-by-one enumeration (tests/unit/test_search.py checks both).
+
+Ranking: tokens/s, then memory margin. The Pareto front of memory vs throughput and the
+reason the runner-up lost come with the result; no feasible layout is not an error: the
+closest layout and what would make it fit are reported instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from planner.config import ModelConfig, TrainSetup, layout_problem, tp_problem
+from planner.cost import Cluster, CostEstimator, CostModel, StepTime
+from planner.memory import Estimator
+
+REASONS = (
+    "tp_crosses_node", "tp_divisibility", "vpp_without_pp", "pp_layers", "sp_without_tp",
+    "sp_seq", "zero_without_dp", "batch_divisibility", "interleaved_microbatches",
+    "out_of_memory",
+)
+RECOMPUTES = ("none", "selective", "full")
+ZEROS = (0, 1, 2, 3)
+SPS = (False, True)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SearchSpace:
+    max_vpp: int = 4
+    micro_batches: tuple[int, ...] = (1, 2, 4, 8)
+    zeros: tuple[int, ...] = ZEROS
+    recomputes: tuple[str, ...] = RECOMPUTES
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Candidate:
+    tp: int
+    pp: int
+    vpp: int
+    dp: int
+    zero: int
+    sp: bool
+    recompute: str
+    mbs: int
+    grad_accum: int
+    memory_per_gpu_bytes: int
+    memory_stage: int
+    margin_bytes: int
+    step: StepTime
+    tokens_per_s: float
+    mfu: float
+    hfu_tflops_per_gpu: float
+
+    @property
+    def step_time_s(self) -> float:
+        return self.step.total_s
+
+    @property
+    def schedule(self) -> str:
+        return "interleaved" if self.vpp > 1 else "1f1b"
+
+    def label(self) -> str:
+        return (f"tp={self.tp} pp={self.pp} vpp={self.vpp} dp={self.dp} zero={self.zero} "
+                f"sp={'on' if self.sp else 'off'} recompute={self.recompute} "
+                f"mbs={self.mbs} m={self.grad_accum}")
+
+    def to_dict(self, world: int) -> dict[str, object]:
+        return {"tp": self.tp, "pp": self.pp, "vpp": self.vpp, "dp": self.dp, "zero": self.zero,
+                "sp": self.sp, "recompute": self.recompute, "mbs": self.mbs,
+                "grad_accum": self.grad_accum, "memory_per_gpu_bytes": self.memory_per_gpu_bytes,
+                "memory_stage": self.memory_stage, "margin_bytes": self.margin_bytes,
+                "step_time_s": self.step_time_s, "tokens_per_s": self.tokens_per_s,
+                "tokens_per_s_per_gpu": self.tokens_per_s / world, "mfu": self.mfu,
+                "hfu_tflops_per_gpu": self.hfu_tflops_per_gpu, "step": self.step.to_dict()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchResult:
+    candidates: list[Candidate]          # feasible, best first
+    rejected: dict[str, int]
+    evaluated: int                        # layouts whose memory (and time) was computed
+    usable_bytes: int
+    world: int
+    closest: Candidate | None = None      # smallest memory among those that did not fit
+    suggestions: list[str] = field(default_factory=list)
+
+    @property
+    def best(self) -> Candidate | None:
+        return self.candidates[0] if self.candidates else None
+
+    @property
+    def total(self) -> int:
+        return len(self.candidates) + sum(self.rejected.values())
+
+    def pareto(self) -> list[Candidate]:
+        """Layouts no other layout beats on both memory and throughput, by memory."""
+        front: list[Candidate] = []
+        for cand in sorted(self.candidates, key=lambda c: (c.memory_per_gpu_bytes, -c.tokens_per_s)):
+            if not front or cand.tokens_per_s > front[-1].tokens_per_s:
+                front.append(cand)
+        return front
+
+    def runner_up_reason(self) -> str | None:
+        if len(self.candidates) < 2:
+            return None
+        best, second = self.candidates[0], self.candidates[1]
+        a, b = best.step.to_dict(), second.step.to_dict()
+        parts = {k: b[k] - a[k] for k in a if k != "total_s"}
+        worst = max(parts, key=lambda k: parts[k])
+        slower = second.step_time_s / best.step_time_s - 1
+        if slower <= 1e-12:
+            return (f"runner-up ({second.label()}) is as fast and keeps less memory margin "
+                    f"({second.margin_bytes / 2**30:.2f} vs {best.margin_bytes / 2**30:.2f} GiB)")
+        return (f"runner-up ({second.label()}) is {slower:.1%} slower per step, mostly "
+                f"{worst.removesuffix('_s').replace('_', ' ')} (+{parts[worst] * 1e3:.2f} ms)")
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batch: int,
+           model: CostModel = CostModel(), space: SearchSpace = SearchSpace()) -> SearchResult:
+    """Every layout of ``cluster`` for ``cfg`` at ``global_batch`` sequences of
+    ``setup.seq_len`` (setup's dtype, recipe, optimizer and attention are kept; its
+    micro-batch, accumulation and recompute are searched)."""
+    N, L, seq = cluster.gpus, cfg.num_layers, setup.seq_len
+    usable = cluster.usable_bytes(model)
+    memory = Estimator(cfg, setup)
+    cost = CostEstimator(cfg, setup, cluster, model, memory=memory)
+    model_flops = cost.model_flops_per_token()
+    peak = cost.peak
+    rejected = dict.fromkeys(REASONS, 0)
+    feasible: list[Candidate] = []
+    closest: Candidate | None = None
+    evaluated = 0
+    vpps = range(1, space.max_vpp + 1)
+    n_mbs, n_rc = len(space.micro_batches), len(space.recomputes)
+    per_zero = n_mbs * n_rc
+    per_sp = len(space.zeros) * per_zero
+    per_vpp = len(SPS) * per_sp
+    per_pp = len(vpps) * per_vpp
+    tokens_per_step = global_batch * seq
+
+    for tp in divisors(N):
+        pps = divisors(N // tp)
+        if tp > cluster.gpus_per_node:
+            rejected["tp_crosses_node"] += len(pps) * per_pp
+            continue
+        if tp_problem(cfg, tp):
+            rejected["tp_divisibility"] += len(pps) * per_pp
+            continue
+        for pp in pps:
+            dp = N // (tp * pp)
+            for vpp in vpps:
+                problem = layout_problem(cfg, tp=tp, pp=pp, vpp=vpp, sp=False)
+                if problem:
+                    rejected[problem[0]] += per_vpp
+                    continue
+                for sp in SPS:
+                    if sp and tp == 1:
+                        rejected["sp_without_tp"] += per_sp
+                        continue
+                    if sp and seq % tp:
+                        rejected["sp_seq"] += per_sp
+                        continue
+                    for zero in space.zeros:
+                        if zero and dp == 1:
+                            rejected["zero_without_dp"] += per_zero
+                            continue
+                        for mbs in space.micro_batches:
+                            if global_batch % (dp * mbs):
+                                rejected["batch_divisibility"] += n_rc
+                                continue
+                            m = global_batch // (dp * mbs)
+                            if vpp > 1 and m % pp:
+                                rejected["interleaved_microbatches"] += n_rc
+                                continue
+                            schedule = "interleaved" if vpp > 1 else "1f1b"
+                            for recompute in space.recomputes:
+                                evaluated += 1
+                                need, stage = memory.peak_bytes(
+                                    tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp,
+                                    recompute=recompute, mbs=mbs, m=m, schedule=schedule)
+                                fits = need <= usable
+                                if not fits:
+                                    rejected["out_of_memory"] += 1
+                                    if closest is not None and need >= closest.memory_per_gpu_bytes:
+                                        continue
+                                params = max(memory.stage_params(tp, pp, vpp))
+                                step = cost.step_time(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero,
+                                                      sp=sp, recompute=recompute, mbs=mbs, m=m,
+                                                      params_per_rank=params)
+                                total_s = step.total_s
+                                tps = tokens_per_step / total_s
+                                cand = Candidate(
+                                    tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp,
+                                    recompute=recompute, mbs=mbs, grad_accum=m,
+                                    memory_per_gpu_bytes=need, memory_stage=stage,
+                                    margin_bytes=usable - need, step=step, tokens_per_s=tps,
+                                    mfu=model_flops * tps / (N * peak),
+                                    hfu_tflops_per_gpu=cost.flops[recompute].hardware_flops_per_token
+                                    * tps / N / 1e12)
+                                if fits:
+                                    feasible.append(cand)
+                                else:
+                                    closest = cand
+    feasible.sort(key=lambda c: (-c.tokens_per_s, -c.margin_bytes))
+    result = SearchResult(candidates=feasible, rejected=rejected, evaluated=evaluated,
+                          usable_bytes=usable, world=N, closest=None if feasible else closest)
+    if not feasible:
+        result.suggestions.extend(_suggest(result, cluster, global_batch))
+    return result
+
+
+def _suggest(result: SearchResult, cluster: Cluster, global_batch: int) -> list[str]:
+    out = []
+    closest = result.closest
+    if closest is not None:
+        over = closest.memory_per_gpu_bytes / result.usable_bytes
+        out.append(f"closest: {closest.label()} needs {closest.memory_per_gpu_bytes / 2**30:.1f} GiB "
+                   f"per GPU, {over:.2f}x the usable {result.usable_bytes / 2**30:.1f} GiB")
+        more = -(-int(cluster.gpus * over) // cluster.gpus_per_node) * cluster.gpus_per_node
+        out.append(f"roughly {more} GPUs or more would spread it thin enough (ZeRO-3 over a "
+                   "larger dp shards the model states)")
+        if closest.mbs > 1:
+            out.append("a smaller micro-batch lowers activation memory")
+    total_batch = sum(v for k, v in result.rejected.items() if k == "batch_divisibility")
+    if total_batch and not closest:
+        out.append(f"global batch {global_batch} divides no dp x micro-batch of this cluster; "
+                   "use a multiple of the data-parallel size")
+    return out
