@@ -25,7 +25,8 @@ layer's working set"), and more recompute never costs more.
 Pipeline: under 1F1B stage i holds ``min(p - i, m)`` micro-batches in flight; interleaved
 stage i holds ``min(2(p - i - 1) + (v - 1)p + 1, m v)`` model chunks in flight (Megatron's
 warm-up count), which for stage 0 is Korthikanti's factor ``1 + (p - 1)/(p v)``; GPipe holds
-all m. The last stage also holds the logits (16-bit) and their fp32 copy for cross-entropy.
+all m. The last stage also holds the log-softmax output of cross-entropy in fp32 and, in 16-bit
+runs, the 16-bit logits beside it.
 """
 
 from __future__ import annotations
@@ -250,14 +251,18 @@ def model_state_bytes(params: int, *, recipe: str, optimizer: str, zero: int, dp
     Sharded states are padded up to a multiple of dp (as FSDP does)."""
     w, g, master = RECIPE_BYTES[recipe]
     shard = ceil_div(params, dp)
-    opt_params = shard if zero >= 1 else params
+    # llmplan's runtime runs ZeRO-1 as replicated data parallelism (unsharded states).
+    opt_params = shard if zero >= 2 or (zero == 1 and recipe != "runtime") else params
     if optimizer == "adafactor":
         states = adafactor_state_bytes(opt_params, hidden)
     else:
         states = OPTIMIZER_STATE_BYTES[optimizer] * opt_params
     optimizer_bytes = master * opt_params + states
     gradients = g * (shard if zero >= 2 else params)
-    weights = w * (shard if zero >= 3 else params)
+    # FSDP2 (the runtime's ZeRO-2 and -3) always stores sharded parameters; ZeRO-2 keeps the
+    # unsharded copy from forward to backward instead (counted as transient by the Estimator).
+    sharded_weights = zero >= 3 or (zero == 2 and recipe == "runtime")
+    weights = w * (shard if sharded_weights else params)
     return weights, gradients, optimizer_bytes
 
 
@@ -325,6 +330,9 @@ class Estimator:
                 # FSDP all-gathers the running layer and prefetches the next (compute dtype).
                 layer_params = self.tp_terms(tp, sp, recompute)[0]
                 transient = min(2, cfg.num_layers // pp) * layer_params * self.compute_w_bytes
+            elif zero == 2 and dp > 1 and (recipe or setup.recipe) == "runtime":
+                # FSDP2 without resharding keeps every unsharded layer from forward to backward.
+                transient = params * self.compute_w_bytes
             states = self._states[key] = (params, weights, grads, opt, transient)
         params, weights, grads, opt, transient = states
         _, kept, running = self.tp_terms(tp, sp, recompute)
@@ -345,7 +353,8 @@ class Estimator:
         if hit is None:
             cfg, s, B = self.cfg, self.setup.seq_len, self.setup.activation_bytes
             hit = 2 * B * s * cfg.hidden_size / (tp if sp else 1)
-            hit += (B + 4) * s * ceil_div(cfg.vocab_size, tp)
+            # log-softmax keeps its fp32 output; 16-bit logits are alive beside it
+            hit += (4 + (B if B != 4 else 0)) * s * ceil_div(cfg.vocab_size, tp)
             self._tail[key] = hit
         return hit
 

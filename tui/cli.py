@@ -546,6 +546,149 @@ def plan_cmd(
     output.render(json_mode, data, human)
 
 
+OptInt = Optional[int]
+
+
+@app.command("launch")
+@cli_errors
+def launch_cmd(
+    target: Annotated[str, typer.Argument(help="A plan file (llmplan plan --out) or a MODEL.")],
+    device: Annotated[str, typer.Option(help="cpu, cuda, or auto (cuda when available).")] = "auto",
+    tp: Annotated[OptInt, typer.Option(help="Tensor parallel (default: plan or 1).")] = None,
+    pp: Annotated[OptInt, typer.Option(help="Pipeline parallel.")] = None,
+    vpp: Annotated[OptInt, typer.Option(help="Virtual stages (interleaved 1F1B).")] = None,
+    dp: Annotated[OptInt, typer.Option(help="Data parallel.")] = None,
+    zero: Annotated[OptInt, typer.Option(help="ZeRO 0/1 (replicated) or 2/3 (FSDP2).")] = None,
+    sp: Annotated[Optional[bool], typer.Option("--sp/--no-sp", help="Sequence parallel.")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="1f1b or gpipe.")] = None,
+    recompute: Annotated[Optional[str], typer.Option(help="none, selective, full.")] = None,
+    mbs: Annotated[OptInt, typer.Option(help="Micro-batch b.")] = None,
+    gbs: Annotated[OptInt, typer.Option(help="Global batch in sequences.")] = None,
+    seq: Annotated[OptInt, typer.Option(help="Sequence length.")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="fp32 or bf16.")] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 20,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-4,
+    seed: Annotated[int, typer.Option(help="Seed for init and data.")] = 0,
+    data: Annotated[str, typer.Option(help="A local text file (byte-level tokens).")] = "",
+    ckpt_dir: Annotated[str, typer.Option("--ckpt-dir", help="Checkpoint folder.")] = "",
+    ckpt_every: Annotated[int, typer.Option("--ckpt-every", help="Save every N steps.")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint.")] = False,
+    run_dir: Annotated[str, typer.Option("--run-dir", help="Where the run's plan is written.")] = "",
+    nnodes: Annotated[int, typer.Option(help="Nodes (multi-node needs --rdzv-endpoint).")] = 1,
+    rdzv_endpoint: Annotated[str, typer.Option("--rdzv-endpoint", help="host:port of the c10d store.")] = "",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the torchrun command only.")] = False,
+    set_: SetOpt = None,
+    json_mode: Annotated[bool, typer.Option("--json", help="Print the JSON-lines event stream.")] = False,
+) -> None:
+    """Launch a 3D-parallel training run (torchrun) and show predicted next to measured."""
+    import tempfile
+    from pathlib import Path
+
+    from planner.config import Parallel, TrainSetup
+    from planner.planfile import plan_dict, plan_objects, read_plan, write_plan
+    from runtime.launch import LaunchSpec, stream, torchrun_command
+    from runtime.support import check_runtime_layout
+
+    if target.endswith(".toml") and Path(target).exists() and "layout" in read_plan(Path(target)):
+        base = read_plan(Path(target))
+        cfg, base_setup, base_par = plan_objects(base, where=target)
+        if set_:
+            from presets import parse_overrides
+            cfg = cfg.with_overrides(parse_overrides(set_))
+        hardware = base.get("cluster", {}).get("hardware", "")
+    else:
+        cfg = _model(target, set_)
+        base_setup, base_par, hardware = TrainSetup(seq_len=min(256, cfg.max_context), dtype="fp32",
+                                                    recipe="runtime"), Parallel(), ""
+    pick = lambda flag, default: default if flag is None else flag  # noqa: E731
+    par = Parallel(tp=pick(tp, base_par.tp), pp=pick(pp, base_par.pp), vpp=pick(vpp, base_par.vpp),
+                   dp=pick(dp, base_par.dp), zero=pick(zero, base_par.zero), sp=pick(sp, base_par.sp),
+                   schedule=pick(schedule, base_par.schedule))
+    micro = pick(mbs, base_setup.micro_batch)
+    per_step = micro * par.dp
+    global_batch = pick(gbs, base_setup.micro_batch * base_setup.grad_accum * base_par.dp)
+    global_batch = max(global_batch, per_step) if gbs is None else global_batch
+    if global_batch % per_step:
+        raise LlmplanError(f"gbs({global_batch}) is not a multiple of mbs({micro}) x dp({par.dp}) = {per_step}")
+    setup = TrainSetup(seq_len=pick(seq, base_setup.seq_len), micro_batch=micro,
+                       grad_accum=global_batch // per_step, dtype=pick(dtype, base_setup.dtype),
+                       recipe="runtime", optimizer="adamw", recompute=pick(recompute, base_setup.recompute),
+                       attention="flash")
+    if setup.seq_len > cfg.max_context:
+        raise LlmplanError(f"seq({setup.seq_len}) exceeds the model's max context({cfg.max_context})")
+    check_runtime_layout(cfg, setup, par)
+    if device == "auto":
+        import torch  # deferred: only a launch pays for it
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise LlmplanError(f"--device {device!r}: use cpu, cuda or auto")
+    per_node = par.world // nnodes
+    if par.world % nnodes:
+        raise LlmplanError(f"world({par.world}) is not divisible by nnodes({nnodes})")
+    if device == "cuda":
+        import torch
+        have = torch.cuda.device_count()
+        if per_node > have:
+            raise LlmplanError(f"{per_node} processes per node but {have} GPU(s): NCCL needs one GPU "
+                               "per rank; use --device cpu to run the layout on CPU processes")
+    if not hardware:
+        hardware = "cpu" if device == "cpu" else "h100-sxm"
+    folder = Path(run_dir or ckpt_dir or tempfile.mkdtemp(prefix="llmplan-run-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    plan = plan_dict(cfg=cfg, setup=setup, par=par, hardware=hardware, gpus=par.world,
+                     gpus_per_node=per_node, prediction={})
+    plan["run"] = {"steps": steps, "lr": lr, "seed": seed, "data": data, "ckpt_dir": ckpt_dir,
+                   "ckpt_every": ckpt_every, "resume": resume, "device": device}
+    plan_path = folder / "run.toml"
+    plan["cluster"]["nodes"] = nnodes
+    write_plan(plan_path, {**plan, "cluster": {**plan["cluster"], "nodes": 1}})
+    spec = LaunchSpec(plan_path=plan_path, nproc_per_node=per_node, device=device,
+                      nnodes=nnodes, rdzv_endpoint=rdzv_endpoint)
+    command = torchrun_command(spec)
+    if dry_run:
+        info = {"command": command, "plan": str(plan_path), "world": par.world, "device": device}
+        output.render(json_mode, info, lambda: output.show(" ".join(command)))
+        return
+    if not json_mode:
+        output.warn(f"launching {par.world} process(es) on {device}: {' '.join(command)}")
+    last: dict[str, Any] = {}
+
+    def on_line(line: str, ev: dict | None) -> None:
+        if json_mode:
+            if ev is not None:
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+            return
+        if ev is None:
+            return
+        if ev["event"] == "step":
+            mfu = f" mfu {ev['mfu']:.1%}" if ev.get("mfu") else ""
+            sys.stdout.write(f"step {ev['step']:>5}  loss {ev['loss']:.4f}  grad norm "
+                             f"{ev['grad_norm']:.3f}  {ev['tokens_per_s']:,.0f} tok/s{mfu}\n")
+            sys.stdout.flush()
+        elif ev["event"] == "checkpoint":
+            sys.stdout.write(f"checkpoint at step {ev['step']}: {ev['path']}\n")
+        elif ev["event"] in ("done", "error"):
+            last.update(ev)
+
+    rc = stream(spec, on_line)
+    if not json_mode and last.get("event") == "done":
+        rows = []
+        for cat in ("parameters", "gradients", "optimizer_states", "activations"):
+            p, m_ = last.get(f"predicted_{cat}_bytes"), last.get(f"measured_{cat}_bytes")
+            err = f"{(m_ - p) / p:+.1%}" if p and m_ is not None else "-"
+            rows.append((cat, output.fmt_bytes(p or 0), output.fmt_bytes(m_ or 0), err))
+        pt, mt = last.get("predicted_step_time_s"), last.get("measured_step_time_s")
+        rows.append(("step time", f"{pt:.4f} s" if pt else "-", f"{mt:.4f} s" if mt else "-",
+                     f"{(mt - pt) / pt:+.1%}" if pt and mt else "-"))
+        output.show(output.table("Predicted vs measured (most loaded rank)",
+                                 ["quantity", "predicted", "measured", "error"], rows))
+    elif not json_mode and last.get("event") == "error":
+        output.warn(f"error: {last.get('message')}")
+    if rc:
+        raise typer.Exit(rc if rc != 2 else 1)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

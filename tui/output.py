@@ -55,6 +55,14 @@ def fmt_gib(n_bytes: float) -> str:
     return f"{n_bytes / 2**30:,.2f} GiB"
 
 
+def fmt_bytes(n_bytes: float) -> str:
+    """Binary units (KiB = 2**10 ... GiB = 2**30), labelled as such."""
+    for scale, unit in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if abs(n_bytes) >= scale:
+            return f"{n_bytes / scale:,.2f} {unit}"
+    return f"{n_bytes:,.0f} B"
+
+
 def fmt_flops(n: float) -> str:
     for scale, unit in ((1e24, "Y"), (1e21, "Z"), (1e18, "E"), (1e15, "P"), (1e12, "T"),
                         (1e9, "G"), (1e6, "M")):

@@ -1,0 +1,287 @@
+"""One readable decoder built from ``planner.config.ModelConfig``.
+
+The model says *what* is computed; ``runtime.parallel`` says how it is split. Heads are
+reshaped with ``-1`` so the same code runs on a tensor-parallel shard. Its parameter count
+equals ``planner.params.count_params`` for every configuration it supports (tests check this
+on the ``meta`` device), and the tensors it saves for backward are the ones
+``planner.memory.layer_activation_terms`` lists.
+
+Shapes: b batch, s sequence, h hidden, a/g query/kv heads (local to a TP rank), d head dim,
+f ffn hidden, V vocab.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from planner.config import ConfigError, ModelConfig
+
+from runtime.support import SUPPORTED_POSITIONS
+
+
+class _RMSNormFn(torch.autograd.Function):
+    """RMSNorm that saves only its input and 1/rms, like the fused kernels (PyTorch's CPU
+    composite saves the normalised tensor too)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return x * rstd * weight
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, rstd = ctx.saved_tensors
+        gw = grad * weight
+        # d/dx of x * r(x) * w with r = (mean x^2 + eps)^-1/2:  r gw - x r^3 mean(gw x)
+        dx = rstd * gw - x * rstd.pow(3) * (gw * x).mean(-1, keepdim=True)
+        dw = (grad * x * rstd).sum(dim=tuple(range(grad.dim() - 1)))
+        return dx, dw, None
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _RMSNormFn.apply(x, self.weight, self.eps)
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(cfg.hidden_size, cfg.norm_eps)
+    return nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=cfg.norm == "layernorm")
+
+
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    """Inverse frequencies for the rotated part of each head, with context scaling:
+    linear (position interpolation, Chen et al. 2023), NTK-aware (base scaled by
+    factor^(d/(d-2))), YaRN (Peng et al. 2023, ramp between interpolation and extrapolation),
+    llama3 (the Llama 3.1 wavelength ramp)."""
+    rot = int(cfg.head_dim * cfg.rope_fraction) // 2 * 2
+    theta = cfg.rope_theta
+    factor = cfg.rope_scaling_factor
+    if cfg.rope_scaling == "ntk":
+        theta = theta * factor ** (rot / (rot - 2))
+    inv = 1.0 / theta ** (torch.arange(0, rot, 2, dtype=torch.float64) / rot)
+    if cfg.rope_scaling == "linear":
+        inv = inv / factor
+    elif cfg.rope_scaling in ("llama3", "yarn"):
+        original = cfg.rope_original_context or cfg.max_context
+        wavelen = 2 * math.pi / inv
+        if cfg.rope_scaling == "llama3":
+            low, high = original / 1.0, original / 4.0  # low_freq_factor 1, high_freq_factor 4
+            smooth = ((original / wavelen) - 1.0) / (4.0 - 1.0)
+        else:  # yarn: beta_fast 32, beta_slow 1 rotations over the original context
+            low, high = original / 1.0, original / 32.0
+            smooth = (original / wavelen - 1.0) / (32.0 - 1.0)
+        smooth = smooth.clamp(0, 1)
+        scaled = (1 - smooth) * inv / factor + smooth * inv
+        inv = torch.where(wavelen > low, inv / factor, torch.where(wavelen < high, inv, scaled))
+    return inv.float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first ``cos.shape[-1]`` dims of each head (NeoX half-split layout).
+    ``cos``/``sin`` are the shared (s, rot) tables: multiplying by them keeps no per-token
+    tensor for backward, only the one table every layer shares."""
+    rot = cos.shape[-1]
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    x1, x2 = x_rot.chunk(2, dim=-1)
+    rotated = x_rot * cos + torch.cat((-x2, x1), dim=-1) * sin
+    return torch.cat((rotated, x_pass), dim=-1) if x_pass.shape[-1] else rotated
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        h, qw, kvw = cfg.hidden_size, cfg.q_width, cfg.kv_width
+        qkv_bias = cfg.bias in ("qkv", "attention", "all")
+        self.head_dim = cfg.head_dim
+        self.window = cfg.sliding_window
+        self.wq = nn.Linear(h, qw, bias=qkv_bias)
+        self.wk = nn.Linear(h, kvw, bias=qkv_bias)
+        self.wv = nn.Linear(h, kvw, bias=qkv_bias)
+        self.wo = nn.Linear(qw, h, bias=cfg.bias in ("attention", "all"))
+        self.selective_recompute = False
+
+    def core(self, q, k, v, causal_mask):
+        if causal_mask is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                  enable_gqa=q.shape[1] != k.shape[1])
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask,
+                                              enable_gqa=q.shape[1] != k.shape[1])
+
+    def forward(self, x, cos, sin, kv_cache=None, start_pos: int = 0):
+        b, s, _ = x.shape
+        d = self.head_dim
+        q = self.wq(x).view(b, s, -1, d).transpose(1, 2)   # b, a, s, d
+        k = self.wk(x).view(b, s, -1, d).transpose(1, 2)   # b, g, s, d
+        v = self.wv(x).view(b, s, -1, d).transpose(1, 2)
+        if cos is not None:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        mask = None
+        if kv_cache is not None:
+            k, v = kv_cache.update(start_pos, k, v)
+            mask = kv_cache.mask(start_pos, s, self.window, q.device)
+        elif self.window and s > self.window:
+            i = torch.arange(s, device=x.device)
+            mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < self.window)
+        if self.selective_recompute and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+            out = checkpoint(self.core, q, k, v, mask, use_reentrant=False)
+        else:
+            out = self.core(q, k, v, mask)
+        return self.wo(out.transpose(1, 2).reshape(b, s, -1))
+
+
+class MLP(nn.Module):
+    """Gated (w2(act(w1 x) * w3 x)) or two-matrix (w2(act(w1 x)))."""
+
+    def __init__(self, cfg: ModelConfig, ffn: int) -> None:
+        super().__init__()
+        h, bias = cfg.hidden_size, cfg.bias == "all"
+        self.gated = cfg.gated
+        self.w1 = nn.Linear(h, ffn, bias=bias)
+        self.w3 = nn.Linear(h, ffn, bias=bias) if cfg.gated else None
+        self.w2 = nn.Linear(ffn, h, bias=bias)
+        kind = cfg.mlp
+        self.act = (F.silu if kind == "swiglu" else F.relu if kind in ("relu", "reglu")
+                    else lambda t: F.gelu(t, approximate="tanh"))
+
+    def forward(self, x):
+        up = self.act(self.w1(x))
+        if self.w3 is not None:
+            up = up * self.w3(x)
+        return self.w2(up)
+
+
+class MoE(nn.Module):
+    """Top-k routed experts (softmax over the k selected logits, as Mixtral) + shared experts.
+    Experts run on the tokens routed to them; there is no capacity limit (dropless)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.k = cfg.experts_per_token
+        self.router = nn.Linear(cfg.hidden_size, cfg.num_experts, bias=False)
+        self.experts = nn.ModuleList(MLP(cfg, cfg.moe_ffn_hidden_size) for _ in range(cfg.num_experts))
+        self.shared = nn.ModuleList(MLP(cfg, cfg.moe_ffn_hidden_size)
+                                    for _ in range(cfg.num_shared_experts))
+
+    def forward(self, x):
+        b, s, h = x.shape
+        flat = x.reshape(-1, h)
+        logits = self.router(flat)
+        weights, chosen = logits.topk(self.k, dim=-1)
+        weights = weights.float().softmax(dim=-1).to(x.dtype)
+        out = torch.zeros_like(flat)
+        for e, expert in enumerate(self.experts):
+            token, slot = torch.where(chosen == e)
+            if token.numel():
+                out = out.index_add(0, token, expert(flat[token]) * weights[token, slot, None])
+        for expert in self.shared:
+            out = out + expert(flat)
+        return out.view(b, s, h)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, moe: bool) -> None:
+        super().__init__()
+        self.kind = cfg.block
+        self.attention_norm = make_norm(cfg)
+        two_norms = cfg.block != "parallel" or cfg.parallel_norms == 2
+        self.ffn_norm = make_norm(cfg) if two_norms else None
+        self.attention = Attention(cfg)
+        self.feed_forward = MoE(cfg) if moe else MLP(cfg, cfg.ffn_hidden_size)
+
+    def forward(self, x, cos, sin, kv_cache=None, start_pos: int = 0):
+        if self.kind == "parallel":
+            a_in = self.attention_norm(x)
+            f_in = self.ffn_norm(x) if self.ffn_norm is not None else a_in
+            return x + self.attention(a_in, cos, sin, kv_cache, start_pos) + self.feed_forward(f_in)
+        if self.kind == "post_norm":
+            x = self.attention_norm(x + self.attention(x, cos, sin, kv_cache, start_pos))
+            return self.ffn_norm(x + self.feed_forward(x))
+        x = x + self.attention(self.attention_norm(x), cos, sin, kv_cache, start_pos)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class Decoder(nn.Module):
+    """Embedding -> L blocks -> final norm -> LM head. Under pipeline parallelism a stage
+    keeps only its own parts: missing ones are ``None`` and skipped."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        check_supported(cfg)
+        self.cfg = cfg
+        self.seq_shards = 1  # set by runtime.parallel.apply_tp under sequence parallelism
+        h = cfg.hidden_size
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, h)
+        self.pos_embeddings = (nn.Embedding(cfg.max_context + cfg.position_offset, h)
+                               if cfg.position == "learned" else None)
+        self.embedding_norm = make_norm(cfg) if cfg.embedding_norm else None
+        self.layers = nn.ModuleDict({
+            str(i): Block(cfg, moe=cfg.is_moe and i >= cfg.first_dense_layers)
+            for i in range(cfg.num_layers)})
+        self.norm = make_norm(cfg) if cfg.final_norm else None
+        self.output = nn.Linear(h, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        if cfg.position == "rope":
+            self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        else:
+            self.inv_freq = None
+
+    def rope(self, positions: torch.Tensor):
+        if self.inv_freq is None:
+            return None, None
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]
+        freqs = torch.cat((freqs, freqs), dim=-1)  # (s, rot): one table shared by all layers
+        return freqs.cos(), freqs.sin()
+
+    def forward(self, tokens_or_hidden: torch.Tensor, start_pos: int = 0, kv_caches=None):
+        x = tokens_or_hidden
+        # A later pipeline stage under sequence parallelism receives its 1/t sequence shard.
+        s = x.shape[1] if self.tok_embeddings is not None else x.shape[1] * self.seq_shards
+        positions = torch.arange(start_pos, start_pos + s, device=x.device)
+        if self.tok_embeddings is not None:
+            x = self.tok_embeddings(x)
+            if self.pos_embeddings is not None:
+                x = x + self.pos_embeddings(positions + self.cfg.position_offset)
+            if self.embedding_norm is not None:
+                x = self.embedding_norm(x)
+        cos, sin = self.rope(positions)
+        for name, layer in self.layers.items():
+            cache = kv_caches[int(name)] if kv_caches is not None else None
+            x = layer(x, cos, sin, cache, start_pos)
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.output is not None:
+            x = self.output(x)
+        return x
+
+
+def check_supported(cfg: ModelConfig) -> None:
+    if cfg.position not in SUPPORTED_POSITIONS:
+        raise ConfigError(f"the runtime does not implement position({cfg.position!r}); "
+                          f"supported: {', '.join(SUPPORTED_POSITIONS)}")
+
+
+def init_weights(model: Decoder, seed: int, std: float = 0.02) -> None:
+    """Deterministic init in a fixed parameter order: N(0, std) for matrices, ones/zeros for
+    norms and biases; every rank that runs this with the same seed holds the same model."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+            elif name.endswith("bias"):
+                p.zero_()
+            else:
+                p.fill_(1.0)

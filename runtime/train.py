@@ -1,0 +1,312 @@
+"""The training entry point for torchrun: ``python -m torch.distributed.run ... -m runtime.train
+--plan run.toml``. Rank 0 prints JSON-lines events (runtime.events).
+
+One optimizer step: the dp rank's slice of the global batch is split into m micro-batches of b
+sequences. Without pipelining they run one after another (gradient accumulation); with
+pipelining they run as m/p rounds of a schedule over p micro-batches. Every micro-batch loss
+is scaled by 1/m, so gradients equal the single-process gradient of the mean loss (schedules
+run with ``scale_grads=False``; runtime.md pitfall 1). The gradient norm is reduced across
+pipeline stages before clipping (pitfall 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from planner.config import ConfigError, LlmplanError
+from planner.planfile import plan_objects, read_plan
+from runtime import events
+
+RUN_DEFAULTS: dict[str, Any] = {
+    "steps": 20, "lr": 3e-4, "warmup_steps": 2, "min_lr_ratio": 0.1, "seed": 0,
+    "max_grad_norm": 1.0, "weight_decay": 0.1, "data": "", "ckpt_dir": "", "ckpt_every": 0,
+    "resume": False, "device": "cpu", "measure_step": 1,
+}
+
+
+def lr_lambda(warmup: int, total: int, min_ratio: float):
+    """Linear warm-up to 1, then cosine to ``min_ratio`` at the last step."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def predictions(cfg, setup, par, hardware: str) -> dict[str, Any]:
+    """What the planner says this run will use, with the ``runtime`` recipe."""
+    from planner.config import TrainSetup
+    from planner.cost import Cluster, CostEstimator
+    from planner.memory import memory_report
+    from presets import load_hardware
+
+    rsetup = TrainSetup(**{**{f: getattr(setup, f) for f in setup.__slots__}, "recipe": "runtime"})
+    report = memory_report(cfg, rsetup, par)
+    out: dict[str, Any] = {"stages": [s.to_dict() for s in report.stages]}
+    try:
+        hw = load_hardware(hardware)
+        cost = CostEstimator(cfg, rsetup, Cluster(hardware=hw, gpus=par.world))
+        params = max(s.params for s in report.stages)
+        step = cost.step_time(tp=par.tp, pp=par.pp, vpp=par.vpp, dp=par.dp, zero=par.zero,
+                              sp=par.sp, recompute=setup.recompute, mbs=setup.micro_batch,
+                              m=setup.grad_accum, params_per_rank=params)
+        out["step_time_s"] = step.total_s
+        out["tokens_per_s"] = setup.seq_len * setup.micro_batch * setup.grad_accum * par.dp / step.total_s
+        out["peak_flops"] = hw.peak_flops(setup.dtype)
+    except LlmplanError:
+        pass
+    return out
+
+
+def run(plan_path: str) -> int:
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from runtime import accounting, checkpoint
+    from runtime.data import local_slice, make_data
+    from runtime.parallel import allreduce_grads, build, check_runtime_layout
+
+    plan = read_plan(Path(plan_path))
+    cfg, setup, par = plan_objects(plan, where=plan_path)
+    opts = {**RUN_DEFAULTS, **plan.get("run", {})}
+    check_runtime_layout(cfg, setup, par)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != par.world:
+        raise ConfigError(f"{world} processes for a layout of tp({par.tp}) x pp({par.pp}) x "
+                          f"dp({par.dp}) = {par.world}")
+    cuda = opts["device"] == "cuda"
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    dist.init_process_group("nccl" if cuda else "gloo")
+    rank = dist.get_rank()
+    say = (lambda kind, **kw: events.emit(kind, **kw)) if rank == 0 else (lambda kind, **kw: None)
+
+    torch.manual_seed(opts["seed"])
+    built = build(cfg, setup, par, device=device, seed=opts["seed"])
+    mesh, parts = built.mesh, built.parts
+    pp_group = mesh["pp"].get_group()
+    dp_group = mesh["dp"].get_group()
+    dp_rank = mesh["dp"].get_local_rank()
+    has_first = 0 in built.stages
+    has_last = built.n_stages - 1 in built.stages
+
+    optimizers = [torch.optim.AdamW(p.parameters(), lr=opts["lr"], betas=(0.9, 0.95), eps=1e-8,
+                                    weight_decay=opts["weight_decay"], foreach=True)
+                  for p in parts]
+    steps = int(opts["steps"])
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(
+        o, lr_lambda(int(opts["warmup_steps"]), steps, float(opts["min_lr_ratio"]))) for o in optimizers]
+
+    m, mbs, s = setup.grad_accum, setup.micro_batch, setup.seq_len
+    global_batch = mbs * m * par.dp
+
+    def loss_fn(out, target):
+        return F.cross_entropy(out.flatten(0, 1).float(), target.flatten(0, 1)) / m
+
+    tp_ctx = contextlib.nullcontext
+    if par.tp > 1:
+        from torch.distributed.tensor.parallel import loss_parallel
+        tp_ctx = loss_parallel
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) \
+        if setup.dtype == "bf16" and not built.fsdp else contextlib.nullcontext
+
+    schedule = None
+    if par.pp > 1:
+        from torch.distributed.pipelining import (PipelineStage, Schedule1F1B, ScheduleGPipe,
+                                                  ScheduleInterleaved1F1B)
+        stages = [PipelineStage(part, sid, built.n_stages, device, group=pp_group)
+                  for part, sid in zip(parts, built.stages)]
+        if par.vpp > 1:
+            schedule = ScheduleInterleaved1F1B(stages, n_microbatches=par.pp, loss_fn=loss_fn,
+                                               scale_grads=False)
+        else:
+            cls = ScheduleGPipe if par.schedule == "gpipe" else Schedule1F1B
+            schedule = cls(stages[0], n_microbatches=par.pp, loss_fn=loss_fn, scale_grads=False)
+
+    start_step = 0
+    ckpt_dir = opts["ckpt_dir"]
+    if opts["resume"]:
+        latest = checkpoint.latest_step(ckpt_dir) if ckpt_dir else None
+        if latest is None:
+            raise ConfigError(f"--resume: no checkpoint in {ckpt_dir or '(no --ckpt-dir)'}")
+        checkpoint.load(ckpt_dir, latest, parts, optimizers)
+        start_step = latest
+        for sch in schedulers:
+            for _ in range(start_step):
+                sch.step()
+
+    hardware = plan.get("cluster", {}).get("hardware", "cpu")
+    predicted = predictions(cfg, setup, par, hardware)
+    data = make_data(opts["data"] or None, cfg.vocab_size, s, int(opts["seed"]))
+    say("start", model=cfg.name, layout={"tp": par.tp, "pp": par.pp, "vpp": par.vpp, "dp": par.dp,
+                                         "zero": par.zero, "sp": par.sp, "schedule": par.schedule},
+        world=par.world, device=device.type, steps=steps, start_step=start_step,
+        global_batch=global_batch, seq_len=s, micro_batch=mbs, grad_accum=m,
+        recompute=setup.recompute, dtype=setup.dtype,
+        predicted_stages=predicted["stages"],
+        predicted_step_time_s=predicted.get("step_time_s"),
+        predicted_tokens_per_s=predicted.get("tokens_per_s"))
+
+    fail_step = int(os.environ.get("LLMPLAN_FAIL_AT_STEP", "0"))  # fault injection (tests)
+    fail_rank = int(os.environ.get("LLMPLAN_FAIL_RANK", "1"))
+    measured: dict[str, int] = {}
+    step_times: list[float] = []
+    model_flops = None
+    from planner.flops import flops_report
+    model_flops = flops_report(cfg, s).train_flops_per_token
+
+    for step in range(start_step + 1, steps + 1):
+        batch = local_slice(data.global_batch(step, global_batch), dp_rank, par.dp).to(device)
+        x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+        for o in optimizers:
+            o.zero_grad(set_to_none=True)
+        measure = step == start_step + int(opts["measure_step"])
+        meter = accounting.SavedTensorMeter() if measure else contextlib.nullcontext()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        with meter, tp_ctx(), autocast():
+            if schedule is None:
+                for i in range(m):
+                    xi, yi = x[i * mbs:(i + 1) * mbs], y[i * mbs:(i + 1) * mbs]
+                    loss = loss_fn(parts[0](xi), yi)
+                    loss.backward()
+                    loss_sum += loss.detach().full_tensor() if hasattr(loss, "full_tensor") else loss.detach()
+            else:
+                per_round = par.pp * mbs
+                for r in range(m // par.pp):
+                    xr, yr = x[r * per_round:(r + 1) * per_round], y[r * per_round:(r + 1) * per_round]
+                    losses: list = []
+                    kwargs = {"target": yr, "losses": losses} if has_last else {}
+                    if has_first:
+                        schedule.step(xr, **kwargs)
+                    else:
+                        schedule.step(**kwargs)
+                    for lo in losses:
+                        lo = lo.detach()
+                        loss_sum += lo.full_tensor() if hasattr(lo, "full_tensor") else lo
+        if measure:
+            measured["activations_bytes"] = meter.peak
+        if par.dp > 1 and not built.fsdp:
+            allreduce_grads(parts, dp_group)
+        params = [p for part in parts for p in part.parameters()]
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads, 2.0, False, True)
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        if par.pp > 1:
+            sq = norm.pow(2)
+            dist.all_reduce(sq, group=pp_group)
+            norm = sq.sqrt()
+        torch.nn.utils.clip_grads_with_norm_(params, float(opts["max_grad_norm"]), norm, True)
+        if measure:
+            measured["gradients_bytes"] = accounting.gradient_bytes(parts)
+        for o in optimizers:
+            o.step()
+        for sch in schedulers:
+            sch.step()
+        if cuda:
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        step_times.append(dt)
+        if par.pp > 1:
+            if not has_last:
+                loss_sum.zero_()
+            dist.all_reduce(loss_sum, group=pp_group)
+        if par.dp > 1:
+            dist.all_reduce(loss_sum, group=dp_group)
+            loss_sum /= par.dp
+        if measure:
+            measured["parameters_bytes"] = accounting.parameter_bytes(parts)
+            measured["optimizer_states_bytes"] = accounting.optimizer_bytes(optimizers)
+        tokens_per_s = global_batch * s / dt
+        peak_mem = (torch.cuda.max_memory_allocated() if cuda
+                    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        mfu = None
+        if predicted.get("peak_flops"):
+            mfu = model_flops * tokens_per_s / (par.world * predicted["peak_flops"])
+        say("step", step=step, loss=float(loss_sum), grad_norm=float(norm),
+            lr=schedulers[0].get_last_lr()[0], step_time_s=dt, tokens_per_s=tokens_per_s,
+            mfu=mfu, mem_peak_bytes=int(peak_mem))
+        if rank == fail_rank and step == fail_step:
+            sys.stderr.write(f"llmplan: fault injection: rank {rank} exits at step {step}\n")
+            os._exit(17)
+        every = int(opts["ckpt_every"])
+        if ckpt_dir and ((every and step % every == 0) or step == steps):
+            path = checkpoint.save(ckpt_dir, step, parts, optimizers)
+            say("checkpoint", step=step, path=path)
+
+    # measured vs predicted, per rank; the most loaded rank is reported at the top level
+    pp_rank = mesh["pp"].get_local_rank()
+    mine = {"rank": rank, "stage": pp_rank, **measured}
+    if cuda:
+        mine["max_memory_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    if rank == 0:
+        done: dict[str, Any] = {"steps": steps, "ranks": []}
+        names = {"parameters": "weights_bytes", "gradients": "gradients_bytes",
+                 "optimizer_states": "optimizer_bytes", "activations": "activations_bytes"}
+        best = None
+        for r in gathered:
+            pred = predicted["stages"][r["stage"]]
+            entry = {"rank": r["rank"], "stage": r["stage"]}
+            for cat, key in names.items():
+                entry[f"predicted_{cat}_bytes"] = pred[key]
+                entry[f"measured_{cat}_bytes"] = r.get(f"{cat}_bytes")
+            if "max_memory_allocated_bytes" in r:
+                entry["measured_max_allocated_bytes"] = r["max_memory_allocated_bytes"]
+                entry["predicted_total_bytes"] = pred["total_bytes"]
+            done["ranks"].append(entry)
+            total = sum(entry[f"measured_{c}_bytes"] or 0 for c in names)
+            if best is None or total > best[0]:
+                best = (total, entry)
+        done.update({k: v for k, v in best[1].items() if k.startswith(("predicted_", "measured_"))})
+        timed = step_times[1:] or step_times
+        median = sorted(timed)[len(timed) // 2] if timed else None
+        done["measured_step_time_s"] = median
+        done["predicted_step_time_s"] = predicted.get("step_time_s")
+        done["measured_tokens_per_s"] = global_batch * s / median if median else None
+        done["predicted_tokens_per_s"] = predicted.get("tokens_per_s")
+        say("done", **done)
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="runtime.train")
+    parser.add_argument("--plan", required=True, help="run specification (TOML)")
+    args = parser.parse_args(argv)
+    try:
+        return run(args.plan)
+    except LlmplanError as err:
+        if int(os.environ.get("RANK", "0")) == 0:
+            events.emit("error", message=str(err))
+        return 2
+    except Exception as err:  # a crash: one event for the stream, the traceback on stderr
+        if int(os.environ.get("RANK", "0")) == 0:
+            events.emit("error", message=f"{type(err).__name__}: {err}")
+        traceback.print_exc()
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
