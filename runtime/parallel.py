@@ -160,3 +160,25 @@ def allreduce_grads(parts: list[nn.Module], dp_group) -> None:
             g = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
             dist.all_reduce(g, group=dp_group)
             g.div_(size)
+
+
+def clip_grad_norm_(params: list, max_norm: float, pp_group, pp: int) -> torch.Tensor:
+    """Total gradient norm over every rank's parameters, then clip (torchtitan's recipe):
+    DTensor grads give their full norm, plain-tensor grads (replicated norms under TP without
+    SP) their local one, squares add up across pipeline stages."""
+    dtensors = [p for p in params if p.grad is not None and hasattr(p.grad, "full_tensor")]
+    plain = [p for p in params if p.grad is not None and not hasattr(p.grad, "full_tensor")]
+    sq = torch.zeros((), dtype=torch.float32)
+    for group in (dtensors, plain):
+        if group:
+            n = torch.nn.utils.get_total_norm([p.grad for p in group], 2.0, False, True)
+            n = n.full_tensor() if hasattr(n, "full_tensor") else n
+            sq = sq.to(n.device) + n.float().pow(2)
+    if pp > 1:
+        dist.all_reduce(sq, group=pp_group)
+    norm = sq.sqrt()
+    coef = min(1.0, max_norm / (float(norm) + 1e-6))  # as clip_grads_with_norm_
+    if coef < 1.0:
+        for p in dtensors + plain:  # a Python scalar: DTensor and plain grads alike
+            p.grad.mul_(coef)
+    return norm

@@ -25,7 +25,6 @@ def check_runtime_layout(cfg: ModelConfig, setup: TrainSetup, par: Parallel) -> 
     if par.pp > 1 and cfg.tie_embeddings:
         raise ConfigError(f"pp({par.pp}) with tied embeddings is not implemented by the runtime")
     if par.pp > 1 and setup.grad_accum % par.pp:
-        raise ConfigError(f"micro-batches({setup.grad_accum}) must be a multiple of pp({par.pp}) "
-                          "(the runtime fills the pipeline with pp micro-batches per round)")
+        raise ConfigError(f"micro-batches({setup.grad_accum}) must be a multiple of pp({par.pp})")
     if par.schedule == "gpipe" and par.vpp > 1:
         raise ConfigError("gpipe has no virtual stages")

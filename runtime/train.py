@@ -22,14 +22,14 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from planner.config import ConfigError, LlmplanError
+from planner.config import ConfigError, LlmplanError, TrainSetup
 from planner.planfile import plan_objects, read_plan
 from runtime import events
 
 RUN_DEFAULTS: dict[str, Any] = {
     "steps": 20, "lr": 3e-4, "warmup_steps": 2, "min_lr_ratio": 0.1, "seed": 0,
     "max_grad_norm": 1.0, "weight_decay": 0.1, "data": "", "ckpt_dir": "", "ckpt_every": 0,
-    "resume": False, "device": "cpu", "measure_step": 1,
+    "resume": False, "device": "cpu", "measure_step": 2, "pp_rounds": 1,
 }
 
 
@@ -43,8 +43,9 @@ def lr_lambda(warmup: int, total: int, min_ratio: float):
     return f
 
 
-def predictions(cfg, setup, par, hardware: str) -> dict[str, Any]:
-    """What the planner says this run will use, with the ``runtime`` recipe."""
+def predictions(cfg, setup, par, hardware: str, rounds: int = 1) -> dict[str, Any]:
+    """What the planner says this run will use, with the ``runtime`` recipe; ``setup`` holds
+    one pipeline flush, run ``rounds`` times per step."""
     from planner.config import TrainSetup
     from planner.cost import Cluster, CostEstimator
     from planner.memory import memory_report
@@ -60,8 +61,9 @@ def predictions(cfg, setup, par, hardware: str) -> dict[str, Any]:
         step = cost.step_time(tp=par.tp, pp=par.pp, vpp=par.vpp, dp=par.dp, zero=par.zero,
                               sp=par.sp, recompute=setup.recompute, mbs=setup.micro_batch,
                               m=setup.grad_accum, params_per_rank=params)
-        out["step_time_s"] = step.total_s
-        out["tokens_per_s"] = setup.seq_len * setup.micro_batch * setup.grad_accum * par.dp / step.total_s
+        out["step_time_s"] = step.total_s * rounds
+        tokens = setup.seq_len * setup.micro_batch * setup.grad_accum * par.dp * rounds
+        out["tokens_per_s"] = tokens / out["step_time_s"]
         out["peak_flops"] = hw.peak_flops(setup.dtype)
     except LlmplanError:
         pass
@@ -75,7 +77,7 @@ def run(plan_path: str) -> int:
 
     from runtime import accounting, checkpoint
     from runtime.data import local_slice, make_data
-    from runtime.parallel import allreduce_grads, build, check_runtime_layout
+    from runtime.parallel import allreduce_grads, build, check_runtime_layout, clip_grad_norm_
 
     plan = read_plan(Path(plan_path))
     cfg, setup, par = plan_objects(plan, where=plan_path)
@@ -105,7 +107,15 @@ def run(plan_path: str) -> int:
     has_first = 0 in built.stages
     has_last = built.n_stages - 1 in built.stages
 
-    optimizers = [torch.optim.AdamW(p.parameters(), lr=opts["lr"], betas=(0.9, 0.95), eps=1e-8,
+    def param_groups(part):
+        # foreach kernels cannot mix DTensor and plain tensors (TP without SP leaves the
+        # norms plain), so each kind gets its own parameter group.
+        params = list(part.parameters())
+        kinds = [[p for p in params if hasattr(p, "to_local")],
+                 [p for p in params if not hasattr(p, "to_local")]]
+        return [{"params": k} for k in kinds if k]
+
+    optimizers = [torch.optim.AdamW(param_groups(p), lr=opts["lr"], betas=(0.9, 0.95), eps=1e-8,
                                     weight_decay=opts["weight_decay"], foreach=True)
                   for p in parts]
     steps = int(opts["steps"])
@@ -113,6 +123,11 @@ def run(plan_path: str) -> int:
         o, lr_lambda(int(opts["warmup_steps"]), steps, float(opts["min_lr_ratio"]))) for o in optimizers]
 
     m, mbs, s = setup.grad_accum, setup.micro_batch, setup.seq_len
+    rounds = int(opts["pp_rounds"])
+    if par.pp > 1 and (m % rounds or (m // rounds) % par.pp):
+        raise ConfigError(f"micro-batches({m}) must split into pp_rounds({rounds}) schedule calls "
+                          f"of a multiple of pp({par.pp}) micro-batches each")
+    per_call = m // rounds if par.pp > 1 else 1
     global_batch = mbs * m * par.dp
 
     def loss_fn(out, target):
@@ -132,11 +147,11 @@ def run(plan_path: str) -> int:
         stages = [PipelineStage(part, sid, built.n_stages, device, group=pp_group)
                   for part, sid in zip(parts, built.stages)]
         if par.vpp > 1:
-            schedule = ScheduleInterleaved1F1B(stages, n_microbatches=par.pp, loss_fn=loss_fn,
+            schedule = ScheduleInterleaved1F1B(stages, n_microbatches=per_call, loss_fn=loss_fn,
                                                scale_grads=False)
         else:
             cls = ScheduleGPipe if par.schedule == "gpipe" else Schedule1F1B
-            schedule = cls(stages[0], n_microbatches=par.pp, loss_fn=loss_fn, scale_grads=False)
+            schedule = cls(stages[0], n_microbatches=per_call, loss_fn=loss_fn, scale_grads=False)
 
     start_step = 0
     ckpt_dir = opts["ckpt_dir"]
@@ -151,7 +166,10 @@ def run(plan_path: str) -> int:
                 sch.step()
 
     hardware = plan.get("cluster", {}).get("hardware", "cpu")
-    predicted = predictions(cfg, setup, par, hardware)
+    # The planner's m is the micro-batches of one pipeline flush: those of one schedule call.
+    flush = TrainSetup(**{**{f: getattr(setup, f) for f in setup.__slots__},
+                          "grad_accum": m // rounds if par.pp > 1 else m})
+    predicted = predictions(cfg, flush, par, hardware, rounds if par.pp > 1 else 1)
     data = make_data(opts["data"] or None, cfg.vocab_size, s, int(opts["seed"]))
     say("start", model=cfg.name, layout={"tp": par.tp, "pp": par.pp, "vpp": par.vpp, "dp": par.dp,
                                          "zero": par.zero, "sp": par.sp, "schedule": par.schedule},
@@ -190,8 +208,8 @@ def run(plan_path: str) -> int:
                     loss.backward()
                     loss_sum += loss.detach().full_tensor() if hasattr(loss, "full_tensor") else loss.detach()
             else:
-                per_round = par.pp * mbs
-                for r in range(m // par.pp):
+                per_round = per_call * mbs
+                for r in range(rounds):
                     xr, yr = x[r * per_round:(r + 1) * per_round], y[r * per_round:(r + 1) * per_round]
                     losses: list = []
                     kwargs = {"target": yr, "losses": losses} if has_last else {}
@@ -207,15 +225,7 @@ def run(plan_path: str) -> int:
         if par.dp > 1 and not built.fsdp:
             allreduce_grads(parts, dp_group)
         params = [p for part in parts for p in part.parameters()]
-        grads = [p.grad for p in params if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads, 2.0, False, True)
-        if hasattr(norm, "full_tensor"):
-            norm = norm.full_tensor()
-        if par.pp > 1:
-            sq = norm.pow(2)
-            dist.all_reduce(sq, group=pp_group)
-            norm = sq.sqrt()
-        torch.nn.utils.clip_grads_with_norm_(params, float(opts["max_grad_norm"]), norm, True)
+        norm = clip_grad_norm_(params, float(opts["max_grad_norm"]), pp_group, par.pp)
         if measure:
             measured["gradients_bytes"] = accounting.gradient_bytes(parts)
         for o in optimizers:

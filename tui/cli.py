@@ -566,6 +566,7 @@ def launch_cmd(
     gbs: Annotated[OptInt, typer.Option(help="Global batch in sequences.")] = None,
     seq: Annotated[OptInt, typer.Option(help="Sequence length.")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="fp32 or bf16.")] = None,
+    pp_rounds: Annotated[int, typer.Option("--pp-rounds", help="Pipelines: run the step's micro-batches as this many schedule calls (gradient accumulation across flushes).")] = 1,
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 20,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-4,
     seed: Annotated[int, typer.Option(help="Seed for init and data.")] = 0,
@@ -638,7 +639,8 @@ def launch_cmd(
     plan = plan_dict(cfg=cfg, setup=setup, par=par, hardware=hardware, gpus=par.world,
                      gpus_per_node=per_node, prediction={})
     plan["run"] = {"steps": steps, "lr": lr, "seed": seed, "data": data, "ckpt_dir": ckpt_dir,
-                   "ckpt_every": ckpt_every, "resume": resume, "device": device}
+                   "ckpt_every": ckpt_every, "resume": resume, "device": device,
+                   "pp_rounds": pp_rounds}
     plan_path = folder / "run.toml"
     plan["cluster"]["nodes"] = nnodes
     write_plan(plan_path, {**plan, "cluster": {**plan["cluster"], "nodes": 1}})

@@ -20,7 +20,7 @@ def test_explanations_agree_with_the_planner(name, quantity):
 
 def test_explain_is_lazy_about_sympy():
     import subprocess, sys
-    from conftest import ROOT
+    from helpers import ROOT
     code = "import planner.explain, sys; print('sympy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip() == "False"
