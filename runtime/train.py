@@ -313,7 +313,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as err:  # a crash: one event for the stream, the traceback on stderr
         if int(os.environ.get("RANK", "0")) == 0:
-            events.emit("error", message=f"{type(err).__name__}: {err}")
+            text = f"{type(err).__name__}: {err}"
+            if any(k in text for k in ("Connection closed by peer", "Read error", "NCCL")):
+                text = f"another rank failed (its log is on stderr): {text[:300]}"
+            events.emit("error", message=text)
         traceback.print_exc()
         return 1
 

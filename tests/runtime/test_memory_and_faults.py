@@ -1,0 +1,94 @@
+"""Predicted vs measured memory per category, fault + resume, and launch errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ROOT, launch
+
+CATEGORIES = ("parameters", "gradients", "optimizer_states", "activations")
+
+
+@pytest.mark.parametrize("layout", [
+    (),
+    ("--dp", "2", "--zero", "3"),
+    ("--pp", "2"),
+    ("--tp", "2", "--sp"),
+    ("--recompute", "selective"),
+], ids=["single", "dp2-zero3", "pp2", "tp2-sp", "selective"])
+def test_measured_memory_within_10_percent_of_the_runtime_recipe(layout):
+    events, _ = launch("tiny", "--steps", "3", "--seq", "64", "--gbs", "4", "--mbs", "1",
+                       "--dtype", "fp32", *layout)
+    done = next(e for e in events if e["event"] == "done")
+    for rank in done["ranks"]:
+        for cat in CATEGORIES:
+            predicted = rank[f"predicted_{cat}_bytes"]
+            measured = rank[f"measured_{cat}_bytes"]
+            assert measured == pytest.approx(predicted, rel=0.10), (rank["rank"], cat, predicted, measured)
+    start = next(e for e in events if e["event"] == "start")
+    assert start["predicted_stages"] and start["predicted_step_time_s"] > 0
+
+
+def test_a_killed_rank_ends_the_run_and_resume_continues_exactly(tmp_path):
+    common = ("tiny", "--steps", "12", "--seq", "32", "--gbs", "4", "--mbs", "1",
+              "--dp", "2", "--zero", "3", "--dtype", "fp32", "--ckpt-every", "5")
+    straight, _ = launch(*common, "--ckpt-dir", str(tmp_path / "a"))
+    crashed, proc = launch(*common, "--ckpt-dir", str(tmp_path / "b"), check=False,
+                           env={"LLMPLAN_FAIL_AT_STEP": "8", "LLMPLAN_FAIL_RANK": "1"})
+    assert proc.returncode != 0
+    assert crashed[-1]["event"] == "error" and "rank" in crashed[-1]["message"]
+    assert [e["step"] for e in crashed if e["event"] == "checkpoint"] == [5]
+    assert (tmp_path / "b" / "latest").read_text().strip() == "5"
+    resumed, _ = launch(*common, "--ckpt-dir", str(tmp_path / "b"), "--resume")
+    start = next(e for e in resumed if e["event"] == "start")
+    assert start["start_step"] == 5
+    after = {e["step"]: e for e in resumed if e["event"] == "step"}
+    before = {e["step"]: e for e in straight if e["event"] == "step"}
+    assert sorted(after) == list(range(6, 13))
+    for step, ev in after.items():
+        assert ev["loss"] == pytest.approx(before[step]["loss"], rel=1e-5)
+        assert ev["grad_norm"] == pytest.approx(before[step]["grad_norm"], rel=1e-5)
+
+
+def test_resume_into_a_different_layout(tmp_path):
+    """DCP reshards: a checkpoint saved by dp2 ZeRO-3 loads into tp2 + pp2."""
+    launch("tiny", "--steps", "6", "--seq", "32", "--gbs", "4", "--mbs", "1", "--dp", "2",
+           "--zero", "3", "--dtype", "fp32", "--ckpt-dir", str(tmp_path), "--ckpt-every", "4",
+           check=False, env={"LLMPLAN_FAIL_AT_STEP": "5", "LLMPLAN_FAIL_RANK": "0"})
+    assert (tmp_path / "latest").read_text().strip() == "4"
+    straight, _ = launch("tiny", "--steps", "6", "--seq", "32", "--gbs", "4", "--mbs", "1",
+                         "--dtype", "fp32")
+    resumed, _ = launch("tiny", "--steps", "6", "--seq", "32", "--gbs", "4", "--mbs", "1",
+                        "--tp", "2", "--pp", "2", "--dtype", "fp32", "--ckpt-dir", str(tmp_path),
+                        "--resume")
+    ref = {e["step"]: e["loss"] for e in straight if e["event"] == "step"}
+    got = {e["step"]: e["loss"] for e in resumed if e["event"] == "step"}
+    assert sorted(got) == [5, 6]  # resumed after the step-4 checkpoint
+    for step in got:
+        assert got[step] == pytest.approx(ref[step], rel=1e-4)
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (("--tp", "3"), "tp(3) does not divide query heads(4)"),
+    (("--pp", "3"), "pp(3) x vpp(1) = 3 does not divide layers(4)"),
+    (("--device", "cuda", "--dp", "2"), "GPU"),
+    (("--seq", "4096"), "exceeds the model's max context(256)"),
+])
+def test_invalid_layouts_fail_before_any_process_starts(args, needle):
+    cmd = [sys.executable, "-m", "tui.cli", "launch", "tiny", "--dry-run", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and needle in proc.stderr
+    assert proc.stderr.count("\n") == 1
+
+
+def test_dry_run_prints_the_torchrun_command(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "tui.cli", "launch", "tiny", "--tp", "2",
+                          "--dp", "2", "--device", "cpu", "--run-dir", str(tmp_path),
+                          "--dry-run", "--json"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    data = json.loads(out.stdout)
+    assert data["world"] == 4
+    assert "--standalone" in data["command"] and "--nproc-per-node=4" in data["command"]
+    assert (tmp_path / "run.toml").exists()
