@@ -62,14 +62,13 @@ def child_env(spec: LaunchSpec) -> dict[str, str]:
 
 
 class Run:
-    """A launched run: iterate ``lines()`` for its output; ``cancel()`` stops every rank."""
+    """A launched command in its own process group: iterate ``lines()`` for its output;
+    ``cancel()`` stops every process in it (all ranks, and torchrun)."""
 
-    def __init__(self, spec: LaunchSpec) -> None:
-        self.spec = spec
-        self.command = torchrun_command(spec)
-        self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, bufsize=1, env=child_env(spec),
-                                     start_new_session=True)
+    def __init__(self, command: list[str], env: dict[str, str] | None = None) -> None:
+        self.command = command
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, bufsize=1, env=env, start_new_session=True)
         self.stderr_tail: list[str] = []
         self._stderr = threading.Thread(target=self._drain_stderr, daemon=True)
         self._stderr.start()
@@ -106,7 +105,7 @@ def stream(spec: LaunchSpec, on_line: Callable[[str, dict | None], None]) -> int
     """Run to the end, calling ``on_line(line, event_or_None)`` for every stdout line.
     Returns the exit code; an ``error`` event is synthesised when the run ended without
     ``done`` or ``error``."""
-    run = Run(spec)
+    run = Run(torchrun_command(spec), child_env(spec))
     ended = False
     try:
         for line in run.lines():

@@ -63,14 +63,19 @@ def root(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand is not None:
         return
     if sys.stdin.isatty() and sys.stdout.isatty():
-        try:
-            from tui.app import run_app  # deferred: textual.app costs ~130 ms
-        except ImportError:
-            pass
-        else:
-            run_app()
-            return
+        from tui.app import run_app  # deferred: textual.app costs ~130 ms
+
+        run_app()
+        return
     cli_errors(_params_report)(DEFAULT_MODEL, None, False)
+
+
+@app.command("tui")
+def tui_cmd(preset: Annotated[str, typer.Option(help="Model preset to open.")] = "") -> None:
+    """Open the Textual app (what `llmplan` with no arguments does on a terminal)."""
+    from tui.app import run_app  # deferred: textual.app costs ~130 ms
+
+    run_app(preset or None)
 
 
 @app.command("presets")

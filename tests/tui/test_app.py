@@ -1,0 +1,188 @@
+"""Pilot tests: drive each screen by key presses and assert on the values shown."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tui.app import PlanApp, RunEvent
+from tui.run_pane import RunState
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+SIZE = (100, 30)
+
+
+def text(app, selector: str) -> str:
+    return str(app.query_one(selector).render())
+
+
+async def choose_preset(pilot, name: str) -> None:
+    """Through the command palette, as a user would."""
+    await pilot.press("ctrl+p")
+    await pilot.press(*f"model {name}")
+    await pilot.pause(0.3)
+    await pilot.press("enter")
+    await pilot.pause()
+
+
+async def test_default_is_llama3_8b_on_h100():
+    app = PlanApp(save_settings=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert "8,030,261,248" in text(app, "#params-headline")
+        assert app.sub_title == "llama-3-8b on 8 x h100-sxm"
+
+
+async def test_selecting_llama2_7b_from_the_palette_shows_its_parameters():
+    app = PlanApp(save_settings=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await choose_preset(pilot, "llama-2-7b")
+        assert "6,738,415,616" in text(app, "#params-headline")
+
+
+async def test_changing_kv_heads_changes_the_kv_cache():
+    app = PlanApp(save_settings=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert "131,072 B/token" in text(app, "#kv")
+        app.query_one("#f-num_kv_heads").focus()
+        await pilot.press("end", "backspace", "4")
+        await pilot.pause()
+        assert app.spec.num_kv_heads == 4
+        assert "65,536 B/token" in text(app, "#kv")
+
+
+async def test_invalid_head_count_is_marked_at_the_field_and_keeps_the_rest():
+    app = PlanApp(save_settings=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        before = app.spec
+        app.query_one("#f-num_kv_heads").focus()
+        await pilot.press("end", "backspace", "5")
+        await pilot.pause()
+        assert "kv heads(5) does not divide query heads(32)" in text(app, "#err-num_kv_heads")
+        assert app.spec == before  # nothing applied, nothing cleared
+        assert app.query_one("#f-hidden_size").value == "4096"
+        await pilot.press("backspace", "8")
+        await pilot.pause()
+        assert text(app, "#err-num_kv_heads") == ""
+
+
+async def test_accelerator_change_updates_memory_capacity():
+    app = PlanApp(save_settings=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert "/ 79.6" in text(app, "#memory")
+        app.choose_hardware("a100-40gb")
+        await pilot.pause()
+        assert "/ 40.0" in text(app, "#memory")
+
+
+async def test_plan_screen_searches_ranks_and_saves(tmp_path):
+    app = PlanApp(save_settings=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f2")
+        await pilot.press("ctrl+r")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        table = app.query_one("#layouts")
+        assert table.row_count > 0
+        best = app.search_result.best
+        assert "fit of" in text(app, "#plan-status")
+        assert best.label() in text(app, "#layout-detail")
+        out = tmp_path / "plan.toml"
+        app.query_one("#save-path").value = str(out)
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        from planner.planfile import plan_objects, read_plan
+        cfg, setup, par = plan_objects(read_plan(out))
+        assert (cfg.name, par.tp, par.pp, par.dp) == ("llama-3-8b", best.tp, best.pp, best.dp)
+
+
+async def test_run_screen_replays_a_canned_event_stream():
+    app = PlanApp(save_settings=False)
+    lines = (FIXTURES / "run_tiny.jsonl").read_text().splitlines()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f3")
+        for line in lines:
+            app.post_message(RunEvent(line, json.loads(line)))
+        await pilot.pause()
+        state = app.run_state
+        assert state.status == "done" and state.done_steps == state.steps == 10
+        assert app.query_one("#progress").percentage == 1.0
+        assert len(state.losses) == 10
+        table = app.query_one("#comparison")
+        assert table.row_count == 5  # four memory categories + step time
+
+
+def test_run_state_is_rebuilt_from_events_alone():
+    lines = (FIXTURES / "run_tiny.jsonl").read_text().splitlines()
+    state = RunState()
+    for line in lines:
+        state = state.apply(json.loads(line))
+    assert state.comparison[0][0] == "parameters"
+    assert RunState().apply({"event": "error", "message": "boom"}).status == "error: boom"
+
+
+@pytest.mark.slow
+async def test_run_screen_drives_a_real_cpu_run_of_tiny():
+    app = PlanApp(save_settings=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f3")
+        app.query_one("#run-args").value = "tiny --steps 6 --seq 32 --gbs 4 --mbs 2 --dtype fp32 --device cpu"
+        await pilot.press("ctrl+l")
+        await app.workers.wait_for_complete()
+        await pilot.pause(0.5)
+        state = app.run_state
+        assert state.status == "done", state.status
+        assert app.query_one("#progress").percentage == 1.0
+        measured = [row[2] for row in state.comparison]
+        assert all(m != "-" for m in measured[:4])  # measured memory shown per category
+
+
+async def test_cancel_stops_the_run_and_keeps_the_log():
+    app = PlanApp(save_settings=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f3")
+        app.query_one("#run-args").value = "tiny --steps 500 --seq 32 --gbs 4 --dp 2 --device cpu"
+        await pilot.press("ctrl+l")
+        await pilot.pause(1.0)
+        await pilot.press("ctrl+k")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert app.run_state.status.startswith(("cancelled", "error"))
+        assert app._run.proc.poll() is not None
+
+
+async def test_failed_run_shows_its_error_and_keeps_the_log():
+    app = PlanApp(save_settings=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f3")
+        app.query_one("#run-args").value = "tiny --tp 3 --device cpu"
+        await pilot.press("ctrl+l")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert app.run_state.status.startswith("error")
+        assert any("tp(3)" in line for line in app.query_one("#run-log").lines)
+
+
+async def test_compare_highlights_differences():
+    app = PlanApp(save_settings=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f4")
+        await pilot.pause()
+        table = app.query_one("#compare-table")
+        rows = [table.get_row_at(i) for i in range(table.row_count)]
+        labels = {str(r[0]) for r in rows}
+        assert any("num_kv_heads" in label and "yellow" in label for label in labels)
+        assert "num_layers" in labels  # 32 = 32: not highlighted
+
+
+async def test_settings_remember_the_last_preset(tmp_path):
+    app = PlanApp()
+    async with app.run_test(size=SIZE) as pilot:
+        await choose_preset(pilot, "mistral-7b")
+    again = PlanApp()
+    async with again.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert again.spec.name == "mistral-7b"

@@ -1,0 +1,351 @@
+"""The llmplan TUI: edit a model and see every number update, plan a cluster, run and watch.
+
+State flows down: the app owns ``spec`` (the model), ``choices`` (accelerator, GPUs, seq),
+``search_result`` and ``run_state`` as reactives, and each pane binds to what it shows.
+Typed messages flow up (``SpecEdited``, ``SearchRequested``, ``LaunchRequested`` ...).
+Workers (the layout search, the run's event stream) never touch widgets: they return a
+result or post messages.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.command import Hit, Hits, Provider
+from textual.containers import Horizontal
+from textual.message import Message
+from textual.reactive import reactive
+from textual.widgets import Footer, Header, Input, Label, Select, TabbedContent, TabPane
+from textual.worker import Worker, WorkerState
+
+from planner.config import LlmplanError, ModelConfig
+from planner.search import SearchResult
+from presets import load_hardware, load_model, preset_files
+from tui import settings as user_settings
+from tui.compare_pane import ComparePane, comparison_rows
+from tui.model_pane import ModelForm, ModelPane, ResultsView
+from tui.plan_pane import ClusterInputs, PlanPane
+from tui.results import Choices, Results, compute
+from tui.run_pane import RunPane, RunState
+
+DEFAULT_PRESET = "llama-3-8b"
+DEFAULT_HARDWARE = "h100-sxm"
+
+
+class PresetCommands(Provider):
+    """Command palette: every model preset, and every accelerator."""
+
+    async def search(self, query: str) -> Hits:
+        app = self.app
+        assert isinstance(app, PlanApp)
+        matcher = self.matcher(query)
+        for name in preset_files("models"):
+            score = matcher.match(f"model {name}")
+            if score > 0:
+                yield Hit(score, matcher.highlight(f"model {name}"), partial(app.choose_preset, name),
+                          help="load this model preset")
+        for name in preset_files("hardware"):
+            score = matcher.match(f"accelerator {name}")
+            if score > 0:
+                yield Hit(score, matcher.highlight(f"accelerator {name}"),
+                          partial(app.choose_hardware, name), help="plan for this accelerator")
+
+
+@dataclass
+class RunEvent(Message):
+    """One line of the run's output (an event, or a log line)."""
+
+    line: str
+    event: dict | None
+
+
+@dataclass
+class RunEnded(Message):
+    code: int
+
+
+class PlanApp(App):
+    TITLE = "llmplan"
+    CSS_PATH = "app.tcss"
+    COMMANDS = App.COMMANDS | {PresetCommands}
+    BINDINGS = [
+        Binding("f1", "show_tab('model')", "Model", id="tab-model"),
+        Binding("f2", "show_tab('plan')", "Plan", id="tab-plan"),
+        Binding("f3", "show_tab('run')", "Run", id="tab-run"),
+        Binding("f4", "show_tab('compare')", "Compare", id="tab-compare"),
+        Binding("ctrl+r", "search", "Search layouts", id="search"),
+        Binding("ctrl+s", "save_plan", "Save plan", id="save-plan"),
+        Binding("ctrl+l", "launch", "Launch", id="launch"),
+        Binding("ctrl+k", "cancel_run", "Cancel run", id="cancel"),
+    ]
+
+    spec: reactive[ModelConfig | None] = reactive(None, init=False)
+    """The model being edited."""
+    choices: reactive[Choices | None] = reactive(None, init=False)
+    """Accelerator, GPUs and sequence length the model screen assumes."""
+    results: reactive[Results | None] = reactive(None, init=False)
+    """Everything the model screen shows, recomputed on every change."""
+    search_result: reactive[SearchResult | None] = reactive(None, init=False)
+    """The latest layout search."""
+    run_state: reactive[RunState] = reactive(RunState, init=False)
+    """The latest run, as its events described it."""
+
+    def __init__(self, *, preset: str | None = None, save_settings: bool = True,
+                 blink: bool = True) -> None:
+        super().__init__()
+        self.blink = blink  # off in snapshot tests: a blinking cursor is not deterministic
+        self.settings = user_settings.load()
+        self.save_settings = save_settings
+        names = preset_files("models")
+        start = preset or self.settings.preset
+        self.start_preset = start if start in names else DEFAULT_PRESET
+        hardware = self.settings.hardware
+        self.start_hardware = hardware if hardware in preset_files("hardware") else DEFAULT_HARDWARE
+        self._run = None
+
+    # ---- layout -------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="topbar"):
+            yield Label("accelerator")
+            yield Select([(n, n) for n in preset_files("hardware")], id="hardware",
+                         allow_blank=False, compact=True, value=self.start_hardware)
+            yield Label("GPUs")
+            yield Input(str(self.settings.gpus), id="top-gpus", type="integer", compact=True)
+            yield Label("seq")
+            yield Input("4096", id="top-seq", type="integer", compact=True)
+        with TabbedContent(initial="model", id="tabs"):
+            with TabPane("Model", id="model"):
+                yield ModelPane(self.start_preset)
+            with TabPane("Plan", id="plan"):
+                yield PlanPane(id="plan-pane").data_bind(result=PlanApp.search_result)
+            with TabPane("Run", id="run"):
+                yield RunPane(id="run-pane").data_bind(state=PlanApp.run_state)
+            with TabPane("Compare", id="compare"):
+                other = "llama-2-7b" if self.start_preset != "llama-2-7b" else "llama-3-8b"
+                yield ComparePane(self.start_preset, other, id="compare-pane")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        preset, hardware = self.start_preset, self.start_hardware
+        if not self.blink:
+            for field in self.query(Input):
+                field.cursor_blink = False
+        self.query_one("#form", ModelForm).data_bind(spec=PlanApp.spec)
+        self.query_one("#results", ResultsView).data_bind(results=PlanApp.results)
+        self.theme = self.settings.theme if self.settings.theme in self.available_themes else self.theme
+        self.choices = Choices(hardware=load_hardware(hardware), gpus=self.settings.gpus)
+        self.spec = load_model(preset)
+        self.update_compare()
+
+    # ---- state --------------------------------------------------------------------------
+    def watch_spec(self) -> None:
+        self.recompute()
+
+    def watch_choices(self) -> None:
+        self.recompute()
+
+    def recompute(self) -> None:
+        if self.spec is not None and self.choices is not None:
+            self.results = compute(self.spec, self.choices)
+            self.sub_title = f"{self.spec.name} on {self.choices.gpus} x {self.choices.hardware.name}"
+
+    def remember(self, **changes) -> None:
+        self.settings = self.settings.with_(**changes)
+        if self.save_settings:
+            user_settings.save(self.settings)
+
+    def choose_preset(self, name: str) -> None:
+        self.query_one("#preset", Select).value = name
+
+    def choose_hardware(self, name: str) -> None:
+        self.query_one("#hardware", Select).value = name
+
+    # ---- messages up --------------------------------------------------------------------
+    @on(Select.Changed, "#preset")
+    def _preset(self, event: Select.Changed) -> None:
+        if isinstance(event.value, str):
+            self.spec = load_model(event.value)
+            self.remember(preset=event.value)
+
+    @on(Select.Changed, "#hardware")
+    def _hardware(self, event: Select.Changed) -> None:
+        if isinstance(event.value, str) and self.choices is not None:
+            self.choices = Choices(**{**self.choices_dict(), "hardware": load_hardware(event.value)})
+            self.remember(hardware=event.value)
+
+    @on(Input.Changed, "#top-gpus, #top-seq")
+    def _top(self, event: Input.Changed) -> None:
+        try:
+            value = int(event.value)
+        except ValueError:
+            return
+        if value < 1 or self.choices is None:
+            return
+        key = "gpus" if event.input.id == "top-gpus" else "seq_len"
+        self.choices = Choices(**{**self.choices_dict(), key: value})
+        if key == "gpus":
+            self.remember(gpus=value)
+
+    def choices_dict(self) -> dict:
+        c = self.choices
+        assert c is not None
+        return {f: getattr(c, f) for f in c.__slots__}
+
+    @on(Input.Submitted, "#open-path")
+    def _open(self, event: Input.Submitted) -> None:
+        try:
+            self.spec = load_model(event.value.strip())
+        except (LlmplanError, OSError) as err:
+            self.notify(str(err), severity="error", title="cannot open")
+
+    @on(ModelForm.SpecEdited)
+    def _edited(self, event: ModelForm.SpecEdited) -> None:
+        self.spec = event.spec
+
+    @on(ComparePane.PairChosen)
+    def _pair(self, event: ComparePane.PairChosen) -> None:
+        self.update_compare(event.left, event.right)
+
+    def update_compare(self, left: str | None = None, right: str | None = None) -> None:
+        pane = self.query_one("#compare-pane", ComparePane)
+        left = left or str(self.query_one("#left", Select).value)
+        right = right or str(self.query_one("#right", Select).value)
+        pane.show(comparison_rows(load_model(left), load_model(right)))
+
+    # ---- plan ---------------------------------------------------------------------------
+    def action_show_tab(self, tab: str) -> None:
+        self.query_one("#tabs", TabbedContent).active = tab
+
+    def action_search(self) -> None:
+        inputs = self.query_one("#plan-pane", PlanPane).inputs()
+        if inputs is not None:
+            self.post_message(PlanPane.SearchRequested(inputs))
+
+    @on(PlanPane.SearchRequested)
+    def _search(self, event: PlanPane.SearchRequested) -> None:
+        if self.spec is not None and self.choices is not None:
+            self.run_search(self.spec, self.choices.hardware.name, event.inputs)
+
+    @work(thread=True, exclusive=True, group="search", exit_on_error=False)
+    def run_search(self, spec: ModelConfig, hardware: str, inputs: ClusterInputs) -> SearchResult:
+        from planner.config import TrainSetup
+        from planner.cost import Cluster
+        from planner.search import search
+
+        per_node = inputs.gpus // inputs.nodes if inputs.nodes and inputs.gpus % inputs.nodes == 0 else 0
+        cluster = Cluster(hardware=load_hardware(hardware), gpus=inputs.gpus, gpus_per_node=per_node)
+        return search(spec, cluster, TrainSetup(seq_len=inputs.seq), global_batch=inputs.gbs)
+
+    @on(Worker.StateChanged)
+    def _worker(self, event: Worker.StateChanged) -> None:
+        worker = event.worker
+        if worker.group == "search":
+            if worker.state == WorkerState.SUCCESS:
+                self.search_result = worker.result
+            elif worker.state == WorkerState.ERROR:
+                self.notify(str(worker.error), severity="error", title="search failed")
+
+    def action_save_plan(self) -> None:
+        self.post_message(PlanPane.SaveRequested(self.query_one("#save-path", Input).value))
+
+    @on(PlanPane.SaveRequested)
+    def _save(self, event: PlanPane.SaveRequested) -> None:
+        result = self.search_result
+        if result is None or result.best is None or self.spec is None or self.choices is None:
+            self.notify("search first: there is no layout to save", severity="warning")
+            return
+        from planner.config import Parallel, TrainSetup
+        from planner.memory import memory_report
+        from planner.planfile import plan_dict, write_plan
+
+        pane = self.query_one("#plan-pane", PlanPane)
+        inputs = pane.inputs()
+        table = pane.query_one("#layouts")
+        index = getattr(table, "cursor_row", 0) or 0
+        best = result.candidates[min(index, len(result.candidates) - 1)]
+        setup = TrainSetup(seq_len=inputs.seq if inputs else 4096, micro_batch=best.mbs,
+                           grad_accum=best.grad_accum, recompute=best.recompute)
+        par = Parallel(tp=best.tp, pp=best.pp, vpp=best.vpp, dp=best.dp, zero=best.zero, sp=best.sp)
+        prediction = {**{k: v for k, v in best.to_dict(result.world).items() if k != "step"},
+                      **best.step.to_dict(), "stages": memory_report(self.spec, setup, par).to_dict()["stages"]}
+        plan = plan_dict(cfg=self.spec, setup=setup, par=par, hardware=self.choices.hardware.name,
+                         gpus=result.world, gpus_per_node=result.world // max(1, inputs.nodes if inputs else 1),
+                         prediction=prediction)
+        try:
+            written = write_plan(Path(event.path), plan)
+        except OSError as err:
+            self.notify(f"{event.path}: {err.strerror}", severity="error")
+            return
+        self.notify("wrote " + ", ".join(str(p) for p in written), title="plan saved")
+
+    # ---- run ----------------------------------------------------------------------------
+    def action_launch(self) -> None:
+        self.post_message(RunPane.LaunchRequested(self.query_one("#run-args", Input).value.split()))
+
+    def action_cancel_run(self) -> None:
+        self.post_message(RunPane.CancelRequested())
+
+    @on(RunPane.LaunchRequested)
+    def _launch(self, event: RunPane.LaunchRequested) -> None:
+        if self._run is not None and self._run.proc.poll() is None:
+            self.notify("a run is already going; cancel it first", severity="warning")
+            return
+        self.run_state = RunState(status="starting ...")
+        self.query_one("#run-log").clear()
+        self.stream_run([sys.executable, "-m", "tui.cli", "launch", *event.args, "--json"])
+
+    @on(RunPane.CancelRequested)
+    def _cancel(self) -> None:
+        if self._run is not None:
+            self._run.cancel()
+            self.run_state = RunState(**{**self.run_state.__dict__, "status": "cancelled"})
+
+    @work(thread=True, exclusive=True, group="run", exit_on_error=False)
+    def stream_run(self, command: list[str]) -> None:
+        from runtime import events
+        from runtime.launch import Run
+
+        run = Run(command)
+        self._run = run
+        for line in run.lines():
+            self.post_message(RunEvent(line.rstrip("\n"), events.parse(line)))
+        code = run.wait()
+        for line in run.stderr_tail[-20:]:
+            self.post_message(RunEvent(line, None))
+        self.post_message(RunEnded(code))
+
+    @on(RunEvent)
+    def _run_event(self, message: RunEvent) -> None:
+        pane = self.query_one("#run-pane", RunPane)
+        pane.log_line(message.line)
+        if message.event is not None:
+            self.run_state = self.run_state.apply(message.event)
+
+    @on(RunEnded)
+    def _run_ended(self, message: RunEnded) -> None:
+        if message.code and not self.run_state.status.startswith(("error", "cancelled")):
+            self.run_state = RunState(**{**self.run_state.__dict__,
+                                         "status": f"error: the run exited with code {message.code}"})
+
+    def get_system_commands(self, screen):
+        yield from super().get_system_commands(screen)
+        for tab in ("model", "plan", "run", "compare"):
+            yield SystemCommand(f"Show the {tab} screen", f"switch to the {tab} tab",
+                                partial(self.action_show_tab, tab))
+        yield SystemCommand("Search layouts", "run the layout search", self.action_search)
+        yield SystemCommand("Launch run", "launch the run from the run screen", self.action_launch)
+
+    def watch_theme(self, theme: str) -> None:
+        if self.is_mounted and theme != self.settings.theme:
+            self.remember(theme=theme)
+
+
+def run_app(preset: str | None = None) -> None:
+    PlanApp(preset=preset).run()

@@ -1,0 +1,212 @@
+"""The model screen: a form for every architecture field, and the results it drives."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.reactive import reactive
+from textual.widget import Widget
+from textual.widgets import DataTable, Input, Label, Select, Static, Switch
+
+from planner import config as C
+from planner.config import ConfigError, ModelConfig
+from presets import preset_files
+from tui.results import Results
+
+CHOICES = {"mlp": C.MLP_KINDS, "norm": C.NORMS, "block": C.BLOCKS, "position": C.POSITIONS,
+           "rope_scaling": C.ROPE_SCALINGS, "bias": C.BIASES}
+SKIP = {"name", "family", "source"}
+LABELS = {"vocab_size": "vocab V", "hidden_size": "hidden h", "num_layers": "layers L",
+          "num_heads": "query heads a", "num_kv_heads": "kv heads g", "head_dim": "head dim d",
+          "ffn_hidden_size": "ffn f", "num_experts": "experts E",
+          "experts_per_token": "experts/token k"}
+
+
+def _bar(parts: list[tuple[str, int, str]], capacity: int, width: int = 40) -> str:
+    """A stacked bar (rich markup) of byte parts against a capacity."""
+    total = sum(n for _, n, _ in parts)
+    scale = max(total, capacity) or 1
+    cells = []
+    for _, n, colour in parts:
+        cells.append(f"[{colour}]" + "█" * round(width * n / scale) + f"[/{colour}]")
+    free = max(0, width - sum(round(width * n / scale) for _, n, _ in parts))
+    return "".join(cells) + "[dim]" + "░" * free + "[/dim]"
+
+
+class ModelForm(VerticalScroll):
+    """Validated inputs for every field; a bad value is marked at the field with the reason
+    and never clears the others. Valid edits go up as ``SpecEdited``."""
+
+    @dataclass
+    class SpecEdited(Message):
+        spec: ModelConfig
+
+    spec: reactive[ModelConfig | None] = reactive(None, init=False)
+    """The model being edited (pushed down by the app)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._errors: set[str] = set()
+
+    def compose(self) -> ComposeResult:
+        hints = typing.get_type_hints(ModelConfig)
+        for f in dataclasses.fields(ModelConfig):
+            if f.name in SKIP:
+                continue
+            kind = hints[f.name]
+            label = LABELS.get(f.name, f.name.replace("_", " "))
+            with Horizontal(classes="field", id=f"row-{f.name}"):
+                yield Label(label, classes="field-label")
+                if f.name in CHOICES:
+                    yield Select([(v, v) for v in CHOICES[f.name]], allow_blank=False,
+                                 id=f"f-{f.name}", compact=True)
+                elif kind is bool:
+                    yield Switch(id=f"f-{f.name}")
+                else:
+                    yield Input(id=f"f-{f.name}", type="integer" if kind is int else "number",
+                                compact=True)
+            yield Static("", id=f"err-{f.name}", classes="field-error")
+
+    def watch_spec(self, spec: ModelConfig | None) -> None:
+        if spec is None:
+            return
+        with self.prevent(Input.Changed, Select.Changed, Switch.Changed):
+            for name, value in spec.to_dict().items():
+                if name in SKIP:
+                    continue
+                widget = self.query_one(f"#f-{name}")
+                if isinstance(widget, Input):
+                    text = str(value)
+                    if widget.value != text:
+                        widget.value = text
+                elif widget.value != value:
+                    widget.value = value
+                self._show_error(name, "")
+
+    def _show_error(self, name: str, message: str) -> None:
+        if not message and name not in self._errors:
+            return  # nothing shown, nothing to clear (keeps edits from relaying out the form)
+        error = self.query_one(f"#err-{name}", Static)
+        error.update(f"[red]{message}[/red]" if message else "")
+        error.display = bool(message)
+        if message:
+            self._errors.add(name)
+        else:
+            self._errors.discard(name)
+
+    def _edit(self, name: str, raw: object) -> None:
+        if self.spec is None:
+            return
+        try:
+            value = C.parse_field(name, raw) if isinstance(raw, str) else raw
+            new = self.spec.replace(**{name: value})
+        except ConfigError as err:
+            self._show_error(name, str(err))
+            return
+        self._show_error(name, "")
+        if new != self.spec:
+            self.post_message(self.SpecEdited(new))
+
+    @on(Input.Changed)
+    def _input(self, event: Input.Changed) -> None:
+        event.stop()
+        if event.input.id and event.input.id.startswith("f-") and event.value.strip():
+            self._edit(event.input.id[2:], event.value)
+
+    @on(Select.Changed)
+    def _select(self, event: Select.Changed) -> None:
+        event.stop()
+        if event.select.id and event.select.id.startswith("f-"):
+            self._edit(event.select.id[2:], event.value)
+
+    @on(Switch.Changed)
+    def _switch(self, event: Switch.Changed) -> None:
+        event.stop()
+        if event.switch.id and event.switch.id.startswith("f-"):
+            self._edit(event.switch.id[2:], event.value)
+
+
+class ResultsView(VerticalScroll):
+    """Numbers that update on every edit: params, FLOPs, memory bar, KV cache, Chinchilla."""
+
+    results: reactive[Results | None] = reactive(None, init=False)
+    """Computed by the app from its spec and choices."""
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="params-headline", classes="headline")
+        yield DataTable(id="params-table", show_cursor=False)
+        yield Static(id="flops")
+        yield Static(id="memory")
+        yield Static(id="kv")
+        yield Static(id="chinchilla")
+
+    def on_mount(self) -> None:
+        table = self.query_one("#params-table", DataTable)
+        table.add_column("component", key="component")
+        table.add_column("parameters", key="parameters")
+
+    def watch_results(self, res: Results | None) -> None:
+        if res is None:
+            return
+        p = res.params
+        self.query_one("#params-headline", Static).update(
+            f"[b]{p.total:,}[/b] parameters  (active {p.active:,}; non-embedding {p.non_embedding:,})")
+        table = self.query_one("#params-table", DataTable)
+        rows = {name: f"{n:,}" for name, n in p.breakdown.items() if n}
+        if set(rows) == {key.value for key in table.rows}:
+            for name, value in rows.items():  # same components: update in place, no relayout
+                table.update_cell(name, "parameters", value)
+        else:
+            table.clear()
+            for name, value in rows.items():
+                table.add_row(name, value, key=name)
+        f = res.flops
+        self.query_one("#flops", Static).update(
+            "[b]Training FLOPs per token[/b]  "
+            f"exact {f['exact'] / 1e9:,.2f} G   6N {f['six_n'] / 1e9:,.2f} G   "
+            f"PaLM {f['palm'] / 1e9:,.2f} G")
+        lines = ["[b]Per-GPU memory[/b] (GiB; [green]weights[/] [yellow]grads[/] "
+                 "[magenta]optimizer[/] [cyan]activations[/] [blue]KV/transient[/])"]
+        if res.memory_error:
+            lines.append(f"[red]{res.memory_error}[/red]")
+        for st in res.memory_stages:
+            parts = [("w", st["weights_bytes"], "green"), ("g", st["gradients_bytes"], "yellow"),
+                     ("o", st["optimizer_bytes"], "magenta"),
+                     ("a", st["activations_bytes"], "cyan"), ("t", st["transient_bytes"], "blue")]
+            verdict = "fits" if st["total_bytes"] <= res.capacity_bytes else "[red]over[/red]"
+            lines.append(f"stage {st['stage']} {_bar(parts, res.capacity_bytes)} "
+                         f"{st['total_bytes'] / 2**30:,.1f} / {res.capacity_bytes / 2**30:,.1f} {verdict}")
+        self.query_one("#memory", Static).update("\n".join(lines))
+        kv = "  ".join(f"{c // 1024}k: {b / 2**30:,.2f}" for c, b in res.kv_by_context)
+        self.query_one("#kv", Static).update(
+            f"[b]KV cache[/b] {res.kv_bytes_per_token:,} B/token ({res.kv_bytes_per_token / 1024:,.1f} KiB); "
+            f"GiB per sequence by context  {kv}\nlargest batch beside the weights: "
+            f"{res.max_batch_at_seq:,}")
+        curve = res.loss_curve
+        best = min(curve, key=lambda t: t[1])
+        spark = "".join("▁▂▃▄▅▆▇█"[min(7, int(8 * (loss - best[1]) / max(1e-9, curve[0][1] - best[1])))]
+                        for _, loss in curve)
+        self.query_one("#chinchilla", Static).update(
+            f"[b]Chinchilla[/b] (Hoffmann fit) optimal tokens for this size: "
+            f"{res.chinchilla_tokens / 1e9:,.1f} B (loss {res.chinchilla_loss:.3f})\n"
+            f"loss over N at that compute, N*/10 .. 10 N*: {spark}")
+
+
+class ModelPane(Horizontal):
+    def __init__(self, preset: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.preset = preset
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="model-left"):
+            yield Select([(n, n) for n in preset_files("models")], id="preset", prompt="preset",
+                         allow_blank=False, value=self.preset)
+            yield Input(placeholder="open a config.json or .toml path, Enter", id="open-path")
+            yield ModelForm(id="form")
+        yield ResultsView(id="results")

@@ -1,0 +1,116 @@
+"""The plan screen: cluster inputs -> ranked layouts, the chosen one's breakdown, rejections."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.reactive import reactive
+from textual.widgets import Button, DataTable, Input, Label, Static
+
+from planner.search import SearchResult
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterInputs:
+    gpus: int
+    nodes: int
+    gbs: int
+    seq: int
+
+
+class PlanPane(Vertical):
+    @dataclass
+    class SearchRequested(Message):
+        inputs: ClusterInputs
+
+    @dataclass
+    class SaveRequested(Message):
+        path: str
+
+    result: reactive[SearchResult | None] = reactive(None, init=False)
+    """The latest search (pushed down by the app)."""
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="cluster"):
+            yield Label("GPUs")
+            yield Input("8", id="gpus", type="integer", compact=True)
+            yield Label("nodes")
+            yield Input("1", id="nodes", type="integer", compact=True)
+            yield Label("global batch (seq)")
+            yield Input("256", id="gbs", type="integer", compact=True)
+            yield Label("seq")
+            yield Input("4096", id="seq", type="integer", compact=True)
+            yield Button("Search", id="search", variant="primary", compact=True)
+        yield Static("", id="plan-status")
+        yield DataTable(id="layouts", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="layout-detail")
+        with Horizontal(id="save-row"):
+            yield Input("plan.toml", id="save-path", compact=True)
+            yield Button("Save plan", id="save", compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#layouts", DataTable).add_columns(
+            "#", "tp", "pp", "v", "dp", "zero", "sp", "recompute", "b", "m", "GiB/GPU",
+            "step s", "tok/s/GPU", "MFU")
+
+    def inputs(self) -> ClusterInputs | None:
+        try:
+            values = {k: int(self.query_one(f"#{k}", Input).value) for k in ("gpus", "nodes", "gbs", "seq")}
+        except ValueError:
+            self.query_one("#plan-status", Static).update("[red]GPUs, nodes, batch and seq must be integers[/red]")
+            return None
+        return ClusterInputs(**values)
+
+    @on(Button.Pressed, "#search")
+    @on(Input.Submitted, "#gpus, #nodes, #gbs, #seq")
+    def _search(self) -> None:
+        inputs = self.inputs()
+        if inputs is not None:
+            self.query_one("#plan-status", Static).update("searching ...")
+            self.post_message(self.SearchRequested(inputs))
+
+    @on(Button.Pressed, "#save")
+    def _save(self) -> None:
+        self.post_message(self.SaveRequested(self.query_one("#save-path", Input).value))
+
+    def watch_result(self, result: SearchResult | None) -> None:
+        table = self.query_one("#layouts", DataTable)
+        table.clear()
+        status = self.query_one("#plan-status", Static)
+        if result is None:
+            return
+        for i, c in enumerate(result.candidates[:50]):
+            table.add_row(i + 1, c.tp, c.pp, c.vpp, c.dp, c.zero, "on" if c.sp else "off",
+                          c.recompute, c.mbs, c.grad_accum, f"{c.memory_per_gpu_bytes / 2**30:.1f}",
+                          f"{c.step_time_s:.3f}", f"{c.tokens_per_s / result.world:,.0f}",
+                          f"{c.mfu:.1%}")
+        rejected = ", ".join(f"{k} {v:,}" for k, v in result.rejected.items() if v)
+        head = (f"{len(result.candidates):,} layouts fit of {result.total:,} "
+                f"({result.evaluated:,} evaluated); rejected: {rejected}")
+        if not result.candidates:
+            head = "[red]no layout fits[/red]  " + head + "\n" + "\n".join(result.suggestions)
+        status.update(head)
+        self.show_detail(0)
+
+    @on(DataTable.RowHighlighted, "#layouts")
+    def _row(self, event: DataTable.RowHighlighted) -> None:
+        self.show_detail(event.cursor_row)
+
+    def show_detail(self, index: int) -> None:
+        detail = self.query_one("#layout-detail", Static)
+        result = self.result
+        if result is None or not result.candidates or index >= len(result.candidates):
+            detail.update("")
+            return
+        c = result.candidates[index]
+        step = c.step.to_dict()
+        parts = "  ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v * 1e3:,.1f} ms"
+                          for k, v in step.items() if k != "total_s")
+        why = result.runner_up_reason() if index == 0 else ""
+        detail.update(f"[b]{c.label()}[/b]\nstep {c.step_time_s:.3f} s: {parts}\n"
+                      f"memory {c.memory_per_gpu_bytes / 2**30:.2f} GiB on stage {c.memory_stage}, "
+                      f"margin {c.margin_bytes / 2**30:.2f} GiB\n{why or ''}")

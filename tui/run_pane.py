@@ -1,0 +1,120 @@
+"""The run screen: launch through the runtime's event stream, watch it, cancel it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.reactive import reactive
+from textual.widgets import Button, DataTable, Input, Log, ProgressBar, Sparkline, Static
+
+
+@dataclass
+class RunState:
+    """What the run screen shows, rebuilt from events (pure; the app owns it)."""
+
+    steps: int = 0
+    done_steps: int = 0
+    losses: list[float] | None = None
+    tokens_per_s: list[float] | None = None
+    mfu: list[float] | None = None
+    status: str = "idle"
+    comparison: list[tuple[str, str, str, str]] | None = None
+
+    def apply(self, ev: dict) -> "RunState":
+        kind = ev.get("event")
+        losses, tps, mfu = list(self.losses or []), list(self.tokens_per_s or []), list(self.mfu or [])
+        out = RunState(steps=self.steps, done_steps=self.done_steps, losses=losses,
+                       tokens_per_s=tps, mfu=mfu, status=self.status, comparison=self.comparison)
+        if kind == "start":
+            out.steps = ev["steps"]
+            out.done_steps = ev.get("start_step", 0)
+            out.status = f"running {ev['model']} on {ev['world']} x {ev['device']}"
+        elif kind == "step":
+            out.done_steps = ev["step"]
+            losses.append(ev["loss"])
+            tps.append(ev["tokens_per_s"])
+            mfu.append(ev.get("mfu") or 0.0)
+        elif kind == "done":
+            out.status = "done"
+            out.done_steps = out.steps
+            rows = []
+            for cat in ("parameters", "gradients", "optimizer_states", "activations"):
+                p, m = ev.get(f"predicted_{cat}_bytes"), ev.get(f"measured_{cat}_bytes")
+                err = f"{(m - p) / p:+.1%}" if p and m is not None else "-"
+                rows.append((cat, _mib(p), _mib(m), err))
+            pt, mt = ev.get("predicted_step_time_s"), ev.get("measured_step_time_s")
+            rows.append(("step time", f"{pt:.4f} s" if pt else "-", f"{mt:.4f} s" if mt else "-",
+                         f"{(mt - pt) / pt:+.1%}" if pt and mt else "-"))
+            out.comparison = rows
+        elif kind == "error":
+            out.status = f"error: {ev.get('message')}"
+        return out
+
+
+def _mib(n) -> str:
+    return "-" if n is None else f"{n / 2**20:,.2f} MiB"
+
+
+class RunPane(Vertical):
+    @dataclass
+    class LaunchRequested(Message):
+        args: list[str]
+
+    class CancelRequested(Message):
+        pass
+
+    state: reactive[RunState] = reactive(RunState, init=False)
+    """The run as seen through its events (pushed down by the app)."""
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="run-controls"):
+            yield Input("tiny --steps 20 --seq 64 --gbs 8 --mbs 2 --dtype fp32 --device cpu",
+                        id="run-args", compact=True)
+            yield Button("Launch", id="launch", variant="success", compact=True)
+            yield Button("Cancel", id="cancel", variant="error", compact=True)
+        yield Static("idle", id="run-status")
+        yield ProgressBar(id="progress", show_eta=True)
+        with Horizontal(id="sparks"):
+            with Vertical():
+                yield Static("loss", classes="spark-label")
+                yield Sparkline([], id="loss-spark")
+            with Vertical():
+                yield Static("tokens/s", classes="spark-label")
+                yield Sparkline([], id="tps-spark")
+            with Vertical():
+                yield Static("MFU", classes="spark-label")
+                yield Sparkline([], id="mfu-spark")
+        yield DataTable(id="comparison", show_cursor=False)
+        yield Log(id="run-log", max_lines=5000)
+
+    def on_mount(self) -> None:
+        self.query_one("#comparison", DataTable).add_columns("quantity", "predicted", "measured", "error")
+
+    @on(Button.Pressed, "#launch")
+    @on(Input.Submitted, "#run-args")
+    def _launch(self) -> None:
+        self.post_message(self.LaunchRequested(self.query_one("#run-args", Input).value.split()))
+
+    @on(Button.Pressed, "#cancel")
+    def _cancel(self) -> None:
+        self.post_message(self.CancelRequested())
+
+    def watch_state(self, state: RunState) -> None:
+        self.query_one("#run-status", Static).update(state.status)
+        bar = self.query_one("#progress", ProgressBar)
+        if state.steps:
+            bar.update(total=state.steps, progress=state.done_steps)
+        self.query_one("#loss-spark", Sparkline).data = state.losses or []
+        self.query_one("#tps-spark", Sparkline).data = state.tokens_per_s or []
+        self.query_one("#mfu-spark", Sparkline).data = state.mfu or []
+        table = self.query_one("#comparison", DataTable)
+        table.clear()
+        for row in state.comparison or []:
+            table.add_row(*row)
+
+    def log_line(self, line: str) -> None:
+        self.query_one("#run-log", Log).write_line(line)
