@@ -30,6 +30,7 @@ class LaunchSpec:
     device: str                   # "cpu" or "cuda"
     nnodes: int = 1
     rdzv_endpoint: str = ""
+    module: str = "runtime.train"  # or runtime.generate
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -44,7 +45,7 @@ def torchrun_command(spec: LaunchSpec) -> list[str]:
             raise ConfigError(f"nnodes({spec.nnodes}) needs --rdzv-endpoint host:port")
         cmd += [f"--nnodes={spec.nnodes}", "--rdzv-backend=c10d",
                 f"--rdzv-endpoint={spec.rdzv_endpoint}"]
-    cmd += [f"--nproc-per-node={spec.nproc_per_node}", "-m", "runtime.train",
+    cmd += [f"--nproc-per-node={spec.nproc_per_node}", "-m", spec.module,
             "--plan", str(spec.plan_path)]
     return cmd
 

@@ -118,7 +118,7 @@ class Attention(nn.Module):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask,
                                               enable_gqa=q.shape[1] != k.shape[1])
 
-    def forward(self, x, cos, sin, kv_cache=None, start_pos: int = 0):
+    def forward(self, x, cos, sin, kv_cache=None, positions=None):
         b, s, _ = x.shape
         d = self.head_dim
         q = self.wq(x).view(b, s, -1, d).transpose(1, 2)   # b, a, s, d
@@ -127,9 +127,8 @@ class Attention(nn.Module):
         if cos is not None:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         mask = None
-        if kv_cache is not None:
-            k, v = kv_cache.update(start_pos, k, v)
-            mask = kv_cache.mask(start_pos, s, self.window, q.device)
+        if kv_cache is not None:  # inference: the cache returns what to attend and the mask
+            k, v, mask = kv_cache.update(positions, k, v)
         elif self.window and s > self.window:
             i = torch.arange(s, device=x.device)
             mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < self.window)
@@ -200,15 +199,15 @@ class Block(nn.Module):
         self.attention = Attention(cfg)
         self.feed_forward = MoE(cfg) if moe else MLP(cfg, cfg.ffn_hidden_size)
 
-    def forward(self, x, cos, sin, kv_cache=None, start_pos: int = 0):
+    def forward(self, x, cos, sin, kv_cache=None, positions=None):
         if self.kind == "parallel":
             a_in = self.attention_norm(x)
             f_in = self.ffn_norm(x) if self.ffn_norm is not None else a_in
-            return x + self.attention(a_in, cos, sin, kv_cache, start_pos) + self.feed_forward(f_in)
+            return x + self.attention(a_in, cos, sin, kv_cache, positions) + self.feed_forward(f_in)
         if self.kind == "post_norm":
-            x = self.attention_norm(x + self.attention(x, cos, sin, kv_cache, start_pos))
+            x = self.attention_norm(x + self.attention(x, cos, sin, kv_cache, positions))
             return self.ffn_norm(x + self.feed_forward(x))
-        x = x + self.attention(self.attention_norm(x), cos, sin, kv_cache, start_pos)
+        x = x + self.attention(self.attention_norm(x), cos, sin, kv_cache, positions)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -239,17 +238,22 @@ class Decoder(nn.Module):
             self.inv_freq = None
 
     def rope(self, positions: torch.Tensor):
+        """cos/sin tables (b or 1, 1, s, rot) for ``positions`` (b or 1, s), shared by all layers."""
         if self.inv_freq is None:
             return None, None
-        freqs = positions.float()[:, None] * self.inv_freq[None, :]
-        freqs = torch.cat((freqs, freqs), dim=-1)  # (s, rot): one table shared by all layers
+        freqs = positions.float()[..., None] * self.inv_freq
+        freqs = torch.cat((freqs, freqs), dim=-1)[:, None]
         return freqs.cos(), freqs.sin()
 
-    def forward(self, tokens_or_hidden: torch.Tensor, start_pos: int = 0, kv_caches=None):
+    def forward(self, tokens_or_hidden: torch.Tensor, positions: torch.Tensor | None = None,
+                kv_caches=None):
+        """``positions`` (b or 1, s): absolute positions (default 0..s-1); ``kv_caches`` one
+        cache per layer (runtime.generate) for prefill and decode."""
         x = tokens_or_hidden
         # A later pipeline stage under sequence parallelism receives its 1/t sequence shard.
         s = x.shape[1] if self.tok_embeddings is not None else x.shape[1] * self.seq_shards
-        positions = torch.arange(start_pos, start_pos + s, device=x.device)
+        if positions is None:
+            positions = torch.arange(s, device=x.device)[None]
         if self.tok_embeddings is not None:
             x = self.tok_embeddings(x)
             if self.pos_embeddings is not None:
@@ -259,7 +263,7 @@ class Decoder(nn.Module):
         cos, sin = self.rope(positions)
         for name, layer in self.layers.items():
             cache = kv_caches[int(name)] if kv_caches is not None else None
-            x = layer(x, cos, sin, cache, start_pos)
+            x = layer(x, cos, sin, cache, positions)
         if self.norm is not None:
             x = self.norm(x)
         if self.output is not None:

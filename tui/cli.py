@@ -696,6 +696,117 @@ def launch_cmd(
         raise typer.Exit(rc if rc != 2 else 1)
 
 
+@app.command("generate")
+@cli_errors
+def generate_cmd(
+    target: Annotated[str, typer.Argument(help="MODEL, or a checkpoint folder written by `llmplan launch --ckpt-dir`.")],
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", help="A prompt (repeatable).")] = None,
+    prompts: Annotated[str, typer.Option("--prompts", help="A file with one prompt per line.")] = "",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate.")] = 32,
+    temperature: Annotated[float, typer.Option(help="0 is greedy.")] = 0.0,
+    top_k: Annotated[int, typer.Option("--top-k", help="Sample among the k most likely (0: all).")] = 0,
+    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus probability mass.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    batch: Annotated[int, typer.Option(help="Repeat the prompts to this many sequences.")] = 0,
+    tp: Annotated[int, typer.Option(help="Tensor-parallel processes / GPUs.")] = 1,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="fp32 or bf16.")] = "fp32",
+    eos: Annotated[int, typer.Option(help="Stop a sequence at this token id (-1: never).")] = -1,
+    run_dir: Annotated[str, typer.Option("--run-dir", help="Where the generation plan is written.")] = "",
+    set_: SetOpt = None,
+    json_mode: Annotated[bool, typer.Option("--json", help="Print the JSON-lines event stream.")] = False,
+) -> None:
+    """Generate text with a KV cache (prefill + decode), tensor-parallel over --tp processes."""
+    import tempfile
+    from pathlib import Path
+
+    from planner.config import ModelConfig
+    from planner.planfile import dumps
+    from runtime.launch import LaunchSpec, stream, torchrun_command
+
+    folder = Path(target)
+    checkpoint = ""
+    if folder.is_dir():
+        run_plan = folder / "run.toml"
+        if not run_plan.exists() or not (folder / "latest").exists():
+            raise LlmplanError(f"{folder}: not a checkpoint folder (needs run.toml and latest)")
+        import tomllib
+        cfg = ModelConfig.from_dict(tomllib.loads(run_plan.read_text())["model"], where=str(run_plan))
+        checkpoint = str(folder.resolve())
+    else:
+        cfg = _model(target, set_)
+    texts = list(prompt or [])
+    if prompts:
+        try:
+            texts += [line for line in Path(prompts).read_text().splitlines() if line.strip()]
+        except OSError as err:
+            raise LlmplanError(f"--prompts {prompts}: cannot read ({err.strerror})") from None
+    texts = texts or ["Hello"]
+    if batch:
+        texts = [texts[i % len(texts)] for i in range(batch)]
+    if dtype not in ("fp32", "bf16"):
+        raise LlmplanError(f"--dtype {dtype!r}: use fp32 or bf16")
+    from runtime.generate import check_generation, encode
+    check_generation(cfg, tp=tp, prompt_lens=[len(encode(t)) for t in texts], max_new=max_new_tokens)
+    if device == "auto":
+        import torch
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        import torch
+        if tp > torch.cuda.device_count():
+            raise LlmplanError(f"tp({tp}) processes but {torch.cuda.device_count()} GPU(s); use --device cpu")
+    out_dir = Path(run_dir or tempfile.mkdtemp(prefix="llmplan-gen-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = {"version": 1, "kind": "inference", "model": cfg.to_dict(),
+            "cluster": {"hardware": "cpu" if device == "cpu" else "h100-sxm", "gpus": tp},
+            "generate": {"prompts": texts, "max_new_tokens": max_new_tokens,
+                         "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed,
+                         "device": device, "dtype": dtype, "checkpoint": checkpoint,
+                         "eos_token": eos}}
+    plan_path = out_dir / "generate.toml"
+    plan_path.write_text(dumps(plan))
+    spec = LaunchSpec(plan_path=plan_path, nproc_per_node=tp, device=device, module="runtime.generate")
+    last: dict[str, Any] = {}
+    single = len(texts) == 1
+    if single and not json_mode:
+        sys.stdout.write(texts[0])
+        sys.stdout.flush()
+
+    def on_line(line: str, ev: dict | None) -> None:
+        if ev is None:
+            return
+        if json_mode:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+            return
+        if ev["event"] == "token" and single:
+            sys.stdout.write(ev["text"][0])
+            sys.stdout.flush()
+        elif ev["event"] in ("done", "error"):
+            last.update(ev)
+
+    rc = stream(spec, on_line)
+    if not json_mode and last.get("event") == "done":
+        if single:
+            sys.stdout.write("\n")
+        else:
+            for i, text in enumerate(last["texts"]):
+                sys.stdout.write(f"[{i}] {text}\n")
+        rows = [("time to first token", f"{last['ttft_s'] * 1e3:,.1f} ms"),
+                ("prefill", f"{last['prefill_tokens_per_s']:,.0f} tok/s"),
+                ("decode (measured)", f"{(last['decode_tokens_per_s'] or 0):,.0f} tok/s"),
+                ("decode (roofline)", f"{last['predicted_decode_tokens_per_s']:,.0f} tok/s"),
+                ("KV cache predicted", output.fmt_bytes(last["predicted_kv_cache_bytes"])),
+                ("KV cache allocated", output.fmt_bytes(last["measured_kv_cache_bytes"]))]
+        output.show(output.table("Generation", ["quantity", "value"], rows))
+    elif not json_mode and last.get("event") == "error":
+        if single:
+            sys.stdout.write("\n")
+        output.warn(f"error: {last.get('message')}")
+    if rc:
+        raise typer.Exit(rc if rc != 2 else 1)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -1,0 +1,371 @@
+"""Inference: prefill and decode with a preallocated KV cache, tensor-parallel over tp ranks.
+
+``python -m torch.distributed.run ... -m runtime.generate --plan gen.toml``; rank 0 prints
+events (``start``, ``token``, ``done``). The cache holds, per layer, K and V of shape
+(batch, local kv heads, capacity, d) with capacity = ``planner.kv.cached_tokens`` (the
+sliding window when there is one, used as a ring buffer), so the bytes allocated are exactly
+the planner's ``kv`` figure. Prompts of different lengths are right-padded; every cache slot
+remembers the absolute position it holds (-1 for padding), and attention masks by position.
+Under TP every rank samples from the same replicated logits with the same seeded generator,
+so all ranks agree on every token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from planner.config import ConfigError, LlmplanError, ModelConfig
+from runtime import events
+
+GEN_DEFAULTS: dict[str, Any] = {
+    "prompts": ["Hello"], "max_new_tokens": 32, "temperature": 0.0, "top_k": 0, "top_p": 1.0,
+    "seed": 0, "device": "cpu", "dtype": "fp32", "checkpoint": "", "eos_token": -1,
+    "weights_seed": 0,
+}
+
+
+class KVCache:
+    """One layer's cache: K, V (b, g_local, capacity, d) and the position in each slot."""
+
+    def __init__(self, batch: int, kv_heads: int, capacity: int, head_dim: int, *,
+                 window: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.k = torch.zeros(batch, kv_heads, capacity, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.pos = torch.full((batch, capacity), -1, dtype=torch.long, device=device)
+        self.capacity, self.window = capacity, window
+        self.rows = torch.arange(batch, device=device)[:, None]
+
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
+
+    def allowed(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """(b, 1, q, k) mask: a real key at or before the query, within the window."""
+        qp, kp = q_pos[:, :, None], k_pos[:, None, :]
+        ok = (kp >= 0) & (kp <= qp)
+        if self.window:
+            ok &= qp - kp < self.window
+        return ok[:, None]
+
+    def update(self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Store the new keys/values at their positions; return what the queries attend."""
+        valid = positions >= 0
+        store = torch.where(valid, positions, -1)
+        if positions.shape[1] > 1:
+            # Prefill: attend the fresh keys directly (a window may be shorter than the prompt),
+            # then store each row's last `capacity` real positions (no two share a slot).
+            mask = self.allowed(positions, store)
+            last = positions.max(dim=1, keepdim=True).values
+            keep = valid & (positions > last - self.capacity)
+            rows, cols = keep.nonzero(as_tuple=True)
+            slots = positions[rows, cols] % self.capacity
+            self.k[rows, :, slots] = k[rows, :, cols].to(self.k.dtype)
+            self.v[rows, :, slots] = v[rows, :, cols].to(self.v.dtype)
+            self.pos[rows, slots] = positions[rows, cols]
+            return k, v, mask
+        self._write(positions.clamp(min=0), k, v, store)
+        return self.k, self.v, self.allowed(positions, self.pos)
+
+    def _write(self, positions, k, v, store) -> None:
+        slots = positions % self.capacity
+        self.k[self.rows, :, slots] = k.transpose(1, 2).to(self.k.dtype)
+        self.v[self.rows, :, slots] = v.transpose(1, 2).to(self.v.dtype)
+        self.pos[self.rows, slots] = store
+
+
+def sample(logits: torch.Tensor, *, temperature: float, top_k: int, top_p: float,
+           generator: torch.Generator | None) -> torch.Tensor:
+    """Next tokens (b,) from logits (b, V): greedy at temperature 0; otherwise softmax at the
+    temperature restricted to the k most likely (top_k > 0) and to the smallest set whose
+    probability reaches top_p (the nucleus, Holtzman et al. 2020)."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # mass strictly before each token
+        drop = before >= top_p                 # the top token is always kept
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def encode(text: str) -> list[int]:
+    """The byte-level tokenizer shared with training (runtime.data.ByteData)."""
+    return list(text.encode("utf-8"))
+
+
+def decode(tokens: list[int]) -> str:
+    return bytes(t for t in tokens if t < 256).decode("utf-8", errors="replace")
+
+
+def apply_tp_inference(model, tp_mesh) -> None:
+    """TP without sequence parallelism: column-parallel q/k/v and gate/up, row-parallel o/down,
+    vocab-parallel embedding and LM head gathered to replicated logits."""
+    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel,
+                                                   parallelize_module)
+
+    parallelize_module(model, tp_mesh, {
+        "tok_embeddings": RowwiseParallel(input_layouts=Replicate()),
+        "output": ColwiseParallel(output_layouts=Replicate()),
+    })
+    for block in model.layers.values():
+        plan = {"attention.wq": ColwiseParallel(), "attention.wk": ColwiseParallel(),
+                "attention.wv": ColwiseParallel(), "attention.wo": RowwiseParallel(),
+                "feed_forward.w1": ColwiseParallel(), "feed_forward.w2": RowwiseParallel()}
+        if block.feed_forward.w3 is not None:
+            plan["feed_forward.w3"] = ColwiseParallel()
+        parallelize_module(block, tp_mesh, plan)
+
+
+def check_generation(cfg: ModelConfig, *, tp: int, prompt_lens: list[int], max_new: int) -> None:
+    from runtime.support import SUPPORTED_POSITIONS
+
+    if cfg.position not in SUPPORTED_POSITIONS:
+        raise ConfigError(f"the runtime does not implement position({cfg.position!r})")
+    if not prompt_lens or min(prompt_lens) < 1:
+        raise ConfigError("every prompt needs at least one token")
+    longest = max(prompt_lens) + max_new
+    if longest > cfg.max_context:
+        raise ConfigError(f"prompt({max(prompt_lens)}) + max new tokens({max_new}) = {longest} "
+                          f"exceeds the model's max context({cfg.max_context})")
+    g = cfg.num_kv_heads
+    if tp > 1 and g % tp:
+        raise ConfigError(
+            f"tp({tp}) does not divide kv heads({g}): each rank must hold whole kv heads "
+            f"(the planner's kv figure replicates one head per rank when tp > kv heads; "
+            f"this runtime shards them, so use a tp that divides {g})")
+    if tp > 1 and (cfg.num_heads % tp or cfg.vocab_size % tp or cfg.ffn_hidden_size % tp):
+        raise ConfigError(f"tp({tp}) must divide query heads({cfg.num_heads}), vocab"
+                          f"({cfg.vocab_size}) and ffn({cfg.ffn_hidden_size})")
+    if cfg.is_moe and tp > 1:
+        raise ConfigError(f"tp({tp}) with MoE experts is not implemented by the runtime")
+
+
+def load_weights(model, ckpt_dir: str) -> int:
+    """Model weights from a training checkpoint (any layout: DCP reshards on load)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         set_model_state_dict)
+
+    from runtime.checkpoint import latest_step
+
+    step = latest_step(ckpt_dir)
+    if step is None:
+        raise ConfigError(f"{ckpt_dir}: no checkpoint (no 'latest' file)")
+    state = {"model": get_model_state_dict(model)}
+    try:
+        dcp.load(state, checkpoint_id=str(Path(ckpt_dir) / f"step-{step}"))
+    except BaseException as err:  # DCP's CheckpointException derives from BaseException
+        if isinstance(err, (KeyboardInterrupt, SystemExit)):
+            raise
+        detail = " ".join(str(err).split())[-200:]
+        raise ConfigError(f"{ckpt_dir}: incompatible checkpoint for this model ({detail})") from None
+    set_model_state_dict(model, state["model"], options=StateDictOptions(strict=True))
+    return step
+
+
+@torch.no_grad()
+def generate(model, prompts: list[list[int]], *, max_new: int, caches: list[KVCache],
+             temperature: float, top_k: int, top_p: float, seed: int, eos: int,
+             on_tokens=None) -> dict[str, Any]:
+    """Prefill the right-padded batch, then decode one token per row per step."""
+    device = caches[0].k.device
+    b = len(prompts)
+    lens = torch.tensor([len(p) for p in prompts], device=device)
+    s = int(lens.max())
+    tokens = torch.zeros(b, s, dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        tokens[i, :len(p)] = torch.tensor(p, device=device)
+    positions = torch.arange(s, device=device)[None].expand(b, s)
+    positions = torch.where(positions < lens[:, None], positions, -1)
+    gen = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    start = time.perf_counter()
+    logits = _forward(model, tokens, positions, caches)
+    last = logits[torch.arange(b, device=device), lens - 1]
+    out: list[list[int]] = [[] for _ in range(b)]
+    finished = torch.zeros(b, dtype=torch.bool, device=device)
+    nxt = sample(last, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)
+    sync()
+    ttft = time.perf_counter() - start
+    decode_start = time.perf_counter()
+    decoded = 0
+    pos = lens.clone()
+    for step in range(max_new):
+        for i in range(b):
+            if not finished[i]:
+                out[i].append(int(nxt[i]))
+        if on_tokens is not None:
+            on_tokens(step, [int(t) for t in nxt])
+        finished |= nxt == eos
+        if bool(finished.all()) or step == max_new - 1:
+            break
+        logits = _forward(model, nxt[:, None], pos[:, None], caches)
+        nxt = sample(logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)
+        pos = pos + 1
+        decoded += 1
+    sync()
+    decode_s = time.perf_counter() - decode_start
+    return {"tokens": out, "ttft_s": ttft,
+            "prefill_tokens_per_s": float(lens.sum()) / ttft,
+            "decode_tokens_per_s": decoded * b / decode_s if decoded else None}
+
+
+def _forward(model, tokens, positions, caches):
+    """The model with the cache: padding positions (-1) embed at 0 but are masked as keys."""
+    logits = model(tokens, positions.clamp(min=0), kv_caches=_Positions(caches, positions))
+    return logits.to_local() if hasattr(logits, "to_local") else logits
+
+
+class _Positions(list):
+    """Per-layer caches that see the real positions (with -1 padding), not the clamped ones
+    the embeddings use."""
+
+    def __init__(self, caches, positions):
+        super().__init__(_Layer(c, positions) for c in caches)
+
+
+class _Layer:
+    def __init__(self, cache: KVCache, positions: torch.Tensor) -> None:
+        self.cache, self.positions = cache, positions
+
+    def update(self, _clamped, k, v):
+        return self.cache.update(self.positions, k, v)
+
+
+def roofline(cfg: ModelConfig, *, hardware: str, tp: int, batch: int, context: int,
+             dtype: str) -> dict[str, float]:
+    """Decode is bound by memory bandwidth (every weight and the cache read once per token),
+    prefill by compute."""
+    from planner.flops import decode_flops_per_token
+    from planner.kv import kv_bytes_per_token, weight_bytes_per_rank
+    from presets import load_hardware
+
+    hw = load_hardware(hardware)
+    bits = 32 if dtype == "fp32" else 16
+    weights = weight_bytes_per_rank(cfg, weight_bits=bits, tp=tp)
+    kv = kv_bytes_per_token(cfg, "fp32" if dtype == "fp32" else "bf16", tp) * context * batch
+    step_s = max((weights + kv) / (hw.hbm_bandwidth_gbps * 1e9),
+                 decode_flops_per_token(cfg, context) * batch / tp / hw.peak_flops(dtype))
+    return {"weights_bytes": weights, "predicted_decode_tokens_per_s": batch / step_s}
+
+
+def run(plan_path: str) -> int:
+    import torch.distributed as dist
+
+    from planner.kv import cached_tokens, kv_report
+    from runtime.model import Decoder, init_weights
+
+    plan = read_plan_any(Path(plan_path))
+    cfg = ModelConfig.from_dict(plan["model"], where=f"{plan_path} [model]")
+    opts = {**GEN_DEFAULTS, **plan.get("generate", {})}
+    tp = int(os.environ.get("WORLD_SIZE", "1"))
+    prompts = [encode(p) for p in opts["prompts"]]
+    max_new = int(opts["max_new_tokens"])
+    check_generation(cfg, tp=tp, prompt_lens=[len(p) for p in prompts], max_new=max_new)
+    cuda = opts["device"] == "cuda"
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    rank = dist.get_rank()
+    say = (lambda kind, **kw: events.emit(kind, **kw)) if rank == 0 else (lambda kind, **kw: None)
+    dtype = torch.bfloat16 if opts["dtype"] == "bf16" else torch.float32
+
+    model = Decoder(cfg)
+    init_weights(model, int(opts["weights_seed"]))
+    step = None
+    if opts["checkpoint"]:
+        step = load_weights(model, opts["checkpoint"])
+    model.to(device=device, dtype=dtype).eval()
+    if tp > 1:
+        from torch.distributed.device_mesh import init_device_mesh
+        apply_tp_inference(model, init_device_mesh(device.type, (tp,), mesh_dim_names=("tp",)))
+
+    total = max(len(p) for p in prompts) + max_new
+    capacity = cached_tokens(cfg, total)
+    kv_local = cfg.num_kv_heads // tp
+    caches = [KVCache(len(prompts), kv_local, capacity, cfg.head_dim, window=cfg.sliding_window,
+                      dtype=dtype, device=device) for _ in range(cfg.num_layers)]
+    kv_dtype = "fp32" if opts["dtype"] == "fp32" else "bf16"
+    predicted_kv = kv_report(cfg, seq_len=total, batch=len(prompts), kv_dtype=kv_dtype, tp=tp).total_bytes
+    hardware = plan.get("cluster", {}).get("hardware") or ("cpu" if not cuda else "h100-sxm")
+    roof = roofline(cfg, hardware=hardware, tp=tp, batch=len(prompts), context=total,
+                    dtype=opts["dtype"])
+    say("start", model=cfg.name, mode="inference", world=tp, device=device.type,
+        checkpoint_step=step, batch=len(prompts), max_new_tokens=max_new,
+        predicted_kv_cache_bytes=predicted_kv, predicted_weights_bytes=roof["weights_bytes"],
+        predicted_decode_tokens_per_s=roof["predicted_decode_tokens_per_s"])
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+
+    def on_tokens(i: int, toks: list[int]) -> None:
+        say("token", index=i, tokens=toks, text=[decode([t]) for t in toks])
+
+    result = generate(model, prompts, max_new=max_new, caches=caches,
+                      temperature=float(opts["temperature"]), top_k=int(opts["top_k"]),
+                      top_p=float(opts["top_p"]), seed=int(opts["seed"]),
+                      eos=int(opts["eos_token"]), on_tokens=on_tokens)
+    texts = [decode(p) + decode(t) for p, t in zip(prompts, result["tokens"])]
+    peak = torch.cuda.max_memory_allocated() if cuda else None
+    if peak is None:
+        import resource
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    done = {"tokens": result["tokens"], "ttft_s": result["ttft_s"],
+            "prefill_tokens_per_s": result["prefill_tokens_per_s"],
+            "decode_tokens_per_s": result["decode_tokens_per_s"],
+            "predicted_decode_tokens_per_s": roof["predicted_decode_tokens_per_s"],
+            "predicted_kv_cache_bytes": predicted_kv,
+            "measured_kv_cache_bytes": sum(c.nbytes() for c in caches),
+            "peak_memory_bytes": int(peak)}
+    done["texts" if len(texts) > 1 else "text"] = texts if len(texts) > 1 else texts[0]
+    say("done", **done)
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+def read_plan_any(path: Path) -> dict[str, Any]:
+    import tomllib
+
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="runtime.generate")
+    parser.add_argument("--plan", required=True)
+    args = parser.parse_args(argv)
+    try:
+        return run(args.plan)
+    except LlmplanError as err:
+        if int(os.environ.get("RANK", "0")) == 0:
+            events.emit("error", message=str(err))
+        return 2
+    except Exception as err:
+        if int(os.environ.get("RANK", "0")) == 0:
+            events.emit("error", message=f"{type(err).__name__}: {err}")
+        traceback.print_exc()
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
