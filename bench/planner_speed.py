@@ -59,7 +59,7 @@ def main() -> None:
                 schedule = "interleaved" if vpp > 1 else "1f1b"
                 est.peak_bytes(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp,
                                recompute=recompute, mbs=mbs, m=m, schedule=schedule)
-                _step_flops = hfu[recompute] * seq * mbs * m * dp
+                hfu[recompute] * seq * mbs * m * dp  # the step's FLOPs, a dict lookup
                 done += 1
                 if done >= args.n:
                     break

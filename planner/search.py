@@ -132,7 +132,7 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
     """Every layout of ``cluster`` for ``cfg`` at ``global_batch`` sequences of
     ``setup.seq_len`` (setup's dtype, recipe, optimizer and attention are kept; its
     micro-batch, accumulation and recompute are searched)."""
-    N, L, seq = cluster.gpus, cfg.num_layers, setup.seq_len
+    N, seq = cluster.gpus, setup.seq_len
     usable = cluster.usable_bytes(model)
     memory = Estimator(cfg, setup)
     cost = CostEstimator(cfg, setup, cluster, model, memory=memory)

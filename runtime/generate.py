@@ -12,17 +12,15 @@ so all ranks agree on every token.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from planner.config import ConfigError, LlmplanError, ModelConfig
+from planner.config import ConfigError, ModelConfig
 from runtime import events
 
 GEN_DEFAULTS: dict[str, Any] = {
@@ -351,20 +349,9 @@ def read_plan_any(path: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="runtime.generate")
-    parser.add_argument("--plan", required=True)
-    args = parser.parse_args(argv)
-    try:
-        return run(args.plan)
-    except LlmplanError as err:
-        if int(os.environ.get("RANK", "0")) == 0:
-            events.emit("error", message=str(err))
-        return 2
-    except Exception as err:
-        if int(os.environ.get("RANK", "0")) == 0:
-            events.emit("error", message=f"{type(err).__name__}: {err}")
-        traceback.print_exc()
-        return 1
+    from runtime.support import entry_point
+
+    return entry_point("runtime.generate", run, argv)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from torch import nn
 
 from planner.config import ModelConfig, Parallel, TrainSetup
 from runtime.model import Decoder
-from runtime.support import check_runtime_layout  # noqa: F401  (re-exported)
 
 
 def build_mesh(par: Parallel, device_type: str):

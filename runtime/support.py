@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from planner.config import ConfigError, ModelConfig, Parallel, TrainSetup
+import argparse
+import os
+import traceback
+from typing import Callable
+
+from planner.config import ConfigError, LlmplanError, ModelConfig, Parallel, TrainSetup
 
 SUPPORTED_POSITIONS = ("rope", "learned", "none")
 
@@ -28,3 +33,28 @@ def check_runtime_layout(cfg: ModelConfig, setup: TrainSetup, par: Parallel) -> 
         raise ConfigError(f"micro-batches({setup.grad_accum}) must be a multiple of pp({par.pp})")
     if par.schedule == "gpipe" and par.vpp > 1:
         raise ConfigError("gpipe has no virtual stages")
+
+
+def entry_point(prog: str, run: Callable[[str], int], argv: list[str] | None = None) -> int:
+    """``python -m <prog> --plan FILE`` for torchrun: a user error becomes one ``error`` event
+    (exit 2); a crash becomes an ``error`` event on rank 0 and a traceback on stderr (exit 1)."""
+    from runtime import events
+
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--plan", required=True, help="run specification (TOML)")
+    args = parser.parse_args(argv)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    try:
+        return run(args.plan)
+    except LlmplanError as err:
+        if rank0:
+            events.emit("error", message=str(err))
+        return 2
+    except Exception as err:
+        if rank0:
+            text = f"{type(err).__name__}: {err}"
+            if any(k in text for k in ("Connection closed by peer", "Read error", "NCCL")):
+                text = f"another rank failed (its log is on stderr): {text[:300]}"
+            events.emit("error", message=text)
+        traceback.print_exc()
+        return 1

@@ -11,14 +11,12 @@ pipeline stages before clipping (pitfall 2).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import os
 import resource
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +75,8 @@ def run(plan_path: str) -> int:
 
     from runtime import accounting, checkpoint
     from runtime.data import local_slice, make_data
-    from runtime.parallel import allreduce_grads, build, check_runtime_layout, clip_grad_norm_
+    from runtime.parallel import allreduce_grads, build, clip_grad_norm_
+    from runtime.support import check_runtime_layout
 
     plan = read_plan(Path(plan_path))
     cfg, setup, par = plan_objects(plan, where=plan_path)
@@ -302,23 +301,9 @@ def run(plan_path: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="runtime.train")
-    parser.add_argument("--plan", required=True, help="run specification (TOML)")
-    args = parser.parse_args(argv)
-    try:
-        return run(args.plan)
-    except LlmplanError as err:
-        if int(os.environ.get("RANK", "0")) == 0:
-            events.emit("error", message=str(err))
-        return 2
-    except Exception as err:  # a crash: one event for the stream, the traceback on stderr
-        if int(os.environ.get("RANK", "0")) == 0:
-            text = f"{type(err).__name__}: {err}"
-            if any(k in text for k in ("Connection closed by peer", "Read error", "NCCL")):
-                text = f"another rank failed (its log is on stderr): {text[:300]}"
-            events.emit("error", message=text)
-        traceback.print_exc()
-        return 1
+    from runtime.support import entry_point
+
+    return entry_point("runtime.train", run, argv)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import ROOT, launch  # noqa: E402
+from helpers import launch  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -722,7 +722,7 @@ def generate_cmd(
 
     from planner.config import ModelConfig
     from planner.planfile import dumps
-    from runtime.launch import LaunchSpec, stream, torchrun_command
+    from runtime.launch import LaunchSpec, stream
 
     folder = Path(target)
     checkpoint = ""
