@@ -97,7 +97,9 @@ def run(plan_path: str) -> int:
     rank = dist.get_rank()
     say = (lambda kind, **kw: events.emit(kind, **kw)) if rank == 0 else (lambda kind, **kw: None)
 
-    torch.manual_seed(opts["seed"])
+    from accelerate.utils import set_seed  # the ecosystem's one call for python/numpy/torch seeds
+
+    set_seed(int(opts["seed"]))
     built = build(cfg, setup, par, device=device, seed=opts["seed"])
     mesh, parts = built.mesh, built.parts
     pp_group = mesh["pp"].get_group()

@@ -95,6 +95,8 @@ class PlanApp(App):
     """The latest layout search."""
     run_state: reactive[RunState] = reactive(RunState, init=False)
     """The latest run, as its events described it."""
+    explanation: reactive[str] = reactive("", init=False)
+    """The explain view's text for the chosen quantity."""
 
     def __init__(self, *, preset: str | None = None, save_settings: bool = True,
                  blink: bool = True) -> None:
@@ -108,6 +110,7 @@ class PlanApp(App):
         hardware = self.settings.hardware
         self.start_hardware = hardware if hardware in preset_files("hardware") else DEFAULT_HARDWARE
         self._run = None
+        self.explain_quantity = ""
 
     # ---- layout -------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -138,7 +141,8 @@ class PlanApp(App):
             for field in self.query(Input):
                 field.cursor_blink = False
         self.query_one("#form", ModelForm).data_bind(spec=PlanApp.spec)
-        self.query_one("#results", ResultsView).data_bind(results=PlanApp.results)
+        self.query_one("#results", ResultsView).data_bind(results=PlanApp.results,
+                                                          explanation=PlanApp.explanation)
         self.theme = self.settings.theme if self.settings.theme in self.available_themes else self.theme
         self.choices = Choices(hardware=load_hardware(hardware), gpus=self.settings.gpus)
         self.spec = load_model(preset)
@@ -154,6 +158,7 @@ class PlanApp(App):
     def recompute(self) -> None:
         if self.spec is not None and self.choices is not None:
             self.results = compute(self.spec, self.choices)
+            self.refresh_explanation()
             self.sub_title = f"{self.spec.name} on {self.choices.gpus} x {self.choices.hardware.name}"
 
     def remember(self, **changes) -> None:
@@ -209,6 +214,30 @@ class PlanApp(App):
     def _edited(self, event: ModelForm.SpecEdited) -> None:
         self.spec = event.spec
 
+    @on(ResultsView.ExplainRequested)
+    def _explain_requested(self, event: ResultsView.ExplainRequested) -> None:
+        self.explain_quantity = event.quantity
+        self.refresh_explanation()
+
+    def refresh_explanation(self) -> None:
+        if self.explain_quantity and self.spec is not None and self.choices is not None:
+            self.run_explain(self.explain_quantity, self.spec, self.choices)
+
+    @work(thread=True, exclusive=True, group="explain", exit_on_error=False)
+    def run_explain(self, quantity: str, spec: ModelConfig, choices: Choices) -> str:
+        from planner.config import Parallel, TrainSetup
+        from planner.explain import explain  # sympy loads here, off the UI thread (~0.3 s)
+
+        dp = max(1, choices.gpus // (choices.tp * choices.pp))
+        exp = explain(quantity, spec, setup=TrainSetup(seq_len=choices.seq_len),
+                      par=Parallel(tp=choices.tp, pp=choices.pp, dp=dp,
+                                   zero=choices.zero if dp > 1 else 0))
+        values = ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v:g}"
+                           for k, v in exp.values.items())
+        verdict = "agrees" if exp.matches else "DIFFERS"
+        return (f"[b]{exp.description}[/b]\n{exp.pretty}\nwith {values}\n= {exp.result:,.6g} "
+                f"(planner {exp.planner_value:,.6g}, {verdict}); source: {exp.source}")
+
     @on(ComparePane.PairChosen)
     def _pair(self, event: ComparePane.PairChosen) -> None:
         self.update_compare(event.left, event.right)
@@ -246,6 +275,11 @@ class PlanApp(App):
     @on(Worker.StateChanged)
     def _worker(self, event: Worker.StateChanged) -> None:
         worker = event.worker
+        if worker.group == "explain":
+            if worker.state == WorkerState.SUCCESS:
+                self.explanation = worker.result
+            elif worker.state == WorkerState.ERROR:
+                self.explanation = f"[red]{worker.error}[/red]"
         if worker.group == "search":
             if worker.state == WorkerState.SUCCESS:
                 self.search_result = worker.result

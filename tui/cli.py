@@ -595,6 +595,15 @@ def launch_cmd(
     from runtime.launch import LaunchSpec, stream, torchrun_command
     from runtime.support import check_runtime_layout
 
+    if target.endswith(".toml") and Path(target).exists():
+        import tomllib
+        try:
+            kind = tomllib.loads(Path(target).read_text()).get("kind")
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise LlmplanError(f"{target}: {err}") from None
+        if kind == "inference":  # a generation plan (`llmplan generate --run-dir` writes one)
+            _launch_inference(Path(target), device, json_mode, dry_run)
+            return
     if target.endswith(".toml") and Path(target).exists() and "layout" in read_plan(Path(target)):
         base = read_plan(Path(target))
         cfg, base_setup, base_par = plan_objects(base, where=target)
@@ -694,6 +703,45 @@ def launch_cmd(
         output.warn(f"error: {last.get('message')}")
     if rc:
         raise typer.Exit(rc if rc != 2 else 1)
+
+
+def _launch_inference(plan_path, device: str, json_mode: bool, dry_run: bool) -> None:
+    """Run an inference plan file through runtime.generate on its tp processes."""
+    import tomllib
+
+    from runtime.launch import LaunchSpec, stream, torchrun_command
+
+    plan = tomllib.loads(plan_path.read_text())
+    tp = int(plan.get("cluster", {}).get("gpus", 1))
+    if device == "auto":
+        device = plan.get("generate", {}).get("device", "cpu")
+    spec = LaunchSpec(plan_path=plan_path, nproc_per_node=tp, device=device,
+                      module="runtime.generate")
+    if dry_run:
+        output.render(json_mode, {"command": torchrun_command(spec), "plan": str(plan_path),
+                                  "world": tp, "device": device},
+                      lambda: output.show(" ".join(torchrun_command(spec))))
+        return
+    def on_line(line: str, ev: dict | None) -> None:
+        if ev is None:
+            return
+        if json_mode:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        else:
+            _print_generation(ev)
+
+    rc = stream(spec, on_line)
+    if rc:
+        raise typer.Exit(rc if rc != 2 else 1)
+
+
+def _print_generation(ev: dict) -> None:
+    if ev["event"] == "done":
+        for text in ev.get("texts") or [ev.get("text", "")]:
+            sys.stdout.write(text + "\n")
+    elif ev["event"] == "error":
+        output.warn(f"error: {ev.get('message')}")
 
 
 @app.command("generate")

@@ -131,11 +131,22 @@ class ModelForm(VerticalScroll):
             self._edit(event.switch.id[2:], event.value)
 
 
+EXPLAINABLE = ("params", "kv_bytes_per_token", "train_flops_per_token",
+               "model_states_bytes", "chinchilla_params")
+
+
 class ResultsView(VerticalScroll):
-    """Numbers that update on every edit: params, FLOPs, memory bar, KV cache, Chinchilla."""
+    """Numbers that update on every edit: params, FLOPs, memory bar, KV cache, Chinchilla,
+    and the formula behind any of them (explain)."""
+
+    @dataclass
+    class ExplainRequested(Message):
+        quantity: str
 
     results: reactive[Results | None] = reactive(None, init=False)
     """Computed by the app from its spec and choices."""
+    explanation: reactive[str] = reactive("", init=False)
+    """The formula, values and result for the chosen quantity (from the app's worker)."""
 
     def compose(self) -> ComposeResult:
         yield Static(id="params-headline", classes="headline")
@@ -144,6 +155,18 @@ class ResultsView(VerticalScroll):
         yield Static(id="memory")
         yield Static(id="kv")
         yield Static(id="chinchilla")
+        yield Select([(q, q) for q in EXPLAINABLE], id="explain-pick", prompt="explain ...",
+                     compact=True)
+        yield Static(id="explain")
+
+    @on(Select.Changed, "#explain-pick")
+    def _explain(self, event: Select.Changed) -> None:
+        event.stop()
+        if isinstance(event.value, str):
+            self.post_message(self.ExplainRequested(event.value))
+
+    def watch_explanation(self, text: str) -> None:
+        self.query_one("#explain", Static).update(text)
 
     def on_mount(self) -> None:
         table = self.query_one("#params-table", DataTable)

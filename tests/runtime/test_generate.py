@@ -133,3 +133,13 @@ def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
     events, proc = gen(str(tmp_path), "--max-new-tokens", "2", check=False)
     assert proc.returncode != 0
     assert events[-1]["event"] == "error" and "incompatible checkpoint" in events[-1]["message"]
+
+
+def test_an_inference_plan_runs_through_launch(tmp_path):
+    gen("tiny", "--prompt", "abc", "--max-new-tokens", "3", "--run-dir", str(tmp_path))
+    plan = tmp_path / "generate.toml"
+    assert 'kind = "inference"' in plan.read_text()
+    proc = subprocess.run([sys.executable, "-m", "tui.cli", "launch", str(plan), "--json"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")][-1]
+    assert proc.returncode == 0 and done["event"] == "done" and done["text"].startswith("abc")

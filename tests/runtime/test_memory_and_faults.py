@@ -92,3 +92,26 @@ def test_dry_run_prints_the_torchrun_command(tmp_path):
     assert data["world"] == 4
     assert "--standalone" in data["command"] and "--nproc-per-node=4" in data["command"]
     assert (tmp_path / "run.toml").exists()
+
+
+def test_training_on_a_local_text_file(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    events, _ = launch("tiny", "--steps", "8", "--seq", "32", "--gbs", "4", "--lr", "3e-3",
+                       "--data", str(corpus), "--dtype", "fp32")
+    losses = [e["loss"] for e in events if e["event"] == "step"]
+    assert len(losses) == 8 and losses[-1] < losses[0]  # bytes of real text are learnable
+    bad, proc = launch("tiny", "--steps", "1", "--data", str(tmp_path / "missing.txt"), check=False)
+    assert proc.returncode != 0 and "cannot read" in bad[-1]["message"]
+
+
+def test_a_saved_plan_launches_unchanged(tmp_path):
+    plan = tmp_path / "plan.toml"
+    out = subprocess.run([sys.executable, "-m", "tui.cli", "plan", "tiny", "--hardware", "cpu",
+                          "--gpus", "2", "--gbs", "4", "--seq", "64", "--out", str(plan), "--json"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    best = json.loads(out.stdout)["candidates"][0]
+    events, _ = launch(str(plan), "--steps", "2")
+    start = next(e for e in events if e["event"] == "start")
+    assert start["layout"]["tp"] == best["tp"] and start["layout"]["dp"] == best["dp"]
+    assert start["micro_batch"] == best["mbs"] and events[-1]["event"] == "done"

@@ -186,3 +186,20 @@ async def test_settings_remember_the_last_preset(tmp_path):
     async with again.run_test(size=SIZE) as pilot:
         await pilot.pause()
         assert again.spec.name == "mistral-7b"
+
+
+async def test_explain_view_shows_the_formula_and_follows_edits():
+    app = PlanApp(save_settings=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        app.query_one("#explain-pick").value = "kv_bytes_per_token"
+        await pilot.pause()  # the request travels up as a message, then the worker starts
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        shown = text(app, "#explain")
+        assert "= 131,072" in shown and "agrees" in shown
+        app.spec = app.spec.replace(num_kv_heads=4)
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert "= 65,536" in text(app, "#explain")
