@@ -51,6 +51,13 @@ class CostModel:
     overlap_tp: bool = False           # TP collectives are on the critical path
     reserve_gib: float = 1.0           # CUDA context + framework, per GPU
     reserve_fraction: float = 0.05     # allocator fragmentation
+    layer_overhead_s: float = 0.0      # per layer per micro-batch: op launches, framework code
+    step_overhead_s: float = 0.0       # per optimizer step: data, bookkeeping, logging
+    host_cores: int = 0                # CPU hosts: ranks beyond this many cores time-share
+
+    def replace(self, **changes) -> "CostModel":
+        import dataclasses
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -171,10 +178,13 @@ class CostEstimator:
         rep = self.flops[recompute]
         layers_hfu = rep.hardware_flops_per_token - 3 * self.head_fwd_per_token
         stage_flops = (layers_hfu / pp + 3 * self.head_fwd_per_token) * tokens_mb / tp
-        matmul_s = stage_flops / (self.peak * self.efficiency(tokens_mb, tp))
+        # ranks on one CPU host beyond its cores share them (no effect on accelerators)
+        share = max(1.0, self.cluster.gpus / model.host_cores) if model.host_cores else 1.0
+        matmul_s = share * stage_flops / (self.peak * self.efficiency(tokens_mb, tp))
         layers = cfg.num_layers // pp
         passes = 1.5 if recompute == "full" else 1.0  # elementwise work redone by recompute
         elementwise_s = layers * passes * self.elementwise_bytes_per_layer(tp, sp) * mbs / self.hbm
+        elementwise_s += layers * passes * model.layer_overhead_s * share
 
         tp_s = 0.0
         if tp > 1:
@@ -210,6 +220,6 @@ class CostEstimator:
 
         # AdamW-style update: read + write master, states and weights, read grads, once.
         opt_params = -(-params_per_rank // dp) if zero >= 1 else params_per_rank
-        optimizer_s = 2 * 16 * opt_params / self.hbm
+        optimizer_s = 2 * 16 * opt_params / self.hbm + model.step_overhead_s
         return StepTime(compute_s=compute, bubble_s=bubble, tp_comm_s=tp_total, dp_comm_s=dp_s,
                         pp_comm_s=pp_s, optimizer_s=optimizer_s)

@@ -139,6 +139,7 @@ class ActivationTerms:
     sharded: float
     quadratic: float
     layer_input: float
+    gathered: float = 0.0  # the attention and MLP inputs (part of ``replicated``)
 
 
 def layer_activation_terms(cfg: ModelConfig, setup: TrainSetup, tp: int, *, moe: bool) -> ActivationTerms:
@@ -185,14 +186,20 @@ def layer_activation_terms(cfg: ModelConfig, setup: TrainSetup, tp: int, *, moe:
     else:
         sharded += mlp_tensors(cfg.ffn_hidden_size)
     return ActivationTerms(replicated=replicated, sharded=sharded, quadratic=quadratic,
-                           layer_input=B * sb * h)
+                           layer_input=B * sb * h,
+                           gathered=B * sb * h * (1 if mlp_input_shared else 2))
 
 
-def layer_activation_bytes(terms: ActivationTerms, *, tp: int, sp: bool, recompute: str) -> float:
+def layer_activation_bytes(terms: ActivationTerms, *, tp: int, sp: bool, recompute: str,
+                           sp_keeps_gathered: bool = False) -> float:
     """Bytes one layer keeps per micro-batch between its forward and backward."""
     if recompute == "full":
         return terms.layer_input / tp if sp else terms.layer_input
     replicated = terms.replicated / tp if sp else terms.replicated
+    if sp and sp_keeps_gathered:
+        # DTensor SP (llmplan's runtime) saves the all-gathered inputs of the attention and
+        # MLP matmuls whole; Megatron re-gathers them in backward (Korthikanti §4.2.2).
+        replicated += terms.gathered * (1 - 1 / tp)
     quadratic = 0.0 if recompute == "selective" else terms.quadratic
     return replicated + terms.sharded + quadratic
 
@@ -218,6 +225,7 @@ class StageMemory:
     optimizer_bytes: int
     activations_bytes: int
     transient_bytes: int
+    activations_recompute_bytes: int = 0  # of activations: only while a layer is recomputed
 
     @property
     def total_bytes(self) -> int:
@@ -228,6 +236,7 @@ class StageMemory:
         return {"stage": self.stage, "params": self.params, "weights_bytes": self.weights_bytes,
                 "gradients_bytes": self.gradients_bytes, "optimizer_bytes": self.optimizer_bytes,
                 "activations_bytes": self.activations_bytes,
+                "activations_recompute_bytes": self.activations_recompute_bytes,
                 "transient_bytes": self.transient_bytes, "total_bytes": self.total_bytes}
 
 
@@ -297,8 +306,11 @@ class Estimator:
             kinds = [layer_activation_terms(cfg, self.unit, tp, moe=moe)
                      for moe in ((False,) if not cfg.is_moe else
                                  (True,) if cfg.first_dense_layers == 0 else (False, True))]
-            kept = max(layer_activation_bytes(k, tp=tp, sp=sp, recompute=recompute) for k in kinds)
-            running = max(layer_activation_bytes(k, tp=tp, sp=sp, recompute="none") for k in kinds)
+            gathered = self.setup.recipe == "runtime"
+            kept = max(layer_activation_bytes(k, tp=tp, sp=sp, recompute=recompute,
+                                              sp_keeps_gathered=gathered) for k in kinds)
+            running = max(layer_activation_bytes(k, tp=tp, sp=sp, recompute="none",
+                                                 sp_keeps_gathered=gathered) for k in kinds)
             hit = (layer_params_per_rank(cfg, tp, moe=cfg.is_moe), kept, running)
             self._tp[key] = hit
         return hit
@@ -382,8 +394,11 @@ class Estimator:
                 tp=par.tp, pp=par.pp, vpp=par.vpp, dp=par.dp, zero=par.zero, sp=par.sp,
                 recompute=s.recompute, mbs=s.micro_batch, m=s.grad_accum,
                 schedule=par.schedule, stage=i)
+            _, kept, running = self.tp_terms(par.tp, par.sp, s.recompute)
+            recomputed = int((running - kept) * s.micro_batch) if s.recompute != "none" else 0
             stages.append(StageMemory(stage=i, params=params, weights_bytes=w, gradients_bytes=g,
-                                      optimizer_bytes=o, activations_bytes=a, transient_bytes=t))
+                                      optimizer_bytes=o, activations_bytes=a, transient_bytes=t,
+                                      activations_recompute_bytes=recomputed))
         return MemoryReport(stages=tuple(stages))
 
 

@@ -135,3 +135,29 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
             raise ConfigError(f"--set {pair!r}: expected key=value")
         out[key.strip()] = value
     return out
+
+
+def profile_path(hardware: str) -> Path:
+    """Where `llmplan calibrate` keeps the fitted constants for an accelerator."""
+    return config_dir() / "profiles" / f"{hardware}.toml"
+
+
+def load_profile(hardware: str) -> dict:
+    """The saved calibration for ``hardware`` ({} when there is none)."""
+    path = profile_path(hardware)
+    if not path.exists():
+        return {}
+    return _read_toml(path)
+
+
+def load_cost_model(hardware: str):
+    """The planner's cost model for ``hardware``: calibrated constants when a profile exists."""
+    from planner.cost import CostModel
+
+    profile = load_profile(hardware)
+    fitted = profile.get("cost_model", {})
+    known = {k: v for k, v in fitted.items() if k in CostModel.__dataclass_fields__}
+    try:
+        return CostModel(**known)
+    except TypeError as err:
+        raise PresetError(f"{profile_path(hardware)}: {err}") from None

@@ -53,8 +53,11 @@ def predictions(cfg, setup, par, hardware: str, rounds: int = 1) -> dict[str, An
     report = memory_report(cfg, rsetup, par)
     out: dict[str, Any] = {"stages": [s.to_dict() for s in report.stages]}
     try:
+        from presets import load_cost_model
+
         hw = load_hardware(hardware)
-        cost = CostEstimator(cfg, rsetup, Cluster(hardware=hw, gpus=par.world))
+        cost = CostEstimator(cfg, rsetup, Cluster(hardware=hw, gpus=par.world),
+                             load_cost_model(hardware))
         params = max(s.params for s in report.stages)
         step = cost.step_time(tp=par.tp, pp=par.pp, vpp=par.vpp, dp=par.dp, zero=par.zero,
                               sp=par.sp, recompute=setup.recompute, mbs=setup.micro_batch,
@@ -282,6 +285,9 @@ def run(plan_path: str) -> int:
             for cat, key in names.items():
                 entry[f"predicted_{cat}_bytes"] = pred[key]
                 entry[f"measured_{cat}_bytes"] = r.get(f"{cat}_bytes")
+            # What saved-tensor hooks can see: the working set of a layer being recomputed
+            # lives inside torch.utils.checkpoint, so it is compared on CUDA (allocator peak).
+            entry["predicted_activations_bytes"] -= pred["activations_recompute_bytes"]
             if "max_memory_allocated_bytes" in r:
                 entry["measured_max_allocated_bytes"] = r["max_memory_allocated_bytes"]
                 entry["predicted_total_bytes"] = pred["total_bytes"]

@@ -270,7 +270,10 @@ class PlanApp(App):
 
         per_node = inputs.gpus // inputs.nodes if inputs.nodes and inputs.gpus % inputs.nodes == 0 else 0
         cluster = Cluster(hardware=load_hardware(hardware), gpus=inputs.gpus, gpus_per_node=per_node)
-        return search(spec, cluster, TrainSetup(seq_len=inputs.seq), global_batch=inputs.gbs)
+        from presets import load_cost_model
+
+        return search(spec, cluster, TrainSetup(seq_len=inputs.seq), global_batch=inputs.gbs,
+                      model=load_cost_model(hardware))
 
     @on(Worker.StateChanged)
     def _worker(self, event: Worker.StateChanged) -> None:

@@ -480,7 +480,10 @@ def plan_cmd(
         gbs = int(gbs_tokens // seq)
     setup = TrainSetup(seq_len=seq, dtype=dtype, recipe=recipe, optimizer=optimizer,
                        attention=attention)
-    result = search(cfg, cluster, setup, global_batch=gbs, space=SearchSpace(max_vpp=max_vpp))
+    from presets import load_cost_model
+
+    result = search(cfg, cluster, setup, global_batch=gbs, model=load_cost_model(hardware),
+                    space=SearchSpace(max_vpp=max_vpp))
     world = cluster.gpus
 
     def with_budget(c: Any) -> dict[str, Any]:
@@ -853,6 +856,108 @@ def generate_cmd(
         output.warn(f"error: {last.get('message')}")
     if rc:
         raise typer.Exit(rc if rc != 2 else 1)
+
+
+def _accuracy_table(title: str, rows: list[dict[str, Any]]) -> Any:
+    return output.table(title, ["case", "step predicted", "step measured", "step error",
+                                "worst memory error"],
+                        [(r["case"], f"{r['predicted_step_time_s'] * 1e3:,.1f} ms",
+                          f"{r['measured_step_time_s'] * 1e3:,.1f} ms",
+                          f"{r['step_time_error']:+.1%}", f"{r['memory_error']:.1%}") for r in rows])
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, float]:
+    steps = [abs(r["step_time_error"]) for r in rows]
+    mems = [r["memory_error"] for r in rows]
+    return {"mean_step_time_error": sum(steps) / len(steps), "worst_step_time_error": max(steps),
+            "mean_memory_error": sum(mems) / len(mems), "worst_memory_error": max(mems)}
+
+
+@app.command("calibrate")
+@cli_errors
+def calibrate_cmd(
+    device: Annotated[str, typer.Option(help="cpu (cuda: run on a CUDA machine).")] = "cpu",
+    budget_minutes: Annotated[float, typer.Option("--budget-minutes", help="Stop adding sweep runs after this long.")] = 10.0,
+    json_mode: JsonOpt = False,
+) -> None:
+    """Run a sweep of short real runs, fit the planner's constants, save a hardware profile."""
+    import time
+
+    from planner.planfile import dumps
+    from presets import load_cost_model, load_hardware, profile_path
+    from runtime import calibration as cal
+
+    hardware = "cpu" if device == "cpu" else "h100-sxm"
+    hw = load_hardware(hardware)
+    deadline = time.monotonic() + budget_minutes * 60
+    fit_cases, held = [], []
+    for name, args in cal.FIT_CASES.items():
+        if fit_cases and time.monotonic() > deadline:
+            output.warn(f"budget reached: {len(fit_cases)} sweep runs")
+            break
+        output.warn(f"sweep: {name}")
+        fit_cases.append(cal.run_case(name, args, device))
+    for name, args in cal.HELD_OUT.items():
+        output.warn(f"held out: {name}")
+        held.append(cal.run_case(name, args, device))
+    before = load_cost_model(hardware)
+    fitted = cal.fit(fit_cases, hw, before)
+    rows_before = cal.errors(held, before, hw)
+    rows_after = cal.errors(held, fitted, hw)
+    summary = _summary(rows_after)
+    profile = {"hardware": hardware, "cases": [c.name for c in fit_cases],
+               "cost_model": {k: getattr(fitted, k) for k in fitted.__dataclass_fields__},
+               "accuracy": summary}
+    path = profile_path(hardware)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dumps(profile))
+    data = {"profile": str(path), "cost_model": profile["cost_model"],
+            "held_out_before": rows_before, "held_out_after": rows_after,
+            "before": _summary(rows_before), "after": summary}
+
+    def human() -> None:
+        output.show(_accuracy_table("Held-out runs, before calibration", rows_before),
+                    _accuracy_table("Held-out runs, after calibration", rows_after),
+                    f"saved {path}: worst step-time error {summary['worst_step_time_error']:.1%}, "
+                    f"worst memory error {summary['worst_memory_error']:.1%}")
+
+    output.render(json_mode, data, human)
+
+
+@app.command("validate")
+@cli_errors
+def validate_cmd(
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    out: Annotated[str, typer.Option(help="Folder for validation.md and validation.json.")] = ".",
+    json_mode: JsonOpt = False,
+) -> None:
+    """The accuracy table: planner vs real runs; exits 1 if a memory error exceeds 10%."""
+    from pathlib import Path
+
+    from presets import load_cost_model, load_hardware
+    from runtime import calibration as cal
+
+    hardware = "cpu" if device == "cpu" else "h100-sxm"
+    hw = load_hardware(hardware)
+    model = load_cost_model(hardware)
+    cases = [cal.run_case(name, args, device) for name, args in
+             {**cal.FIT_CASES, **cal.HELD_OUT}.items()]
+    rows = cal.errors(cases, model, hw)
+    data = {"hardware": hardware, "cases": rows, **_summary(rows)}
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "validation.json").write_text(__import__("json").dumps(data, indent=2) + "\n")
+    md = ["| case | step predicted (ms) | step measured (ms) | step error | worst memory error |",
+          "|---|---|---|---|---|"]
+    md += [f"| {r['case']} | {r['predicted_step_time_s'] * 1e3:.1f} | {r['measured_step_time_s'] * 1e3:.1f} "
+           f"| {r['step_time_error']:+.1%} | {r['memory_error']:.1%} |" for r in rows]
+    md.append(f"\nworst memory error {data['worst_memory_error']:.1%}, worst step-time error "
+              f"{data['worst_step_time_error']:.1%} ({hardware})")
+    (folder / "validation.md").write_text("\n".join(md) + "\n")
+    output.render(json_mode, data, lambda: output.show(_accuracy_table(f"Validation on {hardware}", rows)))
+    if data["worst_memory_error"] > 0.10:
+        output.warn(f"memory error {data['worst_memory_error']:.1%} exceeds 10%")
+        raise typer.Exit(1)
 
 
 def main() -> None:
