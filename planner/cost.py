@@ -20,7 +20,8 @@ For one optimizer step with m micro-batches of b sequences per data-parallel ran
   ZeRO-3 all-gathers parameters in every micro-batch's forward and backward and
   reduce-scatters once, overlapped with all compute (prefetch).
 * PP: each of the ``m*v + p - 1`` pipeline ticks sends activations forward and gradients back,
-  ``s*b*h/t`` bytes each (Megatron's scatter-gather, Narayanan et al. 2021 §4.1).
+  ``s*b*h/t`` bytes each (Megatron's scatter-gather, Narayanan et al. 2021 §4.1), as one
+  batched exchange (one latency) on the critical path.
 * Collectives follow the alpha-beta ring model: ``2(n-1) alpha + 2(n-1)/n x bytes / bw``
   for an all-reduce; the link is intra-node while the group fits in a node (ranks are laid
   out tp innermost, then dp, then pp), else the per-GPU inter-node bandwidth.
@@ -54,6 +55,7 @@ class CostModel:
     layer_overhead_s: float = 0.0      # per layer per micro-batch: op launches, framework code
     step_overhead_s: float = 0.0       # per optimizer step: data, bookkeeping, logging
     host_cores: int = 0                # CPU hosts: ranks beyond this many cores time-share
+    latency_scale: float = 1.0         # x the preset's per-step collective latencies
 
     def replace(self, **changes) -> "CostModel":
         import dataclasses
@@ -137,9 +139,9 @@ class CostEstimator:
         self.peak = hw.peak_flops(setup.dtype)
         self.hbm = hw.hbm_bandwidth_gbps * 1e9 * model.hbm_efficiency
         self.intra = (cluster.intra_node_bandwidth_gbps * 1e9 * model.link_efficiency,
-                      hw.intra_node_latency_us * 1e-6)
+                      hw.intra_node_latency_us * 1e-6 * model.latency_scale)
         self.inter = (cluster.inter_node_bandwidth_gbps * 1e9 * model.link_efficiency,
-                      hw.inter_node_latency_us * 1e-6)
+                      hw.inter_node_latency_us * 1e-6 * model.latency_scale)
         conv = FlopConventions(causal=True)
         self.flops = {r: flops_report(cfg, setup.seq_len, conv, recompute=r)
                       for r in ("none", "selective", "full")}
@@ -203,7 +205,7 @@ class CostEstimator:
         if pp > 1:
             bw, lat = self.link(tp * dp * 2)  # neighbouring stages are tp*dp ranks apart
             p2p_bytes = tokens_mb * cfg.hidden_size * setup.activation_bytes / tp
-            pp_s = 2 * (m * vpp + pp - 1) * (lat + p2p_bytes / bw)
+            pp_s = (m * vpp + pp - 1) * (lat + 2 * p2p_bytes / bw)
 
         dp_s = 0.0
         if dp > 1:

@@ -19,7 +19,8 @@ Elementwise work (norms, activations, softmax, RoPE) is not a matmul and is not 
 
 Conventions side by side (shared/reference/calculators.md §2.2):
   6N (Kaplan; Chinchilla's C = 6ND) uses all active parameters;
-  PaLM (Chowdhery et al. 2022, App. B) is ``6*(N - embedding) + 12*L*a*d*s`` (non-causal);
+  PaLM (Chowdhery et al. 2022, App. B) is ``6*N' + 12*L*a*d*s`` (non-causal), N' without an
+  untied input embedding;
   exact is the per-component sum here. Llama-3-8B at s=8192: 48.2 / 57.9 / 51.5 GFLOP (causal).
 """
 
@@ -155,7 +156,10 @@ def flops_report(cfg: ModelConfig, seq_len: int, conv: FlopConventions = FlopCon
         train_flops_per_token=train,
         hardware_flops_per_token=train + recompute_flops_per_token(fwd, recompute),
         six_n_flops_per_token=6.0 * counts.active,
-        palm_flops_per_token=6.0 * (counts.active - counts.embedding - counts.position_embedding)
+        # The input embedding is a lookup, not a matmul, unless tied to the LM head
+        # (torchtitan's reading of PaLM App. B; PaLM itself ties them).
+        palm_flops_per_token=6.0 * (counts.active - counts.position_embedding
+                                    - (0 if cfg.tie_embeddings else counts.embedding))
         + 12.0 * cfg.num_layers * cfg.q_width * seq_len,
     )
 

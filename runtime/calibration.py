@@ -3,7 +3,7 @@
 A *case* is one `llmplan launch` of a small model (layout, micro-batch, recompute); its
 ``done`` event carries measured and predicted memory per category and step time. ``fit``
 chooses the CostModel constants (matmul efficiency, per-layer and per-step overheads,
-link efficiency) that minimise the squared log error of predicted vs measured step time
+link efficiency, collective latency) that minimise the squared log error of predicted vs measured step time
 (Nelder-Mead in log space), with the host's core count so ranks that share cores are
 modelled as sharing them. Standard library only: torch runs in the launched processes.
 """
@@ -134,15 +134,18 @@ def fit(cases: list[Case], hardware, base: CostModel) -> CostModel:
     def model_from(x: list[float]) -> CostModel:
         return base.replace(matmul_efficiency=min(1.0, math.exp(x[0])),
                             layer_overhead_s=math.exp(x[1]), step_overhead_s=math.exp(x[2]),
-                            link_efficiency=min(1.0, math.exp(x[3])), host_cores=cores)
+                            link_efficiency=min(1.0, math.exp(x[3])),
+                            latency_scale=math.exp(x[4]), host_cores=cores)
 
     def loss(x: list[float]) -> float:
         model = model_from(x)
         return sum(math.log(predict_step_s(c, model, hardware) / c.measured_step_s) ** 2
                    for c in cases)
 
-    x0 = [math.log(0.5), math.log(1e-3), math.log(1e-3), math.log(0.5)]
-    return model_from(nelder_mead(loss, x0, steps=300, scale=1.0))
+    starts = [[math.log(e), math.log(o), math.log(1e-3), math.log(0.5), math.log(lat)]
+              for e in (0.05, 0.5) for o in (1e-4, 1e-3) for lat in (1.0, 30.0)]
+    best = min((nelder_mead(loss, x0, steps=300, scale=1.0) for x0 in starts), key=loss)
+    return model_from(best)
 
 
 def errors(cases: list[Case], model: CostModel, hardware) -> list[dict[str, Any]]:

@@ -61,3 +61,11 @@ def test_inference_prefill_and_decode():
     # Decoding token ctx+1 attends ctx+1 keys; summing decode steps from 0 reproduces prefill.
     summed = sum(decode_flops_per_token(cfg, c) for c in range(ctx))
     assert summed == pytest.approx(prefill, rel=1e-9)
+
+
+def test_palm_540b_mfu_reproduces_the_paper():
+    # Chowdhery et al. 2022, App. B: 238.3K tokens/s on 6144 TPU v4 (275 TFLOP/s bf16 each)
+    # at s = 2048 is 46.2% MFU with 6N + 12LHQT model FLOPs per token.
+    rep = flops_report(load_model("palm-540b"), 2048)
+    mfu = 238.3e3 * rep.palm_flops_per_token / (6144 * 275e12)
+    assert mfu == pytest.approx(0.462, abs=0.001)
