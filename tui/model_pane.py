@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import DataTable, Input, Label, Select, Static, Switch
+from textual_plotext import PlotextPlot
 
 from planner import config as C
 from planner.config import ConfigError, ModelConfig
@@ -155,6 +157,7 @@ class ResultsView(VerticalScroll):
         yield Static(id="memory")
         yield Static(id="kv")
         yield Static(id="chinchilla")
+        yield PlotextPlot(id="loss-plot")
         yield Select([(q, q) for q in EXPLAINABLE], id="explain-pick", prompt="explain ...",
                      compact=True)
         yield Static(id="explain")
@@ -210,14 +213,16 @@ class ResultsView(VerticalScroll):
             f"[b]KV cache[/b] {res.kv_bytes_per_token:,} B/token ({res.kv_bytes_per_token / 1024:,.1f} KiB); "
             f"GiB per sequence by context  {kv}\nlargest batch beside the weights: "
             f"{res.max_batch_at_seq:,}")
-        curve = res.loss_curve
-        best = min(curve, key=lambda t: t[1])
-        spark = "".join("▁▂▃▄▅▆▇█"[min(7, int(8 * (loss - best[1]) / max(1e-9, curve[0][1] - best[1])))]
-                        for _, loss in curve)
         self.query_one("#chinchilla", Static).update(
             f"[b]Chinchilla[/b] (Hoffmann fit) optimal tokens for this size: "
-            f"{res.chinchilla_tokens / 1e9:,.1f} B (loss {res.chinchilla_loss:.3f})\n"
-            f"loss over N at that compute, N*/10 .. 10 N*: {spark}")
+            f"{res.chinchilla_tokens / 1e9:,.1f} B (loss {res.chinchilla_loss:.3f})")
+        plot = self.query_one("#loss-plot", PlotextPlot)
+        plt = plot.plt
+        plt.clear_data()
+        plt.clear_figure()
+        plt.plot([math.log10(n) for n, _ in res.loss_curve], [loss for _, loss in res.loss_curve])
+        plt.title("loss vs log10 N at the same compute (N*/10 .. 10 N*)")
+        plot.refresh()
 
 
 class ModelPane(Horizontal):
