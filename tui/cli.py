@@ -649,6 +649,8 @@ def launch_cmd(
         if per_node > have:
             raise LlmplanError(f"{per_node} processes per node but {have} GPU(s): NCCL needs one GPU "
                                "per rank; use --device cpu to run the layout on CPU processes")
+    if device == "cpu":
+        _check_host_memory(cfg, setup, par)
     if not hardware:
         hardware = "cpu" if device == "cpu" else "h100-sxm"
     folder = Path(run_dir or ckpt_dir or tempfile.mkdtemp(prefix="llmplan-run-"))
@@ -706,6 +708,25 @@ def launch_cmd(
         output.warn(f"error: {last.get('message')}")
     if rc:
         raise typer.Exit(rc if rc != 2 else 1)
+
+
+def _check_host_memory(cfg: Any, setup: Any, par: Any) -> None:
+    """CPU runs put every rank on this host: refuse a layout whose predicted memory (runtime
+    recipe, all ranks) exceeds the host's RAM, instead of swapping it to a halt."""
+    import os
+
+    from planner.memory import memory_report
+
+    stages = memory_report(cfg, setup, par).stages
+    need = sum(s.total_bytes for s in stages) * par.tp * par.dp
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return
+    if need > have:
+        raise LlmplanError(f"{par.world} CPU processes of {cfg.name} need about "
+                           f"{need / 2**30:,.1f} GiB but this host has {have / 2**30:,.1f} GiB; "
+                           "use --device cuda or a smaller model (e.g. tiny)")
 
 
 def _launch_inference(plan_path, device: str, json_mode: bool, dry_run: bool) -> None:
