@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/python -m compileall -q planner presets runtime tui  # editable installs skip this
 	touch $(STAMP)
 
 run: $(STAMP)
