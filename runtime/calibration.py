@@ -66,7 +66,19 @@ class Case:
         return out
 
 
-def run_case(name: str, args: tuple[str, ...], device: str = "cpu") -> Case:
+def run_case(name: str, args: tuple[str, ...], device: str = "cpu", *, tries: int = 2) -> Case:
+    """One measured run; a run that fails is retried once (a shared host can drop a gloo
+    connection), and a second failure is reported with its message."""
+    for attempt in range(tries):
+        try:
+            return _run_case(name, args, device)
+        except RuntimeError:
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _run_case(name: str, args: tuple[str, ...], device: str) -> Case:
     from planner.planfile import plan_objects, read_plan
 
     folder = Path(tempfile.mkdtemp(prefix=f"llmplan-cal-{name}-"))
@@ -77,7 +89,7 @@ def run_case(name: str, args: tuple[str, ...], device: str = "cpu") -> Case:
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     done = next((e for e in events if e["event"] == "done"), None)
     if proc.returncode or done is None:
-        last = events[-1].get("message") if events else proc.stderr[-300:]
+        last = (events[-1].get("message") if events else None) or proc.stderr[-300:]
         raise RuntimeError(f"case {name} failed: {last}")
     cfg, setup, par = plan_objects(read_plan(folder / "run.toml"))
     return Case(name=name, cfg=cfg, setup=setup, par=par, done=done)

@@ -122,7 +122,7 @@ def stream(spec: LaunchSpec, on_line: Callable[[str, dict | None], None]) -> int
         return 130
     if rc != 0 and not ended:
         detail = first_error(run.stderr_tail)
-        ev = events.event("error", message=f"run failed with exit code {rc}: {detail}", exit_code=rc)
+        ev = events.event("error", message=f"run failed with exit code {rc} (a rank exited): {detail}", exit_code=rc)
         on_line(events_json(ev), ev)
     return rc
 
