@@ -14,7 +14,12 @@ For one optimizer step with m micro-batches of b sequences per data-parallel ran
 * Elementwise work (norms, activations, softmax, dropout, residuals) is memory bound:
   ``traffic_factor x`` the layer's activation bytes moved at HBM bandwidth.
 * TP (Megatron): 2 all-reduces per layer forward, 2 backward, 2 more under full recompute, of
-  ``s*b*h`` activations (SP replaces each by a reduce-scatter + all-gather of equal volume).
+  ``s*b*h`` activations (SP replaces each by a reduce-scatter + all-gather of equal volume),
+  plus the vocab-parallel embedding and cross-entropy.
+* Every collective call also pays ``collective_call_s`` on the issuing rank, not overlapped
+  (launch, DTensor redistribution, FSDP hooks; :func:`dp_calls` counts data parallelism's):
+  negligible on accelerators with large messages, the dominant cost of a small model over
+  gloo, and the reason SP's two calls cost more than one all-reduce there.
 * DP: ZeRO 0-2 move ``2 (dp-1)/dp x gradient bytes`` once per step (all-reduce, or
   reduce-scatter + parameter all-gather), overlapped with the last micro-batch's backward;
   ZeRO-3 all-gathers parameters in every micro-batch's forward and backward and
@@ -26,6 +31,15 @@ For one optimizer step with m micro-batches of b sequences per data-parallel ran
   for an all-reduce; the link is intra-node while the group fits in a node (ranks are laid
   out tp innermost, then dp, then pp), else the per-GPU inter-node bandwidth.
 * The optimizer update is memory bound: it reads and writes its states once.
+* Framework time: ``layer_overhead_s`` per layer per micro-batch (op dispatch, Python) and
+  ``step_overhead_s`` per step. Tensor-parallel ranks dispatch their ops through DTensor
+  (sharding propagation, redistribution): ``tp_layer_overhead_s`` more per layer, and
+  ``sp_layer_overhead_s`` more again when SP shards the norms and residual stream too. FSDP
+  (ZeRO >= 2 in llmplan's runtime) adds ``fsdp_step_overhead_s`` per step (its hooks'
+  per-step set-up and the optimizer over sharded DTensor parameters). These dominate small
+  models and CPU hosts, and vanish against large GEMMs.
+* A CPU host with fewer cores than ranks time-shares them: the whole step stretches by
+  ``ranks / host_cores``.
 
 Every constant sits in :class:`CostModel` so ``llmplan calibrate`` can fit it to a machine.
 """
@@ -54,6 +68,10 @@ class CostModel:
     reserve_fraction: float = 0.05     # allocator fragmentation
     layer_overhead_s: float = 0.0      # per layer per micro-batch: op launches, framework code
     step_overhead_s: float = 0.0       # per optimizer step: data, bookkeeping, logging
+    tp_layer_overhead_s: float = 0.0   # + per layer per micro-batch under TP (DTensor dispatch)
+    sp_layer_overhead_s: float = 0.0   # + per layer per micro-batch under SP (sharded norms)
+    fsdp_step_overhead_s: float = 0.0  # + per step under FSDP (hooks, DTensor optimizer)
+    collective_call_s: float = 0.0     # fixed cost of each collective call on the issuing rank
     host_cores: int = 0                # CPU hosts: ranks beyond this many cores time-share
     latency_scale: float = 1.0         # x the preset's per-step collective latencies
 
@@ -128,6 +146,22 @@ def allgather_s(nbytes: float, n: int, bw_bytes_s: float, latency_s: float) -> f
     return (n - 1) * latency_s + (n - 1) / n * nbytes / bw_bytes_s
 
 
+DP_BUCKET_BYTES = 25 * 2**20  # replicated DP reduces gradients in buckets (DDP's default)
+
+
+def dp_calls(zero: int, m: int, layers: int, grad_bytes: float) -> int:
+    """Collective calls of data parallelism in one step on one rank.
+
+    ZeRO-0/1 all-reduce the gradients once, in ``DP_BUCKET_BYTES`` buckets. FSDP (ZeRO-2/3)
+    wraps each layer, plus the root module holding embedding and head, as a unit that
+    all-gathers its parameters before every micro-batch's forward and reduce-scatters its
+    gradients after every micro-batch's backward; ZeRO-3 frees them after forward, so it
+    gathers a second time for backward (PyTorch FSDP2, as llmplan's runtime runs it)."""
+    if zero >= 2:
+        return m * (layers + 1) * (3 if zero >= 3 else 2)
+    return max(1, -(-int(grad_bytes) // DP_BUCKET_BYTES))
+
+
 class CostEstimator:
     """Step time of one model and setup on one cluster, fast across layouts (cached terms)."""
 
@@ -180,20 +214,28 @@ class CostEstimator:
         rep = self.flops[recompute]
         layers_hfu = rep.hardware_flops_per_token - 3 * self.head_fwd_per_token
         stage_flops = (layers_hfu / pp + 3 * self.head_fwd_per_token) * tokens_mb / tp
-        # ranks on one CPU host beyond its cores share them (no effect on accelerators)
-        share = max(1.0, self.cluster.gpus / model.host_cores) if model.host_cores else 1.0
-        matmul_s = share * stage_flops / (self.peak * self.efficiency(tokens_mb, tp))
+        matmul_s = stage_flops / (self.peak * self.efficiency(tokens_mb, tp))
         layers = cfg.num_layers // pp
         passes = 1.5 if recompute == "full" else 1.0  # elementwise work redone by recompute
         elementwise_s = layers * passes * self.elementwise_bytes_per_layer(tp, sp) * mbs / self.hbm
-        elementwise_s += layers * passes * model.layer_overhead_s * share
+        # framework time per layer, and DTensor's dispatch on top of it under TP
+        per_layer_s = model.layer_overhead_s
+        if tp > 1:
+            per_layer_s += model.tp_layer_overhead_s + (model.sp_layer_overhead_s if sp else 0.0)
+        elementwise_s += layers * passes * per_layer_s
 
         tp_s = 0.0
         if tp > 1:
             bw, lat = self.link(tp)
             act_bytes = tokens_mb * cfg.hidden_size * setup.activation_bytes
-            per_layer = (6 if recompute == "full" else 4) * allreduce_s(act_bytes, tp, bw, lat)
-            tp_s = layers * per_layer
+            all_reduces = 6 if recompute == "full" else 4
+            per_layer = all_reduces * allreduce_s(act_bytes, tp, bw, lat)
+            # SP splits each all-reduce into a reduce-scatter and an all-gather: two calls
+            per_layer += all_reduces * (2 if sp else 1) * model.collective_call_s
+            # vocab-parallel cross-entropy (max, sum of exponentials, target logit) and the
+            # head's input gradient on the last stage, the embedding's output on the first
+            vocab_calls = 4 + (1 if pp == 1 else 0)
+            tp_s = layers * per_layer + vocab_calls * model.collective_call_s
             if model.overlap_tp:
                 tp_s = max(0.0, tp_s - matmul_s / 3)
         t_mb = matmul_s + elementwise_s + tp_s
@@ -205,7 +247,8 @@ class CostEstimator:
         if pp > 1:
             bw, lat = self.link(tp * dp * 2)  # neighbouring stages are tp*dp ranks apart
             p2p_bytes = tokens_mb * cfg.hidden_size * setup.activation_bytes / tp
-            pp_s = (m * vpp + pp - 1) * (lat + 2 * p2p_bytes / bw)
+            # per tick: activations forward and gradients back, one call each
+            pp_s = (m * vpp + pp - 1) * (lat + 2 * p2p_bytes / bw + 2 * model.collective_call_s)
 
         dp_s = 0.0
         if dp > 1:
@@ -218,10 +261,17 @@ class CostEstimator:
             else:
                 dp_s = allreduce_s(grad_bytes, dp, bw, lat)
                 hidden = (2 / 3) * (matmul_s + elementwise_s) if model.overlap_dp else 0.0
-            dp_s = max(0.0, dp_s - hidden)
+            calls = dp_calls(zero, m, layers, grad_bytes)
+            dp_s = max(0.0, dp_s - hidden) + calls * model.collective_call_s
 
         # AdamW-style update: read + write master, states and weights, read grads, once.
         opt_params = -(-params_per_rank // dp) if zero >= 1 else params_per_rank
-        optimizer_s = 2 * 16 * opt_params / self.hbm + model.step_overhead_s
-        return StepTime(compute_s=compute, bubble_s=bubble, tp_comm_s=tp_total, dp_comm_s=dp_s,
-                        pp_comm_s=pp_s, optimizer_s=optimizer_s)
+        fsdp = dp > 1 and zero >= 2
+        optimizer_s = (2 * 16 * opt_params / self.hbm + model.step_overhead_s
+                       + (model.fsdp_step_overhead_s if fsdp else 0.0))
+        # ranks on one CPU host beyond its cores time-share them: every part of the step
+        # stretches (no effect on accelerators, where host_cores is 0)
+        share = max(1.0, self.cluster.gpus / model.host_cores) if model.host_cores else 1.0
+        return StepTime(compute_s=share * compute, bubble_s=share * bubble,
+                        tp_comm_s=share * tp_total, dp_comm_s=share * dp_s,
+                        pp_comm_s=share * pp_s, optimizer_s=share * optimizer_s)

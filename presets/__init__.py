@@ -150,6 +150,20 @@ def load_profile(hardware: str) -> dict:
     return _read_toml(path)
 
 
+def load_accuracy(hardware: str):
+    """How far the planner has been from real runs on ``hardware``: the profile's record
+    (written by `llmplan calibrate` / `llmplan validate`), else the reference default."""
+    from planner.accuracy import DEFAULT_ACCURACY, Accuracy
+
+    record = load_profile(hardware).get("accuracy", {})
+    if "step_time_ratio" not in record:
+        return DEFAULT_ACCURACY
+    try:
+        return Accuracy.from_dict(record)
+    except (KeyError, TypeError, ValueError) as err:
+        raise PresetError(f"{profile_path(hardware)}: accuracy: {err}") from None
+
+
 def load_cost_model(hardware: str):
     """The planner's cost model for ``hardware``: calibrated constants when a profile exists."""
     from planner.cost import CostModel

@@ -41,6 +41,15 @@ def lr_lambda(warmup: int, total: int, min_ratio: float):
     return f
 
 
+def steady_step_time_s(step_times: list[float | None]) -> float | None:
+    """Median of the steady-state steps: the first two (allocator growth, lazy init, gloo
+    connection set-up) are dropped when at least three others remain; ``None`` marks a step
+    that ran the memory meter."""
+    warm = step_times[2:] if sum(t is not None for t in step_times[2:]) >= 3 else step_times[1:]
+    timed = sorted(t for t in (warm or step_times) if t is not None)
+    return timed[len(timed) // 2] if timed else None
+
+
 def predictions(cfg, setup, par, hardware: str, rounds: int = 1) -> dict[str, Any]:
     """What the planner says this run will use, with the ``runtime`` recipe; ``setup`` holds
     one pipeline flush, run ``rounds`` times per step."""
@@ -239,7 +248,7 @@ def run(plan_path: str) -> int:
         if cuda:
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
-        step_times.append(dt)
+        step_times.append(None if measure else dt)  # the metered step runs hooks: untimed
         if par.pp > 1:
             if not has_last:
                 loss_sum.zero_()
@@ -296,8 +305,7 @@ def run(plan_path: str) -> int:
             if best is None or total > best[0]:
                 best = (total, entry)
         done.update({k: v for k, v in best[1].items() if k.startswith(("predicted_", "measured_"))})
-        timed = step_times[1:] or step_times
-        median = sorted(timed)[len(timed) // 2] if timed else None
+        median = steady_step_time_s(step_times)
         done["measured_step_time_s"] = median
         done["predicted_step_time_s"] = predicted.get("step_time_s")
         done["measured_tokens_per_s"] = global_batch * s / median if median else None

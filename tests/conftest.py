@@ -1,4 +1,6 @@
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -6,6 +8,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from helpers import launch  # noqa: E402
+
+# Tests never read or write the user's settings, presets or calibration profiles; launched
+# processes inherit this.
+os.environ["LLMPLAN_CONFIG_DIR"] = tempfile.mkdtemp(prefix="llmplan-test-config-")
 
 
 @pytest.fixture(scope="session")

@@ -24,9 +24,10 @@ from textual.reactive import reactive
 from textual.widgets import Footer, Header, Input, Label, Select, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
+from planner.accuracy import DEFAULT_ACCURACY, Accuracy
 from planner.config import LlmplanError, ModelConfig
 from planner.search import SearchResult
-from presets import load_hardware, load_model, preset_files
+from presets import load_accuracy, load_hardware, load_model, preset_files
 from tui import settings as user_settings
 from tui.compare_pane import ComparePane, comparison_rows
 from tui.model_pane import ModelForm, ModelPane, ResultsView
@@ -97,6 +98,8 @@ class PlanApp(App):
     """The latest run, as its events described it."""
     explanation: reactive[str] = reactive("", init=False)
     """The explain view's text for the chosen quantity."""
+    accuracy: reactive[Accuracy] = reactive(DEFAULT_ACCURACY, init=False)
+    """How far the planner has been from real runs on the chosen accelerator (its bands)."""
 
     def __init__(self, *, preset: str | None = None, save_settings: bool = True,
                  blink: bool = True) -> None:
@@ -127,7 +130,8 @@ class PlanApp(App):
             with TabPane("Model", id="model"):
                 yield ModelPane(self.start_preset)
             with TabPane("Plan", id="plan"):
-                yield PlanPane(id="plan-pane").data_bind(result=PlanApp.search_result)
+                yield PlanPane(id="plan-pane").data_bind(result=PlanApp.search_result,
+                                                         accuracy=PlanApp.accuracy)
             with TabPane("Run", id="run"):
                 yield RunPane(id="run-pane").data_bind(state=PlanApp.run_state)
             with TabPane("Compare", id="compare"):
@@ -142,8 +146,10 @@ class PlanApp(App):
                 field.cursor_blink = False
         self.query_one("#form", ModelForm).data_bind(spec=PlanApp.spec)
         self.query_one("#results", ResultsView).data_bind(results=PlanApp.results,
-                                                          explanation=PlanApp.explanation)
+                                                          explanation=PlanApp.explanation,
+                                                          accuracy=PlanApp.accuracy)
         self.theme = self.settings.theme if self.settings.theme in self.available_themes else self.theme
+        self.accuracy = self.accuracy_for(hardware)
         self.choices = Choices(hardware=load_hardware(hardware), gpus=self.settings.gpus)
         self.spec = load_model(preset)
         self.update_compare()
@@ -160,6 +166,14 @@ class PlanApp(App):
             self.results = compute(self.spec, self.choices)
             self.refresh_explanation()
             self.sub_title = f"{self.spec.name} on {self.choices.gpus} x {self.choices.hardware.name}"
+
+    def accuracy_for(self, hardware: str) -> Accuracy:
+        """The accelerator's accuracy record; a broken profile is reported, not fatal."""
+        try:
+            return load_accuracy(hardware)
+        except LlmplanError as err:
+            self.notify(str(err), severity="warning", title="calibration profile ignored")
+            return DEFAULT_ACCURACY
 
     def remember(self, **changes) -> None:
         self.settings = self.settings.with_(**changes)
@@ -182,6 +196,7 @@ class PlanApp(App):
     @on(Select.Changed, "#hardware")
     def _hardware(self, event: Select.Changed) -> None:
         if isinstance(event.value, str) and self.choices is not None:
+            self.accuracy = self.accuracy_for(event.value)
             self.choices = Choices(**{**self.choices_dict(), "hardware": load_hardware(event.value)})
             self.remember(hardware=event.value)
 

@@ -268,13 +268,17 @@ def memory_cmd(
     set_: SetOpt = None, json_mode: JsonOpt = False,
 ) -> None:
     """Per-GPU training memory: weights, gradients, optimizer, activations, per pipeline stage."""
+    from planner.accuracy import fmt_band
     from planner.memory import memory_report
 
     cfg = _model(model, set_)
     setup, par = _training(seq, mbs, gbs, dtype, recipe, optimizer, zero, dp, tp, pp, vpp, sp,
                            recompute, attention, schedule, dropout)
     rep = memory_report(cfg, setup, par)
-    data: dict[str, Any] = {"model": cfg.name, "world": par.world, **rep.to_dict()}
+    accuracy = _accuracy(hardware)
+    band = accuracy.memory(rep.per_gpu.total_bytes)
+    data: dict[str, Any] = {"model": cfg.name, "world": par.world, **rep.to_dict(),
+                            "per_gpu_band_bytes": band.to_dict(), "accuracy": accuracy.to_dict()}
     capacity = None
     if hardware:
         from presets import load_hardware
@@ -284,15 +288,12 @@ def memory_cmd(
 
     def human() -> None:
         cols = ["stage", "params", "weights", "grads", "optim", "activ", "transient", "total"]
-
-        def gib(n: int) -> str:
-            return f"{n / 2**30:,.2f}"
-
+        gib = output.gib
         rows = [(st.stage, output.fmt_count(st.params), gib(st.weights_bytes),
                  gib(st.gradients_bytes), gib(st.optimizer_bytes), gib(st.activations_bytes),
                  gib(st.transient_bytes), gib(st.total_bytes)) for st in rep.stages]
         caption = (f"per rank, GiB (2^30 bytes); most loaded rank: "
-                   f"{output.fmt_gib(rep.per_gpu.total_bytes)}")
+                   f"{fmt_band(band, gib, ' GiB')}; band: {accuracy.source}")
         if capacity is not None:
             verdict = "fits" if data["fits"] else "does NOT fit"
             caption += f"; {hardware} holds {output.fmt_gib(capacity)}: {verdict}"
@@ -302,6 +303,14 @@ def memory_cmd(
             cols, rows, caption=caption))
 
     output.render(json_mode, data, human)
+
+
+def _accuracy(hardware: str):
+    """The band source for estimates on ``hardware`` (the reference default without one)."""
+    from planner.accuracy import DEFAULT_ACCURACY
+    from presets import load_accuracy
+
+    return load_accuracy(hardware) if hardware else DEFAULT_ACCURACY
 
 
 @app.command("kv")
@@ -459,6 +468,7 @@ def plan_cmd(
     """The fastest tensor x pipeline x data (ZeRO) layouts that fit a cluster."""
     from pathlib import Path
 
+    from planner.accuracy import fmt_band
     from planner.config import Parallel, TrainSetup
     from planner.cost import Cluster
     from planner.search import SearchSpace, search
@@ -485,12 +495,17 @@ def plan_cmd(
     result = search(cfg, cluster, setup, global_batch=gbs, model=load_cost_model(hardware),
                     space=SearchSpace(max_vpp=max_vpp))
     world = cluster.gpus
+    accuracy = _accuracy(hardware)
 
     def with_budget(c: Any) -> dict[str, Any]:
         d = c.to_dict(world)
+        d.update(step_time_band_s=accuracy.time(c.step_time_s).to_dict(),
+                 memory_band_bytes=accuracy.memory(c.memory_per_gpu_bytes).to_dict(),
+                 tokens_per_s_band=accuracy.rate(c.tokens_per_s).to_dict())
         if tokens:
             seconds = tokens / c.tokens_per_s
-            d.update(time_to_train_s=seconds, gpu_hours=seconds * world / 3600)
+            d.update(time_to_train_s=seconds, gpu_hours=seconds * world / 3600,
+                     time_to_train_band_s=accuracy.time(seconds).to_dict())
         return d
 
     data: dict[str, Any] = {
@@ -502,7 +517,7 @@ def plan_cmd(
         "pareto": [with_budget(c) for c in result.pareto()],
         "runner_up": result.runner_up_reason(),
         "closest": with_budget(result.closest) if result.closest else None,
-        "suggestions": result.suggestions,
+        "suggestions": result.suggestions, "accuracy": accuracy.to_dict(),
     }
     written: list[str] = []
     if out and result.best:
@@ -538,9 +553,15 @@ def plan_cmd(
             f"Layouts for {cfg.name} on {world} x {hardware} ({cluster.nodes} node(s)), "
             f"gbs {gbs} x {seq} tokens", cols, rows, caption=caption)]
         notes = []
+        if result.best:
+            best = result.best
+            notes.append(f"#1: step {fmt_band(accuracy.time(best.step_time_s), '{:.3f}'.format, ' s')}, "
+                         f"{fmt_band(accuracy.memory(best.memory_per_gpu_bytes), output.gib, ' GiB/GPU')}; "
+                         f"bands: {accuracy.source}")
         if result.best and tokens:
             d = data["candidates"][0]
-            notes.append(f"{tokens:.3g} tokens: {d['time_to_train_s'] / 86400:,.1f} days, "
+            days = accuracy.time(d["time_to_train_s"] / 86400)
+            notes.append(f"{tokens:.3g} tokens: {fmt_band(days, '{:,.1f}'.format, ' days')}, "
                          f"{d['gpu_hours']:,.0f} GPU-hours")
         if data["runner_up"]:
             notes.append(data["runner_up"])
@@ -894,53 +915,85 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, float]:
             "mean_memory_error": sum(mems) / len(mems), "worst_memory_error": max(mems)}
 
 
+def _save_accuracy(hardware: str, accuracy: Any, cost_model: Any = None) -> str:
+    """Record ``accuracy`` (and fitted constants, when given) in the hardware's profile,
+    keeping whatever else it holds; the planner's bands read it from there."""
+    from planner.planfile import dumps
+    from presets import load_profile, profile_path
+
+    profile = load_profile(hardware)
+    profile["hardware"] = hardware
+    if cost_model is not None:
+        profile["cost_model"] = {k: getattr(cost_model, k) for k in cost_model.__dataclass_fields__}
+    profile["accuracy"] = accuracy.to_dict()
+    path = profile_path(hardware)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dumps(profile))
+    return str(path)
+
+
+DeviceOpt = Annotated[str, typer.Option(help="cpu, or cuda on a CUDA machine.")]
+ProfileHwOpt = Annotated[str, typer.Option("--hardware", help="Hardware preset the profile is for (default: cpu, or h100-sxm on cuda).")]
+RoundsOpt = Annotated[int, typer.Option(min=1, help="Runs per case; the fastest counts.")]
+
+
 @app.command("calibrate")
 @cli_errors
 def calibrate_cmd(
-    device: Annotated[str, typer.Option(help="cpu (cuda: run on a CUDA machine).")] = "cpu",
-    budget_minutes: Annotated[float, typer.Option("--budget-minutes", help="Stop adding sweep runs after this long.")] = 10.0,
+    device: DeviceOpt = "cpu",
+    hardware: ProfileHwOpt = "",
+    budget_minutes: Annotated[float, typer.Option("--budget-minutes", help="Start no further round after this long.")] = 10.0,
+    rounds: RoundsOpt = 3,
+    runs: Annotated[Optional[str], typer.Option(help="Refit the runs a previous calibrate saved (its .runs.json) instead of running.")] = None,
     json_mode: JsonOpt = False,
 ) -> None:
     """Run a sweep of short real runs, fit the planner's constants, save a hardware profile."""
+    import json
     import time
+    from pathlib import Path
 
-    from planner.planfile import dumps
-    from presets import load_cost_model, load_hardware, profile_path
+    from presets import load_cost_model, load_hardware, load_profile, profile_path
     from runtime import calibration as cal
 
-    hardware = "cpu" if device == "cpu" else "h100-sxm"
+    hardware = hardware or ("cpu" if device == "cpu" else "h100-sxm")
     hw = load_hardware(hardware)
-    deadline = time.monotonic() + budget_minutes * 60
-    fit_cases, held = [], []
-    for name, args in cal.FIT_CASES.items():
-        if fit_cases and time.monotonic() > deadline:
-            output.warn(f"budget reached: {len(fit_cases)} sweep runs")
-            break
-        output.warn(f"sweep: {name}")
-        fit_cases.append(cal.run_case(name, args, device))
-    for name, args in cal.HELD_OUT.items():
-        output.warn(f"held out: {name}")
-        held.append(cal.run_case(name, args, device))
+    saved = profile_path(hardware).with_suffix(".runs.json")
+    if runs:
+        try:
+            cases = [cal.Case.from_dict(d) for d in json.loads(Path(runs).read_text())]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise LlmplanError(f"{runs}: not a calibrate runs file ({err})") from None
+    else:
+        deadline = time.monotonic() + budget_minutes * 60
+        cases = cal.measure(cal.runnable({**cal.FIT_CASES, **cal.HELD_OUT}, device), device,
+                            rounds=rounds, deadline=deadline, progress=output.warn)
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps([c.to_dict() for c in cases]) + "\n")
+    fit_cases = [c for c in cases if c.name in cal.FIT_CASES]
+    held = [c for c in cases if c.name in cal.HELD_OUT]
+    if not fit_cases or not held:
+        raise LlmplanError(f"{len(fit_cases)} sweep and {len(held)} held-out runs: need both")
     before = load_cost_model(hardware)
+    before_label = "the previous profile" if load_profile(hardware).get("cost_model") else "defaults"
     fitted = cal.fit(fit_cases, hw, before)
     rows_before = cal.errors(held, before, hw)
     rows_after = cal.errors(held, fitted, hw)
     summary = _summary(rows_after)
-    profile = {"hardware": hardware, "cases": [c.name for c in fit_cases],
-               "cost_model": {k: getattr(fitted, k) for k in fitted.__dataclass_fields__},
-               "accuracy": summary}
-    path = profile_path(hardware)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dumps(profile))
-    data = {"profile": str(path), "cost_model": profile["cost_model"],
+    accuracy = cal.accuracy(rows_after, f"{len(held)} held-out runs, llmplan calibrate "
+                                        f"{time.strftime('%Y-%m-%d')}")
+    path = _save_accuracy(hardware, accuracy, fitted)
+    data = {"profile": path, "runs": str(saved) if not runs else runs,
+            "cost_model": {k: getattr(fitted, k) for k in fitted.__dataclass_fields__},
+            "fit_cases": [c.name for c in fit_cases],
             "held_out_before": rows_before, "held_out_after": rows_after,
-            "before": _summary(rows_before), "after": summary}
+            "before": _summary(rows_before), "after": summary, "accuracy": accuracy.to_dict()}
 
     def human() -> None:
-        output.show(_accuracy_table("Held-out runs, before calibration", rows_before),
+        output.show(_accuracy_table(f"Held-out runs, before calibration ({before_label})", rows_before),
                     _accuracy_table("Held-out runs, after calibration", rows_after),
-                    f"saved {path}: worst step-time error {summary['worst_step_time_error']:.1%}, "
-                    f"worst memory error {summary['worst_memory_error']:.1%}")
+                    f"saved {path}: worst held-out step-time error "
+                    f"{summary['worst_step_time_error']:.1%}, worst memory error "
+                    f"{summary['worst_memory_error']:.1%}")
 
     output.render(json_mode, data, human)
 
@@ -948,26 +1001,34 @@ def calibrate_cmd(
 @app.command("validate")
 @cli_errors
 def validate_cmd(
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: DeviceOpt = "cpu",
+    hardware: ProfileHwOpt = "",
     out: Annotated[str, typer.Option(help="Folder for validation.md and validation.json.")] = ".",
+    rounds: RoundsOpt = 1,
     json_mode: JsonOpt = False,
 ) -> None:
     """The accuracy table: planner vs real runs; exits 1 if a memory error exceeds 10%."""
+    import json
+    import time
     from pathlib import Path
 
     from presets import load_cost_model, load_hardware
     from runtime import calibration as cal
 
-    hardware = "cpu" if device == "cpu" else "h100-sxm"
+    hardware = hardware or ("cpu" if device == "cpu" else "h100-sxm")
     hw = load_hardware(hardware)
     model = load_cost_model(hardware)
-    cases = [cal.run_case(name, args, device) for name, args in
-             {**cal.FIT_CASES, **cal.HELD_OUT}.items()]
+    chosen = cal.runnable({**cal.FIT_CASES, **cal.HELD_OUT}, device)
+    if not chosen:
+        raise LlmplanError(f"no validation case runs on {device} here")
+    cases = cal.measure(chosen, device, rounds=rounds, progress=output.warn)
     rows = cal.errors(cases, model, hw)
-    data = {"hardware": hardware, "cases": rows, **_summary(rows)}
+    accuracy = cal.accuracy(rows, f"{len(rows)} runs, llmplan validate {time.strftime('%Y-%m-%d')}")
+    data = {"hardware": hardware, "cases": rows, **_summary(rows), "accuracy": accuracy.to_dict(),
+            "profile": _save_accuracy(hardware, accuracy)}
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "validation.json").write_text(__import__("json").dumps(data, indent=2) + "\n")
+    (folder / "validation.json").write_text(json.dumps(data, indent=2) + "\n")
     md = ["| case | step predicted (ms) | step measured (ms) | step error | worst memory error |",
           "|---|---|---|---|---|"]
     md += [f"| {r['case']} | {r['predicted_step_time_s'] * 1e3:.1f} | {r['measured_step_time_s'] * 1e3:.1f} "
@@ -975,7 +1036,11 @@ def validate_cmd(
     md.append(f"\nworst memory error {data['worst_memory_error']:.1%}, worst step-time error "
               f"{data['worst_step_time_error']:.1%} ({hardware})")
     (folder / "validation.md").write_text("\n".join(md) + "\n")
-    output.render(json_mode, data, lambda: output.show(_accuracy_table(f"Validation on {hardware}", rows)))
+    output.render(json_mode, data, lambda: output.show(
+        _accuracy_table(f"Validation on {hardware}", rows),
+        f"bands from now on: step time x{accuracy.step_time_ratio[0]:.2f}-"
+        f"{accuracy.step_time_ratio[1]:.2f}, memory x{accuracy.memory_ratio[0]:.3f}-"
+        f"{accuracy.memory_ratio[1]:.3f} (saved in {data['profile']})"))
     if data["worst_memory_error"] > 0.10:
         output.warn(f"memory error {data['worst_memory_error']:.1%} exceeds 10%")
         raise typer.Exit(1)

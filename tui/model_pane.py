@@ -16,6 +16,7 @@ from textual.widgets import DataTable, Input, Label, Select, Static, Switch
 from textual_plotext import PlotextPlot
 
 from planner import config as C
+from planner.accuracy import DEFAULT_ACCURACY, Accuracy, fmt_band
 from planner.config import ConfigError, ModelConfig
 from presets import preset_files
 from tui.results import Results
@@ -27,6 +28,10 @@ LABELS = {"vocab_size": "vocab V", "hidden_size": "hidden h", "num_layers": "lay
           "num_heads": "query heads a", "num_kv_heads": "kv heads g", "head_dim": "head dim d",
           "ffn_hidden_size": "ffn f", "num_experts": "experts E",
           "experts_per_token": "experts/token k"}
+
+
+def _gib1(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:,.1f}"
 
 
 def _bar(parts: list[tuple[str, int, str]], capacity: int, width: int = 40) -> str:
@@ -149,6 +154,8 @@ class ResultsView(VerticalScroll):
     """Computed by the app from its spec and choices."""
     explanation: reactive[str] = reactive("", init=False)
     """The formula, values and result for the chosen quantity (from the app's worker)."""
+    accuracy: reactive[Accuracy] = reactive(DEFAULT_ACCURACY, init=False)
+    """The band put around each memory estimate (from the accelerator's profile)."""
 
     def compose(self) -> ComposeResult:
         yield Static(id="params-headline", classes="headline")
@@ -175,6 +182,9 @@ class ResultsView(VerticalScroll):
         table = self.query_one("#params-table", DataTable)
         table.add_column("component", key="component")
         table.add_column("parameters", key="parameters")
+
+    def watch_accuracy(self) -> None:
+        self.watch_results(self.results)
 
     def watch_results(self, res: Results | None) -> None:
         if res is None:
@@ -205,8 +215,11 @@ class ResultsView(VerticalScroll):
                      ("o", st["optimizer_bytes"], "magenta"),
                      ("a", st["activations_bytes"], "cyan"), ("t", st["transient_bytes"], "blue")]
             verdict = "fits" if st["total_bytes"] <= res.capacity_bytes else "[red]over[/red]"
+            band = fmt_band(self.accuracy.memory(st["total_bytes"]), _gib1)
             lines.append(f"stage {st['stage']} {_bar(parts, res.capacity_bytes)} "
-                         f"{st['total_bytes'] / 2**30:,.1f} / {res.capacity_bytes / 2**30:,.1f} {verdict}")
+                         f"{band} / {res.capacity_bytes / 2**30:,.1f} {verdict}")
+        if res.memory_stages:
+            lines.append(f"[dim]bands: {self.accuracy.source}[/dim]")
         self.query_one("#memory", Static).update("\n".join(lines))
         kv = "  ".join(f"{c // 1024}k: {b / 2**30:,.2f}" for c, b in res.kv_by_context)
         self.query_one("#kv", Static).update(

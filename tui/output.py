@@ -51,8 +51,13 @@ def fmt_count(n: float) -> str:
     return f"{n:g}"
 
 
+def gib(n_bytes: float) -> str:
+    """The number of GiB (2**30 bytes), two decimals, for tables that name the unit once."""
+    return f"{n_bytes / 2**30:,.2f}"
+
+
 def fmt_gib(n_bytes: float) -> str:
-    return f"{n_bytes / 2**30:,.2f} GiB"
+    return f"{gib(n_bytes)} GiB"
 
 
 def fmt_bytes(n_bytes: float) -> str:

@@ -11,6 +11,7 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Button, DataTable, Input, Label, Static
 
+from planner.accuracy import DEFAULT_ACCURACY, Accuracy, fmt_band
 from planner.search import SearchResult
 
 
@@ -33,6 +34,8 @@ class PlanPane(Vertical):
 
     result: reactive[SearchResult | None] = reactive(None, init=False)
     """The latest search (pushed down by the app)."""
+    accuracy: reactive[Accuracy] = reactive(DEFAULT_ACCURACY, init=False)
+    """The band put around each time and memory estimate (from the accelerator's profile)."""
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="cluster"):
@@ -100,6 +103,10 @@ class PlanPane(Vertical):
     def _row(self, event: DataTable.RowHighlighted) -> None:
         self.show_detail(event.cursor_row)
 
+    def watch_accuracy(self) -> None:
+        if self.result is not None:
+            self.show_detail(self.query_one("#layouts", DataTable).cursor_row)
+
     def show_detail(self, index: int) -> None:
         detail = self.query_one("#layout-detail", Static)
         result = self.result
@@ -111,6 +118,11 @@ class PlanPane(Vertical):
         parts = "  ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v * 1e3:,.1f} ms"
                           for k, v in step.items() if k != "total_s")
         why = result.runner_up_reason() if index == 0 else ""
-        detail.update(f"[b]{c.label()}[/b]\nstep {c.step_time_s:.3f} s: {parts}\n"
-                      f"memory {c.memory_per_gpu_bytes / 2**30:.2f} GiB on stage {c.memory_stage}, "
-                      f"margin {c.margin_bytes / 2**30:.2f} GiB\n{why or ''}")
+        acc = self.accuracy
+        step_band = fmt_band(acc.time(c.step_time_s), "{:.3f}".format, " s")
+        mem_band = fmt_band(acc.memory(c.memory_per_gpu_bytes), lambda b: f"{b / 2**30:.2f}", " GiB")
+        rate_band = fmt_band(acc.rate(c.tokens_per_s / result.world), "{:,.0f}".format)
+        detail.update(f"[b]{c.label()}[/b]\nstep {step_band}: {parts}\n"
+                      f"tokens/s/GPU {rate_band}; memory {mem_band} on stage {c.memory_stage}, "
+                      f"margin {c.margin_bytes / 2**30:.2f} GiB\n"
+                      f"[dim]bands: {acc.source}[/dim]\n{why or ''}")

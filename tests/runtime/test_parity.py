@@ -15,6 +15,7 @@ LAYOUTS = {
     "pp2-1f1b": ("--pp", "2"),
     "dp2-zero3": ("--dp", "2", "--zero", "3"),
     "dp2-zero2": ("--dp", "2", "--zero", "2"),
+    "dp2-zero0": ("--dp", "2"),
     "pp2-dp2-tp2": ("--pp", "2", "--dp", "2", "--tp", "2", "--sp"),
     "pp2-v2-interleaved": ("--pp", "2", "--vpp", "2"),
 }

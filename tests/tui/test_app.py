@@ -203,3 +203,29 @@ async def test_explain_view_shows_the_formula_and_follows_edits():
         await app.workers.wait_for_complete()
         await pilot.pause()
         assert "= 65,536" in text(app, "#explain")
+
+
+async def test_bands_follow_the_accelerators_calibration_profile(tmp_path):
+    profiles = tmp_path / "config" / "profiles"
+    profiles.mkdir(parents=True)
+    (profiles / "a100-40gb.toml").write_text(
+        '[accuracy]\nstep_time_ratio = [0.5, 2.0]\nmemory_ratio = [0.5, 2.0]\n'
+        'source = "2 runs here"\nruns = 2\n')
+    app = PlanApp(save_settings=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert "bands: uncalibrated" in text(app, "#memory")
+        app.choose_hardware("a100-40gb")
+        await pilot.pause()
+        memory = text(app, "#memory")
+        total = app.results.memory_stages[0]["total_bytes"] / 2**30
+        assert "bands: 2 runs here" in memory
+        assert f"{total:,.1f} ({total / 2:,.1f}-{total * 2:,.1f}) / 40.0" in memory
+        await pilot.press("f2")
+        await pilot.press("ctrl+r")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        step = app.search_result.best.step_time_s
+        detail = text(app, "#layout-detail")
+        assert f"step {step:.3f} s ({step / 2:.3f}-{step * 2:.3f})" in detail
+        assert "bands: 2 runs here" in detail
