@@ -62,7 +62,7 @@ def predictions(cfg, setup, par, hardware: str, rounds: int = 1) -> dict[str, An
     report = memory_report(cfg, rsetup, par)
     out: dict[str, Any] = {"stages": [s.to_dict() for s in report.stages]}
     try:
-        from presets import load_cost_model
+        from presets import load_accuracy, load_cost_model
 
         hw = load_hardware(hardware)
         cost = CostEstimator(cfg, rsetup, Cluster(hardware=hw, gpus=par.world),
@@ -72,6 +72,7 @@ def predictions(cfg, setup, par, hardware: str, rounds: int = 1) -> dict[str, An
                               sp=par.sp, recompute=setup.recompute, mbs=setup.micro_batch,
                               m=setup.grad_accum, params_per_rank=params)
         out["step_time_s"] = step.total_s * rounds
+        out["step_time_band_s"] = load_accuracy(hardware).time(out["step_time_s"]).to_dict()
         tokens = setup.seq_len * setup.micro_batch * setup.grad_accum * par.dp * rounds
         out["tokens_per_s"] = tokens / out["step_time_s"]
         out["peak_flops"] = hw.peak_flops(setup.dtype)
@@ -308,6 +309,7 @@ def run(plan_path: str) -> int:
         median = steady_step_time_s(step_times)
         done["measured_step_time_s"] = median
         done["predicted_step_time_s"] = predicted.get("step_time_s")
+        done["predicted_step_time_band_s"] = predicted.get("step_time_band_s")
         done["measured_tokens_per_s"] = global_batch * s / median if median else None
         done["predicted_tokens_per_s"] = predicted.get("tokens_per_s")
         say("done", **done)

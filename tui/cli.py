@@ -715,16 +715,9 @@ def launch_cmd(
 
     rc = stream(spec, on_line)
     if not json_mode and last.get("event") == "done":
-        rows = []
-        for cat in ("parameters", "gradients", "optimizer_states", "activations"):
-            p, m_ = last.get(f"predicted_{cat}_bytes"), last.get(f"measured_{cat}_bytes")
-            err = f"{(m_ - p) / p:+.1%}" if p and m_ is not None else "-"
-            rows.append((cat, output.fmt_bytes(p or 0), output.fmt_bytes(m_ or 0), err))
-        pt, mt = last.get("predicted_step_time_s"), last.get("measured_step_time_s")
-        rows.append(("step time", f"{pt:.4f} s" if pt else "-", f"{mt:.4f} s" if mt else "-",
-                     f"{(mt - pt) / pt:+.1%}" if pt and mt else "-"))
         output.show(output.table("Predicted vs measured (most loaded rank)",
-                                 ["quantity", "predicted", "measured", "error"], rows))
+                                 ["quantity", "predicted", "measured", "error"],
+                                 output.comparison_rows(last)))
     elif not json_mode and last.get("event") == "error":
         output.warn(f"error: {last.get('message')}")
     if rc:

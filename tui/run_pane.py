@@ -11,6 +11,8 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Button, DataTable, Input, Log, ProgressBar, Sparkline, Static
 
+from tui.output import comparison_rows
+
 
 @dataclass
 class RunState:
@@ -41,22 +43,14 @@ class RunState:
         elif kind == "done":
             out.status = "done"
             out.done_steps = out.steps
-            rows = []
-            for cat in ("parameters", "gradients", "optimizer_states", "activations"):
-                p, m = ev.get(f"predicted_{cat}_bytes"), ev.get(f"measured_{cat}_bytes")
-                err = f"{(m - p) / p:+.1%}" if p and m is not None else "-"
-                rows.append((cat, _mib(p), _mib(m), err))
-            pt, mt = ev.get("predicted_step_time_s"), ev.get("measured_step_time_s")
-            rows.append(("step time", f"{pt:.4f} s" if pt else "-", f"{mt:.4f} s" if mt else "-",
-                         f"{(mt - pt) / pt:+.1%}" if pt and mt else "-"))
-            out.comparison = rows
+            out.comparison = comparison_rows(ev, _mib)
         elif kind == "error":
             out.status = f"error: {ev.get('message')}"
         return out
 
 
-def _mib(n) -> str:
-    return "-" if n is None else f"{n / 2**20:,.2f} MiB"
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.2f} MiB"
 
 
 class RunPane(Vertical):

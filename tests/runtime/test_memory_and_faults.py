@@ -29,6 +29,9 @@ def test_measured_memory_within_10_percent_of_the_runtime_recipe(layout):
             assert measured == pytest.approx(predicted, rel=0.10), (rank["rank"], cat, predicted, measured)
     start = next(e for e in events if e["event"] == "start")
     assert start["predicted_stages"] and start["predicted_step_time_s"] > 0
+    band = done["predicted_step_time_band_s"]  # the reference band: no profile in tests
+    assert band["low"] == pytest.approx(0.75 * done["predicted_step_time_s"])
+    assert band["high"] == pytest.approx(1.25 * done["predicted_step_time_s"])
 
 
 def test_a_killed_rank_ends_the_run_and_resume_continues_exactly(tmp_path):

@@ -79,3 +79,17 @@ def test_plan_and_memory_put_the_profile_band_on_every_estimate(tmp_path):
     assert mem["per_gpu_band_bytes"]["low"] == pytest.approx(0.9 * mem["per_gpu"]["total_bytes"])
     human = cli("plan", "llama-2-7b", "--gbs", "32", env=env)
     assert "bands: s" in human
+
+
+def test_a_runs_comparison_says_whether_the_measurement_fell_in_its_band():
+    from tui.output import comparison_rows
+
+    done = {"predicted_parameters_bytes": 1024, "measured_parameters_bytes": 1100,
+            "predicted_step_time_s": 0.1, "measured_step_time_s": 0.12,
+            "predicted_step_time_band_s": {"low": 0.08, "expected": 0.1, "high": 0.125}}
+    rows = comparison_rows(done, lambda n: f"{n:.0f} B")
+    assert rows[0] == ("parameters", "1024 B", "1100 B", "+7.4%")
+    assert rows[1] == ("gradients", "-", "-", "-")
+    assert rows[-1] == ("step time", "0.1000 s (0.0800-0.1250)", "0.1200 s", "+20.0% in band")
+    done["measured_step_time_s"] = 0.2
+    assert comparison_rows(done)[-1][-1] == "+100.0% outside band"
