@@ -222,7 +222,7 @@ def nelder_mead(f: Callable[[list[float]], float], x0: list[float], *, steps: in
 
 FITTED = ("matmul_efficiency", "layer_overhead_s", "step_overhead_s", "link_efficiency",
           "tp_layer_overhead_s", "sp_layer_overhead_s", "fsdp_step_overhead_s",
-          "collective_call_s")
+          "collective_call_s", "recompute_layer_overhead_s")
 
 
 def fit(cases: list[Case], hardware, base: CostModel) -> CostModel:
@@ -245,7 +245,7 @@ def fit(cases: list[Case], hardware, base: CostModel) -> CostModel:
         return sum(math.log(predict_step_s(c, model, hardware) / c.measured_step_s) ** 2
                    for c in cases)
 
-    starts = [[math.log(v) for v in (e, o, 1e-3, 0.5, o * 5, o * 5, 1e-2, c)]
+    starts = [[math.log(v) for v in (e, o, 1e-3, 0.5, o * 5, o * 5, 1e-2, c, o)]
               for e in (0.05, 0.5) for o in (1e-4, 1e-3) for c in (1e-4, 2e-3)]
     best = min((nelder_mead(loss, x0, steps=300, scale=1.0) for x0 in starts), key=loss)
     return model_from(best)

@@ -556,7 +556,7 @@ def plan_cmd(
         if result.best:
             best = result.best
             notes.append(f"#1: step {fmt_band(accuracy.time(best.step_time_s), '{:.3f}'.format, ' s')}, "
-                         f"{fmt_band(accuracy.memory(best.memory_per_gpu_bytes), output.gib, ' GiB/GPU')}; "
+                         f"{fmt_band(accuracy.memory(best.memory_per_gpu_bytes), output.fmt_bytes)}/GPU; "
                          f"bands: {accuracy.source}")
         if result.best and tokens:
             d = data["candidates"][0]

@@ -24,7 +24,8 @@ def test_fit_recovers_step_times_generated_by_known_constants():
     hw = load_hardware("cpu")
     truth = CostModel(matmul_efficiency=0.3, layer_overhead_s=2e-3, step_overhead_s=5e-3,
                       link_efficiency=0.05, tp_layer_overhead_s=4e-3, sp_layer_overhead_s=3e-3,
-                      fsdp_step_overhead_s=2e-2, collective_call_s=3e-3, host_cores=2)
+                      fsdp_step_overhead_s=2e-2, collective_call_s=3e-3,
+                      recompute_layer_overhead_s=1e-3, host_cores=2)
     cfg = load_model("tiny")
     layouts = [Parallel(), Parallel(dp=2, zero=3), Parallel(tp=2, sp=True), Parallel(pp=2),
                Parallel(dp=2), Parallel(tp=2), Parallel(pp=2, dp=2), Parallel(tp=2, sp=True),
@@ -32,7 +33,7 @@ def test_fit_recovers_step_times_generated_by_known_constants():
     cases = []
     for i, par in enumerate(layouts):
         setup = TrainSetup(seq_len=64, micro_batch=1 + i % 2, grad_accum=2 * par.pp + i % 3,
-                           recipe="runtime")
+                           recompute=("none", "full", "none", "selective")[i % 4], recipe="runtime")
         case = Case(name=str(i), cfg=cfg, setup=setup, par=par, done={})
         case.done = {"measured_step_time_s": predict_step_s(case, truth, hw)}
         cases.append(case)
