@@ -2,11 +2,11 @@
 
 A *case* is one `llmplan launch` of a small model (layout, micro-batch, recompute); its
 ``done`` event carries measured and predicted memory per category and step time. ``fit``
-chooses the CostModel constants (matmul efficiency, per-layer and per-step overheads,
-DTensor's overheads, the fixed cost of a collective call, link efficiency) that minimise the squared
-log error of predicted vs measured step time (Nelder-Mead in log space), with the host's
-core count so ranks that share cores are modelled as sharing them. Standard library only:
-torch runs in the launched processes.
+chooses the CostModel constants in :data:`FITTED` (matmul and link efficiency, framework
+time per layer, per step, under TP, SP, FSDP and recompute, the fixed cost of a collective
+call) that minimise the squared log error of predicted vs measured step time (Nelder-Mead in
+log space), with the host's core count so ranks that share cores are modelled as sharing
+them. Standard library only: torch runs in the launched processes.
 """
 
 from __future__ import annotations
@@ -139,23 +139,21 @@ def cuda_device_count() -> int:
 def measure(cases: dict[str, tuple[str, ...]], device: str = "cpu", *, rounds: int = 1,
             deadline: float | None = None,
             progress: Callable[[str], None] = lambda _: None) -> list[Case]:
-    """Run every case ``rounds`` times, one round after another, and keep each case's fastest
-    run: noise on a shared host only ever adds time, and a slow spell then hits one round of
-    a case rather than all of them. Rounds after the first stop at ``deadline``
-    (``time.monotonic()``)."""
+    """Run every case ``rounds`` times, one round after another, and keep each case's median
+    run (the lower one of two): a shared host's speed drifts both ways over minutes, so a
+    slow or a fast spell then moves one round of a case, not its result. Rounds after the
+    first stop at ``deadline`` (``time.monotonic()``)."""
     import time
 
-    best: dict[str, Case] = {}
+    runs: dict[str, list[Case]] = {}
     for r in range(rounds):
         if r and deadline is not None and time.monotonic() > deadline:
             progress(f"budget reached after {r} round(s)")
             break
         for name, args in cases.items():
             progress(f"round {r + 1}/{rounds}: {name}")
-            case = run_case(name, args, device)
-            if name not in best or case.measured_step_s < best[name].measured_step_s:
-                best[name] = case
-    return list(best.values())
+            runs.setdefault(name, []).append(run_case(name, args, device))
+    return [sorted(rs, key=lambda c: c.measured_step_s)[(len(rs) - 1) // 2] for rs in runs.values()]
 
 
 def _run_case(name: str, args: tuple[str, ...], device: str) -> Case:
@@ -220,24 +218,23 @@ def nelder_mead(f: Callable[[list[float]], float], x0: list[float], *, steps: in
     return simplex[min(range(n + 1), key=lambda i: values[i])]
 
 
-FITTED = ("matmul_efficiency", "layer_overhead_s", "step_overhead_s", "link_efficiency",
+FITTED = ("matmul_efficiency", "layer_overhead_s", "step_overhead_s",
           "tp_layer_overhead_s", "sp_layer_overhead_s", "fsdp_step_overhead_s",
-          "collective_call_s", "recompute_layer_overhead_s")
+          "collective_call_s")
 
 
 def fit(cases: list[Case], hardware, base: CostModel) -> CostModel:
     """CostModel constants minimising the squared log error of step time over ``cases``.
 
-    Fitted (in log space, so each stays positive): the names in :data:`FITTED`. The
-    collective latency stays the preset's: with the two-rank groups a sweep on one host can
-    run, a ring step and a call's fixed cost cannot be told apart, and ``collective_call_s``
-    holds it."""
+    Fitted (in log space, so each stays positive): the names in :data:`FITTED`. Link
+    bandwidth and latency stay the preset's: a small model's messages are too short to
+    measure them, and with the two-rank groups a sweep on one host can run, a ring step and
+    a call's fixed cost cannot be told apart (``collective_call_s`` holds both)."""
     cores = os.cpu_count() or 1
 
     def model_from(x: list[float]) -> CostModel:
         values = {name: math.exp(v) for name, v in zip(FITTED, x)}
-        for name in ("matmul_efficiency", "link_efficiency"):
-            values[name] = min(1.0, values[name])
+        values["matmul_efficiency"] = min(1.0, values["matmul_efficiency"])
         return base.replace(**values, host_cores=cores)
 
     def loss(x: list[float]) -> float:
@@ -245,9 +242,12 @@ def fit(cases: list[Case], hardware, base: CostModel) -> CostModel:
         return sum(math.log(predict_step_s(c, model, hardware) / c.measured_step_s) ** 2
                    for c in cases)
 
-    starts = [[math.log(v) for v in (e, o, 1e-3, 0.5, o * 5, o * 5, 1e-2, c, o)]
+    starts = [{"matmul_efficiency": e, "layer_overhead_s": o, "step_overhead_s": 1e-3,
+               "tp_layer_overhead_s": 5 * o, "sp_layer_overhead_s": 5 * o,
+               "fsdp_step_overhead_s": 1e-2, "collective_call_s": c}
               for e in (0.05, 0.5) for o in (1e-4, 1e-3) for c in (1e-4, 2e-3)]
-    best = min((nelder_mead(loss, x0, steps=300, scale=1.0) for x0 in starts), key=loss)
+    best = min((nelder_mead(loss, [math.log(start[name]) for name in FITTED], steps=300)
+                for start in starts), key=loss)
     return model_from(best)
 
 
