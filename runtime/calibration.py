@@ -34,6 +34,7 @@ FIT_CASES: dict[str, tuple[str, ...]] = {
     "single-b1-m4": ("--gbs", "4", "--mbs", "1"),
     "single-b4-m1": ("--gbs", "4", "--mbs", "4"),
     "single-full-recompute": ("--gbs", "4", "--mbs", "2", "--recompute", "full"),
+    "single-selective-b1": ("--gbs", "4", "--mbs", "1", "--recompute", "selective"),
     "dp2-zero0": ("--gbs", "4", "--mbs", "2", "--dp", "2"),
     "dp2-zero2": ("--gbs", "4", "--mbs", "2", "--dp", "2", "--zero", "2"),
     "dp2-zero3": ("--gbs", "4", "--mbs", "1", "--dp", "2", "--zero", "3"),
@@ -220,7 +221,7 @@ def nelder_mead(f: Callable[[list[float]], float], x0: list[float], *, steps: in
 
 FITTED = ("matmul_efficiency", "layer_overhead_s", "step_overhead_s",
           "tp_layer_overhead_s", "sp_layer_overhead_s", "fsdp_step_overhead_s",
-          "collective_call_s")
+          "collective_call_s", "fsdp_unit_overhead_s", "recompute_layer_overhead_s")
 
 
 def fit(cases: list[Case], hardware, base: CostModel) -> CostModel:
@@ -244,7 +245,8 @@ def fit(cases: list[Case], hardware, base: CostModel) -> CostModel:
 
     starts = [{"matmul_efficiency": e, "layer_overhead_s": o, "step_overhead_s": 1e-3,
                "tp_layer_overhead_s": 5 * o, "sp_layer_overhead_s": 5 * o,
-               "fsdp_step_overhead_s": 1e-2, "collective_call_s": c}
+               "fsdp_step_overhead_s": 1e-2, "collective_call_s": c,
+               "fsdp_unit_overhead_s": 1e-3, "recompute_layer_overhead_s": o}
               for e in (0.05, 0.5) for o in (1e-4, 1e-3) for c in (1e-4, 2e-3)]
     best = min((nelder_mead(loss, [math.log(start[name]) for name in FITTED], steps=300)
                 for start in starts), key=loss)
