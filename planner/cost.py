@@ -36,11 +36,8 @@ For one optimizer step with m micro-batches of b sequences per data-parallel ran
   (sharding propagation, redistribution): ``tp_layer_overhead_s`` more per layer, and
   ``sp_layer_overhead_s`` more again when SP shards the norms and residual stream too. FSDP
   (ZeRO >= 2 in llmplan's runtime) adds ``fsdp_step_overhead_s`` per step (its hooks'
-  per-step set-up and the optimizer over sharded DTensor parameters) and
-  ``fsdp_unit_overhead_s`` per unit per micro-batch (its pre-forward and post-backward hooks
-  around each gather and scatter). A checkpointed layer (selective or full recompute) adds
-  ``recompute_layer_overhead_s`` (saved-tensor hooks, re-entering forward). These dominate
-  small models and CPU hosts, and vanish against large GEMMs.
+  per-step set-up and the optimizer over sharded DTensor parameters). These dominate small
+  models and CPU hosts, and vanish against large GEMMs.
 * A CPU host with fewer cores than ranks time-shares them: the whole step stretches by
   ``ranks / host_cores``.
 
@@ -74,8 +71,6 @@ class CostModel:
     tp_layer_overhead_s: float = 0.0   # + per layer per micro-batch under TP (DTensor dispatch)
     sp_layer_overhead_s: float = 0.0   # + per layer per micro-batch under SP (sharded norms)
     fsdp_step_overhead_s: float = 0.0  # + per step under FSDP (hooks, DTensor optimizer)
-    fsdp_unit_overhead_s: float = 0.0  # + per FSDP unit per micro-batch (pre/post hooks)
-    recompute_layer_overhead_s: float = 0.0  # + per checkpointed layer per micro-batch
     collective_call_s: float = 0.0     # fixed cost of each collective call on the issuing rank
     host_cores: int = 0                # CPU hosts: ranks beyond this many cores time-share
     latency_scale: float = 1.0         # x the preset's per-step collective latencies
@@ -227,8 +222,6 @@ class CostEstimator:
         per_layer_s = model.layer_overhead_s
         if tp > 1:
             per_layer_s += model.tp_layer_overhead_s + (model.sp_layer_overhead_s if sp else 0.0)
-        if recompute != "none":
-            per_layer_s += model.recompute_layer_overhead_s
         elementwise_s += layers * passes * per_layer_s
 
         tp_s = 0.0
@@ -270,8 +263,6 @@ class CostEstimator:
                 hidden = (2 / 3) * (matmul_s + elementwise_s) if model.overlap_dp else 0.0
             calls = dp_calls(zero, m, layers, grad_bytes)
             dp_s = max(0.0, dp_s - hidden) + calls * model.collective_call_s
-            if zero >= 2:
-                dp_s += m * (layers + 1) * model.fsdp_unit_overhead_s
 
         # AdamW-style update: read + write master, states and weights, read grads, once.
         opt_params = -(-params_per_rank // dp) if zero >= 1 else params_per_rank

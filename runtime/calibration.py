@@ -221,7 +221,7 @@ def nelder_mead(f: Callable[[list[float]], float], x0: list[float], *, steps: in
 
 FITTED = ("matmul_efficiency", "layer_overhead_s", "step_overhead_s",
           "tp_layer_overhead_s", "sp_layer_overhead_s", "fsdp_step_overhead_s",
-          "collective_call_s", "fsdp_unit_overhead_s", "recompute_layer_overhead_s")
+          "collective_call_s")
 
 
 def fit(cases: list[Case], hardware, base: CostModel) -> CostModel:
@@ -245,8 +245,7 @@ def fit(cases: list[Case], hardware, base: CostModel) -> CostModel:
 
     starts = [{"matmul_efficiency": e, "layer_overhead_s": o, "step_overhead_s": 1e-3,
                "tp_layer_overhead_s": 5 * o, "sp_layer_overhead_s": 5 * o,
-               "fsdp_step_overhead_s": 1e-2, "collective_call_s": c,
-               "fsdp_unit_overhead_s": 1e-3, "recompute_layer_overhead_s": o}
+               "fsdp_step_overhead_s": 1e-2, "collective_call_s": c}
               for e in (0.05, 0.5) for o in (1e-4, 1e-3) for c in (1e-4, 2e-3)]
     best = min((nelder_mead(loss, [math.log(start[name]) for name in FITTED], steps=300)
                 for start in starts), key=loss)

@@ -293,7 +293,7 @@ def memory_cmd(
                  gib(st.gradients_bytes), gib(st.optimizer_bytes), gib(st.activations_bytes),
                  gib(st.transient_bytes), gib(st.total_bytes)) for st in rep.stages]
         caption = (f"per rank, GiB (2^30 bytes); most loaded rank: "
-                   f"{fmt_band(band, gib, ' GiB')}; band: {accuracy.source}")
+                   f"{fmt_band(band, output.fmt_bytes)}; band: {accuracy.source}")
         if capacity is not None:
             verdict = "fits" if data["fits"] else "does NOT fit"
             caption += f"; {hardware} holds {output.fmt_gib(capacity)}: {verdict}"

@@ -24,8 +24,7 @@ def test_fit_recovers_step_times_generated_by_known_constants():
     hw = load_hardware("cpu")
     truth = CostModel(matmul_efficiency=0.3, layer_overhead_s=2e-3, step_overhead_s=5e-3,
                       tp_layer_overhead_s=4e-3, sp_layer_overhead_s=3e-3,
-                      fsdp_step_overhead_s=2e-2, fsdp_unit_overhead_s=2e-3, collective_call_s=3e-3,
-                      recompute_layer_overhead_s=1e-3, host_cores=2)
+                      fsdp_step_overhead_s=2e-2, collective_call_s=3e-3, host_cores=2)
     cfg = load_model("tiny")
     layouts = [Parallel(), Parallel(dp=2, zero=3), Parallel(tp=2, sp=True), Parallel(pp=2),
                Parallel(dp=2), Parallel(tp=2), Parallel(pp=2, dp=2), Parallel(tp=2, sp=True),
