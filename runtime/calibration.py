@@ -2,9 +2,9 @@
 
 A *case* is one `llmplan launch` of a small model (layout, micro-batch, recompute); its
 ``done`` event carries measured and predicted memory per category and step time. ``fit``
-chooses the CostModel constants in :data:`FITTED` (matmul and link efficiency, framework
-time per layer, per step, under TP, SP, FSDP and recompute, the fixed cost of a collective
-call) that minimise the squared log error of predicted vs measured step time (Nelder-Mead in
+chooses the CostModel constants in :data:`FITTED` (matmul efficiency; framework time per
+layer, per step, per TP and SP layer, per FSDP step; the fixed cost of a collective call)
+that minimise the squared log error of predicted vs measured step time (Nelder-Mead in
 log space), with the host's core count so ranks that share cores are modelled as sharing
 them. Standard library only: torch runs in the launched processes.
 """
