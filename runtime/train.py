@@ -72,7 +72,9 @@ def predictions(cfg, setup, par, hardware: str, rounds: int = 1) -> dict[str, An
                               sp=par.sp, recompute=setup.recompute, mbs=setup.micro_batch,
                               m=setup.grad_accum, params_per_rank=params)
         out["step_time_s"] = step.total_s * rounds
-        out["step_time_band_s"] = load_accuracy(hardware).time(out["step_time_s"]).to_dict()
+        accuracy = load_accuracy(hardware)
+        out["step_time_band_s"] = accuracy.time(out["step_time_s"]).to_dict()
+        out["step_time_band_source"] = accuracy.source
         tokens = setup.seq_len * setup.micro_batch * setup.grad_accum * par.dp * rounds
         out["tokens_per_s"] = tokens / out["step_time_s"]
         out["peak_flops"] = hw.peak_flops(setup.dtype)
@@ -310,6 +312,7 @@ def run(plan_path: str) -> int:
         done["measured_step_time_s"] = median
         done["predicted_step_time_s"] = predicted.get("step_time_s")
         done["predicted_step_time_band_s"] = predicted.get("step_time_band_s")
+        done["predicted_step_time_band_source"] = predicted.get("step_time_band_source")
         done["measured_tokens_per_s"] = global_batch * s / median if median else None
         done["predicted_tokens_per_s"] = predicted.get("tokens_per_s")
         say("done", **done)

@@ -718,10 +718,23 @@ def launch_cmd(
         output.show(output.table("Predicted vs measured (most loaded rank)",
                                  ["quantity", "predicted", "measured", "error"],
                                  output.comparison_rows(last)))
+        _calibration_hint(last, hardware, device)
     elif not json_mode and last.get("event") == "error":
         output.warn(f"error: {last.get('message')}")
     if rc:
         raise typer.Exit(rc if rc != 2 else 1)
+
+
+def _calibration_hint(done: dict, hardware: str, device: str) -> None:
+    """A step time outside an uncalibrated band says the constants are not this machine's."""
+    from planner.accuracy import DEFAULT_ACCURACY
+
+    band, measured = done.get("predicted_step_time_band_s"), done.get("measured_step_time_s")
+    if (band and measured and not band["low"] <= measured <= band["high"]
+            and done.get("predicted_step_time_band_source") == DEFAULT_ACCURACY.source):
+        output.warn(f"the step-time model is not calibrated for {hardware}: "
+                    f"`llmplan calibrate --device {device} --hardware {hardware}` fits it to "
+                    f"this machine (about 10 minutes)")
 
 
 def _check_host_memory(cfg: Any, setup: Any, par: Any) -> None:

@@ -93,3 +93,15 @@ def test_a_runs_comparison_says_whether_the_measurement_fell_in_its_band():
     assert rows[-1] == ("step time", "0.1000 s (0.0800-0.1250)", "0.1200 s", "+20.0% in band")
     done["measured_step_time_s"] = 0.2
     assert comparison_rows(done)[-1][-1] == "+100.0% outside band"
+
+
+def test_launch_points_at_calibrate_when_a_run_leaves_the_uncalibrated_band(capsys):
+    from tui.cli import _calibration_hint
+
+    done = {"measured_step_time_s": 0.2, "predicted_step_time_band_source": DEFAULT_ACCURACY.source,
+            "predicted_step_time_band_s": {"low": 0.075, "expected": 0.1, "high": 0.125}}
+    _calibration_hint(done, "cpu", "cpu")
+    assert "llmplan calibrate --device cpu --hardware cpu" in capsys.readouterr().err
+    _calibration_hint({**done, "measured_step_time_s": 0.11}, "cpu", "cpu")   # inside: silent
+    _calibration_hint({**done, "predicted_step_time_band_source": "5 held-out runs"}, "cpu", "cpu")
+    assert capsys.readouterr().err == ""
