@@ -86,7 +86,9 @@ def write_plan(path: Path, plan: Mapping[str, Any]) -> list[Path]:
     return written
 
 
-def read_plan(path: Path) -> dict[str, Any]:
+def read_plan(path: Path, required: tuple[str, ...] = ("model", "setup", "layout")) -> dict[str, Any]:
+    """A plan file's tables, with one-line errors for an unreadable or malformed file and for
+    a missing ``required`` table (``()`` reads any TOML: a model file, an inference plan)."""
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
@@ -94,7 +96,7 @@ def read_plan(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: malformed TOML ({err})") from None
-    for key in ("model", "setup", "layout"):
+    for key in required:
         if key not in data:
             raise ConfigError(f"{path}: not a plan file (missing [{key}])")
     return data

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from planner.config import ConfigError, ModelConfig
+from planner.planfile import read_plan
 from runtime import events
 
 GEN_DEFAULTS: dict[str, Any] = {
@@ -269,7 +270,7 @@ def run(plan_path: str) -> int:
     from planner.kv import cached_tokens, kv_report
     from runtime.model import Decoder, init_weights
 
-    plan = read_plan_any(Path(plan_path))
+    plan = read_plan(Path(plan_path), required=("model",))
     cfg = ModelConfig.from_dict(plan["model"], where=f"{plan_path} [model]")
     opts = {**GEN_DEFAULTS, **plan.get("generate", {})}
     tp = int(os.environ.get("WORLD_SIZE", "1"))
@@ -337,15 +338,6 @@ def run(plan_path: str) -> int:
     dist.barrier()
     dist.destroy_process_group()
     return 0
-
-
-def read_plan_any(path: Path) -> dict[str, Any]:
-    import tomllib
-
-    try:
-        return tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise ConfigError(f"{path}: {err}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -616,19 +616,16 @@ def launch_cmd(
 
     from planner.config import Parallel, TrainSetup
     from planner.planfile import plan_dict, plan_objects, read_plan, write_plan
-    from runtime.launch import LaunchSpec, stream, torchrun_command
+    from runtime.launch import LaunchSpec, torchrun_command
     from runtime.support import check_runtime_layout
 
-    if target.endswith(".toml") and Path(target).exists():
-        import tomllib
-        try:
-            kind = tomllib.loads(Path(target).read_text()).get("kind")
-        except (OSError, tomllib.TOMLDecodeError) as err:
-            raise LlmplanError(f"{target}: {err}") from None
-        if kind == "inference":  # a generation plan (`llmplan generate --run-dir` writes one)
-            _launch_inference(Path(target), device, json_mode, dry_run)
-            return
-    if target.endswith(".toml") and Path(target).exists() and "layout" in read_plan(Path(target)):
+    # a TOML target is a training plan, a generation plan (`llmplan generate --run-dir` writes
+    # one) or a model file
+    toml = read_plan(Path(target), required=()) if target.endswith(".toml") and Path(target).exists() else {}
+    if toml.get("kind") == "inference":
+        _launch_inference(Path(target), device, json_mode, dry_run)
+        return
+    if "layout" in toml:
         base = read_plan(Path(target))
         cfg, base_setup, base_par = plan_objects(base, where=target)
         if set_:
@@ -695,14 +692,7 @@ def launch_cmd(
         output.warn(f"launching {par.world} process(es) on {device}: {' '.join(command)}")
     last: dict[str, Any] = {}
 
-    def on_line(line: str, ev: dict | None) -> None:
-        if json_mode:
-            if ev is not None:
-                sys.stdout.write(line + "\n")
-                sys.stdout.flush()
-            return
-        if ev is None:
-            return
+    def on_event(ev: dict) -> None:
         if ev["event"] == "step":
             mfu = f" mfu {ev['mfu']:.1%}" if ev.get("mfu") else ""
             sys.stdout.write(f"step {ev['step']:>5}  loss {ev['loss']:.4f}  grad norm "
@@ -713,7 +703,7 @@ def launch_cmd(
         elif ev["event"] in ("done", "error"):
             last.update(ev)
 
-    rc = stream(spec, on_line)
+    rc = _stream_events(spec, json_mode, on_event)
     if not json_mode and last.get("event") == "done":
         output.show(output.table("Predicted vs measured (most loaded rank)",
                                  ["quantity", "predicted", "measured", "error"],
@@ -723,6 +713,23 @@ def launch_cmd(
         output.warn(f"error: {last.get('message')}")
     if rc:
         raise typer.Exit(rc if rc != 2 else 1)
+
+
+def _stream_events(spec: Any, json_mode: bool, on_event: Callable[[dict], None]) -> int:
+    """Run a launch and follow its events: passed through as JSON lines in ``--json`` mode,
+    else each handed to ``on_event``; the exit status of the run."""
+    from runtime.launch import stream
+
+    def on_line(line: str, ev: dict | None) -> None:
+        if ev is None:
+            return
+        if json_mode:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        else:
+            on_event(ev)
+
+    return stream(spec, on_line)
 
 
 def _calibration_hint(done: dict, hardware: str, device: str) -> None:
@@ -760,7 +767,7 @@ def _launch_inference(plan_path, device: str, json_mode: bool, dry_run: bool) ->
     """Run an inference plan file through runtime.generate on its tp processes."""
     import tomllib
 
-    from runtime.launch import LaunchSpec, stream, torchrun_command
+    from runtime.launch import LaunchSpec, torchrun_command
 
     plan = tomllib.loads(plan_path.read_text())
     tp = int(plan.get("cluster", {}).get("gpus", 1))
@@ -773,16 +780,7 @@ def _launch_inference(plan_path, device: str, json_mode: bool, dry_run: bool) ->
                                   "world": tp, "device": device},
                       lambda: output.show(" ".join(torchrun_command(spec))))
         return
-    def on_line(line: str, ev: dict | None) -> None:
-        if ev is None:
-            return
-        if json_mode:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
-        else:
-            _print_generation(ev)
-
-    rc = stream(spec, on_line)
+    rc = _stream_events(spec, json_mode, _print_generation)
     if rc:
         raise typer.Exit(rc if rc != 2 else 1)
 
@@ -821,7 +819,7 @@ def generate_cmd(
 
     from planner.config import ModelConfig
     from planner.planfile import dumps
-    from runtime.launch import LaunchSpec, stream
+    from runtime.launch import LaunchSpec
 
     folder = Path(target)
     checkpoint = ""
@@ -871,20 +869,14 @@ def generate_cmd(
         sys.stdout.write(texts[0])
         sys.stdout.flush()
 
-    def on_line(line: str, ev: dict | None) -> None:
-        if ev is None:
-            return
-        if json_mode:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
-            return
+    def on_event(ev: dict) -> None:
         if ev["event"] == "token" and single:
             sys.stdout.write(ev["text"][0])
             sys.stdout.flush()
         elif ev["event"] in ("done", "error"):
             last.update(ev)
 
-    rc = stream(spec, on_line)
+    rc = _stream_events(spec, json_mode, on_event)
     if not json_mode and last.get("event") == "done":
         if single:
             sys.stdout.write("\n")

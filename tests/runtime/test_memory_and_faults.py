@@ -97,6 +97,18 @@ def test_dry_run_prints_the_torchrun_command(tmp_path):
     assert (tmp_path / "run.toml").exists()
 
 
+def test_a_model_toml_file_launches_like_a_preset(tmp_path):
+    model = tmp_path / "mine.toml"
+    model.write_text((ROOT / "presets" / "models" / "tiny.toml").read_text().replace(
+        'name = "tiny"', 'name = "mine"'))
+    out = subprocess.run([sys.executable, "-m", "tui.cli", "launch", str(model), "--tp", "2",
+                          "--run-dir", str(tmp_path / "run"), "--dry-run", "--json"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["world"] == 2
+    assert 'name = "mine"' in (tmp_path / "run" / "run.toml").read_text()
+
+
 def test_training_on_a_local_text_file(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog. " * 200)
