@@ -623,7 +623,7 @@ def launch_cmd(
     # one) or a model file
     toml = read_plan(Path(target), required=()) if target.endswith(".toml") and Path(target).exists() else {}
     if toml.get("kind") == "inference":
-        _launch_inference(Path(target), device, json_mode, dry_run)
+        _launch_inference(Path(target), toml, device, json_mode, dry_run)
         return
     if "layout" in toml:
         base = read_plan(Path(target))
@@ -670,7 +670,7 @@ def launch_cmd(
     if device == "cpu":
         _check_host_memory(cfg, setup, par)
     if not hardware:
-        hardware = "cpu" if device == "cpu" else "h100-sxm"
+        hardware = _default_hardware(device)
     folder = Path(run_dir or ckpt_dir or tempfile.mkdtemp(prefix="llmplan-run-"))
     folder.mkdir(parents=True, exist_ok=True)
     plan = plan_dict(cfg=cfg, setup=setup, par=par, hardware=hardware, gpus=par.world,
@@ -713,6 +713,11 @@ def launch_cmd(
         output.warn(f"error: {last.get('message')}")
     if rc:
         raise typer.Exit(rc if rc != 2 else 1)
+
+
+def _default_hardware(device: str) -> str:
+    """The hardware preset a run's predictions use when none is named."""
+    return "cpu" if device == "cpu" else "h100-sxm"
 
 
 def _stream_events(spec: Any, json_mode: bool, on_event: Callable[[dict], None]) -> int:
@@ -763,13 +768,12 @@ def _check_host_memory(cfg: Any, setup: Any, par: Any) -> None:
                            "use --device cuda or a smaller model (e.g. tiny)")
 
 
-def _launch_inference(plan_path, device: str, json_mode: bool, dry_run: bool) -> None:
-    """Run an inference plan file through runtime.generate on its tp processes."""
-    import tomllib
-
+def _launch_inference(plan_path: Any, plan: dict, device: str, json_mode: bool,
+                      dry_run: bool) -> None:
+    """Run an inference plan file (read as ``plan``) through runtime.generate on its tp
+    processes."""
     from runtime.launch import LaunchSpec, torchrun_command
 
-    plan = tomllib.loads(plan_path.read_text())
     tp = int(plan.get("cluster", {}).get("gpus", 1))
     if device == "auto":
         device = plan.get("generate", {}).get("device", "cpu")
@@ -818,7 +822,7 @@ def generate_cmd(
     from pathlib import Path
 
     from planner.config import ModelConfig
-    from planner.planfile import dumps
+    from planner.planfile import dumps, read_plan
     from runtime.launch import LaunchSpec
 
     folder = Path(target)
@@ -827,8 +831,7 @@ def generate_cmd(
         run_plan = folder / "run.toml"
         if not run_plan.exists() or not (folder / "latest").exists():
             raise LlmplanError(f"{folder}: not a checkpoint folder (needs run.toml and latest)")
-        import tomllib
-        cfg = ModelConfig.from_dict(tomllib.loads(run_plan.read_text())["model"], where=str(run_plan))
+        cfg = ModelConfig.from_dict(read_plan(run_plan)["model"], where=str(run_plan))
         checkpoint = str(folder.resolve())
     else:
         cfg = _model(target, set_)
@@ -855,7 +858,7 @@ def generate_cmd(
     out_dir = Path(run_dir or tempfile.mkdtemp(prefix="llmplan-gen-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = {"version": 1, "kind": "inference", "model": cfg.to_dict(),
-            "cluster": {"hardware": "cpu" if device == "cpu" else "h100-sxm", "gpus": tp},
+            "cluster": {"hardware": _default_hardware(device), "gpus": tp},
             "generate": {"prompts": texts, "max_new_tokens": max_new_tokens,
                          "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed,
                          "device": device, "dtype": dtype, "checkpoint": checkpoint,
@@ -913,7 +916,7 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, float]:
             "mean_memory_error": sum(mems) / len(mems), "worst_memory_error": max(mems)}
 
 
-def _save_accuracy(hardware: str, accuracy: Any, cost_model: Any = None) -> str:
+def _save_accuracy(hardware: str, accuracy: Any, cost_model: dict | None = None) -> str:
     """Record ``accuracy`` (and fitted constants, when given) in the hardware's profile,
     keeping whatever else it holds; the planner's bands read it from there."""
     from planner.planfile import dumps
@@ -922,7 +925,7 @@ def _save_accuracy(hardware: str, accuracy: Any, cost_model: Any = None) -> str:
     profile = load_profile(hardware)
     profile["hardware"] = hardware
     if cost_model is not None:
-        profile["cost_model"] = {k: getattr(cost_model, k) for k in cost_model.__dataclass_fields__}
+        profile["cost_model"] = cost_model
     profile["accuracy"] = accuracy.to_dict()
     path = profile_path(hardware)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -932,7 +935,7 @@ def _save_accuracy(hardware: str, accuracy: Any, cost_model: Any = None) -> str:
 
 DeviceOpt = Annotated[str, typer.Option(help="cpu, or cuda on a CUDA machine.")]
 ProfileHwOpt = Annotated[str, typer.Option("--hardware", help="Hardware preset the profile is for (default: cpu, or h100-sxm on cuda).")]
-RoundsOpt = Annotated[int, typer.Option(min=1, help="Runs per case; the fastest counts.")]
+RoundsOpt = Annotated[int, typer.Option(min=1, help="Runs per case; the median counts.")]
 
 
 @app.command("calibrate")
@@ -946,6 +949,7 @@ def calibrate_cmd(
     json_mode: JsonOpt = False,
 ) -> None:
     """Run a sweep of short real runs, fit the planner's constants, save a hardware profile."""
+    import dataclasses
     import json
     import time
     from pathlib import Path
@@ -953,7 +957,7 @@ def calibrate_cmd(
     from presets import load_cost_model, load_hardware, load_profile, profile_path
     from runtime import calibration as cal
 
-    hardware = hardware or ("cpu" if device == "cpu" else "h100-sxm")
+    hardware = hardware or _default_hardware(device)
     hw = load_hardware(hardware)
     saved = profile_path(hardware).with_suffix(".runs.json")
     if runs:
@@ -979,9 +983,9 @@ def calibrate_cmd(
     summary = _summary(rows_after)
     accuracy = cal.accuracy(rows_after, f"{len(held)} held-out runs, llmplan calibrate "
                                         f"{time.strftime('%Y-%m-%d')}")
-    path = _save_accuracy(hardware, accuracy, fitted)
-    data = {"profile": path, "runs": str(saved) if not runs else runs,
-            "cost_model": {k: getattr(fitted, k) for k in fitted.__dataclass_fields__},
+    constants = dataclasses.asdict(fitted)
+    path = _save_accuracy(hardware, accuracy, constants)
+    data = {"profile": path, "runs": str(saved) if not runs else runs, "cost_model": constants,
             "fit_cases": [c.name for c in fit_cases],
             "held_out_before": rows_before, "held_out_after": rows_after,
             "before": _summary(rows_before), "after": summary, "accuracy": accuracy.to_dict()}
@@ -1013,7 +1017,7 @@ def validate_cmd(
     from presets import load_cost_model, load_hardware
     from runtime import calibration as cal
 
-    hardware = hardware or ("cpu" if device == "cpu" else "h100-sxm")
+    hardware = hardware or _default_hardware(device)
     hw = load_hardware(hardware)
     model = load_cost_model(hardware)
     chosen = cal.runnable({**cal.FIT_CASES, **cal.HELD_OUT}, device)

@@ -184,7 +184,8 @@ class ResultsView(VerticalScroll):
         table.add_column("parameters", key="parameters")
 
     def watch_accuracy(self) -> None:
-        self.watch_results(self.results)
+        if self.results is not None:  # only the memory lines carry a band
+            self.show_memory(self.results)
 
     def watch_results(self, res: Results | None) -> None:
         if res is None:
@@ -206,21 +207,7 @@ class ResultsView(VerticalScroll):
             "[b]Training FLOPs per token[/b]  "
             f"exact {f['exact'] / 1e9:,.2f} G   6N {f['six_n'] / 1e9:,.2f} G   "
             f"PaLM {f['palm'] / 1e9:,.2f} G")
-        lines = ["[b]Per-GPU memory[/b] (GiB; [green]weights[/] [yellow]grads[/] "
-                 "[magenta]optimizer[/] [cyan]activations[/] [blue]KV/transient[/])"]
-        if res.memory_error:
-            lines.append(f"[red]{res.memory_error}[/red]")
-        for st in res.memory_stages:
-            parts = [("w", st["weights_bytes"], "green"), ("g", st["gradients_bytes"], "yellow"),
-                     ("o", st["optimizer_bytes"], "magenta"),
-                     ("a", st["activations_bytes"], "cyan"), ("t", st["transient_bytes"], "blue")]
-            verdict = "fits" if st["total_bytes"] <= res.capacity_bytes else "[red]over[/red]"
-            band = fmt_band(self.accuracy.memory(st["total_bytes"]), _gib1)
-            lines.append(f"stage {st['stage']} {_bar(parts, res.capacity_bytes)} "
-                         f"{band} / {res.capacity_bytes / 2**30:,.1f} {verdict}")
-        if res.memory_stages:
-            lines.append(f"[dim]bands: {self.accuracy.source}[/dim]")
-        self.query_one("#memory", Static).update("\n".join(lines))
+        self.show_memory(res)
         kv = "  ".join(f"{c // 1024}k: {b / 2**30:,.2f}" for c, b in res.kv_by_context)
         self.query_one("#kv", Static).update(
             f"[b]KV cache[/b] {res.kv_bytes_per_token:,} B/token ({res.kv_bytes_per_token / 1024:,.1f} KiB); "
@@ -237,6 +224,24 @@ class ResultsView(VerticalScroll):
         plt.title("loss vs log10 N at the same compute (N*/10 .. 10 N*)")
         plot.refresh()
 
+
+    def show_memory(self, res: Results) -> None:
+        """Per-stage memory bars against the accelerator, each total with its band."""
+        lines = ["[b]Per-GPU memory[/b] (GiB; [green]weights[/] [yellow]grads[/] "
+                 "[magenta]optimizer[/] [cyan]activations[/] [blue]KV/transient[/])"]
+        if res.memory_error:
+            lines.append(f"[red]{res.memory_error}[/red]")
+        for st in res.memory_stages:
+            parts = [("w", st["weights_bytes"], "green"), ("g", st["gradients_bytes"], "yellow"),
+                     ("o", st["optimizer_bytes"], "magenta"),
+                     ("a", st["activations_bytes"], "cyan"), ("t", st["transient_bytes"], "blue")]
+            verdict = "fits" if st["total_bytes"] <= res.capacity_bytes else "[red]over[/red]"
+            band = fmt_band(self.accuracy.memory(st["total_bytes"]), _gib1)
+            lines.append(f"stage {st['stage']} {_bar(parts, res.capacity_bytes)} "
+                         f"{band} / {res.capacity_bytes / 2**30:,.1f} {verdict}")
+        if res.memory_stages:
+            lines.append(f"[dim]bands: {self.accuracy.source}[/dim]")
+        self.query_one("#memory", Static).update("\n".join(lines))
 
 class ModelPane(Horizontal):
     def __init__(self, preset: str, **kwargs) -> None:
