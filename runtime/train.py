@@ -196,7 +196,8 @@ def run(plan_path: str) -> int:
         predicted_step_time_s=predicted.get("step_time_s"),
         predicted_tokens_per_s=predicted.get("tokens_per_s"))
 
-    fail_step = int(os.environ.get("LLMPLAN_FAIL_AT_STEP", "0"))  # fault injection (tests)
+    fail_step = int(os.environ.get("LLMPLAN_FAIL_AT_STEP", "0"))  # fault injection (tests);
+    # -1: after the run's `done`
     fail_rank = int(os.environ.get("LLMPLAN_FAIL_RANK", "1"))
     measured: dict[str, int] = {}
     step_times: list[float] = []
@@ -317,6 +318,8 @@ def run(plan_path: str) -> int:
         done["predicted_tokens_per_s"] = predicted.get("tokens_per_s")
         say("done", **done)
     dist.barrier()
+    if rank == fail_rank and fail_step < 0:  # fault injection: a rank dies in teardown
+        os._exit(17)
     dist.destroy_process_group()
     return 0
 

@@ -55,6 +55,15 @@ def test_a_killed_rank_ends_the_run_and_resume_continues_exactly(tmp_path):
         assert ev["grad_norm"] == pytest.approx(before[step]["grad_norm"], rel=1e-5)
 
 
+def test_a_rank_dying_after_done_is_a_warning_not_a_failed_run():
+    events, proc = launch("tiny", "--steps", "3", "--seq", "32", "--gbs", "4", "--dp", "2",
+                          env={"LLMPLAN_FAIL_AT_STEP": "-1", "LLMPLAN_FAIL_RANK": "1"},
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert events[-1]["event"] == "done"
+    assert "after the run finished" in proc.stderr
+
+
 def test_resume_into_a_different_layout(tmp_path):
     """DCP reshards: a checkpoint saved by dp2 ZeRO-3 loads into tp2 + pp2."""
     launch("tiny", "--steps", "6", "--seq", "32", "--gbs", "4", "--mbs", "1", "--dp", "2",
