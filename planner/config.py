@@ -406,8 +406,10 @@ class TrainSetup:
 class Parallel:
     """A 3D layout: t tensor x p pipeline (v virtual stages each) x dp data, ZeRO stage z.
 
-    World size = tp * pp * dp. ``sp`` is Megatron sequence parallelism (needs tp > 1 to
-    matter). ``schedule`` is the pipeline schedule; ``interleaved`` needs vpp > 1.
+    World size = tp * pp * dp. ``sp`` is Megatron sequence parallelism. ``schedule`` is the
+    pipeline schedule; left empty it is the default for ``vpp`` (interleaved 1F1B with virtual
+    stages, else 1F1B). Which combinations are valid is the layout contract's to say
+    (``planner.layout``): this class checks only each field's own range.
     """
 
     tp: int = 1
@@ -416,7 +418,7 @@ class Parallel:
     dp: int = 1
     zero: int = 0
     sp: bool = False
-    schedule: str = "1f1b"
+    schedule: str = ""
 
     def __post_init__(self) -> None:
         for label, value in (("tp", self.tp), ("pp", self.pp), ("vpp", self.vpp), ("dp", self.dp)):
@@ -424,59 +426,18 @@ class Parallel:
                 raise ConfigError(f"{label}({value}) must be a positive integer")
         if self.zero not in (0, 1, 2, 3):
             raise ConfigError(f"zero({self.zero}) must be 0, 1, 2 or 3")
+        if not isinstance(self.sp, bool):
+            raise ConfigError(f"sp({self.sp!r}) must be true or false")
+        if not self.schedule:
+            object.__setattr__(self, "schedule", default_schedule(self.vpp))
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule({self.schedule!r}) is not one of {', '.join(SCHEDULES)}")
-        if self.vpp > 1 and self.schedule != "interleaved":
-            object.__setattr__(self, "schedule", "interleaved")
-        if self.schedule == "interleaved" and self.vpp == 1:
-            object.__setattr__(self, "schedule", "1f1b")
-        if self.vpp > 1 and self.pp == 1:
-            raise ConfigError(f"vpp({self.vpp}) needs pp > 1")
 
     @property
     def world(self) -> int:
         return self.tp * self.pp * self.dp
 
-    def check(self, cfg: ModelConfig, setup: TrainSetup | None = None) -> None:
-        """Raise ConfigError naming the numbers when this layout cannot run ``cfg``."""
-        problem = layout_problem(
-            cfg, tp=self.tp, pp=self.pp, vpp=self.vpp, sp=self.sp,
-            seq_len=setup.seq_len if setup else 0, micro_batches=setup.grad_accum if setup else 0)
-        if problem:
-            raise ConfigError(problem[1])
 
-
-def tp_problem(cfg: ModelConfig, tp: int) -> str | None:
-    """Why tensor parallelism of ``tp`` cannot split ``cfg`` (None when it can)."""
-    if cfg.num_heads % tp:
-        return f"tp({tp}) does not divide query heads({cfg.num_heads})"
-    g = cfg.num_kv_heads
-    if g % tp and tp % g:
-        return (f"tp({tp}) and kv heads({g}) must divide one another "
-                "(kv heads are replicated when tp > kv heads)")
-    if cfg.ffn_hidden_size % tp:
-        return f"tp({tp}) does not divide ffn hidden({cfg.ffn_hidden_size})"
-    if cfg.is_moe and cfg.moe_ffn_hidden_size % tp:
-        return f"tp({tp}) does not divide moe ffn hidden({cfg.moe_ffn_hidden_size})"
-    return None
-
-
-def layout_problem(cfg: ModelConfig, *, tp: int, pp: int, vpp: int, sp: bool, seq_len: int = 0,
-                   micro_batches: int = 0) -> tuple[str, str] | None:
-    """The first reason (key, message) a layout is invalid, or None. The keys are the
-    rejection reasons the layout search counts."""
-    message = tp_problem(cfg, tp)
-    if message:
-        return "tp_divisibility", message
-    if vpp > 1 and pp == 1:
-        return "vpp_without_pp", f"vpp({vpp}) needs pp > 1"
-    if cfg.num_layers % (pp * vpp):
-        return "pp_layers", (f"pp({pp}) x vpp({vpp}) = {pp * vpp} does not divide "
-                             f"layers({cfg.num_layers})")
-    if sp and seq_len and seq_len % tp:
-        return "sp_seq", f"tp({tp}) does not divide seq({seq_len}) under sequence parallel"
-    if vpp > 1 and micro_batches and micro_batches % pp:
-        return "interleaved_microbatches", (
-            f"interleaved schedule needs micro-batches({micro_batches}) to be a multiple of "
-            f"pp({pp})")
-    return None
+def default_schedule(vpp: int) -> str:
+    """Interleaved 1F1B with virtual stages, else 1F1B (Narayanan et al. 2021 §2.2)."""
+    return "interleaved" if vpp > 1 else "1f1b"

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from planner import layout
 from planner.config import ModelConfig, Parallel, TrainSetup
 from planner.params import norm_params
 
@@ -328,7 +329,7 @@ class Estimator:
                     recipe: str | None = None, optimizer: str | None = None
                     ) -> tuple[int, int, int, int, int, int]:
         """(params, weights, gradients, optimizer, activations, transient) bytes of one rank of
-        pipeline stage ``stage``. The layout is assumed valid (see ``Parallel.check``)."""
+        pipeline stage ``stage``. The layout is assumed valid (see ``planner.layout``)."""
         cfg, setup = self.cfg, self.setup
         key = (tp, pp, vpp, dp, zero, stage, recipe, optimizer)
         states = self._states.get(key)
@@ -386,7 +387,7 @@ class Estimator:
         return best, where
 
     def report(self, par: Parallel) -> MemoryReport:
-        par.check(self.cfg, self.setup)
+        layout.check(self.cfg, self.setup, par, runtime="any")
         s = self.setup
         stages = []
         for i in range(par.pp):

@@ -14,6 +14,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from planner import layout
 from planner.config import ConfigError, ModelConfig, Parallel, TrainSetup
 
 PLAN_VERSION = 1
@@ -110,7 +111,7 @@ def plan_objects(data: Mapping[str, Any], where: str = "plan") -> tuple[ModelCon
         par = Parallel(**data["layout"])
     except TypeError as err:
         raise ConfigError(f"{where}: {err}") from None
-    par.check(cfg, setup)
+    layout.check(cfg, setup, par, runtime="any")
     return cfg, setup, par
 
 

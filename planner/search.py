@@ -18,15 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from planner.config import ModelConfig, TrainSetup, layout_problem, tp_problem
+from planner import layout
+from planner.config import ModelConfig, TrainSetup, default_schedule
 from planner.cost import Cluster, CostEstimator, CostModel, StepTime
 from planner.memory import Estimator
 
-REASONS = (
-    "tp_crosses_node", "tp_divisibility", "vpp_without_pp", "pp_layers", "sp_without_tp",
-    "sp_seq", "zero_without_dp", "batch_divisibility", "interleaved_microbatches",
-    "out_of_memory",
-)
+REASONS = layout.KEYS
 RECOMPUTES = ("none", "selective", "full")
 ZEROS = (0, 1, 2, 3)
 SPS = (False, True)
@@ -58,6 +55,8 @@ class Candidate:
     tokens_per_s: float
     mfu: float
     hfu_tflops_per_gpu: float
+    not_launchable: tuple[str, ...] = ()
+    """Why llmplan's runtime does not run this layout (``--runtime any`` only); empty when it does."""
 
     @property
     def step_time_s(self) -> float:
@@ -65,7 +64,11 @@ class Candidate:
 
     @property
     def schedule(self) -> str:
-        return "interleaved" if self.vpp > 1 else "1f1b"
+        return default_schedule(self.vpp)
+
+    @property
+    def launchable(self) -> bool:
+        return not self.not_launchable
 
     def label(self) -> str:
         return (f"tp={self.tp} pp={self.pp} vpp={self.vpp} dp={self.dp} zero={self.zero} "
@@ -79,7 +82,8 @@ class Candidate:
                 "memory_stage": self.memory_stage, "margin_bytes": self.margin_bytes,
                 "step_time_s": self.step_time_s, "tokens_per_s": self.tokens_per_s,
                 "tokens_per_s_per_gpu": self.tokens_per_s / world, "mfu": self.mfu,
-                "hfu_tflops_per_gpu": self.hfu_tflops_per_gpu, "step": self.step.to_dict()}
+                "hfu_tflops_per_gpu": self.hfu_tflops_per_gpu, "launchable": self.launchable,
+                "not_launchable": list(self.not_launchable), "step": self.step.to_dict()}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,10 +132,14 @@ def divisors(n: int) -> list[int]:
 
 
 def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batch: int,
-           model: CostModel = CostModel(), space: SearchSpace = SearchSpace()) -> SearchResult:
+           model: CostModel = CostModel(), space: SearchSpace = SearchSpace(),
+           runtime: str = "llmplan") -> SearchResult:
     """Every layout of ``cluster`` for ``cfg`` at ``global_batch`` sequences of
     ``setup.seq_len`` (setup's dtype, recipe, optimizer and attention are kept; its
-    micro-batch, accumulation and recompute are searched)."""
+    micro-batch, accumulation and recompute are searched). ``runtime`` "llmplan" ranks only
+    layouts llmplan's runtime runs; "any" ranks every valid layout and marks the others
+    (``Candidate.not_launchable``). Each level applies the layout contract's rules for its
+    dimension (``planner.layout``), rejecting a whole subtree for its first refusal."""
     N, seq = cluster.gpus, setup.seq_len
     usable = cluster.usable_bytes(model)
     memory = Estimator(cfg, setup)
@@ -150,41 +158,54 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
     per_pp = len(vpps) * per_vpp
     tokens_per_step = global_batch * seq
 
+    def refused(found: list[layout.Problem]) -> tuple[str | None, tuple[str, ...]]:
+        """(the key that rejects, else None; the runtime-only reasons it is kept with)."""
+        applying = layout.refusals(found, runtime)
+        if applying:
+            return applying[0].key, ()
+        return None, tuple(p.message for p in found)
+
+    key, base_notes = refused(layout.model_problems(cfg))
+    if key:
+        rejected[key] = sum(len(divisors(N // tp)) for tp in divisors(N)) * per_pp
+        return SearchResult(candidates=[], rejected=rejected, evaluated=0, usable_bytes=usable,
+                            world=N)
     for tp in divisors(N):
         pps = divisors(N // tp)
         if tp > cluster.gpus_per_node:
             rejected["tp_crosses_node"] += len(pps) * per_pp
             continue
-        if tp_problem(cfg, tp):
-            rejected["tp_divisibility"] += len(pps) * per_pp
+        key, tp_notes = refused(layout.tp_problems(cfg, tp))
+        if key:
+            rejected[key] += len(pps) * per_pp
             continue
         for pp in pps:
             dp = N // (tp * pp)
             for vpp in vpps:
-                problem = layout_problem(cfg, tp=tp, pp=pp, vpp=vpp, sp=False)
-                if problem:
-                    rejected[problem[0]] += per_vpp
+                key, _ = refused(layout.pp_problems(cfg, pp, vpp))
+                if key:
+                    rejected[key] += per_vpp
                     continue
+                schedule = default_schedule(vpp)
                 for sp in SPS:
-                    if sp and tp == 1:
-                        rejected["sp_without_tp"] += per_sp
-                        continue
-                    if sp and seq % tp:
-                        rejected["sp_seq"] += per_sp
+                    key, sp_notes = refused(layout.sp_problems(tp, sp, seq, cfg=cfg, pp=pp))
+                    if key:
+                        rejected[key] += per_sp
                         continue
                     for zero in space.zeros:
-                        if zero and dp == 1:
-                            rejected["zero_without_dp"] += per_zero
+                        key, _ = refused(layout.zero_problems(dp, zero))
+                        if key:
+                            rejected[key] += per_zero
                             continue
                         for mbs in space.micro_batches:
-                            if global_batch % (dp * mbs):
-                                rejected["batch_divisibility"] += n_rc
+                            key, batch_notes = refused(layout.batch_problems(
+                                pp=pp, vpp=vpp, schedule=schedule, global_batch=global_batch,
+                                dp=dp, mbs=mbs))
+                            if key:
+                                rejected[key] += n_rc
                                 continue
                             m = global_batch // (dp * mbs)
-                            if vpp > 1 and m % pp:
-                                rejected["interleaved_microbatches"] += n_rc
-                                continue
-                            schedule = "interleaved" if vpp > 1 else "1f1b"
+                            notes = base_notes + tp_notes + sp_notes + batch_notes
                             for recompute in space.recomputes:
                                 evaluated += 1
                                 need, stage = memory.peak_bytes(
@@ -208,7 +229,7 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
                                     margin_bytes=usable - need, step=step, tokens_per_s=tps,
                                     mfu=model_flops * tps / (N * peak),
                                     hfu_tflops_per_gpu=cost.flops[recompute].hardware_flops_per_token
-                                    * tps / N / 1e12)
+                                    * tps / N / 1e12, not_launchable=notes)
                                 if fits:
                                     feasible.append(cand)
                                 else:

@@ -2,7 +2,8 @@
 
 Kinds: ``start`` (layout, predictions), ``step`` (step, loss, grad_norm, lr, tokens_per_s,
 mfu, mem_peak_bytes, step_time_s), ``eval``, ``checkpoint`` (step, path), ``token`` (generation),
-``done`` (measured next to predicted), ``error`` (message). Every event has ``event`` and ``time``.
+``layout`` (one layout of a matrix run: losses, grad norms), ``done`` (measured next to
+predicted), ``error`` (message). Every event has ``event`` and ``time``.
 The TUI and ``llmplan launch --json`` parse the same lines; no torch is needed to read them.
 """
 
@@ -13,7 +14,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-KINDS = ("start", "step", "eval", "checkpoint", "token", "done", "error")
+KINDS = ("start", "step", "eval", "checkpoint", "token", "layout", "done", "error")
 
 
 def event(kind: str, **fields: Any) -> dict[str, Any]:

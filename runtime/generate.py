@@ -54,7 +54,8 @@ class KVCache:
         return ok[:, None]
 
     def update(self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """Store the new keys/values at their positions; return what the queries attend."""
+        """Store the new keys/values at their positions; return what the queries attend: keys,
+        values, the (b, 1, q, k) mask and each key's position (ALiBi's bias)."""
         valid = positions >= 0
         store = torch.where(valid, positions, -1)
         if positions.shape[1] > 1:
@@ -68,9 +69,9 @@ class KVCache:
             self.k[rows, :, slots] = k[rows, :, cols].to(self.k.dtype)
             self.v[rows, :, slots] = v[rows, :, cols].to(self.v.dtype)
             self.pos[rows, slots] = positions[rows, cols]
-            return k, v, mask
+            return k, v, mask, store
         self._write(positions.clamp(min=0), k, v, store)
-        return self.k, self.v, self.allowed(positions, self.pos)
+        return self.k, self.v, self.allowed(positions, self.pos), self.pos
 
     def _write(self, positions, k, v, store) -> None:
         slots = positions % self.capacity

@@ -20,7 +20,6 @@ from torch import nn
 
 from planner.config import ConfigError, ModelConfig
 
-from runtime.support import SUPPORTED_POSITIONS
 
 
 class _RMSNormFn(torch.autograd.Function):
@@ -87,6 +86,30 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
     return inv.float()
 
 
+def alibi_slopes(num_heads: int) -> torch.Tensor:
+    """ALiBi head slopes (Press et al. 2022 §3; BLOOM's ``build_alibi_tensor``): the geometric
+    sequence 2^(-8 i / n) for the closest power of two n <= heads, then every other slope of
+    the sequence for 2n to fill the remaining heads."""
+    closest = 2 ** math.floor(math.log2(num_heads))
+    base = 2.0 ** (-(2.0 ** -(math.log2(closest) - 3)))
+    slopes = [base ** i for i in range(1, closest + 1)]
+    if closest != num_heads:
+        extra = 2.0 ** (-(2.0 ** -(math.log2(2 * closest) - 3)))
+        slopes += [extra ** i for i in range(1, 2 * (num_heads - closest) + 1, 2)]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+def sinusoidal_table(positions: int, dim: int) -> torch.Tensor:
+    """Vaswani et al. 2017 §3.5: sin on even, cos on odd dims, wavelengths 2pi..10000*2pi
+    (GPT-style absolute positions that train nothing)."""
+    pos = torch.arange(positions, dtype=torch.float64)[:, None]
+    inv = 1.0 / 10_000 ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    table = torch.zeros(positions, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(pos * inv)
+    table[:, 1::2] = torch.cos(pos * inv)[:, : dim // 2]
+    return table.float()
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate the first ``cos.shape[-1]`` dims of each head (NeoX half-split layout).
     ``cos``/``sin`` are the shared (s, rot) tables: multiplying by them keeps no per-token
@@ -109,14 +132,27 @@ class Attention(nn.Module):
         self.wk = nn.Linear(h, kvw, bias=qkv_bias)
         self.wv = nn.Linear(h, kvw, bias=qkv_bias)
         self.wo = nn.Linear(qw, h, bias=cfg.bias in ("attention", "all"))
+        # ALiBi: one slope per query head; tensor parallelism keeps its heads' slopes
+        self.heads = (0, cfg.num_heads)  # the query heads this module computes (TP narrows it)
+        self.register_buffer("alibi", alibi_slopes(cfg.num_heads) if cfg.position == "alibi"
+                             else None, persistent=False)
         self.selective_recompute = False
 
-    def core(self, q, k, v, causal_mask):
-        if causal_mask is None:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                                  enable_gqa=q.shape[1] != k.shape[1])
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask,
-                                              enable_gqa=q.shape[1] != k.shape[1])
+    def core(self, q, k, v, mask, k_pos):
+        """Softmax attention. ``mask`` (b or 1, 1, q, k) bool, or None for plain causal;
+        with ALiBi the bias slope * key position is added (the query's own position is a
+        per-row constant that softmax removes, as BLOOM does)."""
+        gqa = q.shape[1] != k.shape[1]
+        if self.alibi is None:
+            if mask is None:
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        if mask is None:
+            i = torch.arange(q.shape[2], device=q.device)
+            mask = (i[None, :] <= i[:, None])[None, None]
+        bias = self.alibi.to(q.dtype)[None, :, None, None] * k_pos[:, None, None, :].to(q.dtype)
+        bias = bias.masked_fill(~mask, float("-inf"))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=gqa)
 
     def forward(self, x, cos, sin, kv_cache=None, positions=None):
         b, s, _ = x.shape
@@ -126,17 +162,17 @@ class Attention(nn.Module):
         v = self.wv(x).view(b, s, -1, d).transpose(1, 2)
         if cos is not None:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        mask = None
+        mask, k_pos = None, positions
         if kv_cache is not None:  # inference: the cache returns what to attend and the mask
-            k, v, mask = kv_cache.update(positions, k, v)
+            k, v, mask, k_pos = kv_cache.update(positions, k, v)
         elif self.window and s > self.window:
             i = torch.arange(s, device=x.device)
             mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < self.window)
         if self.selective_recompute and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint
-            out = checkpoint(self.core, q, k, v, mask, use_reentrant=False)
+            out = checkpoint(self.core, q, k, v, mask, k_pos, use_reentrant=False)
         else:
-            out = self.core(q, k, v, mask)
+            out = self.core(q, k, v, mask, k_pos)
         return self.wo(out.transpose(1, 2).reshape(b, s, -1))
 
 
@@ -224,18 +260,41 @@ class Decoder(nn.Module):
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, h)
         self.pos_embeddings = (nn.Embedding(cfg.max_context + cfg.position_offset, h)
                                if cfg.position == "learned" else None)
+        self.register_buffer("pos_table", sinusoidal_table(cfg.max_context + cfg.position_offset, h)
+                             if cfg.position == "sinusoidal" else None, persistent=False)
         self.embedding_norm = make_norm(cfg) if cfg.embedding_norm else None
         self.layers = nn.ModuleDict({
             str(i): Block(cfg, moe=cfg.is_moe and i >= cfg.first_dense_layers)
             for i in range(cfg.num_layers)})
         self.norm = make_norm(cfg) if cfg.final_norm else None
         self.output = nn.Linear(h, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
+        self.tie_weights()
+        self.register_buffer("inv_freq", rope_inv_freq(cfg) if cfg.position == "rope" else None,
+                             persistent=False)
+
+    def tie_weights(self) -> None:
+        """A tied LM head is the embedding matrix itself (when this part holds both ends)."""
+        if self.cfg.tie_embeddings and self.tok_embeddings is not None and self.output is not None:
             self.output.weight = self.tok_embeddings.weight
-        if cfg.position == "rope":
-            self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
-        else:
-            self.inv_freq = None
+
+    def reset_buffers(self) -> None:
+        """Recompute the derived (non-persistent) buffers: after ``to_empty`` from the meta
+        device they hold garbage. Sharded copies (ALiBi slopes under TP) keep their shape."""
+        cfg = self.cfg
+        for name, buf in self.named_buffers():
+            if name == "inv_freq":
+                value = rope_inv_freq(cfg)
+            elif name == "pos_table":
+                value = sinusoidal_table(cfg.max_context + cfg.position_offset, cfg.hidden_size)
+            else:
+                continue
+            with torch.no_grad():
+                buf.copy_(value.to(buf.device))
+        for module in self.modules():
+            if isinstance(module, Attention) and module.alibi is not None:
+                first, last = module.heads
+                with torch.no_grad():
+                    module.alibi.copy_(alibi_slopes(cfg.num_heads)[first:last].to(module.alibi.device))
 
     def rope(self, positions: torch.Tensor):
         """cos/sin tables (b or 1, 1, s, rot) for ``positions`` (b or 1, s), shared by all layers."""
@@ -258,6 +317,8 @@ class Decoder(nn.Module):
             x = self.tok_embeddings(x)
             if self.pos_embeddings is not None:
                 x = x + self.pos_embeddings(positions + self.cfg.position_offset)
+            if self.pos_table is not None:
+                x = x + self.pos_table[positions + self.cfg.position_offset].to(x.dtype)
             if self.embedding_norm is not None:
                 x = self.embedding_norm(x)
         cos, sin = self.rope(positions)
@@ -272,9 +333,9 @@ class Decoder(nn.Module):
 
 
 def check_supported(cfg: ModelConfig) -> None:
-    if cfg.position not in SUPPORTED_POSITIONS:
-        raise ConfigError(f"the runtime does not implement position({cfg.position!r}); "
-                          f"supported: {', '.join(SUPPORTED_POSITIONS)}")
+    from runtime.support import check_runtime_model
+
+    check_runtime_model(cfg)
 
 
 def init_weights(model: Decoder, seed: int, std: float = 0.02) -> None:

@@ -15,9 +15,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
 from planner.config import ModelConfig, Parallel, TrainSetup
 from planner.cost import DP_BUCKET_BYTES
-from runtime.model import Decoder
+
+from runtime.model import Decoder, MoE
 
 
 def build_mesh(par: Parallel, device_type: str):
@@ -33,7 +36,8 @@ def stage_ids(par: Parallel, pp_rank: int) -> list[int]:
 
 def split_stage(model: Decoder, stage: int, n_stages: int) -> Decoder:
     """A copy of ``model`` keeping only the layers (and ends) that ``stage`` owns; layer names
-    keep their global indices so checkpoints reshard across layouts."""
+    keep their global indices so checkpoints reshard across layouts. Called on the meta
+    device, where the copy costs nothing."""
     part = copy.deepcopy(model)
     chunk = model.cfg.num_layers // n_stages
     keep = {str(i) for i in range(stage * chunk, (stage + 1) * chunk)}
@@ -43,6 +47,7 @@ def split_stage(model: Decoder, stage: int, n_stages: int) -> Decoder:
     if stage != 0:
         part.tok_embeddings = None
         part.pos_embeddings = None
+        part.pos_table = None
         part.embedding_norm = None
     if stage != n_stages - 1:
         part.norm = None
@@ -50,26 +55,55 @@ def split_stage(model: Decoder, stage: int, n_stages: int) -> Decoder:
     return part
 
 
-def apply_tp(part: Decoder, tp_mesh, *, sp: bool) -> None:
-    """Megatron-style TP with DTensor plans (torchtitan v0.2 ``apply_tp``); vocab-parallel
-    embedding and LM head, loss computed under ``loss_parallel``."""
-    from torch.distributed.tensor import Replicate, Shard
-    from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput,
-                                                   RowwiseParallel, SequenceParallel,
-                                                   parallelize_module)
+def _mlp_plan(prefix: str, mlp, out) -> dict:
+    plan = {f"{prefix}.w1": ColwiseParallel(), f"{prefix}.w2": RowwiseParallel(output_layouts=out)}
+    if mlp.w3 is not None:
+        plan[f"{prefix}.w3"] = ColwiseParallel()
+    return plan
 
+
+def apply_tp(part: Decoder, tp_mesh, *, sp: bool, sharded_logits: bool = True) -> None:
+    """Megatron-style TP with DTensor plans (torchtitan's ``apply_tp``), for training and
+    generation alike: column-parallel q/k/v and gate/up, row-parallel o/down, vocab-parallel
+    embedding and LM head (logits left vocab-sharded for ``loss_parallel`` when
+    ``sharded_logits``, else gathered). With ``sp`` the norms and the residual stream are
+    sequence-sharded (Korthikanti et al. 2022 §4.2.2).
+
+    - Additive positions (learned, sinusoidal) and an embedding norm act on the replicated
+      embedding output; the first block then takes its sequence shard.
+    - MoE: each expert is split like a dense MLP (Megatron's expert tensor parallelism) and
+      reduced to the replicated tokens it serves; the router stays replicated.
+    - ALiBi: each rank keeps its own heads' slopes.
+    """
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import (PrepareModuleInput, PrepareModuleInputOutput,
+                                                   SequenceParallel, parallelize_module)
+
+    tp, rank = tp_mesh.size(), tp_mesh.get_local_rank()
     seq = Shard(1) if sp else Replicate()
-    part.seq_shards = tp_mesh.size() if sp else 1
+    part.seq_shards = tp if sp else 1
+    additive = part.pos_embeddings is not None or part.pos_table is not None \
+        or part.embedding_norm is not None
     top: dict = {}
     if part.tok_embeddings is not None:
-        top["tok_embeddings"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=seq)
+        top["tok_embeddings"] = RowwiseParallel(input_layouts=Replicate(),
+                                                output_layouts=Replicate() if additive else seq)
+        if additive and sp:
+            first = next(iter(part.layers))
+            top[f"layers.{first}"] = PrepareModuleInput(
+                input_layouts=(Replicate(), None, None, None, None),
+                desired_input_layouts=(seq, None, None, None, None), use_local_output=True)
     if part.output is not None:
         if part.norm is not None and sp:
             top["norm"] = SequenceParallel()
-        top["output"] = ColwiseParallel(input_layouts=seq, output_layouts=Shard(-1),
-                                        use_local_output=False)
+        top["output"] = ColwiseParallel(input_layouts=seq,
+                                        output_layouts=Shard(-1) if sharded_logits else Replicate(),
+                                        use_local_output=not sharded_logits)
+    tied = part.tok_embeddings is not None and part.output is not None
     if top:
         parallelize_module(part, tp_mesh, top)
+    if tied:  # both are vocab-sharded on dim 0: one DTensor serves both
+        part.tie_weights()
     for block in part.layers.values():
         plan = {
             "attention": PrepareModuleInput(input_layouts=(seq, None, None, None, None),
@@ -79,16 +113,27 @@ def apply_tp(part: Decoder, tp_mesh, *, sp: bool) -> None:
             "attention.wv": ColwiseParallel(),
             "attention.wo": RowwiseParallel(output_layouts=seq),
             "feed_forward": PrepareModuleInput(input_layouts=(seq,), desired_input_layouts=(Replicate(),)),
-            "feed_forward.w1": ColwiseParallel(),
-            "feed_forward.w2": RowwiseParallel(output_layouts=seq),
         }
-        if block.feed_forward.w3 is not None:
-            plan["feed_forward.w3"] = ColwiseParallel()
+        ffn = block.feed_forward
+        if isinstance(ffn, MoE):  # the router and the token gather act on plain tensors
+            plan["feed_forward"] = PrepareModuleInputOutput(
+                input_layouts=(seq,), desired_input_layouts=(Replicate(),), use_local_input=True,
+                output_layouts=(Replicate(),), desired_output_layouts=(seq,))
+            for group in ("experts", "shared"):
+                for i, expert in enumerate(getattr(ffn, group)):
+                    plan.update(_mlp_plan(f"feed_forward.{group}.{i}", expert, Replicate()))
+        else:
+            plan.update(_mlp_plan("feed_forward", ffn, seq))
         if sp:
             plan["attention_norm"] = SequenceParallel()
             if block.ffn_norm is not None:
                 plan["ffn_norm"] = SequenceParallel()
         parallelize_module(block, tp_mesh, plan)
+        att = block.attention
+        if att.alibi is not None:
+            per = part.cfg.num_heads // tp
+            att.heads = (rank * per, (rank + 1) * per)
+            att.alibi = att.alibi[rank * per:(rank + 1) * per]
 
 
 def apply_recompute(part: Decoder, recompute: str) -> None:
@@ -124,30 +169,91 @@ class Built:
     n_stages: int
     mesh: object
     fsdp: bool
+    tied_group: object = None
+    """Under pipelining with tied embeddings: the two ranks (first and last stage) that each
+    hold a copy of the shared weight, whose gradients are summed (Megatron's embedding group)."""
+
+
+def tied_embedding_group(mesh, par: Parallel):
+    """One process group per (dp, tp) coordinate joining pipeline ranks 0 and pp - 1; every
+    rank creates every group (``new_group`` is collective) and keeps its own. With pp = 2 it is
+    the pipeline group itself."""
+    if par.pp == 2:
+        return mesh["pp"].get_group()
+    ranks = mesh.mesh  # (pp, dp, tp) global ranks
+    mine = None
+    me = dist.get_rank()
+    for d in range(par.dp):
+        for t in range(par.tp):
+            pair = [int(ranks[0, d, t]), int(ranks[par.pp - 1, d, t])]
+            group = dist.new_group(pair)
+            if me in pair:
+                mine = group
+    return mine
 
 
 def build(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *, device: torch.device,
-          seed: int) -> Built:
-    """The model parts this rank runs, parallelised. Every rank initialises the same full
-    model from ``seed`` and keeps its slice, so any layout starts from identical weights."""
-    from runtime.model import init_weights
+          seed: int, mesh=None) -> Built:
+    """The model parts this rank runs, parallelised, built on the meta device and then
+    materialised shard by shard: no rank ever allocates the whole model, and the weights are
+    the same in every layout (``runtime.init``)."""
+    from runtime.init import init_weights
 
-    mesh = build_mesh(par, device.type)
-    model = Decoder(cfg)
-    init_weights(model, seed)
+    mesh = mesh if mesh is not None else build_mesh(par, device.type)
+    with torch.device("meta"):
+        model = Decoder(cfg)
     pp_rank = mesh["pp"].get_local_rank()
     n_stages = par.pp * par.vpp
     ids = stage_ids(par, pp_rank) if par.pp > 1 else [0]
     parts = [split_stage(model, s, n_stages) for s in ids] if par.pp > 1 else [model]
     fsdp = par.dp > 1 and par.zero >= 2
     for part in parts:
-        part.to(device)
         if par.tp > 1:
             apply_tp(part, mesh["tp"], sp=par.sp)
         apply_recompute(part, setup.recompute)
         if fsdp:
             apply_fsdp(part, mesh["dp"], zero=par.zero, dtype=setup.dtype)
-    return Built(parts=parts, stages=ids, n_stages=n_stages, mesh=mesh, fsdp=fsdp)
+        part.to_empty(device=device)
+        part.tie_weights()  # to_empty gives each module its own tensor
+        init_weights(part, seed, tied=cfg.tie_embeddings)
+        part.reset_buffers()
+    tied = tied_embedding_group(mesh, par) if cfg.tie_embeddings and par.pp > 1 else None
+    return Built(parts=parts, stages=ids, n_stages=n_stages, mesh=mesh, fsdp=fsdp, tied_group=tied)
+
+
+def tied_weight(part: Decoder):
+    """The copy of the shared embedding this pipeline part holds, if any."""
+    if part.tok_embeddings is not None:
+        return part.tok_embeddings.weight
+    return part.output.weight if part.output is not None else None
+
+
+def sync_tied_grads(built: Built) -> None:
+    """Sum the shared embedding's gradient over its two pipeline copies (Megatron's
+    ``_allreduce_embedding_grads``), so both take the single-model step."""
+    if built.tied_group is None:
+        return
+    for part in built.parts:
+        w = tied_weight(part)
+        if w is not None and w.grad is not None:
+            g = w.grad.to_local() if hasattr(w.grad, "to_local") else w.grad
+            flat = g.contiguous()  # gloo reduces contiguous buffers only
+            dist.all_reduce(flat, group=built.tied_group)
+            if flat.data_ptr() != g.data_ptr():
+                g.copy_(flat)
+
+
+def clip_params(built: Built) -> tuple[list, list]:
+    """(parameters counted in the gradient norm, copies left out of it): the last stage's
+    copy of a tied embedding is the first stage's, so it is counted there only (as Megatron
+    does) but clipped like every other gradient."""
+    counted, copies = [], []
+    for part in built.parts:
+        skip = part.output.weight if (built.tied_group is not None and part.output is not None
+                                      and part.tok_embeddings is None) else None
+        counted.extend(p for p in part.parameters() if p is not skip)
+        copies.extend([skip] if skip is not None else [])
+    return counted, copies
 
 
 def allreduce_grads(parts: list[nn.Module], dp_group, bucket_bytes: int = DP_BUCKET_BYTES) -> None:
@@ -182,14 +288,22 @@ def allreduce_grads(parts: list[nn.Module], dp_group, bucket_bytes: int = DP_BUC
     flush()
 
 
-def clip_grad_norm_(params: list, max_norm: float, pp_group, pp: int) -> torch.Tensor:
+def clip_grad_norm_(params: list, max_norm: float, pp_group, pp: int, *,
+                    also: list | tuple = ()) -> torch.Tensor:
     """Total gradient norm over every rank's parameters, then clip (torchtitan's recipe):
-    DTensor grads give their full norm, plain-tensor grads (replicated norms under TP without
-    SP) their local one, squares add up across pipeline stages."""
-    dtensors = [p for p in params if p.grad is not None and hasattr(p.grad, "full_tensor")]
-    plain = [p for p in params if p.grad is not None and not hasattr(p.grad, "full_tensor")]
+    DTensor grads give their full norm, one group per device mesh (TP weights live on dp x tp
+    under FSDP, norm scales on dp alone, and one norm cannot mix meshes); plain-tensor grads
+    (replicated norms under TP without SP) give their local one; squares add up across
+    pipeline stages."""
+    groups: dict = {}
+    for p in params:
+        if p.grad is not None:
+            mesh = p.grad.device_mesh if hasattr(p.grad, "full_tensor") else None
+            groups.setdefault(mesh, []).append(p)
+    dtensors = [p for mesh, ps in groups.items() if mesh is not None for p in ps]
+    plain = groups.get(None, [])
     sq = torch.zeros((), dtype=torch.float32)
-    for group in (dtensors, plain):
+    for group in groups.values():
         if group:
             n = torch.nn.utils.get_total_norm([p.grad for p in group], 2.0, False, True)
             n = n.full_tensor() if hasattr(n, "full_tensor") else n
@@ -198,7 +312,7 @@ def clip_grad_norm_(params: list, max_norm: float, pp_group, pp: int) -> torch.T
         dist.all_reduce(sq, group=pp_group)
     norm = sq.sqrt()
     coef = min(1.0, max_norm / (float(norm) + 1e-6))  # as clip_grads_with_norm_
-    if coef < 1.0:
-        for p in dtensors + plain:  # a Python scalar: DTensor and plain grads alike
-            p.grad.mul_(coef)
+    if coef < 1.0:  # ``also``: copies left out of the norm (a tied weight's) are clipped too
+        for p in dtensors + plain + [p for p in also if p.grad is not None]:
+            p.grad.mul_(coef)  # a Python scalar: DTensor and plain grads alike
     return norm

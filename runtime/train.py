@@ -50,6 +50,22 @@ def steady_step_time_s(step_times: list[float | None]) -> float | None:
     return timed[len(timed) // 2] if timed else None
 
 
+def make_optimizer(name: str, groups: list[dict], *, lr: float, weight_decay: float):
+    """The plan's optimizer from ``torch.optim``: AdamW (betas 0.9/0.95 as GPT-3 / Llama),
+    Adafactor (Shazeer & Stern 2018; factored second moment, no first moment), SGD with
+    momentum 0.9. The planner's ``optimizer`` memory follows the same states."""
+    import torch
+
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8,
+                                 weight_decay=weight_decay, foreach=True)
+    if name == "adafactor":
+        return torch.optim.Adafactor(groups, lr=lr, weight_decay=weight_decay, foreach=False)
+    if name == "sgd_momentum":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    raise ConfigError(f"optimizer({name!r}) is not run by llmplan's runtime")
+
+
 def predictions(cfg, setup, par, hardware: str, rounds: int = 1) -> dict[str, Any]:
     """What the planner says this run will use, with the ``runtime`` recipe; ``setup`` holds
     one pipeline flush, run ``rounds`` times per step."""
@@ -83,91 +99,197 @@ def predictions(cfg, setup, par, hardware: str, rounds: int = 1) -> dict[str, An
     return out
 
 
+class Trainer:
+    """One layout's training state on this rank, in the steps a reader can follow (as
+    torchtitan's trainer): build the parallel model, its optimizers and schedulers, its
+    pipeline schedule; then ``step`` runs one optimizer step on a global batch."""
+
+    def __init__(self, cfg, setup: TrainSetup, par, opts: dict[str, Any], *, mesh, device) -> None:
+        import torch
+
+        from runtime.parallel import build
+
+        self.cfg, self.setup, self.par, self.opts, self.device = cfg, setup, par, opts, device
+        self.built = build(cfg, setup, par, device=device, seed=int(opts["seed"]), mesh=mesh)
+        self.parts = self.built.parts
+        self.pp_group = self.built.mesh["pp"].get_group()
+        self.dp_group = self.built.mesh["dp"].get_group()
+        self.dp_rank = self.built.mesh["dp"].get_local_rank()
+        self.has_first = 0 in self.built.stages
+        self.has_last = self.built.n_stages - 1 in self.built.stages
+        self.optimizers = [make_optimizer(setup.optimizer, param_groups(p), lr=opts["lr"],
+                                          weight_decay=opts["weight_decay"]) for p in self.parts]
+        total = int(opts["steps"])
+        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(
+            o, lr_lambda(int(opts["warmup_steps"]), total, float(opts["min_lr_ratio"])))
+            for o in self.optimizers]
+        self.rounds = int(opts["pp_rounds"]) if par.pp > 1 else 1
+        self.per_call = setup.grad_accum // self.rounds if par.pp > 1 else 1
+        self.global_batch = setup.micro_batch * setup.grad_accum * par.dp
+        self.schedule = self._pipeline_schedule() if par.pp > 1 else None
+
+    def loss_fn(self, out, target):
+        import torch.nn.functional as F
+
+        return F.cross_entropy(out.flatten(0, 1).float(), target.flatten(0, 1)) / self.setup.grad_accum
+
+    def _pipeline_schedule(self):
+        from torch.distributed.pipelining import (PipelineStage, Schedule1F1B, ScheduleGPipe,
+                                                  ScheduleInterleaved1F1B)
+
+        b = self.built
+        stages = [PipelineStage(part, sid, b.n_stages, self.device, group=self.pp_group)
+                  for part, sid in zip(self.parts, b.stages)]
+        if self.par.vpp > 1:
+            return ScheduleInterleaved1F1B(stages, n_microbatches=self.per_call,
+                                           loss_fn=self.loss_fn, scale_grads=False)
+        cls = ScheduleGPipe if self.par.schedule == "gpipe" else Schedule1F1B
+        return cls(stages[0], n_microbatches=self.per_call, loss_fn=self.loss_fn,
+                   scale_grads=False)
+
+    def contexts(self):
+        """Loss-parallel under TP, bf16 autocast when FSDP2's mixed precision is not on."""
+        import torch
+
+        tp_ctx = contextlib.nullcontext()
+        if self.par.tp > 1:
+            from torch.distributed.tensor.parallel import loss_parallel
+            tp_ctx = loss_parallel()
+        bf16 = self.setup.dtype == "bf16" and not self.built.fsdp
+        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        return tp_ctx, amp
+
+    def forward_backward(self, x, y):
+        """Every micro-batch of the step, forward and backward; the summed (1/m-scaled) loss
+        on the ranks of the last stage."""
+        import torch
+
+        m, mbs = self.setup.grad_accum, self.setup.micro_batch
+        loss_sum = torch.zeros((), device=self.device)
+        if self.schedule is None:
+            for i in range(m):
+                loss = self.loss_fn(self.parts[0](x[i * mbs:(i + 1) * mbs]), y[i * mbs:(i + 1) * mbs])
+                loss.backward()
+                loss_sum += _local(loss.detach())
+            return loss_sum
+        per_round = self.per_call * mbs
+        for r in range(self.rounds):
+            xr, yr = x[r * per_round:(r + 1) * per_round], y[r * per_round:(r + 1) * per_round]
+            losses: list = []
+            kwargs = {"target": yr, "losses": losses} if self.has_last else {}
+            if self.has_first:
+                self.schedule.step(xr, **kwargs)
+            else:
+                self.schedule.step(**kwargs)
+            for lo in losses:
+                loss_sum += _local(lo.detach())
+        return loss_sum
+
+    def step(self, batch, *, measure: bool = False) -> dict[str, Any]:
+        """One optimizer step on this dp rank's slice of ``batch`` (the global batch):
+        forward/backward, gradient reduction, clipping, update. Returns loss, grad_norm and
+        (when ``measure``) the bytes each category holds."""
+        import torch
+        import torch.distributed as dist
+
+        from runtime import accounting
+        from runtime.data import local_slice
+        from runtime.parallel import allreduce_grads, clip_grad_norm_, clip_params, sync_tied_grads
+
+        par = self.par
+        local = local_slice(batch, self.dp_rank, par.dp).to(self.device)
+        x, y = local[:, :-1].contiguous(), local[:, 1:].contiguous()
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=True)
+        measured: dict[str, int] = {}
+        meter = accounting.SavedTensorMeter() if measure else contextlib.nullcontext()
+        tp_ctx, amp = self.contexts()
+        with meter, tp_ctx, amp:
+            loss_sum = self.forward_backward(x, y)
+        if measure:
+            measured["activations_bytes"] = meter.peak
+        if par.dp > 1 and not self.built.fsdp:
+            allreduce_grads(self.parts, self.dp_group)
+        sync_tied_grads(self.built)
+        counted, copies = clip_params(self.built)
+        norm = clip_grad_norm_(counted, float(self.opts["max_grad_norm"]), self.pp_group, par.pp,
+                               also=copies)
+        if measure:
+            measured["gradients_bytes"] = accounting.gradient_bytes(self.parts)
+        for o in self.optimizers:
+            o.step()
+        for sch in self.schedulers:
+            sch.step()
+        if par.pp > 1:
+            if not self.has_last:
+                loss_sum.zero_()
+            dist.all_reduce(loss_sum, group=self.pp_group)
+        if par.dp > 1:
+            dist.all_reduce(loss_sum, group=self.dp_group)
+            loss_sum /= par.dp
+        if measure:
+            measured["parameters_bytes"] = accounting.parameter_bytes(self.parts)
+            measured["optimizer_states_bytes"] = accounting.optimizer_bytes(self.optimizers)
+        return {"loss": float(loss_sum), "grad_norm": float(norm), "measured": measured}
+
+
+def _local(t):
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def param_groups(part) -> list[dict]:
+    """foreach kernels cannot mix DTensor and plain tensors (TP without SP leaves the norms
+    plain), so each kind gets its own parameter group."""
+    params = list(part.parameters())
+    kinds = [[p for p in params if hasattr(p, "to_local")],
+             [p for p in params if not hasattr(p, "to_local")]]
+    return [{"params": k} for k in kinds if k]
+
+
+def init_distributed(device_name: str):
+    """The process group (nccl on CUDA, gloo on CPU) and this rank's device."""
+    import torch
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_name == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    dist.init_process_group("nccl" if device_name == "cuda" else "gloo")
+    return device
+
+
 def run(plan_path: str) -> int:
     import torch
     import torch.distributed as dist
-    import torch.nn.functional as F
 
-    from runtime import accounting, checkpoint
-    from runtime.data import local_slice, make_data
-    from runtime.parallel import allreduce_grads, build, clip_grad_norm_
+    from runtime import checkpoint
+    from runtime.data import make_data
+    from runtime.parallel import build_mesh
     from runtime.support import check_runtime_layout
 
     plan = read_plan(Path(plan_path))
     cfg, setup, par = plan_objects(plan, where=plan_path)
     opts = {**RUN_DEFAULTS, **plan.get("run", {})}
-    check_runtime_layout(cfg, setup, par)
+    check_runtime_layout(cfg, setup, par, rounds=int(opts["pp_rounds"]))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != par.world:
         raise ConfigError(f"{world} processes for a layout of tp({par.tp}) x pp({par.pp}) x "
                           f"dp({par.dp}) = {par.world}")
     cuda = opts["device"] == "cuda"
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if cuda:
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    dist.init_process_group("nccl" if cuda else "gloo")
+    device = init_distributed(opts["device"])
     rank = dist.get_rank()
     say = (lambda kind, **kw: events.emit(kind, **kw)) if rank == 0 else (lambda kind, **kw: None)
 
     from accelerate.utils import set_seed  # the ecosystem's one call for python/numpy/torch seeds
 
     set_seed(int(opts["seed"]))
-    built = build(cfg, setup, par, device=device, seed=opts["seed"])
-    mesh, parts = built.mesh, built.parts
-    pp_group = mesh["pp"].get_group()
-    dp_group = mesh["dp"].get_group()
-    dp_rank = mesh["dp"].get_local_rank()
-    has_first = 0 in built.stages
-    has_last = built.n_stages - 1 in built.stages
-
-    def param_groups(part):
-        # foreach kernels cannot mix DTensor and plain tensors (TP without SP leaves the
-        # norms plain), so each kind gets its own parameter group.
-        params = list(part.parameters())
-        kinds = [[p for p in params if hasattr(p, "to_local")],
-                 [p for p in params if not hasattr(p, "to_local")]]
-        return [{"params": k} for k in kinds if k]
-
-    optimizers = [torch.optim.AdamW(param_groups(p), lr=opts["lr"], betas=(0.9, 0.95), eps=1e-8,
-                                    weight_decay=opts["weight_decay"], foreach=True)
-                  for p in parts]
+    trainer = Trainer(cfg, setup, par, opts, mesh=build_mesh(par, device.type), device=device)
     steps = int(opts["steps"])
-    schedulers = [torch.optim.lr_scheduler.LambdaLR(
-        o, lr_lambda(int(opts["warmup_steps"]), steps, float(opts["min_lr_ratio"]))) for o in optimizers]
-
     m, mbs, s = setup.grad_accum, setup.micro_batch, setup.seq_len
-    rounds = int(opts["pp_rounds"])
-    if par.pp > 1 and (m % rounds or (m // rounds) % par.pp):
-        raise ConfigError(f"micro-batches({m}) must split into pp_rounds({rounds}) schedule calls "
-                          f"of a multiple of pp({par.pp}) micro-batches each")
-    per_call = m // rounds if par.pp > 1 else 1
-    global_batch = mbs * m * par.dp
-
-    def loss_fn(out, target):
-        return F.cross_entropy(out.flatten(0, 1).float(), target.flatten(0, 1)) / m
-
-    tp_ctx = contextlib.nullcontext
-    if par.tp > 1:
-        from torch.distributed.tensor.parallel import loss_parallel
-        tp_ctx = loss_parallel
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) \
-        if setup.dtype == "bf16" and not built.fsdp else contextlib.nullcontext
-
-    schedule = None
-    if par.pp > 1:
-        from torch.distributed.pipelining import (PipelineStage, Schedule1F1B, ScheduleGPipe,
-                                                  ScheduleInterleaved1F1B)
-        stages = [PipelineStage(part, sid, built.n_stages, device, group=pp_group)
-                  for part, sid in zip(parts, built.stages)]
-        if par.vpp > 1:
-            schedule = ScheduleInterleaved1F1B(stages, n_microbatches=per_call, loss_fn=loss_fn,
-                                               scale_grads=False)
-        else:
-            cls = ScheduleGPipe if par.schedule == "gpipe" else Schedule1F1B
-            schedule = cls(stages[0], n_microbatches=per_call, loss_fn=loss_fn, scale_grads=False)
+    rounds, global_batch = trainer.rounds, trainer.global_batch
 
     start_step = 0
     ckpt_dir = opts["ckpt_dir"]
@@ -175,23 +297,24 @@ def run(plan_path: str) -> int:
         latest = checkpoint.latest_step(ckpt_dir) if ckpt_dir else None
         if latest is None:
             raise ConfigError(f"--resume: no checkpoint in {ckpt_dir or '(no --ckpt-dir)'}")
-        checkpoint.load(ckpt_dir, latest, parts, optimizers)
+        checkpoint.load(ckpt_dir, latest, trainer.parts, trainer.optimizers)
         start_step = latest
-        for sch in schedulers:
+        for sch in trainer.schedulers:
             for _ in range(start_step):
                 sch.step()
 
     hardware = plan.get("cluster", {}).get("hardware", "cpu")
     # The planner's m is the micro-batches of one pipeline flush: those of one schedule call.
     flush = TrainSetup(**{**{f: getattr(setup, f) for f in setup.__slots__},
-                          "grad_accum": m // rounds if par.pp > 1 else m})
-    predicted = predictions(cfg, flush, par, hardware, rounds if par.pp > 1 else 1)
+                          "grad_accum": m // rounds})
+    predicted = predictions(cfg, flush, par, hardware, rounds)
     data = make_data(opts["data"] or None, cfg.vocab_size, s, int(opts["seed"]))
     say("start", model=cfg.name, layout={"tp": par.tp, "pp": par.pp, "vpp": par.vpp, "dp": par.dp,
                                          "zero": par.zero, "sp": par.sp, "schedule": par.schedule},
         world=par.world, device=device.type, steps=steps, start_step=start_step,
         global_batch=global_batch, seq_len=s, micro_batch=mbs, grad_accum=m,
-        recompute=setup.recompute, dtype=setup.dtype,
+        recompute=setup.recompute, dtype=setup.dtype, optimizer=setup.optimizer,
+        recipe=setup.recipe, attention=setup.attention,
         predicted_stages=predicted["stages"],
         predicted_step_time_s=predicted.get("step_time_s"),
         predicted_tokens_per_s=predicted.get("tokens_per_s"))
@@ -200,128 +323,92 @@ def run(plan_path: str) -> int:
     # -1: after the run's `done`
     fail_rank = int(os.environ.get("LLMPLAN_FAIL_RANK", "1"))
     measured: dict[str, int] = {}
-    step_times: list[float] = []
-    model_flops = None
+    step_times: list[float | None] = []
     from planner.flops import flops_report
     model_flops = flops_report(cfg, s).train_flops_per_token
 
     for step in range(start_step + 1, steps + 1):
-        batch = local_slice(data.global_batch(step, global_batch), dp_rank, par.dp).to(device)
-        x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
-        for o in optimizers:
-            o.zero_grad(set_to_none=True)
+        batch = data.global_batch(step, global_batch)
         measure = step == start_step + int(opts["measure_step"])
-        meter = accounting.SavedTensorMeter() if measure else contextlib.nullcontext()
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        with meter, tp_ctx(), autocast():
-            if schedule is None:
-                for i in range(m):
-                    xi, yi = x[i * mbs:(i + 1) * mbs], y[i * mbs:(i + 1) * mbs]
-                    loss = loss_fn(parts[0](xi), yi)
-                    loss.backward()
-                    loss_sum += loss.detach().full_tensor() if hasattr(loss, "full_tensor") else loss.detach()
-            else:
-                per_round = per_call * mbs
-                for r in range(rounds):
-                    xr, yr = x[r * per_round:(r + 1) * per_round], y[r * per_round:(r + 1) * per_round]
-                    losses: list = []
-                    kwargs = {"target": yr, "losses": losses} if has_last else {}
-                    if has_first:
-                        schedule.step(xr, **kwargs)
-                    else:
-                        schedule.step(**kwargs)
-                    for lo in losses:
-                        lo = lo.detach()
-                        loss_sum += lo.full_tensor() if hasattr(lo, "full_tensor") else lo
-        if measure:
-            measured["activations_bytes"] = meter.peak
-        if par.dp > 1 and not built.fsdp:
-            allreduce_grads(parts, dp_group)
-        params = [p for part in parts for p in part.parameters()]
-        norm = clip_grad_norm_(params, float(opts["max_grad_norm"]), pp_group, par.pp)
-        if measure:
-            measured["gradients_bytes"] = accounting.gradient_bytes(parts)
-        for o in optimizers:
-            o.step()
-        for sch in schedulers:
-            sch.step()
+        out = trainer.step(batch, measure=measure)
         if cuda:
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
+        measured.update(out["measured"])
         step_times.append(None if measure else dt)  # the metered step runs hooks: untimed
-        if par.pp > 1:
-            if not has_last:
-                loss_sum.zero_()
-            dist.all_reduce(loss_sum, group=pp_group)
-        if par.dp > 1:
-            dist.all_reduce(loss_sum, group=dp_group)
-            loss_sum /= par.dp
-        if measure:
-            measured["parameters_bytes"] = accounting.parameter_bytes(parts)
-            measured["optimizer_states_bytes"] = accounting.optimizer_bytes(optimizers)
         tokens_per_s = global_batch * s / dt
         peak_mem = (torch.cuda.max_memory_allocated() if cuda
                     else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         mfu = None
         if predicted.get("peak_flops"):
             mfu = model_flops * tokens_per_s / (par.world * predicted["peak_flops"])
-        say("step", step=step, loss=float(loss_sum), grad_norm=float(norm),
-            lr=schedulers[0].get_last_lr()[0], step_time_s=dt, tokens_per_s=tokens_per_s,
+        say("step", step=step, loss=out["loss"], grad_norm=out["grad_norm"],
+            lr=trainer.schedulers[0].get_last_lr()[0], step_time_s=dt, tokens_per_s=tokens_per_s,
             mfu=mfu, mem_peak_bytes=int(peak_mem))
         if rank == fail_rank and step == fail_step:
             sys.stderr.write(f"llmplan: fault injection: rank {rank} exits at step {step}\n")
             os._exit(17)
         every = int(opts["ckpt_every"])
         if ckpt_dir and ((every and step % every == 0) or step == steps):
-            path = checkpoint.save(ckpt_dir, step, parts, optimizers)
+            path = checkpoint.save(ckpt_dir, step, trainer.parts, trainer.optimizers)
             say("checkpoint", step=step, path=path)
 
-    # measured vs predicted, per rank; the most loaded rank is reported at the top level
-    pp_rank = mesh["pp"].get_local_rank()
-    mine = {"rank": rank, "stage": pp_rank, **measured}
-    if cuda:
-        mine["max_memory_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
-    gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, mine)
-    if rank == 0:
-        done: dict[str, Any] = {"steps": steps, "ranks": []}
-        names = {"parameters": "weights_bytes", "gradients": "gradients_bytes",
-                 "optimizer_states": "optimizer_bytes", "activations": "activations_bytes"}
-        best = None
-        for r in gathered:
-            pred = predicted["stages"][r["stage"]]
-            entry = {"rank": r["rank"], "stage": r["stage"]}
-            for cat, key in names.items():
-                entry[f"predicted_{cat}_bytes"] = pred[key]
-                entry[f"measured_{cat}_bytes"] = r.get(f"{cat}_bytes")
-            # What saved-tensor hooks can see: the working set of a layer being recomputed
-            # lives inside torch.utils.checkpoint, so it is compared on CUDA (allocator peak).
-            entry["predicted_activations_bytes"] -= pred["activations_recompute_bytes"]
-            if "max_memory_allocated_bytes" in r:
-                entry["measured_max_allocated_bytes"] = r["max_memory_allocated_bytes"]
-                entry["predicted_total_bytes"] = pred["total_bytes"]
-            done["ranks"].append(entry)
-            total = sum(entry[f"measured_{c}_bytes"] or 0 for c in names)
-            if best is None or total > best[0]:
-                best = (total, entry)
-        done.update({k: v for k, v in best[1].items() if k.startswith(("predicted_", "measured_"))})
-        median = steady_step_time_s(step_times)
-        done["measured_step_time_s"] = median
-        done["predicted_step_time_s"] = predicted.get("step_time_s")
-        done["predicted_step_time_band_s"] = predicted.get("step_time_band_s")
-        done["predicted_step_time_band_source"] = predicted.get("step_time_band_source")
-        done["measured_tokens_per_s"] = global_batch * s / median if median else None
-        done["predicted_tokens_per_s"] = predicted.get("tokens_per_s")
-        say("done", **done)
+    report(trainer, measured, predicted, step_times, say, cuda=cuda)
     dist.barrier()
     if rank == fail_rank and fail_step < 0:  # fault injection: a rank dies in teardown
         os._exit(17)
     dist.destroy_process_group()
     return 0
+
+
+def report(trainer: Trainer, measured: dict[str, int], predicted: dict[str, Any],
+           step_times: list[float | None], say, *, cuda: bool) -> None:
+    """Measured next to predicted, per rank; the most loaded rank at the top level of ``done``."""
+    import torch
+    import torch.distributed as dist
+
+    rank = dist.get_rank()
+    mine = {"rank": rank, "stage": trainer.built.mesh["pp"].get_local_rank(), **measured}
+    if cuda:
+        mine["max_memory_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    if rank != 0:
+        return
+    done: dict[str, Any] = {"steps": int(trainer.opts["steps"]), "ranks": []}
+    names = {"parameters": "weights_bytes", "gradients": "gradients_bytes",
+             "optimizer_states": "optimizer_bytes", "activations": "activations_bytes"}
+    best = None
+    for r in gathered:
+        pred = predicted["stages"][r["stage"]]
+        entry = {"rank": r["rank"], "stage": r["stage"]}
+        for cat, key in names.items():
+            entry[f"predicted_{cat}_bytes"] = pred[key]
+            entry[f"measured_{cat}_bytes"] = r.get(f"{cat}_bytes")
+        # What saved-tensor hooks can see: the working set of a layer being recomputed
+        # lives inside torch.utils.checkpoint, so it is compared on CUDA (allocator peak).
+        entry["predicted_activations_bytes"] -= pred["activations_recompute_bytes"]
+        if "max_memory_allocated_bytes" in r:
+            entry["measured_max_allocated_bytes"] = r["max_memory_allocated_bytes"]
+            entry["predicted_total_bytes"] = pred["total_bytes"]
+        done["ranks"].append(entry)
+        total = sum(entry[f"measured_{c}_bytes"] or 0 for c in names)
+        if best is None or total > best[0]:
+            best = (total, entry)
+    done.update({k: v for k, v in best[1].items() if k.startswith(("predicted_", "measured_"))})
+    median = steady_step_time_s(step_times)
+    tokens = trainer.global_batch * trainer.setup.seq_len
+    done["measured_step_time_s"] = median
+    done["predicted_step_time_s"] = predicted.get("step_time_s")
+    done["predicted_step_time_band_s"] = predicted.get("step_time_band_s")
+    done["predicted_step_time_band_source"] = predicted.get("step_time_band_source")
+    done["measured_tokens_per_s"] = tokens / median if median else None
+    done["predicted_tokens_per_s"] = predicted.get("tokens_per_s")
+    say("done", **done)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -591,6 +591,7 @@ def launch_cmd(
     sp: Annotated[Optional[bool], typer.Option("--sp/--no-sp", help="Sequence parallel.")] = None,
     schedule: Annotated[Optional[str], typer.Option(help="1f1b or gpipe.")] = None,
     recompute: Annotated[Optional[str], typer.Option(help="none, selective, full.")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="adamw, adafactor, sgd_momentum.")] = None,
     mbs: Annotated[OptInt, typer.Option(help="Micro-batch b.")] = None,
     gbs: Annotated[OptInt, typer.Option(help="Global batch in sequences.")] = None,
     seq: Annotated[OptInt, typer.Option(help="Sequence length.")] = None,
@@ -636,23 +637,33 @@ def launch_cmd(
         cfg = _model(target, set_)
         base_setup, base_par, hardware = TrainSetup(seq_len=min(256, cfg.max_context), dtype="fp32",
                                                     recipe="runtime"), Parallel(), ""
+    from_plan = "layout" in toml
+    asked = {"tp": tp, "pp": pp, "vpp": vpp, "dp": dp, "zero": zero, "sp": sp, "schedule": schedule}
     pick = lambda flag, default: default if flag is None else flag  # noqa: E731
-    par = Parallel(tp=pick(tp, base_par.tp), pp=pick(pp, base_par.pp), vpp=pick(vpp, base_par.vpp),
-                   dp=pick(dp, base_par.dp), zero=pick(zero, base_par.zero), sp=pick(sp, base_par.sp),
-                   schedule=pick(schedule, base_par.schedule))
+    par = Parallel(**{k: pick(v, getattr(base_par, k)) for k, v in asked.items()
+                      if k != "schedule"},
+                   schedule=pick(schedule, base_par.schedule if from_plan and vpp is None else ""))
     micro = pick(mbs, base_setup.micro_batch)
     per_step = micro * par.dp
-    global_batch = pick(gbs, base_setup.micro_batch * base_setup.grad_accum * base_par.dp)
-    global_batch = max(global_batch, per_step) if gbs is None else global_batch
+    if gbs is not None:
+        global_batch = gbs
+    elif from_plan and (mbs, dp) == (None, None):
+        global_batch = base_setup.micro_batch * base_setup.grad_accum * base_par.dp
+    else:  # the smallest batch every schedule runs: pp micro-batches per flush, each round
+        global_batch = per_step * (par.pp * pp_rounds if par.pp > 1 else 1)
     if global_batch % per_step:
         raise LlmplanError(f"gbs({global_batch}) is not a multiple of mbs({micro}) x dp({par.dp}) = {per_step}")
     setup = TrainSetup(seq_len=pick(seq, base_setup.seq_len), micro_batch=micro,
                        grad_accum=global_batch // per_step, dtype=pick(dtype, base_setup.dtype),
-                       recipe="runtime", optimizer="adamw", recompute=pick(recompute, base_setup.recompute),
-                       attention="flash")
+                       recipe=base_setup.recipe if from_plan else "runtime",
+                       optimizer=pick(optimizer, base_setup.optimizer),
+                       recompute=pick(recompute, base_setup.recompute),
+                       attention=base_setup.attention, dropout=base_setup.dropout)
+    if from_plan:
+        _say_overrides(base_setup, base_par, setup, par)
     if setup.seq_len > cfg.max_context:
         raise LlmplanError(f"seq({setup.seq_len}) exceeds the model's max context({cfg.max_context})")
-    check_runtime_layout(cfg, setup, par)
+    check_runtime_layout(cfg, setup, par, rounds=pp_rounds)
     if device == "auto":
         import torch  # deferred: only a launch pays for it
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -674,7 +685,11 @@ def launch_cmd(
     folder = Path(run_dir or ckpt_dir or tempfile.mkdtemp(prefix="llmplan-run-"))
     folder.mkdir(parents=True, exist_ok=True)
     plan = plan_dict(cfg=cfg, setup=setup, par=par, hardware=hardware, gpus=par.world,
-                     gpus_per_node=per_node, prediction={})
+                     gpus_per_node=per_node, prediction=base.get("prediction", {}) if from_plan else {})
+    if from_plan:  # what the plan was made for: kept for the report, not the local launch
+        for key in ("gpus", "gpus_per_node", "nodes"):
+            if key in base.get("cluster", {}):
+                plan["cluster"][f"planned_{key}"] = base["cluster"][key]
     plan["run"] = {"steps": steps, "lr": lr, "seed": seed, "data": data, "ckpt_dir": ckpt_dir,
                    "ckpt_every": ckpt_every, "resume": resume, "device": device,
                    "pp_rounds": pp_rounds}
@@ -685,7 +700,8 @@ def launch_cmd(
                       nnodes=nnodes, rdzv_endpoint=rdzv_endpoint)
     command = torchrun_command(spec)
     if dry_run:
-        info = {"command": command, "plan": str(plan_path), "world": par.world, "device": device}
+        info = {"command": command, "plan": str(plan_path), "world": par.world, "device": device,
+                "layout": plan["layout"], "setup": plan["setup"], "cluster": plan["cluster"]}
         output.render(json_mode, info, lambda: output.show(" ".join(command)))
         return
     if not json_mode:
@@ -713,6 +729,17 @@ def launch_cmd(
         output.warn(f"error: {last.get('message')}")
     if rc:
         raise typer.Exit(rc if rc != 2 else 1)
+
+
+def _say_overrides(base_setup: Any, base_par: Any, setup: Any, par: Any) -> None:
+    """A flag that changes a plan field is allowed, and said (never silently)."""
+    from dataclasses import fields
+
+    for before, after in ((base_par, par), (base_setup, setup)):
+        for f in fields(before):
+            old, new = getattr(before, f.name), getattr(after, f.name)
+            if old != new:
+                output.warn(f"overriding the plan's {f.name}({old}) with {new}")
 
 
 def _default_hardware(device: str) -> str:

@@ -5,15 +5,17 @@ import itertools
 import pytest
 
 from planner.accuracy import DEFAULT_ACCURACY
-from planner.config import Parallel, TrainSetup, layout_problem
+from planner import layout
+from planner.config import Parallel, TrainSetup
 from planner.cost import Cluster, CostEstimator, CostModel
 from planner.memory import memory_report
 from planner.search import REASONS, SearchSpace, divisors, search
 from presets import load_hardware, load_model
 
 
-def brute_force(cfg, cluster, setup, gbs, space):
-    """One layout at a time through the public, non-search code paths."""
+def brute_force(cfg, cluster, setup, gbs, space, runtime="llmplan"):
+    """One layout at a time through the public, non-search code paths: the layout
+    contract's ``problems`` for the whole layout, the first refusal in REASONS order."""
     rejected = dict.fromkeys(REASONS, 0)
     best = None
     usable = cluster.usable_bytes(CostModel())
@@ -25,27 +27,19 @@ def brute_force(cfg, cluster, setup, gbs, space):
                 space.micro_batches, space.recomputes):
             dp = N // (tp * pp)
             m = gbs // (dp * mbs) if gbs % (dp * mbs) == 0 else 0
-            if tp > cluster.gpus_per_node:
-                reason = "tp_crosses_node"
-            else:
-                problem = layout_problem(cfg, tp=tp, pp=pp, vpp=vpp, sp=False)
-                reason = problem[0] if problem else None
-                if reason is None:
-                    if sp and tp == 1:
-                        reason = "sp_without_tp"
-                    elif sp and setup.seq_len % tp:
-                        reason = "sp_seq"
-                    elif zero and dp == 1:
-                        reason = "zero_without_dp"
-                    elif not m:
-                        reason = "batch_divisibility"
-                    elif vpp > 1 and m % pp:
-                        reason = "interleaved_microbatches"
+            par = Parallel(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp)
+            run = TrainSetup(seq_len=setup.seq_len, micro_batch=mbs, grad_accum=max(m, 1),
+                             recompute=rc)
+            found = [] if tp <= cluster.gpus_per_node else [
+                layout.Problem(key="tp_crosses_node", message="")]
+            found += layout.problems(cfg, run, par)
+            if not m:
+                found.append(layout.Problem(key="batch_divisibility", message=""))
+            refused = layout.refusals(found, runtime)
+            reason = min((p.key for p in refused), key=REASONS.index) if refused else None
             if reason:
                 rejected[reason] += 1
                 continue
-            run = TrainSetup(seq_len=setup.seq_len, micro_batch=mbs, grad_accum=m, recompute=rc)
-            par = Parallel(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp)
             rep = memory_report(cfg, run, par)  # every stage, no shortcut
             if rep.per_gpu.total_bytes > usable:
                 rejected["out_of_memory"] += 1
@@ -64,13 +58,14 @@ def brute_force(cfg, cluster, setup, gbs, space):
     ("mixtral-8x7b", "h100-sxm", 16, 64, 4096),
     ("llama-2-13b", "l40s", 8, 8, 4096),
 ])
-def test_search_is_exhaustive_and_agrees_with_brute_force(model, hw, gpus, gbs, seq):
+@pytest.mark.parametrize("runtime", ["llmplan", "any"])
+def test_search_is_exhaustive_and_agrees_with_brute_force(model, hw, gpus, gbs, seq, runtime):
     cfg = load_model(model)
     cluster = Cluster(hardware=load_hardware(hw), gpus=gpus)
     setup = TrainSetup(seq_len=seq)
     space = SearchSpace(max_vpp=2, micro_batches=(1, 2, 4))
-    result = search(cfg, cluster, setup, global_batch=gbs, space=space)
-    best, rejected = brute_force(cfg, cluster, setup, gbs, space)
+    result = search(cfg, cluster, setup, global_batch=gbs, space=space, runtime=runtime)
+    best, rejected = brute_force(cfg, cluster, setup, gbs, space, runtime)
     assert result.rejected == rejected
     if best is None:
         assert result.best is None

@@ -1,0 +1,182 @@
+"""The layout contract: which (model, setup, layout) combinations are valid, and which of the
+valid ones llmplan's own runtime runs. This is the only place those rules live: the layout
+search counts its rejections by the keys below, and ``memory``, ``plan``, ``launch``, the TUI
+and the runtime all ask it (in the spirit of torchtitan's ``ParallelDims``).
+
+A rule never rewrites what the user asked for; it reports a :class:`Problem` naming the
+numbers. A problem is either universal (no framework can run the layout: tp does not divide
+the heads) or ``runtime_only`` (Megatron-LM or DeepSpeed run it, llmplan's runtime does not,
+e.g. a vocabulary that tp does not divide, which Megatron pads). ``plan`` ranks only layouts
+llmplan runs unless ``--runtime any`` asks for the others too, marked with their reason.
+
+Rules are grouped by the loop level of the search that applies them (model, tp, pp, sp, zero,
+batch), so the search rejects whole subtrees at once while ``problems`` lists all of them for
+one layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.config import ConfigError, ModelConfig, Parallel, TrainSetup
+
+RUNTIMES = ("llmplan", "any")
+RUNTIME_POSITIONS = ("rope", "learned", "sinusoidal", "alibi", "none")
+"""Position schemes llmplan's runtime implements (T5-style relative buckets are not)."""
+
+KEYS = (
+    "runtime_position", "tp_crosses_node", "tp_divisibility", "runtime_tp_vocab",
+    "runtime_tp_kv_heads", "vpp_without_pp", "pp_layers", "schedule", "sp_without_tp",
+    "sp_seq", "runtime_pp_sp_positions", "zero_without_dp", "batch_divisibility",
+    "interleaved_microbatches",
+    "runtime_pp_microbatches", "out_of_memory",
+)
+"""Every rejection reason, in the order the search applies them (its counts use these keys)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Problem:
+    key: str
+    message: str
+    runtime_only: bool = False
+    """True: another framework (Megatron-LM, DeepSpeed) runs this layout; llmplan's does not."""
+
+    def applies(self, runtime: str) -> bool:
+        """Whether this problem refuses the layout for ``runtime`` ("llmplan" or "any")."""
+        return runtime == "llmplan" or not self.runtime_only
+
+
+def _runtime(key: str, message: str) -> Problem:
+    return Problem(key=key, message=f"{message} (llmplan's runtime; --runtime any plans it for "
+                                    "other frameworks)", runtime_only=True)
+
+
+def model_problems(cfg: ModelConfig) -> list[Problem]:
+    """What no layout of llmplan's runtime can run for this model."""
+    if cfg.position not in RUNTIME_POSITIONS:
+        return [_runtime("runtime_position", f"position({cfg.position!r}) is not implemented; "
+                         f"supported: {', '.join(RUNTIME_POSITIONS)}")]
+    return []
+
+
+def tp_problems(cfg: ModelConfig, tp: int) -> list[Problem]:
+    """Tensor parallelism splits query heads, the FFN (and each expert's) and, in llmplan's
+    runtime, the vocabulary and the kv heads. With tp > kv heads every framework that supports
+    it (Megatron-LM) replicates each kv head over tp/g ranks, as ``planner.memory`` models."""
+    out = []
+    g = cfg.num_kv_heads
+    if cfg.num_heads % tp:
+        out.append(Problem(key="tp_divisibility",
+                           message=f"tp({tp}) does not divide query heads({cfg.num_heads})"))
+    elif g % tp and tp % g:
+        out.append(Problem(key="tp_divisibility",
+                           message=f"tp({tp}) and kv heads({g}) must divide one another "
+                                   "(kv heads are replicated when tp > kv heads)"))
+    if cfg.ffn_hidden_size % tp:
+        out.append(Problem(key="tp_divisibility",
+                           message=f"tp({tp}) does not divide ffn hidden({cfg.ffn_hidden_size})"))
+    if cfg.is_moe and cfg.moe_ffn_hidden_size % tp:
+        out.append(Problem(key="tp_divisibility",
+                           message=f"tp({tp}) does not divide moe ffn hidden({cfg.moe_ffn_hidden_size})"))
+    if tp > 1 and cfg.vocab_size % tp:
+        out.append(_runtime("runtime_tp_vocab", f"tp({tp}) does not divide vocab({cfg.vocab_size}): "
+                            "the embedding and LM head are split evenly, not padded"))
+    if tp > g and not cfg.num_heads % tp and not tp % g:
+        out.append(_runtime("runtime_tp_kv_heads",
+                            f"tp({tp}) is wider than kv heads({g}): kv heads are not replicated"))
+    return out
+
+
+def pp_problems(cfg: ModelConfig, pp: int, vpp: int) -> list[Problem]:
+    """Pipeline stages hold equal numbers of layers (vpp chunks per rank, looped placement)."""
+    if vpp > 1 and pp == 1:
+        return [Problem(key="vpp_without_pp", message=f"vpp({vpp}) needs pp > 1")]
+    if cfg.num_layers % (pp * vpp):
+        return [Problem(key="pp_layers", message=f"pp({pp}) x vpp({vpp}) = {pp * vpp} does not "
+                                                 f"divide layers({cfg.num_layers})")]
+    return []
+
+
+def schedule_problems(pp: int, vpp: int, schedule: str) -> list[Problem]:
+    """Only the interleaved schedule runs virtual stages; it needs them."""
+    if vpp > 1 and schedule != "interleaved":
+        return [Problem(key="schedule", message=f"schedule({schedule}) has no virtual stages: "
+                                                f"vpp({vpp}) needs the interleaved schedule")]
+    if schedule == "interleaved" and vpp == 1:
+        return [Problem(key="schedule", message="schedule(interleaved) needs vpp > 1")]
+    return []
+
+
+def sp_problems(tp: int, sp: bool, seq_len: int, *, cfg: ModelConfig | None = None,
+                pp: int = 1) -> list[Problem]:
+    """Sequence parallelism (Korthikanti et al. 2022) splits the sequence over the tp group.
+    llmplan's runtime adds learned or sinusoidal positions (and an embedding norm) before the
+    split; its pipeline stages then infer a wrong receive shape, so that case is refused."""
+    if sp and tp == 1:
+        return [Problem(key="sp_without_tp", message="sequence parallel needs tp > 1")]
+    if sp and seq_len % tp:
+        return [Problem(key="sp_seq", message=f"tp({tp}) does not divide seq({seq_len}) under "
+                                              "sequence parallel")]
+    if sp and pp > 1 and cfg is not None and (cfg.position in ("learned", "sinusoidal")
+                                              or cfg.embedding_norm):
+        return [_runtime("runtime_pp_sp_positions",
+                         f"sequence parallel with pp({pp}) and {cfg.position} positions"
+                         f"{' / an embedding norm' if cfg.embedding_norm else ''} is not run")]
+    return []
+
+
+def zero_problems(dp: int, zero: int) -> list[Problem]:
+    """ZeRO shards over the data-parallel group; with dp = 1 there is nothing to shard."""
+    if zero and dp == 1:
+        return [Problem(key="zero_without_dp", message=f"zero({zero}) needs dp > 1")]
+    return []
+
+
+def batch_problems(*, pp: int, vpp: int, schedule: str, global_batch: int, dp: int, mbs: int,
+                   rounds: int = 1) -> list[Problem]:
+    """The global batch splits into dp x mbs x m; a pipeline flush runs m / rounds of them.
+    Interleaving needs whole rounds of pp micro-batches (Megatron-LM); torch's 1F1B needs at
+    least pp micro-batches per schedule call (``Schedule1F1B`` raises otherwise)."""
+    if global_batch % (dp * mbs):
+        return [Problem(key="batch_divisibility",
+                        message=f"gbs({global_batch}) is not a multiple of mbs({mbs}) x dp({dp}) "
+                                f"= {dp * mbs}")]
+    m = global_batch // (dp * mbs)
+    if pp > 1 and m % rounds:
+        return [Problem(key="batch_divisibility", message=f"micro-batches({m}) do not split into "
+                                                          f"pp_rounds({rounds})")]
+    per_call = m // rounds if pp > 1 else m
+    if vpp > 1 and per_call % pp:
+        return [Problem(key="interleaved_microbatches",
+                        message=f"interleaved schedule needs micro-batches({per_call}) to be a "
+                                f"multiple of pp({pp})")]
+    if pp > 1 and schedule == "1f1b" and per_call < pp:
+        return [_runtime("runtime_pp_microbatches",
+                         f"1f1b needs micro-batches({per_call}) >= pp({pp}) per flush")]
+    return []
+
+
+def problems(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *,
+             rounds: int = 1) -> list[Problem]:
+    """Every problem of one layout, universal and runtime-only."""
+    gbs = setup.micro_batch * setup.grad_accum * par.dp
+    return [*model_problems(cfg), *tp_problems(cfg, par.tp), *pp_problems(cfg, par.pp, par.vpp),
+            *schedule_problems(par.pp, par.vpp, par.schedule),
+            *sp_problems(par.tp, par.sp, setup.seq_len, cfg=cfg, pp=par.pp),
+            *zero_problems(par.dp, par.zero),
+            *batch_problems(pp=par.pp, vpp=par.vpp, schedule=par.schedule, global_batch=gbs,
+                            dp=par.dp, mbs=setup.micro_batch, rounds=rounds)]
+
+
+def refusals(found: list[Problem], runtime: str) -> list[Problem]:
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime({runtime!r}) is not one of {', '.join(RUNTIMES)}")
+    return [p for p in found if p.applies(runtime)]
+
+
+def check(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *, runtime: str = "llmplan",
+          rounds: int = 1) -> None:
+    """Raise one ConfigError listing every problem that refuses this layout for ``runtime``."""
+    refused = refusals(problems(cfg, setup, par, rounds=rounds), runtime)
+    if refused:
+        raise ConfigError("; ".join(p.message for p in refused))
