@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # The CPU build CI runs; on a CUDA machine: make TORCH_SPEC='torch==2.11.0' ...
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: run test bench clean
+.PHONY: run test test-matrix bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q -p no:cacheprovider
+
+# Every layout the contract accepts, for four tiny model families, against one process.
+test-matrix: $(STAMP)
+	$(BIN)/python bench/layout_matrix.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/cli_startup.py

@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from presets import load_model  # noqa: E402
 from runtime.generate import KVCache, _forward, roofline  # noqa: E402
-from runtime.model import Decoder, init_weights  # noqa: E402
+from runtime.init import init_weights  # noqa: E402
+from runtime.model import Decoder  # noqa: E402
 
 
 @torch.no_grad()

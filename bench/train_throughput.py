@@ -33,7 +33,8 @@ def plain_loop(steps: int, seq: int, batch: int, device: str) -> float:
 
     from presets import load_model
     from runtime.data import SyntheticData
-    from runtime.model import Decoder, init_weights
+    from runtime.init import init_weights
+    from runtime.model import Decoder
 
     overrides = {}
     for pair in SETS[1::2]:

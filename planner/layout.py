@@ -24,11 +24,14 @@ RUNTIMES = ("llmplan", "any")
 RUNTIME_POSITIONS = ("rope", "learned", "sinusoidal", "alibi", "none")
 """Position schemes llmplan's runtime implements (T5-style relative buckets are not)."""
 
+RUNTIME_OPTIMIZERS = ("adamw", "adafactor", "sgd_momentum")
+"""Optimizers llmplan's runtime trains with (``torch.optim``)."""
+
 KEYS = (
-    "runtime_position", "tp_crosses_node", "tp_divisibility", "runtime_tp_vocab",
-    "runtime_tp_kv_heads", "vpp_without_pp", "pp_layers", "schedule", "sp_without_tp",
-    "sp_seq", "runtime_pp_sp_positions", "zero_without_dp", "batch_divisibility",
-    "interleaved_microbatches",
+    "runtime_position", "runtime_optimizer", "tp_crosses_node", "tp_divisibility",
+    "runtime_tp_vocab", "runtime_tp_kv_heads", "vpp_without_pp", "pp_layers",
+    "runtime_pp_tied_tp", "schedule", "sp_without_tp", "sp_seq", "runtime_pp_sp_positions",
+    "zero_without_dp", "batch_divisibility", "interleaved_microbatches",
     "runtime_pp_microbatches", "out_of_memory",
 )
 """Every rejection reason, in the order the search applies them (its counts use these keys)."""
@@ -56,6 +59,15 @@ def model_problems(cfg: ModelConfig) -> list[Problem]:
     if cfg.position not in RUNTIME_POSITIONS:
         return [_runtime("runtime_position", f"position({cfg.position!r}) is not implemented; "
                          f"supported: {', '.join(RUNTIME_POSITIONS)}")]
+    return []
+
+
+def setup_problems(setup: TrainSetup) -> list[Problem]:
+    """What llmplan's runtime cannot train with, whatever the layout: 8-bit Adam needs
+    bitsandbytes' CUDA kernels, which this runtime does not depend on."""
+    if setup.optimizer not in RUNTIME_OPTIMIZERS:
+        return [_runtime("runtime_optimizer", f"optimizer({setup.optimizer}) is not run; "
+                         f"supported: {', '.join(RUNTIME_OPTIMIZERS)}")]
     return []
 
 
@@ -87,13 +99,18 @@ def tp_problems(cfg: ModelConfig, tp: int) -> list[Problem]:
     return out
 
 
-def pp_problems(cfg: ModelConfig, pp: int, vpp: int) -> list[Problem]:
-    """Pipeline stages hold equal numbers of layers (vpp chunks per rank, looped placement)."""
+def pp_problems(cfg: ModelConfig, pp: int, vpp: int, tp: int = 1) -> list[Problem]:
+    """Pipeline stages hold equal numbers of layers (vpp chunks per rank, looped placement).
+    llmplan's runtime sums a tied embedding's gradient over its first- and last-stage copies,
+    but not yet when tensor parallelism also shards it (its collective then mismatches)."""
     if vpp > 1 and pp == 1:
         return [Problem(key="vpp_without_pp", message=f"vpp({vpp}) needs pp > 1")]
     if cfg.num_layers % (pp * vpp):
         return [Problem(key="pp_layers", message=f"pp({pp}) x vpp({vpp}) = {pp * vpp} does not "
                                                  f"divide layers({cfg.num_layers})")]
+    if pp > 1 and tp > 1 and cfg.tie_embeddings:
+        return [_runtime("runtime_pp_tied_tp", f"tied embeddings with pp({pp}) and tp({tp}) are "
+                                               "not run")]
     return []
 
 
@@ -160,7 +177,7 @@ def problems(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *,
              rounds: int = 1) -> list[Problem]:
     """Every problem of one layout, universal and runtime-only."""
     gbs = setup.micro_batch * setup.grad_accum * par.dp
-    return [*model_problems(cfg), *tp_problems(cfg, par.tp), *pp_problems(cfg, par.pp, par.vpp),
+    return [*model_problems(cfg), *setup_problems(setup), *tp_problems(cfg, par.tp), *pp_problems(cfg, par.pp, par.vpp, par.tp),
             *schedule_problems(par.pp, par.vpp, par.schedule),
             *sp_problems(par.tp, par.sp, setup.seq_len, cfg=cfg, pp=par.pp),
             *zero_problems(par.dp, par.zero),

@@ -165,7 +165,7 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
             return applying[0].key, ()
         return None, tuple(p.message for p in found)
 
-    key, base_notes = refused(layout.model_problems(cfg))
+    key, base_notes = refused(layout.model_problems(cfg) + layout.setup_problems(setup))
     if key:
         rejected[key] = sum(len(divisors(N // tp)) for tp in divisors(N)) * per_pp
         return SearchResult(candidates=[], rejected=rejected, evaluated=0, usable_bytes=usable,
@@ -182,7 +182,7 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
         for pp in pps:
             dp = N // (tp * pp)
             for vpp in vpps:
-                key, _ = refused(layout.pp_problems(cfg, pp, vpp))
+                key, pp_notes = refused(layout.pp_problems(cfg, pp, vpp, tp))
                 if key:
                     rejected[key] += per_vpp
                     continue
@@ -205,7 +205,7 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
                                 rejected[key] += n_rc
                                 continue
                             m = global_batch // (dp * mbs)
-                            notes = base_notes + tp_notes + sp_notes + batch_notes
+                            notes = base_notes + tp_notes + pp_notes + sp_notes + batch_notes
                             for recompute in space.recomputes:
                                 evaluated += 1
                                 need, stage = memory.peak_bytes(

@@ -112,47 +112,28 @@ def decode(tokens: list[int]) -> str:
 
 
 def apply_tp_inference(model, tp_mesh) -> None:
-    """TP without sequence parallelism: column-parallel q/k/v and gate/up, row-parallel o/down,
-    vocab-parallel embedding and LM head gathered to replicated logits."""
-    from torch.distributed.tensor import Replicate
-    from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel,
-                                                   parallelize_module)
+    """Training's tensor-parallel plan (one table, ``runtime.parallel.apply_tp``) without
+    sequence parallelism, the logits gathered to every rank for sampling."""
+    from runtime.parallel import apply_tp
 
-    parallelize_module(model, tp_mesh, {
-        "tok_embeddings": RowwiseParallel(input_layouts=Replicate()),
-        "output": ColwiseParallel(output_layouts=Replicate()),
-    })
-    for block in model.layers.values():
-        plan = {"attention.wq": ColwiseParallel(), "attention.wk": ColwiseParallel(),
-                "attention.wv": ColwiseParallel(), "attention.wo": RowwiseParallel(),
-                "feed_forward.w1": ColwiseParallel(), "feed_forward.w2": RowwiseParallel()}
-        if block.feed_forward.w3 is not None:
-            plan["feed_forward.w3"] = ColwiseParallel()
-        parallelize_module(block, tp_mesh, plan)
+    apply_tp(model, tp_mesh, sp=False, sharded_logits=False)
 
 
 def check_generation(cfg: ModelConfig, *, tp: int, prompt_lens: list[int], max_new: int) -> None:
-    from runtime.support import SUPPORTED_POSITIONS
+    """The layout contract's model and tensor-parallel rules for llmplan's runtime, then the
+    prompt lengths against the context."""
+    from planner import layout
 
-    if cfg.position not in SUPPORTED_POSITIONS:
-        raise ConfigError(f"the runtime does not implement position({cfg.position!r})")
+    refused = layout.refusals([*layout.model_problems(cfg), *layout.tp_problems(cfg, tp)],
+                              "llmplan")
+    if refused:
+        raise ConfigError("; ".join(p.message for p in refused))
     if not prompt_lens or min(prompt_lens) < 1:
         raise ConfigError("every prompt needs at least one token")
     longest = max(prompt_lens) + max_new
     if longest > cfg.max_context:
         raise ConfigError(f"prompt({max(prompt_lens)}) + max new tokens({max_new}) = {longest} "
                           f"exceeds the model's max context({cfg.max_context})")
-    g = cfg.num_kv_heads
-    if tp > 1 and g % tp:
-        raise ConfigError(
-            f"tp({tp}) does not divide kv heads({g}): each rank must hold whole kv heads "
-            f"(the planner's kv figure replicates one head per rank when tp > kv heads; "
-            f"this runtime shards them, so use a tp that divides {g})")
-    if tp > 1 and (cfg.num_heads % tp or cfg.vocab_size % tp or cfg.ffn_hidden_size % tp):
-        raise ConfigError(f"tp({tp}) must divide query heads({cfg.num_heads}), vocab"
-                          f"({cfg.vocab_size}) and ffn({cfg.ffn_hidden_size})")
-    if cfg.is_moe and tp > 1:
-        raise ConfigError(f"tp({tp}) with MoE experts is not implemented by the runtime")
 
 
 def load_weights(model, ckpt_dir: str) -> int:
@@ -269,7 +250,8 @@ def run(plan_path: str) -> int:
     import torch.distributed as dist
 
     from planner.kv import cached_tokens, kv_report
-    from runtime.model import Decoder, init_weights
+    from runtime.init import init_weights
+    from runtime.model import Decoder
 
     plan = read_plan(Path(plan_path), required=("model",))
     cfg = ModelConfig.from_dict(plan["model"], where=f"{plan_path} [model]")
@@ -289,7 +271,7 @@ def run(plan_path: str) -> int:
     dtype = torch.bfloat16 if opts["dtype"] == "bf16" else torch.float32
 
     model = Decoder(cfg)
-    init_weights(model, int(opts["weights_seed"]))
+    init_weights(model, int(opts["weights_seed"]), tied=cfg.tie_embeddings)
     step = None
     if opts["checkpoint"]:
         step = load_weights(model, opts["checkpoint"])

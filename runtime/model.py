@@ -336,17 +336,3 @@ def check_supported(cfg: ModelConfig) -> None:
     from runtime.support import check_runtime_model
 
     check_runtime_model(cfg)
-
-
-def init_weights(model: Decoder, seed: int, std: float = 0.02) -> None:
-    """Deterministic init in a fixed parameter order: N(0, std) for matrices, ones/zeros for
-    norms and biases; every rank that runs this with the same seed holds the same model."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * std)
-            elif name.endswith("bias"):
-                p.zero_()
-            else:
-                p.fill_(1.0)

@@ -462,6 +462,7 @@ def plan_cmd(
     max_vpp: Annotated[int, typer.Option("--max-vpp", help="Largest virtual-stage count tried.")] = 4,
     tokens: Annotated[float, typer.Option(help="Token budget: adds time and GPU-hours.")] = 0.0,
     top: Annotated[int, typer.Option(help="Layouts to show.")] = 5,
+    runtime: Annotated[str, typer.Option(help="llmplan: only layouts llmplan's runtime runs; any: also those other frameworks run (marked).")] = "llmplan",
     out: Annotated[Optional[str], typer.Option("--out", help="Write the best layout as a plan file.")] = None,
     set_: SetOpt = None, json_mode: JsonOpt = False,
 ) -> None:
@@ -493,7 +494,7 @@ def plan_cmd(
     from presets import load_cost_model
 
     result = search(cfg, cluster, setup, global_batch=gbs, model=load_cost_model(hardware),
-                    space=SearchSpace(max_vpp=max_vpp))
+                    space=SearchSpace(max_vpp=max_vpp), runtime=runtime)
     world = cluster.gpus
     accuracy = _accuracy(hardware)
 
@@ -510,7 +511,8 @@ def plan_cmd(
 
     data: dict[str, Any] = {
         "model": cfg.name, "hardware": hardware, "gpus": world, "nodes": cluster.nodes,
-        "global_batch": gbs, "seq_len": seq, "usable_bytes_per_gpu": result.usable_bytes,
+        "global_batch": gbs, "seq_len": seq, "runtime": runtime,
+        "usable_bytes_per_gpu": result.usable_bytes,
         "evaluated": result.evaluated, "layouts": result.total,
         "candidates": [with_budget(c) for c in result.candidates[:top]],
         "rejected": {k: v for k, v in result.rejected.items() if v},
@@ -542,7 +544,8 @@ def plan_cmd(
     def human() -> None:
         cols = ["#", "tp", "pp", "v", "dp", "z", "sp", "recomp", "b", "m", "GiB", "step s",
                 "tok/s/gpu", "MFU"]
-        rows = [(i + 1, c.tp, c.pp, c.vpp, c.dp, c.zero, "on" if c.sp else "off", c.recompute[:4],
+        rows = [(f"{i + 1}{'' if c.launchable else '*'}", c.tp, c.pp, c.vpp, c.dp, c.zero,
+                 "on" if c.sp else "off", c.recompute[:4],
                  c.mbs, c.grad_accum, f"{c.memory_per_gpu_bytes / 2**30:.1f}",
                  f"{c.step_time_s:.3f}", f"{c.tokens_per_s / world:,.0f}", f"{c.mfu:.1%}")
                 for i, c in enumerate(result.candidates[:top])]
@@ -563,6 +566,9 @@ def plan_cmd(
             days = accuracy.time(d["time_to_train_s"] / 86400)
             notes.append(f"{tokens:.3g} tokens: {fmt_band(days, '{:,.1f}'.format, ' days')}, "
                          f"{d['gpu_hours']:,.0f} GPU-hours")
+        marked = [(i + 1, c) for i, c in enumerate(result.candidates[:top]) if not c.launchable]
+        notes.extend(f"#{i}* not launchable by llmplan: {'; '.join(c.not_launchable)}"
+                     for i, c in marked)
         if data["runner_up"]:
             notes.append(data["runner_up"])
         notes.extend(result.suggestions)

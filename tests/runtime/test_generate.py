@@ -11,7 +11,8 @@ import torch
 from helpers import ROOT
 from presets import load_model
 from runtime.generate import KVCache, _forward, sample
-from runtime.model import Decoder, init_weights
+from runtime.init import init_weights
+from runtime.model import Decoder
 
 
 def gen(*args, check=True):
@@ -115,7 +116,7 @@ def test_generates_from_a_training_checkpoint_of_another_layout(tmp_path):
 
 @pytest.mark.parametrize(("args", "needle"), [
     (("tiny", "--prompt", "x" * 300), "exceeds the model's max context(256)"),
-    (("tiny", "--tp", "4", "--set", "g=2"), "tp(4) does not divide kv heads(2)"),
+    (("tiny", "--tp", "4", "--set", "g=2"), "tp(4) is wider than kv heads(2)"),
     (("llama-2-7b-not-a-dir",), "unknown model preset"),
 ])
 def test_bad_input_is_one_line(args, needle):

@@ -6,9 +6,9 @@ import torch
 from planner.params import count_params
 from presets import load_model, preset_files
 from runtime.model import Decoder, _RMSNormFn, rope_inv_freq
-from runtime.support import SUPPORTED_POSITIONS
+from planner.layout import RUNTIME_POSITIONS
 
-SUPPORTED = [n for n in preset_files("models") if load_model(n).position in SUPPORTED_POSITIONS]
+SUPPORTED = [n for n in preset_files("models") if load_model(n).position in RUNTIME_POSITIONS]
 
 
 @pytest.mark.parametrize("name", SUPPORTED)

@@ -1,0 +1,50 @@
+"""The layout matrix, sampled: layouts the contract accepts train like one process.
+
+For each tiny preset (llama-, mixtral-, gpt2- and falcon-style) a fixed, representative
+sample of the layouts that the layout contract accepts on 8 CPU processes trains 8 fp32 steps
+in one torchrun world (runtime.matrix); every step's loss and gradient norm must be within a
+relative 1e-4 of the single-process run. `make test-matrix` runs every accepted layout.
+"""
+
+import pytest
+
+from presets import load_model
+from runtime.matrix import agrees, enumerate_layouts, launch_matrix, reference_layout
+
+
+def L(**k):
+    return {"tp": 1, "pp": 1, "dp": 1, "zero": 0, "sp": False, "recompute": "none", "mbs": 4, **k}
+
+
+SAMPLE = {
+    "tiny": [L(tp=2, dp=2, zero=3, mbs=2), L(tp=2, dp=2, zero=2, mbs=2, recompute="selective"),
+             L(pp=2, dp=2, zero=1, mbs=2), L(tp=2, pp=2, sp=True, recompute="full"),
+             L(tp=2, pp=2, dp=2, zero=3, sp=True, mbs=2)],
+    "tiny-moe": [L(tp=2), L(tp=2, dp=2, zero=3, sp=True, mbs=2), L(pp=2, dp=2, zero=2, mbs=2)],
+    "tiny-gpt2": [L(tp=2, dp=2, zero=3, mbs=2), L(pp=2, dp=2, zero=2, mbs=2),
+                  L(tp=2, sp=True, recompute="selective")],
+    "tiny-falcon": [L(pp=2, dp=2, zero=3, mbs=2), L(dp=2, zero=1, mbs=2, recompute="full"),
+                    L(pp=2, recompute="selective")],
+}
+
+
+@pytest.mark.parametrize("model", list(SAMPLE))
+def test_sampled_layouts_match_single_process(model, tmp_path):
+    cfg = load_model(model)
+    accepted, _ = enumerate_layouts(cfg, seq=32, gbs=8)
+    for entry in SAMPLE[model]:
+        assert entry in accepted, entry  # the sample is drawn from what the contract accepts
+    rc, got, error = launch_matrix(cfg, [reference_layout(8), *SAMPLE[model]], folder=tmp_path)
+    assert rc == 0, error
+    reference, *layouts = got
+    assert len(layouts) == len(SAMPLE[model])
+    assert reference["losses"][-1] < reference["losses"][0]  # the task is learnable
+    for ev in layouts:
+        assert not agrees(reference, ev), (ev["layout"], agrees(reference, ev))
+
+
+def test_the_contract_refuses_with_reasons_and_accepts_the_rest():
+    accepted, refused = enumerate_layouts(load_model("tiny-falcon"), seq=32, gbs=8)
+    assert all(e["tp"] == 1 for e in accepted)  # multi-query: tp 2 would split one kv head
+    assert any("kv heads(1)" in why for e, why in refused if e["tp"] == 2)
+    assert len(accepted) + len(refused) == 2 * 2 * 2 * 4 * 2 * 3
