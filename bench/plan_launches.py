@@ -1,6 +1,7 @@
 """Every layout `plan` ranks launches: for each tiny preset, the top candidates of
 `llmplan plan MODEL --hardware cpu --gpus 8 --gbs 16 --seq 64 --top 10 --json` each run
-through `llmplan launch` with the candidate's own fields for 2 steps on CPU processes.
+through `llmplan launch` with the candidate's own fields for 2 steps on CPU processes,
+model-parallel layouts (tp x pp > 1) first.
 
 Prints one line per candidate and `N candidates, N finished`; exits 1 if any failed.
 Usage: python bench/plan_launches.py [--top 10] [MODEL ...]
@@ -46,7 +47,9 @@ def main() -> int:
     root = Path(__file__).resolve().parent.parent
     total = finished = 0
     for model in args.models:
-        for c in candidates(model, args.top):
+        ranked = candidates(model, args.top)
+        # model-parallel layouts first: they exercise the most runtime code
+        for c in sorted(ranked, key=lambda c: c["tp"] * c["pp"] == 1):
             total += 1
             t0 = time.perf_counter()
             run = subprocess.run([*LLMPLAN, "launch", model, *launch_args(c)], cwd=root,

@@ -29,9 +29,8 @@ RUNTIME_OPTIMIZERS = ("adamw", "adafactor", "sgd_momentum")
 
 KEYS = (
     "runtime_position", "runtime_optimizer", "tp_crosses_node", "tp_divisibility",
-    "runtime_tp_vocab", "runtime_tp_kv_heads", "vpp_without_pp", "pp_layers",
-    "runtime_pp_tied_tp", "schedule", "sp_without_tp", "sp_seq", "runtime_pp_sp_positions",
-    "zero_without_dp", "batch_divisibility", "interleaved_microbatches",
+    "runtime_tp_vocab", "runtime_tp_kv_heads", "vpp_without_pp", "pp_layers", "schedule",
+    "sp_without_tp", "sp_seq", "zero_without_dp", "batch_divisibility", "interleaved_microbatches",
     "runtime_pp_microbatches", "out_of_memory",
 )
 """Every rejection reason, in the order the search applies them (its counts use these keys)."""
@@ -99,18 +98,13 @@ def tp_problems(cfg: ModelConfig, tp: int) -> list[Problem]:
     return out
 
 
-def pp_problems(cfg: ModelConfig, pp: int, vpp: int, tp: int = 1) -> list[Problem]:
-    """Pipeline stages hold equal numbers of layers (vpp chunks per rank, looped placement).
-    llmplan's runtime sums a tied embedding's gradient over its first- and last-stage copies,
-    but not yet when tensor parallelism also shards it (its collective then mismatches)."""
+def pp_problems(cfg: ModelConfig, pp: int, vpp: int) -> list[Problem]:
+    """Pipeline stages hold equal numbers of layers (vpp chunks per rank, looped placement)."""
     if vpp > 1 and pp == 1:
         return [Problem(key="vpp_without_pp", message=f"vpp({vpp}) needs pp > 1")]
     if cfg.num_layers % (pp * vpp):
         return [Problem(key="pp_layers", message=f"pp({pp}) x vpp({vpp}) = {pp * vpp} does not "
                                                  f"divide layers({cfg.num_layers})")]
-    if pp > 1 and tp > 1 and cfg.tie_embeddings:
-        return [_runtime("runtime_pp_tied_tp", f"tied embeddings with pp({pp}) and tp({tp}) are "
-                                               "not run")]
     return []
 
 
@@ -124,21 +118,13 @@ def schedule_problems(pp: int, vpp: int, schedule: str) -> list[Problem]:
     return []
 
 
-def sp_problems(tp: int, sp: bool, seq_len: int, *, cfg: ModelConfig | None = None,
-                pp: int = 1) -> list[Problem]:
-    """Sequence parallelism (Korthikanti et al. 2022) splits the sequence over the tp group.
-    llmplan's runtime adds learned or sinusoidal positions (and an embedding norm) before the
-    split; its pipeline stages then infer a wrong receive shape, so that case is refused."""
+def sp_problems(tp: int, sp: bool, seq_len: int) -> list[Problem]:
+    """Sequence parallelism (Korthikanti et al. 2022) splits the sequence over the tp group."""
     if sp and tp == 1:
         return [Problem(key="sp_without_tp", message="sequence parallel needs tp > 1")]
     if sp and seq_len % tp:
         return [Problem(key="sp_seq", message=f"tp({tp}) does not divide seq({seq_len}) under "
                                               "sequence parallel")]
-    if sp and pp > 1 and cfg is not None and (cfg.position in ("learned", "sinusoidal")
-                                              or cfg.embedding_norm):
-        return [_runtime("runtime_pp_sp_positions",
-                         f"sequence parallel with pp({pp}) and {cfg.position} positions"
-                         f"{' / an embedding norm' if cfg.embedding_norm else ''} is not run")]
     return []
 
 
@@ -177,9 +163,10 @@ def problems(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *,
              rounds: int = 1) -> list[Problem]:
     """Every problem of one layout, universal and runtime-only."""
     gbs = setup.micro_batch * setup.grad_accum * par.dp
-    return [*model_problems(cfg), *setup_problems(setup), *tp_problems(cfg, par.tp), *pp_problems(cfg, par.pp, par.vpp, par.tp),
+    return [*model_problems(cfg), *setup_problems(setup), *tp_problems(cfg, par.tp),
+            *pp_problems(cfg, par.pp, par.vpp),
             *schedule_problems(par.pp, par.vpp, par.schedule),
-            *sp_problems(par.tp, par.sp, setup.seq_len, cfg=cfg, pp=par.pp),
+            *sp_problems(par.tp, par.sp, setup.seq_len),
             *zero_problems(par.dp, par.zero),
             *batch_problems(pp=par.pp, vpp=par.vpp, schedule=par.schedule, global_batch=gbs,
                             dp=par.dp, mbs=setup.micro_batch, rounds=rounds)]

@@ -182,13 +182,13 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
         for pp in pps:
             dp = N // (tp * pp)
             for vpp in vpps:
-                key, pp_notes = refused(layout.pp_problems(cfg, pp, vpp, tp))
+                key, _ = refused(layout.pp_problems(cfg, pp, vpp))
                 if key:
                     rejected[key] += per_vpp
                     continue
                 schedule = default_schedule(vpp)
                 for sp in SPS:
-                    key, sp_notes = refused(layout.sp_problems(tp, sp, seq, cfg=cfg, pp=pp))
+                    key, _ = refused(layout.sp_problems(tp, sp, seq))
                     if key:
                         rejected[key] += per_sp
                         continue
@@ -205,7 +205,7 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
                                 rejected[key] += n_rc
                                 continue
                             m = global_batch // (dp * mbs)
-                            notes = base_notes + tp_notes + pp_notes + sp_notes + batch_notes
+                            notes = base_notes + tp_notes + batch_notes
                             for recompute in space.recomputes:
                                 evaluated += 1
                                 need, stage = memory.peak_bytes(

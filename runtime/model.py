@@ -58,32 +58,49 @@ def make_norm(cfg: ModelConfig) -> nn.Module:
     return nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=cfg.norm == "layernorm")
 
 
-def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
-    """Inverse frequencies for the rotated part of each head, with context scaling:
-    linear (position interpolation, Chen et al. 2023), NTK-aware (base scaled by
-    factor^(d/(d-2))), YaRN (Peng et al. 2023, ramp between interpolation and extrapolation),
-    llama3 (the Llama 3.1 wavelength ramp)."""
+def rope_inv_freq(cfg: ModelConfig, seq_len: int = 0) -> torch.Tensor:
+    """Inverse frequencies for the rotated part of each head, with context scaling as
+    ``transformers`` computes it (``modeling_rope_utils``):
+
+    - linear: position interpolation (Chen et al. 2023), every frequency / factor;
+    - ntk: dynamic NTK-aware scaling, plain RoPE up to the model's context M and, for a
+      sequence of L > M, base theta * (factor L / M - (factor - 1))^(r / (r - 2));
+    - yarn (Peng et al. 2023 §3.2): per rotary dimension, extrapolate (keep) the dimensions
+      that turn more than beta_fast = 32 times over the original context, interpolate (/ factor)
+      those turning less than beta_slow = 1 time, a linear ramp between (bounds floored and
+      ceiled); the attention factor is ``rope_attention_factor``;
+    - llama3: the Llama 3.1 wavelength ramp (low_freq_factor 1, high_freq_factor 4)."""
     rot = int(cfg.head_dim * cfg.rope_fraction) // 2 * 2
     theta = cfg.rope_theta
     factor = cfg.rope_scaling_factor
-    if cfg.rope_scaling == "ntk":
-        theta = theta * factor ** (rot / (rot - 2))
+    original = cfg.rope_original_context or cfg.max_context
+    if cfg.rope_scaling == "ntk" and seq_len > cfg.max_context:
+        theta = theta * (factor * seq_len / cfg.max_context - (factor - 1)) ** (rot / (rot - 2))
     inv = 1.0 / theta ** (torch.arange(0, rot, 2, dtype=torch.float64) / rot)
     if cfg.rope_scaling == "linear":
         inv = inv / factor
-    elif cfg.rope_scaling in ("llama3", "yarn"):
-        original = cfg.rope_original_context or cfg.max_context
+    elif cfg.rope_scaling == "yarn":
+        def dim_of(rotations: float) -> float:  # the rotary dimension turning that many times
+            return rot * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+        low = max(math.floor(dim_of(32.0)), 0)
+        high = min(math.ceil(dim_of(1.0)), rot - 1)
+        ramp = ((torch.arange(rot // 2, dtype=torch.float64) - low) / max(high - low, 1e-3)).clamp(0, 1)
+        inv = inv / factor * ramp + inv * (1 - ramp)
+    elif cfg.rope_scaling == "llama3":
         wavelen = 2 * math.pi / inv
-        if cfg.rope_scaling == "llama3":
-            low, high = original / 1.0, original / 4.0  # low_freq_factor 1, high_freq_factor 4
-            smooth = ((original / wavelen) - 1.0) / (4.0 - 1.0)
-        else:  # yarn: beta_fast 32, beta_slow 1 rotations over the original context
-            low, high = original / 1.0, original / 32.0
-            smooth = (original / wavelen - 1.0) / (32.0 - 1.0)
-        smooth = smooth.clamp(0, 1)
+        low, high = original / 1.0, original / 4.0
+        smooth = (((original / wavelen) - 1.0) / (4.0 - 1.0)).clamp(0, 1)
         scaled = (1 - smooth) * inv / factor + smooth * inv
         inv = torch.where(wavelen > low, inv / factor, torch.where(wavelen < high, inv, scaled))
     return inv.float()
+
+
+def rope_attention_factor(cfg: ModelConfig) -> float:
+    """YaRN's scale on cos and sin (Peng et al. 2023 §3.4, sqrt(1/t) = 0.1 ln(factor) + 1);
+    1 for every other scheme."""
+    if cfg.rope_scaling == "yarn" and cfg.rope_scaling_factor > 1:
+        return 0.1 * math.log(cfg.rope_scaling_factor) + 1.0
+    return 1.0
 
 
 def alibi_slopes(num_heads: int) -> torch.Tensor:
@@ -300,9 +317,15 @@ class Decoder(nn.Module):
         """cos/sin tables (b or 1, 1, s, rot) for ``positions`` (b or 1, s), shared by all layers."""
         if self.inv_freq is None:
             return None, None
-        freqs = positions.float()[..., None] * self.inv_freq
+        inv = self.inv_freq
+        if self.cfg.rope_scaling == "ntk":  # dynamic: rescaled past the model's context
+            longest = int(positions.max()) + 1
+            if longest > self.cfg.max_context:
+                inv = rope_inv_freq(self.cfg, longest).to(inv.device)
+        freqs = positions.float()[..., None] * inv
         freqs = torch.cat((freqs, freqs), dim=-1)[:, None]
-        return freqs.cos(), freqs.sin()
+        scale = rope_attention_factor(self.cfg)
+        return freqs.cos() * scale, freqs.sin() * scale
 
     def forward(self, tokens_or_hidden: torch.Tensor, positions: torch.Tensor | None = None,
                 kv_caches=None):

@@ -14,12 +14,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
-
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
 from planner.config import ModelConfig, Parallel, TrainSetup
 from planner.cost import DP_BUCKET_BYTES
-
 from runtime.model import Decoder, MoE
 
 
@@ -175,21 +173,22 @@ class Built:
 
 
 def tied_embedding_group(mesh, par: Parallel):
-    """One process group per (dp, tp) coordinate joining pipeline ranks 0 and pp - 1; every
-    rank creates every group (``new_group`` is collective) and keeps its own. With pp = 2 it is
-    the pipeline group itself."""
-    if par.pp == 2:
-        return mesh["pp"].get_group()
-    ranks = mesh.mesh  # (pp, dp, tp) global ranks
-    mine = None
-    me = dist.get_rank()
-    for d in range(par.dp):
-        for t in range(par.tp):
-            pair = [int(ranks[0, d, t]), int(ranks[par.pp - 1, d, t])]
-            group = dist.new_group(pair)
-            if me in pair:
-                mine = group
-    return mine
+    """A process group joining this rank with its pipeline peer holding the other copy of the
+    tied embedding (pipeline ranks 0 and pp - 1 at the same (dp, tp) coordinate; Megatron's
+    embedding group). ``new_group`` is collective over the world, so every rank learns every
+    pair (the world may hold several replicas of this mesh) and creates them in order."""
+    coordinate = mesh.get_coordinate()  # (pp, dp, tp) of this rank
+    peer = list(coordinate)
+    peer[0] = par.pp - 1 if coordinate[0] == 0 else 0
+    mine = tuple(sorted({dist.get_rank(), int(mesh.mesh[tuple(peer)])}))
+    pairs: list = [None] * dist.get_world_size()
+    dist.all_gather_object(pairs, mine if coordinate[0] in (0, par.pp - 1) else None)
+    group = None
+    for pair in sorted({p for p in pairs if p is not None}):
+        made = dist.new_group(list(pair))
+        if pair == mine:
+            group = made
+    return group
 
 
 def build(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *, device: torch.device,
@@ -236,6 +235,10 @@ def sync_tied_grads(built: Built) -> None:
     for part in built.parts:
         w = tied_weight(part)
         if w is not None and w.grad is not None:
+            if hasattr(w.grad, "placements") and w.grad.placements != w.placements:
+                # DTensor's embedding backward may leave a replicated gradient on a
+                # vocab-sharded weight: take this rank's shard (no communication)
+                w.grad = w.grad.redistribute(w.device_mesh, w.placements)
             g = w.grad.to_local() if hasattr(w.grad, "to_local") else w.grad
             flat = g.contiguous()  # gloo reduces contiguous buffers only
             dist.all_reduce(flat, group=built.tied_group)

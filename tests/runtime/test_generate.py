@@ -55,6 +55,14 @@ def cached_vs_full(cfg, lengths, total):
             assert torch.allclose(torch.stack(got[i]), expect, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("model", ["tiny-gpt2", "tiny-falcon", "sinusoidal"])
+def test_cached_decoding_equals_a_full_forward_for_every_position_scheme(model):
+    # learned + tied (gpt2-style), ALiBi + parallel block + MQA (falcon-style), sinusoidal
+    cfg = load_model("tiny-gpt2").replace(position="sinusoidal") if model == "sinusoidal" \
+        else load_model(model)
+    cached_vs_full(cfg, [5, 9], 14)
+
+
 @pytest.mark.parametrize("kv_heads", [4, 2, 1], ids=["mha", "gqa", "mqa"])
 def test_cached_decoding_equals_a_full_forward(kv_heads):
     cfg = load_model("tiny").replace(num_kv_heads=kv_heads)

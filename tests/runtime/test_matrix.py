@@ -22,7 +22,7 @@ SAMPLE = {
              L(tp=2, pp=2, dp=2, zero=3, sp=True, mbs=2)],
     "tiny-moe": [L(tp=2), L(tp=2, dp=2, zero=3, sp=True, mbs=2), L(pp=2, dp=2, zero=2, mbs=2)],
     "tiny-gpt2": [L(tp=2, dp=2, zero=3, mbs=2), L(pp=2, dp=2, zero=2, mbs=2),
-                  L(tp=2, sp=True, recompute="selective")],
+                  L(tp=2, sp=True, recompute="selective"), L(tp=2, pp=2, sp=True)],
     "tiny-falcon": [L(pp=2, dp=2, zero=3, mbs=2), L(dp=2, zero=1, mbs=2, recompute="full"),
                     L(pp=2, recompute="selective")],
 }

@@ -1,12 +1,14 @@
 """The runtime's decoder: parameter counts equal the planner's; pieces behave as specified."""
 
+import math
+
 import pytest
 import torch
 
+from planner.layout import RUNTIME_POSITIONS
 from planner.params import count_params
 from presets import load_model, preset_files
-from runtime.model import Decoder, _RMSNormFn, rope_inv_freq
-from planner.layout import RUNTIME_POSITIONS
+from runtime.model import Decoder, _RMSNormFn, alibi_slopes, rope_inv_freq, sinusoidal_table
 
 SUPPORTED = [n for n in preset_files("models") if load_model(n).position in RUNTIME_POSITIONS]
 
@@ -48,3 +50,44 @@ def test_sliding_window_and_causality():
     assert not torch.allclose(base[0, :4], a[0, :4])
     assert torch.allclose(base[0, 4:], a[0, 4:])
     assert torch.allclose(base[0, :-1], b[0, :-1])
+
+
+@pytest.mark.parametrize("heads", [4, 6, 12, 32])
+def test_alibi_slopes_equal_bloom_in_transformers(heads):
+    # transformers' BLOOM builds slope x key position per head; positions 0..7 give the slopes
+    from transformers.models.bloom.modeling_bloom import build_alibi_tensor
+
+    mask = torch.ones(1, 8)
+    alibi = build_alibi_tensor(mask, heads, torch.float32)  # (heads, 1, 8)
+    assert torch.allclose(alibi[:, 0, 1], alibi_slopes(heads))
+    assert torch.allclose(alibi[:, 0, :], alibi_slopes(heads)[:, None] * torch.arange(8.0))
+
+
+def test_sinusoidal_table_is_the_transformer_paper_formula():
+    # Vaswani et al. 2017 §3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...)
+    table = sinusoidal_table(50, 16)
+    pos, i = 37, 3
+    assert table[pos, 2 * i].item() == pytest.approx(math.sin(pos / 10000 ** (2 * i / 16)), abs=1e-6)
+    assert table[pos, 2 * i + 1].item() == pytest.approx(math.cos(pos / 10000 ** (2 * i / 16)), abs=1e-6)
+
+
+@pytest.mark.parametrize(("scaling", "seq_len"), [("yarn", 0), ("ntk", 0), ("ntk", 8192),
+                                                  ("linear", 0), ("llama3", 0)])
+def test_rope_scaling_equals_transformers(scaling, seq_len):
+    # Independent oracle: transformers' own RoPE initialisers on the same configuration
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from runtime.model import rope_attention_factor
+
+    cfg = load_model("llama-3-8b").replace(rope_scaling=scaling, rope_scaling_factor=4.0,
+                                           rope_original_context=2048, max_context=4096)
+    params = {"rope_type": {"ntk": "dynamic"}.get(scaling, scaling), "rope_theta": cfg.rope_theta,
+              "factor": 4.0, "original_max_position_embeddings": 2048}
+    if scaling == "llama3":
+        params.update(low_freq_factor=1.0, high_freq_factor=4.0)
+    hf = LlamaConfig(hidden_size=cfg.hidden_size, num_attention_heads=cfg.num_heads,
+                     max_position_embeddings=4096, rope_parameters=params)
+    inv, attention = ROPE_INIT_FUNCTIONS[params["rope_type"]](hf, "cpu", seq_len or None)
+    assert torch.allclose(rope_inv_freq(cfg, seq_len), inv.float(), rtol=1e-5)
+    assert rope_attention_factor(cfg) == pytest.approx(attention)

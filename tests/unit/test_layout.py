@@ -35,7 +35,6 @@ def test_a_schedule_is_never_rewritten():
     ("tiny", Parallel(sp=True), "sp_without_tp", "sequence parallel needs tp > 1"),
     ("tiny", Parallel(zero=3), "zero_without_dp", "zero(3) needs dp > 1"),
     ("tiny", Parallel(pp=2, vpp=2, schedule="1f1b"), "schedule", "schedule(1f1b) has no virtual stages"),
-    ("tiny-gpt2", Parallel(tp=2, pp=2, sp=True), "runtime_pp_sp_positions", "pp(2) and learned"),
 ])
 def test_each_rule_names_its_numbers(model, par, key, numbers):
     found = layout.problems(load_model(model), SETUP, par)
