@@ -54,12 +54,14 @@ def main() -> int:
             t0 = time.perf_counter()
             run = subprocess.run([*LLMPLAN, "launch", model, *launch_args(c)], cwd=root,
                                  capture_output=True, text=True)
-            kinds = [ev["event"] for ev in map(events.parse, run.stdout.splitlines()) if ev]
-            ok = run.returncode == 0 and "done" in kinds
+            seen = [ev for ev in map(events.parse, run.stdout.splitlines()) if ev]
+            ok = run.returncode == 0 and any(ev["event"] == "done" for ev in seen)
+            errors = [ev.get("message", "") for ev in seen if ev["event"] == "error"]
             finished += ok
             label = " ".join(f"{k}={c[k]}" for k in ("tp", "pp", "vpp", "dp", "zero", "sp",
                                                      "recompute", "mbs"))
-            tail = "" if ok else " | " + (run.stderr.strip().splitlines() or ["?"])[-1][:200]
+            why = errors or run.stderr.strip().splitlines()[-1:] or [f"exit code {run.returncode}"]
+            tail = "" if ok else " | " + why[-1][:200]
             print(f"{model:12s} {label:70s} {'ok' if ok else 'FAILED'} "
                   f"{time.perf_counter() - t0:5.1f} s{tail}", flush=True)
     print(f"{total} candidates, {finished} finished")

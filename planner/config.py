@@ -28,6 +28,8 @@ class ConfigError(LlmplanError):
 MLP_KINDS = ("gelu", "relu", "swiglu", "geglu", "reglu")
 """Two-matrix MLPs (gelu, relu) and gated three-matrix GLU variants (swiglu, geglu, reglu)."""
 GATED_MLPS = frozenset({"swiglu", "geglu", "reglu"})
+GELU_FORMS = ("tanh", "none")
+"""GELU as torch's ``approximate`` argument: the tanh approximation or the exact erf form."""
 NORMS = ("rmsnorm", "layernorm", "layernorm_nobias")
 BLOCKS = ("pre_norm", "post_norm", "parallel")
 POSITIONS = ("rope", "learned", "sinusoidal", "alibi", "relative", "none")
@@ -70,6 +72,7 @@ class ModelConfig:
     head_dim: int = 0
     ffn_hidden_size: int
     mlp: str = "swiglu"
+    gelu_approximate: str = "tanh"
     norm: str = "rmsnorm"
     norm_eps: float = 1e-5
     block: str = "pre_norm"
@@ -128,6 +131,7 @@ class ModelConfig:
             )
         for label, value, allowed in (
             ("mlp", self.mlp, MLP_KINDS),
+            ("gelu_approximate", self.gelu_approximate, GELU_FORMS),
             ("norm", self.norm, NORMS),
             ("block", self.block, BLOCKS),
             ("position", self.position, POSITIONS),

@@ -36,7 +36,9 @@ class _Fields:
         return value
 
 
-def _act_to_mlp(act: str, *, gated: bool, where: str) -> str:
+def _activation(act: str, *, gated: bool, where: str) -> dict[str, str]:
+    """The MLP kind and, for GELU, its form: "gelu" is the exact erf form in transformers'
+    ``ACT2FN``; gelu_new, gelu_fast, gelu_pytorch_tanh are the tanh approximation."""
     act = act.lower()
     if gated:
         table = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "gelu_new": "geglu",
@@ -46,7 +48,10 @@ def _act_to_mlp(act: str, *, gated: bool, where: str) -> str:
                  "gelu_pytorch_tanh": "gelu", "relu": "relu"}
     if act not in table:
         raise ConfigError(f"{where}: unsupported activation {act!r}")
-    return table[act]
+    out = {"mlp": table[act]}
+    if out["mlp"] in ("gelu", "geglu"):
+        out["gelu_approximate"] = "none" if act == "gelu" else "tanh"
+    return out
 
 
 def _rope(f: _Fields) -> dict[str, Any]:
@@ -90,7 +95,7 @@ def _llama_like(f: _Fields, family: str) -> dict[str, Any]:
         **_rope(f),
     }
     act = f.get("hidden_activation", "hidden_act", default="silu")
-    out["mlp"] = _act_to_mlp(act, gated=True, where=f.where)
+    out.update(_activation(act, gated=True, where=f.where))
     attention_bias = bool(f.get("attention_bias", default=False))
     mlp_bias = bool(f.get("mlp_bias", default=False))
     if family == "qwen2":
@@ -125,7 +130,7 @@ def _gpt2(f: _Fields) -> dict[str, Any]:
         "num_layers": f.int("n_layer", "num_hidden_layers"),
         "num_heads": f.int("n_head", "num_attention_heads"),
         "ffn_hidden_size": f.int("n_inner", default=4 * h),
-        "mlp": _act_to_mlp(f.get("activation_function", default="gelu_new"), gated=False,
+        **_activation(f.get("activation_function", default="gelu_new"), gated=False,
                            where=f.where),
         "norm": "layernorm",
         "norm_eps": float(f.get("layer_norm_epsilon", default=1e-5)),
@@ -151,7 +156,7 @@ def _gpt_neox(f: _Fields) -> dict[str, Any]:
         "num_layers": f.int("num_hidden_layers"),
         "num_heads": f.int("num_attention_heads"),
         "ffn_hidden_size": f.int("intermediate_size"),
-        "mlp": _act_to_mlp(f.get("hidden_act", default="gelu"), gated=False, where=f.where),
+        **_activation(f.get("hidden_act", default="gelu"), gated=False, where=f.where),
         "norm": "layernorm",
         "norm_eps": float(f.get("layer_norm_eps", default=1e-5)),
         "block": "parallel" if parallel else "pre_norm",
@@ -180,7 +185,7 @@ def _opt(f: _Fields) -> dict[str, Any]:
         "num_layers": f.int("num_hidden_layers"),
         "num_heads": f.int("num_attention_heads"),
         "ffn_hidden_size": f.int("ffn_dim"),
-        "mlp": _act_to_mlp(f.get("activation_function", default="relu"), gated=False,
+        **_activation(f.get("activation_function", default="relu"), gated=False,
                            where=f.where),
         "norm": "layernorm",
         "block": "pre_norm" if pre_norm else "post_norm",
@@ -203,6 +208,7 @@ def _bloom(f: _Fields) -> dict[str, Any]:
         "num_heads": f.int("n_head", "num_attention_heads"),
         "ffn_hidden_size": 4 * h,  # BloomMLP is fixed at 4h
         "mlp": "gelu",
+        "gelu_approximate": "tanh",  # bloom_gelu: the tanh approximation, written out
         "norm": "layernorm",
         "norm_eps": float(f.get("layer_norm_epsilon", default=1e-5)),
         "embedding_norm": True,
@@ -234,7 +240,7 @@ def _falcon(f: _Fields) -> dict[str, Any]:
         "num_heads": a,
         "num_kv_heads": g,
         "ffn_hidden_size": f.int("ffn_hidden_size", default=4 * h),
-        "mlp": _act_to_mlp(f.get("activation", default="gelu"), gated=False, where=f.where),
+        **_activation(f.get("activation", default="gelu"), gated=False, where=f.where),
         "norm": "layernorm",
         "norm_eps": float(f.get("layer_norm_epsilon", default=1e-5)),
         "block": block,

@@ -204,8 +204,9 @@ class MLP(nn.Module):
         self.w3 = nn.Linear(h, ffn, bias=bias) if cfg.gated else None
         self.w2 = nn.Linear(ffn, h, bias=bias)
         kind = cfg.mlp
+        form = cfg.gelu_approximate
         self.act = (F.silu if kind == "swiglu" else F.relu if kind in ("relu", "reglu")
-                    else lambda t: F.gelu(t, approximate="tanh"))
+                    else lambda t: F.gelu(t, approximate=form))
 
     def forward(self, x):
         up = self.act(self.w1(x))

@@ -282,6 +282,8 @@ def run(plan_path: str) -> int:
     device = init_distributed(opts["device"])
     rank = dist.get_rank()
     say = (lambda kind, **kw: events.emit(kind, **kw)) if rank == 0 else (lambda kind, **kw: None)
+    import accelerate.utils  # noqa: F401  (imported before the baseline, like torch)
+    rss_baseline = peak_rss_bytes()
 
     from accelerate.utils import set_seed  # the ecosystem's one call for python/numpy/torch seeds
 
@@ -342,7 +344,7 @@ def run(plan_path: str) -> int:
         step_times.append(None if measure else dt)  # the metered step runs hooks: untimed
         tokens_per_s = global_batch * s / dt
         peak_mem = (torch.cuda.max_memory_allocated() if cuda
-                    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+                    else peak_rss_bytes())
         mfu = None
         if predicted.get("peak_flops"):
             mfu = model_flops * tokens_per_s / (par.world * predicted["peak_flops"])
@@ -357,7 +359,7 @@ def run(plan_path: str) -> int:
             path = checkpoint.save(ckpt_dir, step, trainer.parts, trainer.optimizers)
             say("checkpoint", step=step, path=path)
 
-    report(trainer, measured, predicted, step_times, say, cuda=cuda)
+    report(trainer, measured, predicted, step_times, say, cuda=cuda, rss_baseline=rss_baseline)
     dist.barrier()
     if rank == fail_rank and fail_step < 0:  # fault injection: a rank dies in teardown
         os._exit(17)
@@ -365,8 +367,13 @@ def run(plan_path: str) -> int:
     return 0
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def report(trainer: Trainer, measured: dict[str, int], predicted: dict[str, Any],
-           step_times: list[float | None], say, *, cuda: bool) -> None:
+           step_times: list[float | None], say, *, cuda: bool, rss_baseline: int = 0) -> None:
     """Measured next to predicted, per rank; the most loaded rank at the top level of ``done``."""
     import torch
     import torch.distributed as dist
@@ -375,6 +382,8 @@ def report(trainer: Trainer, measured: dict[str, int], predicted: dict[str, Any]
     mine = {"rank": rank, "stage": trainer.built.mesh["pp"].get_local_rank(), **measured}
     if cuda:
         mine["max_memory_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+    else:  # on CPU the whole build and run is host memory above what imports took
+        mine["host_peak_bytes"] = max(0, peak_rss_bytes() - rss_baseline)
     gathered: list = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, mine)
     if rank != 0:
@@ -392,9 +401,11 @@ def report(trainer: Trainer, measured: dict[str, int], predicted: dict[str, Any]
         # What saved-tensor hooks can see: the working set of a layer being recomputed
         # lives inside torch.utils.checkpoint, so it is compared on CUDA (allocator peak).
         entry["predicted_activations_bytes"] -= pred["activations_recompute_bytes"]
+        entry["predicted_total_bytes"] = pred["total_bytes"]
         if "max_memory_allocated_bytes" in r:
             entry["measured_max_allocated_bytes"] = r["max_memory_allocated_bytes"]
-            entry["predicted_total_bytes"] = pred["total_bytes"]
+        if "host_peak_bytes" in r:
+            entry["measured_host_peak_bytes"] = r["host_peak_bytes"]
         done["ranks"].append(entry)
         total = sum(entry[f"measured_{c}_bytes"] or 0 for c in names)
         if best is None or total > best[0]:

@@ -91,3 +91,19 @@ def test_rope_scaling_equals_transformers(scaling, seq_len):
     inv, attention = ROPE_INIT_FUNCTIONS[params["rope_type"]](hf, "cpu", seq_len or None)
     assert torch.allclose(rope_inv_freq(cfg, seq_len), inv.float(), rtol=1e-5)
     assert rope_attention_factor(cfg) == pytest.approx(attention)
+
+
+@pytest.mark.parametrize("act", ["gelu", "gelu_new", "gelu_pytorch_tanh", "relu"])
+def test_the_mlp_activation_is_the_one_transformers_runs(act):
+    # the config.json's activation -> ModelConfig -> runtime MLP, against transformers' ACT2FN
+    from transformers.activations import ACT2FN
+
+    from presets.hf import _activation
+    from runtime.model import MLP
+
+    cfg = load_model("tiny-gpt2").replace(**_activation(act, gated=False, where="test"))
+    mlp = MLP(cfg, cfg.ffn_hidden_size)
+    x = torch.randn(2, 3, cfg.hidden_size) * 3
+    with torch.no_grad():
+        expect = mlp.w2(ACT2FN[act](mlp.w1(x)))
+        assert torch.allclose(mlp(x), expect, atol=1e-6)
