@@ -261,8 +261,7 @@ def model_state_bytes(params: int, *, recipe: str, optimizer: str, zero: int, dp
     Sharded states are padded up to a multiple of dp (as FSDP does)."""
     w, g, master = RECIPE_BYTES[recipe]
     shard = ceil_div(params, dp)
-    # llmplan's runtime runs ZeRO-1 as replicated data parallelism (unsharded states).
-    opt_params = shard if zero >= 2 or (zero == 1 and recipe != "runtime") else params
+    opt_params = shard if zero >= 1 else params
     if optimizer == "adafactor":
         states = adafactor_state_bytes(opt_params, hidden)
     else:

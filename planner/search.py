@@ -193,7 +193,7 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
                         rejected[key] += per_sp
                         continue
                     for zero in space.zeros:
-                        key, _ = refused(layout.zero_problems(dp, zero))
+                        key, zero_notes = refused(layout.zero_problems(dp, zero, setup.optimizer))
                         if key:
                             rejected[key] += per_zero
                             continue
@@ -205,7 +205,7 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
                                 rejected[key] += n_rc
                                 continue
                             m = global_batch // (dp * mbs)
-                            notes = base_notes + tp_notes + batch_notes
+                            notes = base_notes + tp_notes + zero_notes + batch_notes
                             for recompute in space.recomputes:
                                 evaluated += 1
                                 need, stage = memory.peak_bytes(

@@ -24,6 +24,15 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
+def _plain(parts, optimizers) -> list:
+    """Each part's optimizer as DCP reads it: a ZeRO-1 sharded optimizer as the ordinary
+    optimizer holding its gathered state (runtime.zero1), so checkpoints reshard alike."""
+    from runtime.zero1 import ShardedOptimizer, shadow
+
+    return [shadow(opt, part) if isinstance(opt, ShardedOptimizer) else opt
+            for part, opt in zip(parts, optimizers)]
+
+
 def _state(parts, optimizers) -> dict:
     model, optim = {}, {}
     for part, opt in zip(parts, optimizers):
@@ -48,7 +57,7 @@ def save(ckpt_dir: str, step: int, parts, optimizers) -> str:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     dist.barrier()
-    dcp.save(_state(parts, optimizers), checkpoint_id=str(tmp))
+    dcp.save(_state(parts, _plain(parts, optimizers)), checkpoint_id=str(tmp))
     dist.barrier()
     if dist.get_rank() == 0:
         shutil.rmtree(final, ignore_errors=True)
@@ -61,8 +70,13 @@ def save(ckpt_dir: str, step: int, parts, optimizers) -> str:
 
 
 def load(ckpt_dir: str, step: int, parts, optimizers) -> None:
-    state = _state(parts, optimizers)
+    from runtime.zero1 import ShardedOptimizer, absorb
+
+    plain = _plain(parts, optimizers)
+    state = _state(parts, plain)
     dcp.load(state, checkpoint_id=str(Path(ckpt_dir) / f"step-{step}"))
-    for part, opt in zip(parts, optimizers):
+    for part, opt, flat in zip(parts, optimizers, plain):
         set_model_state_dict(part, state["model"], options=StateDictOptions(strict=False))
-        set_optimizer_state_dict(part, opt, state["optim"], options=OPTIONS)
+        set_optimizer_state_dict(part, flat, state["optim"], options=OPTIONS)
+        if isinstance(opt, ShardedOptimizer):
+            absorb(opt, flat)

@@ -235,9 +235,10 @@ class MoE(nn.Module):
         weights = weights.float().softmax(dim=-1).to(x.dtype)
         out = torch.zeros_like(flat)
         for e, expert in enumerate(self.experts):
+            # an expert no token chose still runs (on zero rows): its gradient is then zeros,
+            # not missing, so every data-parallel rank reduces the same set of gradients
             token, slot = torch.where(chosen == e)
-            if token.numel():
-                out = out.index_add(0, token, expert(flat[token]) * weights[token, slot, None])
+            out = out.index_add(0, token, expert(flat[token]) * weights[token, slot, None])
         for expert in self.shared:
             out = out + expert(flat)
         return out.view(b, s, h)

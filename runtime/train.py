@@ -117,16 +117,27 @@ class Trainer:
         self.dp_rank = self.built.mesh["dp"].get_local_rank()
         self.has_first = 0 in self.built.stages
         self.has_last = self.built.n_stages - 1 in self.built.stages
-        self.optimizers = [make_optimizer(setup.optimizer, param_groups(p), lr=opts["lr"],
-                                          weight_decay=opts["weight_decay"]) for p in self.parts]
+        self.optimizers = [self._optimizer(p) for p in self.parts]
         total = int(opts["steps"])
         self.schedulers = [torch.optim.lr_scheduler.LambdaLR(
-            o, lr_lambda(int(opts["warmup_steps"]), total, float(opts["min_lr_ratio"])))
+            getattr(o, "inner", o), lr_lambda(int(opts["warmup_steps"]), total,
+                                              float(opts["min_lr_ratio"])))
             for o in self.optimizers]
         self.rounds = int(opts["pp_rounds"]) if par.pp > 1 else 1
         self.per_call = setup.grad_accum // self.rounds if par.pp > 1 else 1
         self.global_batch = setup.micro_batch * setup.grad_accum * par.dp
         self.schedule = self._pipeline_schedule() if par.pp > 1 else None
+
+    def make(self, groups: list[dict]):
+        return make_optimizer(self.setup.optimizer, groups, lr=self.opts["lr"],
+                              weight_decay=self.opts["weight_decay"])
+
+    def _optimizer(self, part):
+        """The plan's optimizer; under ZeRO-1 its states sharded over dp (runtime.zero1)."""
+        if self.par.zero == 1 and self.par.dp > 1:
+            from runtime.zero1 import ShardedOptimizer
+            return ShardedOptimizer(list(part.parameters()), self.make, self.dp_group)
+        return self.make(param_groups(part))
 
     def loss_fn(self, out, target):
         import torch.nn.functional as F

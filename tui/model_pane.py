@@ -21,7 +21,7 @@ from planner.config import ConfigError, ModelConfig
 from presets import preset_files
 from tui.results import Results
 
-CHOICES = {"mlp": C.MLP_KINDS, "norm": C.NORMS, "block": C.BLOCKS, "position": C.POSITIONS,
+CHOICES = {"mlp": C.MLP_KINDS, "gelu_approximate": C.GELU_FORMS, "norm": C.NORMS, "block": C.BLOCKS, "position": C.POSITIONS,
            "rope_scaling": C.ROPE_SCALINGS, "bias": C.BIASES}
 SKIP = {"name", "family", "source"}
 LABELS = {"vocab_size": "vocab V", "hidden_size": "hidden h", "num_layers": "layers L",

@@ -107,3 +107,21 @@ def test_the_mlp_activation_is_the_one_transformers_runs(act):
     with torch.no_grad():
         expect = mlp.w2(ACT2FN[act](mlp.w1(x)))
         assert torch.allclose(mlp(x), expect, atol=1e-6)
+
+
+def test_an_expert_no_token_chose_gets_a_zero_gradient_not_none():
+    # FSDP reduce-scatters the same gradients on every data-parallel rank: an idle expert
+    # must contribute zeros (a missing gradient made 8-rank ZeRO-2/3 MoE runs mismatch)
+    from runtime.model import MoE
+
+    cfg = load_model("tiny-moe")
+    moe = MoE(cfg)
+    with torch.no_grad():
+        moe.router.weight.zero_()
+        moe.router.weight[0] = 1.0   # every token picks experts 0 and 1 (ties broken by index)
+        moe.router.weight[1] = 0.5
+    x = torch.rand(1, 4, cfg.hidden_size) + 0.1
+    moe(x).sum().backward()
+    idle = moe.experts[3]
+    assert all(p.grad is not None and not p.grad.any() for p in idle.parameters())
+    assert moe.experts[0].w1.weight.grad.abs().sum() > 0
