@@ -165,6 +165,16 @@ def batch_problems(*, pp: int, vpp: int, schedule: str, global_batch: int, dp: i
     return []
 
 
+def micro_batches(*, global_batch: int, dp: int, mbs: int) -> int:
+    """m, the micro-batches per step of each data-parallel rank; a ConfigError naming the
+    numbers when the global batch does not split (no setup can be built from it)."""
+    found = batch_problems(pp=1, vpp=1, schedule="1f1b", global_batch=global_batch, dp=dp,
+                           mbs=mbs)
+    if found:
+        raise ConfigError(found[0].message)
+    return global_batch // (dp * mbs)
+
+
 def problems(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *,
              rounds: int = 1) -> list[Problem]:
     """Every problem of one layout, universal and runtime-only."""

@@ -168,7 +168,7 @@ VppOpt = Annotated[int, typer.Option("--vpp", help="Virtual stages per pipeline 
 SpOpt = Annotated[bool, typer.Option("--sp/--no-sp", help="Sequence parallel.")]
 RecomputeOpt = Annotated[str, typer.Option("--recompute", help="none, selective or full.")]
 AttentionOpt = Annotated[str, typer.Option("--attention", help="flash (SDPA) or eager.")]
-ScheduleOpt = Annotated[str, typer.Option("--schedule", help="1f1b, gpipe (interleaved when vpp > 1).")]
+ScheduleOpt = Annotated[str, typer.Option("--schedule", help="1f1b, gpipe or interleaved (default: interleaved when vpp > 1, else 1f1b).")]
 DropoutOpt = Annotated[bool, typer.Option("--dropout/--no-dropout", help="Dropout masks (Korthikanti's setting).")]
 HardwareOpt = Annotated[str, typer.Option("--hardware", help="Hardware preset (e.g. h100-sxm).")]
 
@@ -176,14 +176,12 @@ HardwareOpt = Annotated[str, typer.Option("--hardware", help="Hardware preset (e
 def _training(seq: int, mbs: int, gbs: int, dtype: str, recipe: str, optimizer: str,
               zero: int, dp: int, tp: int, pp: int, vpp: int, sp: bool, recompute: str,
               attention: str, schedule: str, dropout: bool):
+    from planner import layout
     from planner.config import Parallel, TrainSetup
 
     par = Parallel(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp, schedule=schedule)
-    per_step = mbs * dp
-    gbs = gbs or per_step
-    if gbs % per_step:
-        raise LlmplanError(f"gbs({gbs}) is not a multiple of mbs({mbs}) x dp({dp}) = {per_step}")
-    setup = TrainSetup(seq_len=seq, micro_batch=mbs, grad_accum=gbs // per_step, dtype=dtype,
+    m = layout.micro_batches(global_batch=gbs or mbs * dp, dp=dp, mbs=mbs)
+    setup = TrainSetup(seq_len=seq, micro_batch=mbs, grad_accum=m, dtype=dtype,
                        recipe=recipe, optimizer=optimizer, recompute=recompute,
                        attention=attention, dropout=dropout)
     return setup, par
@@ -264,7 +262,7 @@ def memory_cmd(
     recipe: RecipeOpt = "mixed", optimizer: OptimOpt = "adamw", zero: ZeroOpt = 0,
     dp: DpOpt = 1, tp: TpOpt = 1, pp: PpOpt = 1, vpp: VppOpt = 1, sp: SpOpt = False,
     recompute: RecomputeOpt = "none", attention: AttentionOpt = "flash",
-    schedule: ScheduleOpt = "1f1b", dropout: DropoutOpt = False, hardware: HardwareOpt = "",
+    schedule: ScheduleOpt = "", dropout: DropoutOpt = False, hardware: HardwareOpt = "",
     set_: SetOpt = None, json_mode: JsonOpt = False,
 ) -> None:
     """Per-GPU training memory: weights, gradients, optimizer, activations, per pipeline stage."""
@@ -419,7 +417,7 @@ def explain_cmd(
     recipe: RecipeOpt = "mixed", optimizer: OptimOpt = "adamw", zero: ZeroOpt = 0,
     dp: DpOpt = 1, tp: TpOpt = 1, pp: PpOpt = 1, vpp: VppOpt = 1, sp: SpOpt = False,
     recompute: RecomputeOpt = "none", attention: AttentionOpt = "flash",
-    schedule: ScheduleOpt = "1f1b", dropout: DropoutOpt = False,
+    schedule: ScheduleOpt = "", dropout: DropoutOpt = False,
     causal: Annotated[bool, typer.Option("--causal/--no-causal")] = True,
     kv_dtype: Annotated[str, typer.Option("--kv-dtype")] = "bf16",
     compute: Annotated[float, typer.Option(help="For chinchilla_params.")] = 5.76e23,
@@ -621,6 +619,7 @@ def launch_cmd(
     import tempfile
     from pathlib import Path
 
+    from planner import layout
     from planner.config import Parallel, TrainSetup
     from planner.planfile import plan_dict, plan_objects, read_plan, write_plan
     from runtime.launch import LaunchSpec, torchrun_command
@@ -653,14 +652,14 @@ def launch_cmd(
     per_step = micro * par.dp
     if gbs is not None:
         global_batch = gbs
-    elif from_plan and (mbs, dp) == (None, None):
+    elif from_plan:  # the plan's batch, whatever else a flag changed
         global_batch = base_setup.micro_batch * base_setup.grad_accum * base_par.dp
     else:  # the smallest batch every schedule runs: pp micro-batches per flush, each round
         global_batch = per_step * (par.pp * pp_rounds if par.pp > 1 else 1)
-    if global_batch % per_step:
-        raise LlmplanError(f"gbs({global_batch}) is not a multiple of mbs({micro}) x dp({par.dp}) = {per_step}")
     setup = TrainSetup(seq_len=pick(seq, base_setup.seq_len), micro_batch=micro,
-                       grad_accum=global_batch // per_step, dtype=pick(dtype, base_setup.dtype),
+                       grad_accum=layout.micro_batches(global_batch=global_batch, dp=par.dp,
+                                                       mbs=micro),
+                       dtype=pick(dtype, base_setup.dtype),
                        recipe=base_setup.recipe if from_plan else "runtime",
                        optimizer=pick(optimizer, base_setup.optimizer),
                        recompute=pick(recompute, base_setup.recompute),

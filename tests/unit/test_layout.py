@@ -117,3 +117,20 @@ def test_a_plan_launches_unchanged_and_overrides_are_said(tmp_path):
                                 "--run-dir", str(tmp_path / "run2"), "--optimizer", "sgd_momentum"])
     assert again.exit_code == 0
     assert "overriding the plan's optimizer(adafactor) with sgd_momentum" in again.stderr
+
+
+def test_a_flag_on_a_plan_keeps_the_plans_global_batch(tmp_path):
+    plan = tmp_path / "p.toml"
+    assert runner.invoke(app, ["plan", "tiny", "--hardware", "cpu", "--gpus", "4", "--gbs", "8",
+                               "--seq", "64", "--out", str(plan)]).exit_code == 0
+    result = runner.invoke(app, ["launch", str(plan), "--dp", "1", "--tp", "1", "--pp", "1",
+                                 "--zero", "0", "--no-sp", "--mbs", "2", "--device", "cpu",
+                                 "--dry-run", "--json", "--run-dir", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    setup = json.loads(result.stdout)["setup"]
+    assert "overriding the plan's dp" in result.stderr
+    assert setup["micro_batch"] * setup["grad_accum"] == 8  # 1 rank x 2 x 4: still 8 sequences
+    bad = runner.invoke(app, ["launch", str(plan), "--dp", "1", "--tp", "1", "--pp", "1",
+                              "--zero", "0", "--no-sp", "--mbs", "3", "--device", "cpu",
+                              "--dry-run", "--run-dir", str(tmp_path / "r2")])
+    assert bad.exit_code == 2 and "gbs(8) is not a multiple of mbs(3) x dp(1) = 3" in bad.output
