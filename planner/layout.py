@@ -30,7 +30,7 @@ RUNTIME_OPTIMIZERS = ("adamw", "adafactor", "sgd_momentum")
 KEYS = (
     "runtime_position", "runtime_optimizer", "tp_crosses_node", "tp_divisibility",
     "runtime_tp_vocab", "runtime_tp_kv_heads", "vpp_without_pp", "pp_layers", "schedule",
-    "sp_without_tp", "sp_seq", "zero_without_dp", "runtime_zero1_optimizer",
+    "sp_without_tp", "sp_seq", "zero_without_dp", "runtime_sharded_adafactor",
     "batch_divisibility", "interleaved_microbatches", "runtime_pp_microbatches",
     "out_of_memory",
 )
@@ -129,15 +129,17 @@ def sp_problems(tp: int, sp: bool, seq_len: int) -> list[Problem]:
     return []
 
 
-def zero_problems(dp: int, zero: int, optimizer: str = "adamw") -> list[Problem]:
+def zero_problems(dp: int, zero: int, optimizer: str = "adamw", tp: int = 1) -> list[Problem]:
     """ZeRO shards over the data-parallel group; with dp = 1 there is nothing to shard.
-    llmplan's ZeRO-1 steps flat 1/dp slices of each parameter, which an elementwise optimizer
-    allows and Adafactor's row and column moments do not."""
+    Adafactor's row and column moments need whole local matrices: llmplan's ZeRO-1 steps flat
+    1/dp slices, and ``torch.optim.Adafactor`` does not run on the DTensor shards of FSDP
+    (ZeRO-2/3) or tensor parallelism, so Adafactor runs with tp 1 and ZeRO 0 there."""
     if zero and dp == 1:
         return [Problem(key="zero_without_dp", message=f"zero({zero}) needs dp > 1")]
-    if zero == 1 and optimizer == "adafactor":
-        return [_runtime("runtime_zero1_optimizer", "zero(1) shards flat slices: adafactor "
-                                                    "needs whole matrices (use zero 0, 2 or 3)")]
+    if optimizer == "adafactor" and (zero or tp > 1):
+        return [_runtime("runtime_sharded_adafactor",
+                         f"adafactor with zero({zero}) and tp({tp}) is not run: it needs whole "
+                         "matrices (zero 0, tp 1)")]
     return []
 
 
@@ -183,7 +185,7 @@ def problems(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *,
             *pp_problems(cfg, par.pp, par.vpp),
             *schedule_problems(par.pp, par.vpp, par.schedule),
             *sp_problems(par.tp, par.sp, setup.seq_len),
-            *zero_problems(par.dp, par.zero, setup.optimizer),
+            *zero_problems(par.dp, par.zero, setup.optimizer, par.tp),
             *batch_problems(pp=par.pp, vpp=par.vpp, schedule=par.schedule, global_batch=gbs,
                             dp=par.dp, mbs=setup.micro_batch, rounds=rounds)]
 
