@@ -227,6 +227,18 @@ def tied_weight(part: Decoder):
     return part.output.weight if part.output is not None else None
 
 
+def local_grad(param) -> torch.Tensor:
+    """This rank's piece of ``param``'s gradient, laid out like its piece of the parameter.
+    DTensor's embedding backward may leave a replicated gradient on a vocab-sharded weight:
+    it is taken to the weight's sharding first (a local slice, no communication)."""
+    grad = param.grad
+    if hasattr(grad, "placements"):
+        if grad.placements != param.placements:
+            grad = param.grad = grad.redistribute(param.device_mesh, param.placements)
+        return grad.to_local()
+    return grad
+
+
 def sync_tied_grads(built: Built) -> None:
     """Sum the shared embedding's gradient over its two pipeline copies (Megatron's
     ``_allreduce_embedding_grads``), so both take the single-model step."""
@@ -235,11 +247,7 @@ def sync_tied_grads(built: Built) -> None:
     for part in built.parts:
         w = tied_weight(part)
         if w is not None and w.grad is not None:
-            if hasattr(w.grad, "placements") and w.grad.placements != w.placements:
-                # DTensor's embedding backward may leave a replicated gradient on a
-                # vocab-sharded weight: take this rank's shard (no communication)
-                w.grad = w.grad.redistribute(w.device_mesh, w.placements)
-            g = w.grad.to_local() if hasattr(w.grad, "to_local") else w.grad
+            g = local_grad(w)
             flat = g.contiguous()  # gloo reduces contiguous buffers only
             dist.all_reduce(flat, group=built.tied_group)
             if flat.data_ptr() != g.data_ptr():

@@ -72,10 +72,11 @@ class ShardedOptimizer:
 
     @torch.no_grad()
     def step(self) -> None:
+        from runtime.parallel import local_grad
+
         for sl, view in self.views.items():
-            grad = sl.param.grad
-            if grad is not None:
-                view.grad = _local(grad).reshape(-1)[sl.lo:sl.hi]
+            if sl.param.grad is not None:
+                view.grad = local_grad(sl.param).reshape(-1)[sl.lo:sl.hi]
         self.inner.step()
         self._gather()
 

@@ -19,7 +19,7 @@ def L(**k):
 SAMPLE = {
     "tiny": [L(tp=2, dp=2, zero=3, mbs=2), L(tp=2, dp=2, zero=2, mbs=2, recompute="selective"),
              L(pp=2, dp=2, zero=1, mbs=2), L(tp=2, pp=2, sp=True, recompute="full"),
-             L(tp=2, pp=2, dp=2, zero=3, sp=True, mbs=2)],
+             L(tp=2, pp=2, dp=2, zero=3, sp=True, mbs=2), L(tp=2, dp=2, zero=1, mbs=2)],
     "tiny-moe": [L(tp=2), L(tp=2, dp=2, zero=3, sp=True, mbs=2), L(pp=2, dp=2, zero=2, mbs=2)],
     "tiny-gpt2": [L(tp=2, dp=2, zero=3, mbs=2), L(pp=2, dp=2, zero=2, mbs=2),
                   L(tp=2, sp=True, recompute="selective"), L(tp=2, pp=2, sp=True)],
