@@ -215,6 +215,10 @@ class MLP(nn.Module):
         return self.w2(up)
 
 
+def _same(chosen: torch.Tensor) -> torch.Tensor:
+    return chosen
+
+
 class MoE(nn.Module):
     """Top-k routed experts (softmax over the k selected logits, as Mixtral) + shared experts.
     Experts run on the tokens routed to them; there is no capacity limit (dropless)."""
@@ -226,13 +230,14 @@ class MoE(nn.Module):
         self.experts = nn.ModuleList(MLP(cfg, cfg.moe_ffn_hidden_size) for _ in range(cfg.num_experts))
         self.shared = nn.ModuleList(MLP(cfg, cfg.moe_ffn_hidden_size)
                                     for _ in range(cfg.num_shared_experts))
+        self.agree = _same  # ranks that split the experts must route alike (runtime.parallel)
 
     def forward(self, x):
         b, s, h = x.shape
         flat = x.reshape(-1, h)
         logits = self.router(flat)
-        weights, chosen = logits.topk(self.k, dim=-1)
-        weights = weights.float().softmax(dim=-1).to(x.dtype)
+        chosen = self.agree(logits.topk(self.k, dim=-1).indices)
+        weights = logits.gather(-1, chosen).float().softmax(dim=-1).to(x.dtype)
         out = torch.zeros_like(flat)
         for e, expert in enumerate(self.experts):
             # an expert no token chose still runs (on zero rows): its gradient is then zeros,

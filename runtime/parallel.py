@@ -9,6 +9,7 @@ group is adjacent ranks (one node / NVLink domain), as every framework does.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -120,6 +121,8 @@ def apply_tp(part: Decoder, tp_mesh, *, sp: bool, sharded_logits: bool = True) -
             for group in ("experts", "shared"):
                 for i, expert in enumerate(getattr(ffn, group)):
                     plan.update(_mlp_plan(f"feed_forward.{group}.{i}", expert, Replicate()))
+            ffn.agree = functools.partial(_routing_of_first_rank, group=tp_mesh.get_group(),
+                                          src=int(tp_mesh.mesh[0]))
         else:
             plan.update(_mlp_plan("feed_forward", ffn, seq))
         if sp:
@@ -132,6 +135,16 @@ def apply_tp(part: Decoder, tp_mesh, *, sp: bool, sharded_logits: bool = True) -
             per = part.cfg.num_heads // tp
             att.heads = (rank * per, (rank + 1) * per)
             att.alibi = att.alibi[rank * per:(rank + 1) * per]
+
+
+def _routing_of_first_rank(chosen: torch.Tensor, *, group, src: int) -> torch.Tensor:
+    """The expert choice of the tp group's first rank, on every rank of the group. Training
+    inputs are replicated, so this changes nothing there; but a pipeline stage infers its
+    shapes from uninitialised buffers, and tensor-parallel ranks that routed those
+    differently would exchange differently sized expert outputs."""
+    chosen = chosen.contiguous()
+    dist.broadcast(chosen, src=src, group=group)
+    return chosen
 
 
 def apply_recompute(part: Decoder, recompute: str) -> None:
