@@ -300,6 +300,7 @@ def run(plan_path: str) -> int:
 
     set_seed(int(opts["seed"]))
     trainer = Trainer(cfg, setup, par, opts, mesh=build_mesh(par, device.type), device=device)
+    build_peak = peak_rss_bytes() - rss_baseline  # the meta-device build: this rank's shard
     steps = int(opts["steps"])
     m, mbs, s = setup.grad_accum, setup.micro_batch, setup.seq_len
     rounds, global_batch = trainer.rounds, trainer.global_batch
@@ -370,7 +371,8 @@ def run(plan_path: str) -> int:
             path = checkpoint.save(ckpt_dir, step, trainer.parts, trainer.optimizers)
             say("checkpoint", step=step, path=path)
 
-    report(trainer, measured, predicted, step_times, say, cuda=cuda, rss_baseline=rss_baseline)
+    report(trainer, {**measured, "host_build_peak_bytes": build_peak}, predicted, step_times, say,
+           cuda=cuda, rss_baseline=rss_baseline)
     dist.barrier()
     if rank == fail_rank and fail_step < 0:  # fault injection: a rank dies in teardown
         os._exit(17)
@@ -417,6 +419,7 @@ def report(trainer: Trainer, measured: dict[str, int], predicted: dict[str, Any]
             entry["measured_max_allocated_bytes"] = r["max_memory_allocated_bytes"]
         if "host_peak_bytes" in r:
             entry["measured_host_peak_bytes"] = r["host_peak_bytes"]
+            entry["measured_host_build_peak_bytes"] = r["host_build_peak_bytes"]
         done["ranks"].append(entry)
         total = sum(entry[f"measured_{c}_bytes"] or 0 for c in names)
         if best is None or total > best[0]:
