@@ -36,17 +36,17 @@ def main() -> int:
         for why, n in sorted(reasons.items()):
             print(f"{model:12s} refused {n:3d}: {why}")
         t0 = time.perf_counter()
-        reference: dict = {}
+        reference: list = []
 
-        def check(ev: dict) -> None:
+        def check(ev) -> None:
             nonlocal passed, total
-            if ev["index"] == 0:
-                reference.update(ev)
+            if ev.index == 0:
+                reference.append(ev)
                 return
             total += 1
-            why = agrees(reference, ev)
+            why = agrees(reference[0], ev)
             passed += not why
-            label = " ".join(f"{k}={v}" for k, v in ev["layout"].items())
+            label = " ".join(f"{k}={v}" for k, v in ev.layout.items())
             print(f"{model:12s} {label:70s} {why or 'ok'}", flush=True)
 
         rc, got, error = launch_matrix(cfg, [reference_layout(8), *accepted], folder=folder,

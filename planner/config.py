@@ -11,6 +11,7 @@ Validation happens at construction and names the offending numbers, e.g.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -34,8 +35,9 @@ NORMS = ("rmsnorm", "layernorm", "layernorm_nobias")
 BLOCKS = ("pre_norm", "post_norm", "parallel")
 POSITIONS = ("rope", "learned", "sinusoidal", "alibi", "relative", "none")
 ROPE_SCALINGS = ("none", "linear", "ntk", "yarn", "llama3")
-BIASES = ("none", "qkv", "attention", "all")
-"""Which linears carry a bias: none; q/k/v only (Qwen2); q/k/v/o; every linear incl. the MLP."""
+BIASES = ("none", "qkv", "attention", "mlp", "all")
+"""Which linears carry a bias: none; q/k/v only (Qwen2); q/k/v/o; the MLP's only (Llama's
+``mlp_bias`` without ``attention_bias``); every linear."""
 
 # Short vocabulary names accepted by ``--set`` next to the field names.
 ALIASES = {
@@ -212,6 +214,21 @@ class ModelConfig:
         return self.num_kv_heads * self.head_dim
 
     @property
+    def qkv_bias(self) -> bool:
+        """Biases on the q, k and v projections."""
+        return self.bias in ("qkv", "attention", "all")
+
+    @property
+    def out_bias(self) -> bool:
+        """A bias on the attention output projection (row-parallel: replicated under TP)."""
+        return self.bias in ("attention", "all")
+
+    @property
+    def mlp_bias(self) -> bool:
+        """Biases on every MLP (and expert) linear."""
+        return self.bias in ("mlp", "all")
+
+    @property
     def norms_per_layer(self) -> int:
         return self.parallel_norms if self.block == "parallel" else 2
 
@@ -251,9 +268,14 @@ class ModelConfig:
             raise ConfigError(f"{where}: {err}") from None
 
 
+def dataclass_types(cls: type) -> dict[str, type]:
+    """Field name -> declared type of a config dataclass (ModelConfig, Hardware, TrainSetup)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
 def field_types() -> dict[str, type]:
-    hints = typing.get_type_hints(ModelConfig)
-    return {f.name: hints[f.name] for f in dataclasses.fields(ModelConfig)}
+    return dataclass_types(ModelConfig)
 
 
 def check_type(key: str, value: Any, expected: Any, *, where: str) -> Any:
@@ -265,7 +287,10 @@ def check_type(key: str, value: Any, expected: Any, *, where: str) -> Any:
     if expected is int and isinstance(value, bool):
         raise ConfigError(f"{where}: {key}({value!r}) must be an integer")
     if not isinstance(value, expected):
-        raise ConfigError(f"{where}: {key}({value!r}) must be {expected.__name__}")
+        shown = repr(value) if len(repr(value)) <= 40 else f"{type(value).__name__} value"
+        raise ConfigError(f"{where}: {key}({shown}) must be {expected.__name__}")
+    if expected is float and not math.isfinite(value):
+        raise ConfigError(f"{where}: {key}({value!r}) must be a finite number")
     return value
 
 
@@ -285,10 +310,17 @@ def parse_field(key: str, raw: str) -> Any:
         if expected is int:
             return int(text.replace("_", ""))
         if expected is float:
-            return float(text)
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValueError
+            return value
     except ValueError:
-        raise ConfigError(f"--set {key}={raw}: expected {expected.__name__}") from None
+        raise ConfigError(f"--set {key}={raw}: expected {'a finite ' if expected is float else ''}"
+                          f"{expected.__name__}") from None
     return text
+
+
+HARDWARE_KINDS = ("accelerator", "cpu")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -314,8 +346,14 @@ class Hardware:
     inter_node_bandwidth_gbps: float
     intra_node_latency_us: float = 5.0
     inter_node_latency_us: float = 10.0
+    kind: str = "accelerator"
+    """"accelerator" (one rank per device) or "cpu" (ranks are host processes sharing cores:
+    only this kind takes the host terms a CPU calibration fits)."""
 
     def __post_init__(self) -> None:
+        if self.kind not in HARDWARE_KINDS:
+            raise ConfigError(f"hardware {self.name}: kind({self.kind!r}) is not one of "
+                              f"{', '.join(HARDWARE_KINDS)}")
         for name in ("peak_tflops_bf16", "peak_tflops_fp32", "memory_gib", "hbm_bandwidth_gbps",
                      "intra_node_bandwidth_gbps", "inter_node_bandwidth_gbps"):
             value = getattr(self, name)
@@ -345,8 +383,7 @@ class Hardware:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "hardware") -> "Hardware":
-        hints = typing.get_type_hints(cls)
-        known = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+        known = dataclass_types(cls)
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")

@@ -10,7 +10,8 @@ For one optimizer step with m micro-batches of b sequences per data-parallel ran
 * Matmuls: HFU FLOPs of the slowest stage (its layers plus the LM head on the last stage)
   divided by t, at ``peak x efficiency(g)``, where g is the geometric mean of the per-rank GEMM
   dimensions (tokens, h, ffn/t) and ``efficiency(g) = e_max * g / (g + g_half)``: small GEMMs
-  run far below peak (the MAMF factors of dlcalc, shared/reference/calculators.md §2.7).
+  run far below peak (as the "maximum achievable matmul FLOPS" measured per GPU, Bekman's ML Engineering,
+  compute/accelerator/benchmarks).
 * Elementwise work (norms, activations, softmax, dropout, residuals) is memory bound:
   ``traffic_factor x`` the layer's activation bytes moved at HBM bandwidth.
 * TP (Megatron): 2 all-reduces per layer forward, 2 backward, 2 more under full recompute, of
@@ -23,7 +24,9 @@ For one optimizer step with m micro-batches of b sequences per data-parallel ran
 * DP: ZeRO 0-2 move ``2 (dp-1)/dp x gradient bytes`` once per step (all-reduce, or
   reduce-scatter + parameter all-gather), overlapped with the last micro-batch's backward;
   ZeRO-3 all-gathers parameters in every micro-batch's forward and backward and
-  reduce-scatters once, overlapped with all compute (prefetch).
+  reduce-scatters once, overlapped with all compute (prefetch). Gradients travel in the
+  recipe's gradient dtype (bf16 for ``mixed``, fp32 for the others), gathered weights in the
+  compute dtype; llmplan's own ZeRO-1 all-reduces and then all-gathers the updated slices.
 * PP: each of the ``m*v + p - 1`` pipeline ticks sends activations forward and gradients back,
   ``s*b*h/t`` bytes each (Megatron's scatter-gather, Narayanan et al. 2021 §4.1), as one
   batched exchange (one latency) on the critical path.
@@ -48,9 +51,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.config import ConfigError, Hardware, ModelConfig, TrainSetup
+from planner.config import ConfigError, Hardware, ModelConfig, Parallel, TrainSetup
 from planner.flops import FlopConventions, flops_report
-from planner.memory import Estimator, layer_activation_bytes, layer_activation_terms
+from planner.memory import (RECIPE_BYTES, Estimator, layer_activation_bytes,
+                            layer_activation_terms)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -109,6 +113,16 @@ class Cluster:
     def usable_bytes(self, model: CostModel) -> int:
         return int(self.hardware.memory_bytes * (1 - model.reserve_fraction)
                    - model.reserve_gib * 2**30)
+
+
+def cluster_of(hardware: Hardware, *, gpus: int, nodes: int = 0) -> Cluster:
+    """The cluster of ``gpus`` accelerators on ``nodes`` nodes; ``nodes`` 0 takes the preset's
+    GPUs per node (the one rule the CLI's ``plan`` and the TUI's plan screen share)."""
+    if not isinstance(nodes, int) or nodes < 0:
+        raise ConfigError(f"nodes({nodes}) must be a non-negative integer (0: from the preset)")
+    if nodes and gpus % nodes:
+        raise ConfigError(f"gpus({gpus}) is not divisible by nodes({nodes})")
+    return Cluster(hardware=hardware, gpus=gpus, gpus_per_node=gpus // nodes if nodes else 0)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -183,6 +197,32 @@ class CostEstimator:
         self.head_fwd_per_token = fwd.lm_head + fwd.embedding
         self._elementwise: dict[tuple[int, bool], float] = {}
 
+    def with_model(self, model: CostModel) -> "CostEstimator":
+        """This estimator with other constants, keeping everything that does not depend on
+        them (FLOP counts, memory terms): what a fit evaluates thousands of times."""
+        import copy
+
+        other = copy.copy(self)
+        other.model = model
+        hw, cluster = self.cluster.hardware, self.cluster
+        other.hbm = hw.hbm_bandwidth_gbps * 1e9 * model.hbm_efficiency
+        other.intra = (cluster.intra_node_bandwidth_gbps * 1e9 * model.link_efficiency,
+                       hw.intra_node_latency_us * 1e-6 * model.latency_scale)
+        other.inter = (cluster.inter_node_bandwidth_gbps * 1e9 * model.link_efficiency,
+                       hw.inter_node_latency_us * 1e-6 * model.latency_scale)
+        if model.elementwise_traffic != self.model.elementwise_traffic:
+            other._elementwise = {}
+        return other
+
+    def layout_step_time(self, par: Parallel) -> StepTime:
+        """The step time of ``par`` with this setup's micro-batch, accumulation and recompute
+        (the layout contract is the caller's: ``planner.layout``)."""
+        s = self.setup
+        params = max(self.memory.stage_params(par.tp, par.pp, par.vpp))
+        return self.step_time(tp=par.tp, pp=par.pp, vpp=par.vpp, dp=par.dp, zero=par.zero,
+                              sp=par.sp, recompute=s.recompute, mbs=s.micro_batch, m=s.grad_accum,
+                              params_per_rank=params)
+
     def model_flops_per_token(self) -> float:
         return self.flops["none"].train_flops_per_token
 
@@ -253,13 +293,20 @@ class CostEstimator:
         dp_s = 0.0
         if dp > 1:
             bw, lat = self.link(tp * dp)
-            grad_bytes = params_per_rank * 2  # reduced in bf16
+            # gradients travel in the recipe's gradient dtype, gathered weights in the
+            # compute dtype
+            grad_bytes = params_per_rank * RECIPE_BYTES[setup.recipe][1]
+            weight_bytes = params_per_rank * self.memory.compute_w_bytes
             if zero >= 3:
-                gathers = 2 * m * allgather_s(params_per_rank * 2, dp, bw, lat)
+                gathers = 2 * m * allgather_s(weight_bytes, dp, bw, lat)
                 dp_s = gathers + allgather_s(grad_bytes, dp, bw, lat)
                 hidden = compute if model.overlap_dp else 0.0
             else:
                 dp_s = allreduce_s(grad_bytes, dp, bw, lat)
+                if zero == 1 and setup.recipe == "runtime":
+                    # llmplan's ZeRO-1 all-reduces the gradients, then all-gathers the
+                    # updated fp32 slices (runtime.zero1): 1.5x a reduce-scatter + gather
+                    dp_s += allgather_s(params_per_rank * RECIPE_BYTES["runtime"][0], dp, bw, lat)
                 hidden = (2 / 3) * (matmul_s + elementwise_s) if model.overlap_dp else 0.0
             calls = dp_calls(zero, m, layers, grad_bytes)
             dp_s = max(0.0, dp_s - hidden) + calls * model.collective_call_s
@@ -270,8 +317,9 @@ class CostEstimator:
         optimizer_s = (2 * 16 * opt_params / self.hbm + model.step_overhead_s
                        + (model.fsdp_step_overhead_s if fsdp else 0.0))
         # ranks on one CPU host beyond its cores time-share them: every part of the step
-        # stretches (no effect on accelerators, where host_cores is 0)
-        share = max(1.0, self.cluster.gpus / model.host_cores) if model.host_cores else 1.0
+        # stretches (accelerators run one rank each: host terms never apply to them)
+        cpu = self.cluster.hardware.kind == "cpu"
+        share = max(1.0, self.cluster.gpus / model.host_cores) if cpu and model.host_cores else 1.0
         return StepTime(compute_s=share * compute, bubble_s=share * bubble,
                         tp_comm_s=share * tp_total, dp_comm_s=share * dp_s,
                         pp_comm_s=share * pp_s, optimizer_s=share * optimizer_s)

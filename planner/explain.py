@@ -59,12 +59,12 @@ def explain_params(cfg: ModelConfig, **_: Any) -> Explanation:
 
     V, h, L, a, g, d, f, n_norm, n_mlp = _symbols("V h L a g d f n_norm n_mlp")
     attn = h * a * d + 2 * h * g * d + a * d * h
-    if cfg.bias in ("qkv", "attention", "all"):
+    if cfg.qkv_bias:
         attn += a * d + 2 * g * d
-    if cfg.bias in ("attention", "all"):
+    if cfg.out_bias:
         attn += h
     mlp = n_mlp * h * f
-    if cfg.bias == "all":
+    if cfg.mlp_bias:
         mlp += (n_mlp - 1) * f + h
     norm = n_norm * h
     per_layer = attn + mlp + cfg.norms_per_layer * norm
@@ -117,7 +117,7 @@ def explain_train_flops(cfg: ModelConfig, *, setup: TrainSetup, causal: bool = T
 
 def explain_model_states(cfg: ModelConfig, *, setup: TrainSetup, par: Parallel,
                          **_: Any) -> Explanation:
-    from planner.memory import OPTIMIZER_STATE_BYTES, RECIPE_BYTES, memory_report
+    from planner.memory import OPTIMIZER_STATE_BYTES, RECIPE_BYTES, memory_report, sharded_states
 
     if setup.optimizer == "adafactor":
         raise ConfigError("explain model_states covers AdamW, 8-bit Adam and SGD-momentum")
@@ -126,8 +126,9 @@ def explain_model_states(cfg: ModelConfig, *, setup: TrainSetup, par: Parallel,
     Psi, dp, w, gb, o = _symbols("Psi dp w g_b o")
     z = par.zero
     shard = sympy.ceiling(Psi / dp)  # sharded states are padded to a multiple of dp
-    expr = (shard if z >= 3 else Psi) * w + (shard if z >= 2 else Psi) * gb \
-        + (shard if z >= 1 else Psi) * o
+    w_sharded, g_sharded, o_sharded = sharded_states(z, setup.recipe)
+    expr = (shard if w_sharded else Psi) * w + (shard if g_sharded else Psi) * gb \
+        + (shard if o_sharded else Psi) * o
     stage = memory_report(cfg, setup, par).per_gpu
     wb, gbb, master = RECIPE_BYTES[setup.recipe]
     values = {Psi: stage.params, dp: par.dp, w: wb, gb: gbb,

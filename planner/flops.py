@@ -17,7 +17,7 @@ Kaplan et al. 2020 §2.1). Recompute adds a layer forward (full) or the attentio
 (selective); that is counted in HFU (hardware FLOPs), never in MFU (model FLOPs).
 Elementwise work (norms, activations, softmax, RoPE) is not a matmul and is not counted.
 
-Conventions side by side (shared/reference/calculators.md §2.2):
+Conventions side by side (each a switch, as frameworks log them differently):
   6N (Kaplan; Chinchilla's C = 6ND) uses all active parameters;
   PaLM (Chowdhery et al. 2022, App. B) is ``6*N' + 12*L*a*d*s`` (non-causal), N' without an
   untied input embedding;

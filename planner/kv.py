@@ -6,8 +6,8 @@ Llama-3-8B 131,072 B (128 KiB, GQA g=8), Falcon-7B 8,192 B (MQA g=1). Under tens
 parallelism each rank holds ``g/t`` heads, or one replicated head when t > g (the KV heads
 cannot be split further), so the per-rank cache is ``max(g/t, 1)``/g of the whole. A sliding
 window caps the cached tokens at the window. EleutherAI's calculator omits the 2 and the g/a
-ratio (2x off both ways); gpu_poor ignores GQA (8x high for Llama-3-8B) —
-shared/reference/calculators.md §2.4.
+ratio (2x off both ways); gpu_poor ignores GQA (8x high for Llama-3-8B;
+RahulSChand/gpu_poor).
 """
 
 from __future__ import annotations

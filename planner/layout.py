@@ -170,6 +170,9 @@ def batch_problems(*, pp: int, vpp: int, schedule: str, global_batch: int, dp: i
 def micro_batches(*, global_batch: int, dp: int, mbs: int) -> int:
     """m, the micro-batches per step of each data-parallel rank; a ConfigError naming the
     numbers when the global batch does not split (no setup can be built from it)."""
+    for label, value in (("gbs", global_batch), ("dp", dp), ("mbs", mbs)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{label}({value}) must be a positive integer")
     found = batch_problems(pp=1, vpp=1, schedule="1f1b", global_batch=global_batch, dp=dp,
                            mbs=mbs)
     if found:

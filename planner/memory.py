@@ -7,8 +7,8 @@ the weights too: 16Ψ, 4Ψ + 12Ψ/dp, 2Ψ + 14Ψ/dp, 16Ψ/dp. Ψ is counted exac
 splits every matrix (vocab-parallel embedding and LM head, ceil(V/t) rows), replicates norms,
 row-parallel biases and KV heads when tp > kv heads; PP gives stage 0 the embedding and the
 last stage the final norm and LM head (a tied head is a second copy there when pp > 1, as in
-Megatron). Where tools disagree (EleutherAI divides ZeRO-3 by t*p twice; accelerate takes the
-max of the states instead of the sum) see shared/reference/calculators.md §2.5.
+Megatron). Where tools disagree: EleutherAI's ``transformer-math`` script divides ZeRO-3 by t*p
+twice; accelerate's ``estimate-memory`` takes the max of the states instead of their sum.
 
 Activations follow Korthikanti et al. 2022 (arXiv 2205.05198, §4 and Table 2), generalised
 per saved tensor (see :func:`layer_activation_terms`). With their setting (MHA, GELU 4h MLP,
@@ -36,6 +36,15 @@ from dataclasses import dataclass
 from planner import layout
 from planner.config import ModelConfig, Parallel, TrainSetup
 from planner.params import norm_params
+
+CATEGORIES = {
+    "parameters": "weights_bytes",
+    "gradients": "gradients_bytes",
+    "optimizer_states": "optimizer_bytes",
+    "activations": "activations_bytes",
+}
+"""The memory categories a run measures and the planner predicts, by name (the runtime's
+``done`` event, the run comparison, calibration) -> the :class:`StageMemory` field."""
 
 # (weights, grads, master) bytes per parameter for each precision recipe.
 RECIPE_BYTES = {
@@ -76,9 +85,9 @@ def layer_params_per_rank(cfg: ModelConfig, tp: int, *, moe: bool) -> int:
     q_rank = cfg.q_width // t
     kv_rank = kv_heads_per_rank(cfg, t) * d
     attn = h * q_rank + 2 * h * kv_rank + q_rank * h
-    if cfg.bias in ("qkv", "attention", "all"):
+    if cfg.qkv_bias:
         attn += q_rank + 2 * kv_rank
-    if cfg.bias in ("attention", "all"):
+    if cfg.out_bias:
         attn += h  # row-parallel bias: replicated
     if cfg.position == "relative":
         attn += q_rank * h
@@ -86,7 +95,7 @@ def layer_params_per_rank(cfg: ModelConfig, tp: int, *, moe: bool) -> int:
     def mlp(ffn: int) -> int:
         f_rank = ffn // t
         n = (3 if cfg.gated else 2) * h * f_rank
-        if cfg.bias == "all":
+        if cfg.mlp_bias:
             n += (2 if cfg.gated else 1) * f_rank + h
         return n
 
@@ -254,6 +263,14 @@ class MemoryReport:
         return {"per_gpu": self.per_gpu.to_dict(), "stages": [s.to_dict() for s in self.stages]}
 
 
+def sharded_states(zero: int, recipe: str) -> tuple[bool, bool, bool]:
+    """Which of (weights, gradients, optimizer states) ZeRO stage ``zero`` shards over dp
+    (ZeRO paper §5.1-5.3). FSDP2, which runs llmplan's ZeRO-2 and -3 (``runtime`` recipe),
+    always stores sharded parameters; its ZeRO-2 keeps the unsharded copy from forward to
+    backward instead (counted as transient by the Estimator)."""
+    return (zero >= 3 or (zero == 2 and recipe == "runtime"), zero >= 2, zero >= 1)
+
+
 def model_state_bytes(params: int, *, recipe: str, optimizer: str, zero: int, dp: int,
                       hidden: int = 0) -> tuple[int, int, int]:
     """(weights, gradients, optimizer) bytes on one rank holding ``params`` parameters of a
@@ -261,17 +278,15 @@ def model_state_bytes(params: int, *, recipe: str, optimizer: str, zero: int, dp
     Sharded states are padded up to a multiple of dp (as FSDP does)."""
     w, g, master = RECIPE_BYTES[recipe]
     shard = ceil_div(params, dp)
-    opt_params = shard if zero >= 1 else params
+    w_sharded, g_sharded, o_sharded = sharded_states(zero, recipe)
+    opt_params = shard if o_sharded else params
     if optimizer == "adafactor":
         states = adafactor_state_bytes(opt_params, hidden)
     else:
         states = OPTIMIZER_STATE_BYTES[optimizer] * opt_params
     optimizer_bytes = master * opt_params + states
-    gradients = g * (shard if zero >= 2 else params)
-    # FSDP2 (the runtime's ZeRO-2 and -3) always stores sharded parameters; ZeRO-2 keeps the
-    # unsharded copy from forward to backward instead (counted as transient by the Estimator).
-    sharded_weights = zero >= 3 or (zero == 2 and recipe == "runtime")
-    weights = w * (shard if sharded_weights else params)
+    gradients = g * (shard if g_sharded else params)
+    weights = w * (shard if w_sharded else params)
     return weights, gradients, optimizer_bytes
 
 

@@ -20,8 +20,8 @@ Per layer (a query heads, g kv heads, d head dim, h hidden, f ffn hidden, E expe
 Model level: token embedding ``V*h``; learned positions ``(max_context + offset)*h`` (OPT keeps
 2 extra rows); an untied LM head ``V*h``.
 
-Where other tools disagree (see shared/reference/calculators.md §2.1): llm-analysis and
-accelerate drop the untied LM head; EleutherAI always adds learned positions and ignores
+Where other tools disagree: llm-analysis (cli99/llm-analysis) and accelerate's
+``estimate-memory`` (a headless ``AutoModel``) drop the untied LM head; EleutherAI always adds learned positions and ignores
 gating of the MLP; gpu_poor ignores GQA.
 """
 
@@ -80,22 +80,22 @@ def attention_params_per_layer(cfg: ModelConfig) -> int:
     h, qw, kvw = cfg.hidden_size, cfg.q_width, cfg.kv_width
     weights = h * qw + 2 * h * kvw + qw * h
     biases = 0
-    if cfg.bias in ("qkv", "attention", "all"):
+    if cfg.qkv_bias:
         biases += qw + 2 * kvw
-    if cfg.bias in ("attention", "all"):
+    if cfg.out_bias:
         biases += h
     relative = qw * h if cfg.position == "relative" else 0
     return weights + biases + relative
 
 
 def mlp_params(cfg: ModelConfig, ffn: int) -> int:
-    """One MLP of width ``ffn``: ``3*h*f`` gated or ``2*h*f``; biases when ``bias == 'all'``."""
+    """One MLP of width ``ffn``: ``3*h*f`` gated or ``2*h*f``; biases when ``cfg.mlp_bias``."""
     h = cfg.hidden_size
     if cfg.gated:
         weights, biases = 3 * h * ffn, 2 * ffn + h
     else:
         weights, biases = 2 * h * ffn, ffn + h
-    return weights + (biases if cfg.bias == "all" else 0)
+    return weights + (biases if cfg.mlp_bias else 0)
 
 
 def router_params_per_layer(cfg: ModelConfig) -> int:

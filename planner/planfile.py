@@ -3,62 +3,25 @@
 A plan holds everything ``llmplan launch plan.toml`` needs, unchanged: the full model
 (every ModelConfig field, so the run does not depend on presets), the training setup, the
 layout, the cluster, and the planner's prediction (memory per stage, step time, throughput)
-that the run's ``done`` event is compared with. Written with a small TOML emitter (the
-standard library reads TOML but does not write it); read back with ``tomllib``.
+that the run's ``done`` event is compared with. Read and written through
+``planner.tomlio``, the one TOML reader and writer.
 """
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from planner import layout
 from planner.config import ConfigError, ModelConfig, Parallel, TrainSetup
+from planner.tomlio import read_toml, write_toml
+
+if TYPE_CHECKING:  # pragma: no cover
+    from planner.search import Candidate, SearchResult
 
 PLAN_VERSION = 1
-
-
-def _value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return repr(v) if v == v and v not in (float("inf"), float("-inf")) else '"nan"'
-    if isinstance(v, str):
-        escaped = v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        return f'"{escaped}"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-
-def dumps(data: Mapping[str, Any]) -> str:
-    """TOML for a two-level mapping: scalars, tables, and arrays of tables."""
-    lines: list[str] = []
-    scalars = {k: v for k, v in data.items() if not isinstance(v, (dict, list)) or
-               (isinstance(v, list) and not (v and isinstance(v[0], dict)))}
-    for key, value in scalars.items():
-        lines.append(f"{key} = {_value(value)}")
-    for key, value in data.items():
-        if key in scalars:
-            continue
-        if isinstance(value, dict):
-            lines.append(f"\n[{key}]")
-            for k, v in value.items():
-                if isinstance(v, list) and v and isinstance(v[0], dict):
-                    for item in v:
-                        lines.append(f"\n[[{key}.{k}]]")
-                        lines.extend(f"{ik} = {_value(iv)}" for ik, iv in item.items())
-                else:
-                    lines.append(f"{k} = {_value(v)}")
-        else:
-            for item in value:
-                lines.append(f"\n[[{key}]]")
-                lines.extend(f"{ik} = {_value(iv)}" for ik, iv in item.items())
-    return "\n".join(lines) + "\n"
+PLAN_TABLES = ("model", "setup", "layout")
 
 
 def plan_dict(*, cfg: ModelConfig, setup: TrainSetup, par: Parallel, hardware: str,
@@ -76,29 +39,40 @@ def plan_dict(*, cfg: ModelConfig, setup: TrainSetup, par: Parallel, hardware: s
     }
 
 
+def candidate_plan(cfg: ModelConfig, result: "SearchResult", cand: "Candidate") -> dict[str, Any]:
+    """The plan file of one ranked layout (CLI ``plan --out`` and the TUI's save write this):
+    the search's setup with the candidate's micro-batch, accumulation and recompute, its
+    layout, the searched cluster, and the prediction it was ranked by."""
+    from planner.memory import memory_report
+
+    setup = replace(result.setup, micro_batch=cand.mbs, grad_accum=cand.grad_accum,
+                    recompute=cand.recompute)
+    par = Parallel(tp=cand.tp, pp=cand.pp, vpp=cand.vpp, dp=cand.dp, zero=cand.zero, sp=cand.sp,
+                   schedule=cand.schedule)
+    summary = {k: v for k, v in cand.to_dict(result.world).items() if k != "step"}
+    prediction = {**summary, **cand.step.to_dict(),
+                  "stages": memory_report(cfg, setup, par).to_dict()["stages"]}
+    cluster = result.cluster
+    return plan_dict(cfg=cfg, setup=setup, par=par, hardware=cluster.hardware.name,
+                     gpus=cluster.gpus, gpus_per_node=cluster.gpus_per_node, prediction=prediction)
+
+
 def write_plan(path: Path, plan: Mapping[str, Any]) -> list[Path]:
     """Write the plan (and a Slurm script beside it for more than one node); return paths."""
-    path.write_text(dumps(plan))
-    written = [path]
-    if plan["cluster"]["nodes"] > 1:
-        script = path.with_suffix(".slurm")
-        script.write_text(slurm_script(plan, path.name))
+    written = [write_toml(path, plan)]
+    if plan.get("cluster", {}).get("nodes", 1) > 1:
+        script = Path(path).with_suffix(".slurm")
+        script.write_text(slurm_script(plan, Path(path).name))
         written.append(script)
     return written
 
 
-def read_plan(path: Path, required: tuple[str, ...] = ("model", "setup", "layout")) -> dict[str, Any]:
+def read_plan(path: Path, required: tuple[str, ...] = PLAN_TABLES) -> dict[str, Any]:
     """A plan file's tables, with one-line errors for an unreadable or malformed file and for
     a missing ``required`` table (``()`` reads any TOML: a model file, an inference plan)."""
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: malformed TOML ({err})") from None
+    data = read_toml(Path(path))
     for key in required:
-        if key not in data:
+        if not isinstance(data.get(key), (dict, list)):
             raise ConfigError(f"{path}: not a plan file (missing [{key}])")
     return data
 
@@ -106,13 +80,28 @@ def read_plan(path: Path, required: tuple[str, ...] = ("model", "setup", "layout
 def plan_objects(data: Mapping[str, Any], where: str = "plan") -> tuple[ModelConfig, TrainSetup, Parallel]:
     """The typed model, setup and layout of a plan (validated, errors name the numbers)."""
     cfg = ModelConfig.from_dict(data["model"], where=f"{where} [model]")
-    try:
-        setup = TrainSetup(**data["setup"])
-        par = Parallel(**data["layout"])
-    except TypeError as err:
-        raise ConfigError(f"{where}: {err}") from None
+    setup = _typed(TrainSetup, data["setup"], f"{where} [setup]")
+    par = _typed(Parallel, data["layout"], f"{where} [layout]")
     layout.check(cfg, setup, par, runtime="any")
     return cfg, setup, par
+
+
+def _typed(cls: type, table: Mapping[str, Any], where: str):
+    """``cls(**table)`` with each value checked against the field's type first, so a wrong
+    type is one line naming the field rather than a failure deep inside a formula."""
+    from planner.config import check_type, dataclass_types
+
+    known = dataclass_types(cls)
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    values = {k: check_type(k, v, known[k], where=where) for k, v in table.items()}
+    try:
+        return cls(**values)
+    except TypeError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def slurm_script(plan: Mapping[str, Any], plan_name: str) -> str:

@@ -93,6 +93,8 @@ class SearchResult:
     evaluated: int                        # layouts whose memory (and time) was computed
     usable_bytes: int
     world: int
+    cluster: Cluster
+    setup: TrainSetup                     # what every candidate trains (its b, m, recompute vary)
     closest: Candidate | None = None      # smallest memory among those that did not fit
     suggestions: list[str] = field(default_factory=list)
 
@@ -169,7 +171,7 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
     if key:
         rejected[key] = sum(len(divisors(N // tp)) for tp in divisors(N)) * per_pp
         return SearchResult(candidates=[], rejected=rejected, evaluated=0, usable_bytes=usable,
-                            world=N)
+                            world=N, cluster=cluster, setup=setup)
     for tp in divisors(N):
         pps = divisors(N // tp)
         if tp > cluster.gpus_per_node:
@@ -236,7 +238,8 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
                                     closest = cand
     feasible.sort(key=lambda c: (-c.tokens_per_s, -c.margin_bytes))
     result = SearchResult(candidates=feasible, rejected=rejected, evaluated=evaluated,
-                          usable_bytes=usable, world=N, closest=None if feasible else closest)
+                          usable_bytes=usable, world=N, cluster=cluster, setup=setup,
+                          closest=None if feasible else closest)
     if not feasible:
         result.suggestions.extend(_suggest(result, cluster, global_batch))
     return result

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
 from planner.config import ConfigError, Hardware, LlmplanError, ModelConfig
+from planner.tomlio import read_toml
 
 BUILTIN_DIR = Path(__file__).resolve().parent
 KINDS = ("models", "hardware")
@@ -52,13 +52,7 @@ def preset_files(kind: str) -> dict[str, Path]:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except OSError as err:
-        raise PresetError(f"{path}: cannot read ({err.strerror})") from None
-    except tomllib.TOMLDecodeError as err:
-        raise PresetError(f"{path}: malformed TOML ({err})") from None
+    return read_toml(path, PresetError)
 
 
 def _model_from_toml(path: Path, default_name: str) -> ModelConfig:
@@ -83,28 +77,39 @@ def _model_from_json(path: Path) -> ModelConfig:
     return from_hf_config(data, name=name or "hf", where=str(path))
 
 
+def _file_version(path: Path) -> tuple[int, int]:
+    """What changes when a file is edited (modification time in ns, size): the cache key, so
+    a model file edited while the TUI runs is read again."""
+    try:
+        st = path.stat()
+    except OSError:
+        return (0, 0)  # read (and reported) by the loader itself
+    return (st.st_mtime_ns, st.st_size)
+
+
 @lru_cache(maxsize=256)
-def _load_model_cached(spec: str) -> ModelConfig:
-    path = Path(spec)
-    if spec.endswith(".json"):
-        return _model_from_json(path)
-    if spec.endswith(".toml"):
-        return _model_from_toml(path, path.stem)
-    files = preset_files("models")
-    if spec not in files:
-        raise PresetError(f"unknown model preset {spec!r} ({_suggest(spec, files)})")
-    return _model_from_toml(files[spec], spec)
+def _load_model_file(kind: str, path: Path, name: str, version: tuple[int, int]) -> ModelConfig:
+    return _model_from_json(path) if kind == "json" else _model_from_toml(path, name)
 
 
 def load_model(spec: str, overrides: Mapping[str, str] | None = None) -> ModelConfig:
-    """Resolve a MODEL argument (preset name, .toml file, HF config.json) and apply overrides."""
-    cfg = _load_model_cached(spec)
+    """Resolve a MODEL argument (preset name, .toml file, HF config.json) and apply overrides.
+    Files are cached by path and version, so an edited file is never read stale."""
+    if spec.endswith(".json"):
+        kind, path, name = "json", Path(spec), ""
+    elif spec.endswith(".toml"):
+        kind, path, name = "toml", Path(spec), Path(spec).stem
+    else:
+        files = preset_files("models")
+        if spec not in files:
+            raise PresetError(f"unknown model preset {spec!r} ({_suggest(spec, files)})")
+        kind, path, name = "toml", files[spec], spec
+    cfg = _load_model_file(kind, path, name, _file_version(path))
     return cfg.with_overrides(overrides) if overrides else cfg
 
 
-@lru_cache(maxsize=64)
 def load_hardware(name: str) -> Hardware:
-    """A hardware preset by name, or a TOML file describing one."""
+    """A hardware preset by name, or a TOML file describing one (cached by file version)."""
     if name.endswith(".toml"):
         path = Path(name)
     else:
@@ -112,6 +117,11 @@ def load_hardware(name: str) -> Hardware:
         if name not in files:
             raise PresetError(f"unknown hardware preset {name!r} ({_suggest(name, files)})")
         path = files[name]
+    return _load_hardware_file(path, _file_version(path))
+
+
+@lru_cache(maxsize=64)
+def _load_hardware_file(path: Path, version: tuple[int, int]) -> Hardware:
     data = _read_toml(path)
     table = data.get("hardware", data)
     return Hardware.from_dict({"name": path.stem, **table}, where=str(path))
@@ -124,6 +134,12 @@ def _suggest(name: str, files: Mapping[str, Path]) -> str:
     if close:
         return "did you mean " + ", ".join(close) + "?"
     return "see `llmplan presets`"
+
+
+def default_hardware(device: str) -> str:
+    """The hardware preset a run's predictions use when none is named: the nominal ``cpu``
+    preset for CPU processes, an H100 SXM for CUDA."""
+    return "cpu" if device == "cpu" else "h100-sxm"
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
@@ -148,6 +164,19 @@ def load_profile(hardware: str) -> dict:
     if not path.exists():
         return {}
     return _read_toml(path)
+
+
+def save_profile(hardware: str, accuracy, cost_model: Mapping[str, Any] | None = None) -> Path:
+    """Record ``accuracy`` (and fitted constants, when given) in the hardware's profile,
+    keeping whatever else it holds; the planner's bands and cost model read it from there."""
+    from planner.tomlio import write_toml
+
+    profile = load_profile(hardware)
+    profile["hardware"] = hardware
+    if cost_model is not None:
+        profile["cost_model"] = dict(cost_model)
+    profile["accuracy"] = accuracy.to_dict()
+    return write_toml(profile_path(hardware), profile)
 
 
 def load_accuracy(hardware: str):

@@ -1,9 +1,10 @@
 """Hugging Face ``config.json`` -> :class:`ModelConfig`, one explicit mapping per family.
 
-Each family's own field names and defaults (as in its ``configuration_*.py`` in transformers)
-are mapped; nothing is guessed from ratios (llm-analysis decides "gated" from ``f/h == 3.5``
-and gets Llama-2 wrong). A missing required field or an unknown ``model_type`` is an error
-that names it.
+Each family's own field names are mapped; a field the file leaves out takes the value
+``transformers`` gives it (``presets.hf_defaults``), so any config.json ``transformers``
+accepts is accepted. Nothing is guessed from ratios (llm-analysis decides "gated" from
+``f/h == 3.5`` and gets Llama-2 wrong). A field of the wrong type or an unknown
+``model_type`` is an error that names it.
 """
 
 from __future__ import annotations
@@ -11,20 +12,31 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from planner.config import ConfigError, ModelConfig
+from presets.hf_defaults import DEFAULTS
 
 _MISSING = object()
 
 
 class _Fields:
-    """Typed reads from a config dict, with errors that name the file and the field."""
+    """Typed reads from a config dict, with errors that name the file and the field.
 
-    def __init__(self, data: Mapping[str, Any], where: str) -> None:
-        self.data, self.where = data, where
+    ``get(*names, default=...)`` returns the first of ``names`` the file has; a ``null`` there
+    means ``default`` (a value computed from other fields, or None), as in the config class.
+    A field the file lacks takes the family's ``transformers`` default, then ``default``."""
+
+    def __init__(self, data: Mapping[str, Any], where: str,
+                 defaults: Mapping[str, Any] | None = None) -> None:
+        self.data, self.where, self.defaults = data, where, defaults or {}
 
     def get(self, *names: str, default: Any = _MISSING) -> Any:
         for name in names:
-            if name in self.data and self.data[name] is not None:
+            if self.data.get(name) is not None:
                 return self.data[name]
+        if any(name in self.data for name in names):  # given as null
+            return None if default is _MISSING else default
+        for name in names:
+            if name in self.defaults:
+                return self.defaults[name]
         if default is _MISSING:
             raise ConfigError(f"{self.where}: missing field {' / '.join(names)}")
         return default
@@ -32,13 +44,46 @@ class _Fields:
     def int(self, *names: str, default: Any = _MISSING) -> int:
         value = self.get(*names, default=default)
         if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(f"{self.where}: {names[0]}({value!r}) must be an integer")
+            raise ConfigError(f"{self.where}: {names[0]}({_shown(value)}) must be an integer")
         return value
+
+    def float(self, *names: str, default: Any = _MISSING) -> float:
+        value = self.get(*names, default=default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{self.where}: {names[0]}({_shown(value)}) must be a number")
+        return float(value)
+
+    def bool(self, *names: str, default: Any = _MISSING) -> bool:
+        value = self.get(*names, default=default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.where}: {names[0]}({_shown(value)}) must be true or false")
+        return value
+
+    def str(self, *names: str, default: Any = _MISSING) -> str:
+        value = self.get(*names, default=default)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{self.where}: {names[0]}({_shown(value)}) must be a non-empty string")
+        return value
+
+    def table(self, name: str) -> dict[str, Any]:
+        value = self.get(name, default=None)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{self.where}: {name}({_shown(value)}) must be an object")
+        return dict(value)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{type(value).__name__} value"
 
 
 def _activation(act: str, *, gated: bool, where: str) -> dict[str, str]:
     """The MLP kind and, for GELU, its form: "gelu" is the exact erf form in transformers'
     ``ACT2FN``; gelu_new, gelu_fast, gelu_pytorch_tanh are the tanh approximation."""
+    if not isinstance(act, str):
+        raise ConfigError(f"{where}: activation({_shown(act)}) must be a string")
     act = act.lower()
     if gated:
         table = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "gelu_new": "geglu",
@@ -56,22 +101,21 @@ def _activation(act: str, *, gated: bool, where: str) -> dict[str, str]:
 
 def _rope(f: _Fields) -> dict[str, Any]:
     """RoPE base and scaling: transformers 4.x ``rope_theta``/``rope_scaling`` or 5.x ``rope_parameters``."""
-    params = f.get("rope_parameters", default=None) or {}
-    scaling = f.get("rope_scaling", default=None) or {}
-    merged = {**params, **scaling}
-    theta = merged.get("rope_theta", f.get("rope_theta", default=10000.0))
-    kind = merged.get("rope_type", merged.get("type", "default"))
-    out: dict[str, Any] = {"rope_theta": float(theta)}
+    merged = {**f.table("rope_parameters"), **f.table("rope_scaling")}
+    rope = _Fields(merged, f"{f.where} rope_parameters")
+    theta = rope.float("rope_theta", default=f.float("rope_theta", default=10000.0))
+    kind = rope.get("rope_type", "type", default="default")
+    out: dict[str, Any] = {"rope_theta": theta}
     names = {"default": "none", "linear": "linear", "dynamic": "ntk", "ntk": "ntk",
              "yarn": "yarn", "llama3": "llama3"}
-    if kind not in names:
-        raise ConfigError(f"{f.where}: unsupported rope scaling type {kind!r}")
+    if not isinstance(kind, str) or kind not in names:
+        raise ConfigError(f"{f.where}: unsupported rope scaling type {_shown(kind)}")
     if names[kind] != "none":
         out["rope_scaling"] = names[kind]
-        out["rope_scaling_factor"] = float(merged.get("factor", 1.0))
-        original = merged.get("original_max_position_embeddings")
+        out["rope_scaling_factor"] = rope.float("factor", default=1.0)
+        original = rope.get("original_max_position_embeddings", default=None)
         if original:
-            out["rope_original_context"] = int(original)
+            out["rope_original_context"] = rope.int("original_max_position_embeddings")
     return out
 
 
@@ -89,32 +133,26 @@ def _llama_like(f: _Fields, family: str) -> dict[str, Any]:
         "head_dim": f.int("head_dim", default=h // a if a else 0),
         "ffn_hidden_size": f.int("intermediate_size"),
         "norm": "rmsnorm",
-        "norm_eps": float(f.get("rms_norm_eps", default=1e-6)),
+        "norm_eps": f.float("rms_norm_eps"),
         "position": "rope",
         "max_context": f.int("max_position_embeddings"),
         **_rope(f),
     }
-    act = f.get("hidden_activation", "hidden_act", default="silu")
+    act = f.get("hidden_activation", "hidden_act")
     out.update(_activation(act, gated=True, where=f.where))
-    attention_bias = bool(f.get("attention_bias", default=False))
-    mlp_bias = bool(f.get("mlp_bias", default=False))
+    attention_bias = f.bool("attention_bias", default=False)
+    mlp_bias = f.bool("mlp_bias", default=False)
     if family == "qwen2":
         out["bias"] = "qkv"
-    elif attention_bias and mlp_bias:
-        out["bias"] = "all"
-    elif attention_bias:
-        out["bias"] = "attention"
-    elif mlp_bias:
-        raise ConfigError(f"{f.where}: mlp_bias without attention_bias is not supported")
     else:
-        out["bias"] = "none"
-    tie_default = family == "gemma"
-    out["tie_embeddings"] = bool(f.get("tie_word_embeddings", default=tie_default))
+        out["bias"] = {(True, True): "all", (True, False): "attention", (False, True): "mlp",
+                       (False, False): "none"}[attention_bias, mlp_bias]
+    out["tie_embeddings"] = f.bool("tie_word_embeddings")
     window = f.get("sliding_window", default=None)
-    if family == "qwen2" and not f.get("use_sliding_window", default=False):
+    if family == "qwen2" and not f.bool("use_sliding_window", default=False):
         window = None
     if window:
-        out["sliding_window"] = int(window)
+        out["sliding_window"] = f.int("sliding_window")
     if family == "mixtral":
         out["num_experts"] = f.int("num_local_experts")
         out["experts_per_token"] = f.int("num_experts_per_tok")
@@ -130,25 +168,23 @@ def _gpt2(f: _Fields) -> dict[str, Any]:
         "num_layers": f.int("n_layer", "num_hidden_layers"),
         "num_heads": f.int("n_head", "num_attention_heads"),
         "ffn_hidden_size": f.int("n_inner", default=4 * h),
-        **_activation(f.get("activation_function", default="gelu_new"), gated=False,
-                           where=f.where),
+        **_activation(f.get("activation_function"), gated=False, where=f.where),
         "norm": "layernorm",
-        "norm_eps": float(f.get("layer_norm_epsilon", default=1e-5)),
+        "norm_eps": f.float("layer_norm_epsilon"),
         "position": "learned",
-        "max_context": f.int("n_positions", "max_position_embeddings", default=1024),
+        "max_context": f.int("n_positions", "max_position_embeddings"),
         "bias": "all",
-        "tie_embeddings": bool(f.get("tie_word_embeddings", default=True)),
+        "tie_embeddings": f.bool("tie_word_embeddings"),
     }
 
 
 def _gpt_neox(f: _Fields) -> dict[str, Any]:
-    if not f.get("attention_bias", default=True):
+    if not f.bool("attention_bias"):
         raise ConfigError(f"{f.where}: gpt_neox attention_bias=false is not supported")
-    parallel = bool(f.get("use_parallel_residual", default=True))
-    rope_fraction = f.get("partial_rotary_factor", "rotary_pct", default=None)
-    if rope_fraction is None:
-        rope_fraction = (f.get("rope_parameters", default=None) or {}).get(
-            "partial_rotary_factor", 0.25)
+    rope_params = _Fields(f.table("rope_parameters"), f"{f.where} rope_parameters")
+    fraction = rope_params.get("partial_rotary_factor", default=None)
+    if fraction is None:  # transformers 4.x names, then the class default
+        fraction = f.get("partial_rotary_factor", "rotary_pct")
     return {
         "family": "gpt_neox",
         "vocab_size": f.int("vocab_size"),
@@ -156,16 +192,17 @@ def _gpt_neox(f: _Fields) -> dict[str, Any]:
         "num_layers": f.int("num_hidden_layers"),
         "num_heads": f.int("num_attention_heads"),
         "ffn_hidden_size": f.int("intermediate_size"),
-        **_activation(f.get("hidden_act", default="gelu"), gated=False, where=f.where),
+        **_activation(f.get("hidden_act"), gated=False, where=f.where),
         "norm": "layernorm",
-        "norm_eps": float(f.get("layer_norm_eps", default=1e-5)),
-        "block": "parallel" if parallel else "pre_norm",
+        "norm_eps": f.float("layer_norm_eps"),
+        "block": "parallel" if f.bool("use_parallel_residual") else "pre_norm",
         "parallel_norms": 2,
         "position": "rope",
-        "rope_fraction": float(rope_fraction),
+        "rope_fraction": _Fields({"partial_rotary_factor": fraction}, f.where).float(
+            "partial_rotary_factor"),
         "max_context": f.int("max_position_embeddings"),
         "bias": "all",
-        "tie_embeddings": bool(f.get("tie_word_embeddings", default=False)),
+        "tie_embeddings": f.bool("tie_word_embeddings"),
         **_rope(f),
     }
 
@@ -175,9 +212,9 @@ def _opt(f: _Fields) -> dict[str, Any]:
     if f.int("word_embed_proj_dim", default=h) != h:
         raise ConfigError(f"{f.where}: OPT word_embed_proj_dim != hidden_size (project_in/out) "
                           "is not supported")
-    if not f.get("enable_bias", default=True):
+    if not f.bool("enable_bias"):
         raise ConfigError(f"{f.where}: OPT enable_bias=false is not supported")
-    pre_norm = bool(f.get("do_layer_norm_before", default=True))
+    pre_norm = f.bool("do_layer_norm_before")
     return {
         "family": "opt",
         "vocab_size": f.int("vocab_size"),
@@ -185,16 +222,15 @@ def _opt(f: _Fields) -> dict[str, Any]:
         "num_layers": f.int("num_hidden_layers"),
         "num_heads": f.int("num_attention_heads"),
         "ffn_hidden_size": f.int("ffn_dim"),
-        **_activation(f.get("activation_function", default="relu"), gated=False,
-                           where=f.where),
+        **_activation(f.get("activation_function"), gated=False, where=f.where),
         "norm": "layernorm",
         "block": "pre_norm" if pre_norm else "post_norm",
-        "final_norm": pre_norm and not f.get("_remove_final_layer_norm", default=False),
+        "final_norm": pre_norm and not f.bool("_remove_final_layer_norm", default=False),
         "position": "learned",
         "position_offset": 2,  # OPTLearnedPositionalEmbedding keeps 2 extra rows
         "max_context": f.int("max_position_embeddings"),
         "bias": "all",
-        "tie_embeddings": bool(f.get("tie_word_embeddings", default=True)),
+        "tie_embeddings": f.bool("tie_word_embeddings"),
     }
 
 
@@ -210,28 +246,26 @@ def _bloom(f: _Fields) -> dict[str, Any]:
         "mlp": "gelu",
         "gelu_approximate": "tanh",  # bloom_gelu: the tanh approximation, written out
         "norm": "layernorm",
-        "norm_eps": float(f.get("layer_norm_epsilon", default=1e-5)),
+        "norm_eps": f.float("layer_norm_epsilon"),
         "embedding_norm": True,
         "position": "alibi",
         # ALiBi has no maximum; BLOOM was trained on 2048-token sequences (arXiv 2211.05100 §3.3).
         "max_context": f.int("seq_length", default=2048),
         "bias": "all",
-        "tie_embeddings": bool(f.get("tie_word_embeddings", default=True)),
+        "tie_embeddings": f.bool("tie_word_embeddings"),
     }
 
 
 def _falcon(f: _Fields) -> dict[str, Any]:
     h = f.int("hidden_size")
     a = f.int("num_attention_heads", "n_head")
-    new_arch = bool(f.get("new_decoder_architecture", default=False))
-    if new_arch:
+    if f.bool("new_decoder_architecture"):
         g = f.int("num_kv_heads", "n_head_kv", default=a)
         block, norms = "parallel", f.int("num_ln_in_parallel_attn", default=2)
     else:
-        g = 1 if f.get("multi_query", default=True) else a
-        parallel = bool(f.get("parallel_attn", default=True))
-        block, norms = ("parallel", 1) if parallel else ("pre_norm", 1)
-    alibi = bool(f.get("alibi", default=False))
+        g = 1 if f.bool("multi_query") else a
+        block, norms = ("parallel" if f.bool("parallel_attn") else "pre_norm"), 1
+    alibi = f.bool("alibi")
     return {
         "family": "falcon",
         "vocab_size": f.int("vocab_size"),
@@ -240,15 +274,15 @@ def _falcon(f: _Fields) -> dict[str, Any]:
         "num_heads": a,
         "num_kv_heads": g,
         "ffn_hidden_size": f.int("ffn_hidden_size", default=4 * h),
-        **_activation(f.get("activation", default="gelu"), gated=False, where=f.where),
+        **_activation(f.get("activation"), gated=False, where=f.where),
         "norm": "layernorm",
-        "norm_eps": float(f.get("layer_norm_epsilon", default=1e-5)),
+        "norm_eps": f.float("layer_norm_epsilon"),
         "block": block,
         "parallel_norms": norms,
         "position": "alibi" if alibi else "rope",
-        "max_context": f.int("max_position_embeddings", default=2048),
-        "bias": "all" if f.get("bias", default=False) else "none",
-        "tie_embeddings": bool(f.get("tie_word_embeddings", default=True)),
+        "max_context": f.int("max_position_embeddings"),
+        "bias": "all" if f.bool("bias") else "none",
+        "tie_embeddings": f.bool("tie_word_embeddings"),
         **({} if alibi else _rope(f)),
     }
 
@@ -274,12 +308,12 @@ def from_hf_config(data: Mapping[str, Any], *, name: str = "hf", where: str = "c
     model_type = data.get("model_type")
     if model_type is None:
         raise ConfigError(f"{where}: missing field model_type")
-    if model_type not in FAMILIES:
+    if not isinstance(model_type, str) or model_type not in FAMILIES:
         raise ConfigError(
-            f"{where}: unknown architecture model_type={model_type!r} "
+            f"{where}: unknown architecture model_type={_shown(model_type)} "
             f"(supported: {', '.join(sorted(FAMILIES))})"
         )
-    fields = FAMILIES[model_type](_Fields(data, where))
+    fields = FAMILIES[model_type](_Fields(data, where, DEFAULTS[model_type]))
     try:
         return ModelConfig(name=name, source=where, **fields)
     except ConfigError as err:

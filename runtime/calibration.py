@@ -11,46 +11,44 @@ them. Standard library only: torch runs in the launched processes.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from planner.accuracy import Accuracy
 from planner.config import ModelConfig, Parallel, TrainSetup
 from planner.cost import Cluster, CostEstimator, CostModel
+from planner.memory import CATEGORIES
 
-ROOT = Path(__file__).resolve().parent.parent
-BASE = ("tiny", "--steps", "12", "--seq", "64", "--dtype", "fp32")
+BASE: dict[str, Any] = {"target": "tiny", "steps": 12, "seq": 64, "dtype": "fp32"}
+"""What every case shares (``runtime.runspec.TrainRequest`` fields)."""
 
 # The sweep the constants are fitted to, and layouts kept out of the fit to judge it: each
 # held-out case differs from every fitted one in layout or in micro-batch count.
-FIT_CASES: dict[str, tuple[str, ...]] = {
-    "single-b1-m4": ("--gbs", "4", "--mbs", "1"),
-    "single-b4-m1": ("--gbs", "4", "--mbs", "4"),
-    "single-full-recompute": ("--gbs", "4", "--mbs", "2", "--recompute", "full"),
-    "single-selective-b1": ("--gbs", "4", "--mbs", "1", "--recompute", "selective"),
-    "dp2-zero0": ("--gbs", "4", "--mbs", "2", "--dp", "2"),
-    "dp2-zero2": ("--gbs", "4", "--mbs", "2", "--dp", "2", "--zero", "2"),
-    "dp2-zero3": ("--gbs", "4", "--mbs", "1", "--dp", "2", "--zero", "3"),
-    "tp2-sp": ("--gbs", "4", "--mbs", "2", "--tp", "2", "--sp"),
-    "tp2-b4": ("--gbs", "4", "--mbs", "4", "--tp", "2"),
-    "pp2": ("--gbs", "4", "--mbs", "1", "--pp", "2"),
-    "pp2-dp2": ("--gbs", "8", "--mbs", "1", "--pp", "2", "--dp", "2"),
+FIT_CASES: dict[str, dict[str, Any]] = {
+    "single-b1-m4": {"gbs": 4, "mbs": 1},
+    "single-b4-m1": {"gbs": 4, "mbs": 4},
+    "single-full-recompute": {"gbs": 4, "mbs": 2, "recompute": "full"},
+    "single-selective-b1": {"gbs": 4, "mbs": 1, "recompute": "selective"},
+    "dp2-zero0": {"gbs": 4, "mbs": 2, "dp": 2},
+    "dp2-zero2": {"gbs": 4, "mbs": 2, "dp": 2, "zero": 2},
+    "dp2-zero3": {"gbs": 4, "mbs": 1, "dp": 2, "zero": 3},
+    "tp2-sp": {"gbs": 4, "mbs": 2, "tp": 2, "sp": True},
+    "tp2-b4": {"gbs": 4, "mbs": 4, "tp": 2},
+    "pp2": {"gbs": 4, "mbs": 1, "pp": 2},
+    "pp2-dp2": {"gbs": 8, "mbs": 1, "pp": 2, "dp": 2},
 }
-HELD_OUT: dict[str, tuple[str, ...]] = {
-    "single-selective": ("--gbs", "4", "--mbs", "2", "--recompute", "selective"),
-    "dp2-zero2-b1": ("--gbs", "4", "--mbs", "1", "--dp", "2", "--zero", "2"),
-    "tp2": ("--gbs", "4", "--mbs", "1", "--tp", "2"),
-    "pp2-b2": ("--gbs", "4", "--mbs", "2", "--pp", "2"),
-    "tp2-dp2": ("--gbs", "8", "--mbs", "2", "--tp", "2", "--dp", "2"),
+HELD_OUT: dict[str, dict[str, Any]] = {
+    "single-selective": {"gbs": 4, "mbs": 2, "recompute": "selective"},
+    "dp2-zero2-b1": {"gbs": 4, "mbs": 1, "dp": 2, "zero": 2},
+    "tp2": {"gbs": 4, "mbs": 1, "tp": 2},
+    "pp2-b2": {"gbs": 4, "mbs": 2, "pp": 2},
+    "tp2-dp2": {"gbs": 8, "mbs": 2, "tp": 2, "dp": 2},
 }
-CATEGORIES = ("parameters", "gradients", "optimizer_states", "activations")
 
 
 @dataclass
@@ -100,7 +98,7 @@ class Case:
         return out
 
 
-def run_case(name: str, args: tuple[str, ...], device: str = "cpu", *, tries: int = 2) -> Case:
+def run_case(name: str, args: dict[str, Any], device: str = "cpu", *, tries: int = 2) -> Case:
     """One measured run; a run that fails is retried once (a shared host can drop a gloo
     connection), and a second failure is reported with its message."""
     for attempt in range(tries):
@@ -112,16 +110,30 @@ def run_case(name: str, args: tuple[str, ...], device: str = "cpu", *, tries: in
     raise AssertionError("unreachable")
 
 
-def world_size(args: tuple[str, ...]) -> int:
-    """Ranks a case's launch arguments ask for (tp x pp x dp)."""
-    world = 1
-    for flag in ("--tp", "--pp", "--dp"):
-        if flag in args:
-            world *= int(args[args.index(flag) + 1])
-    return world
+def world_size(args: dict[str, Any]) -> int:
+    """Ranks a case asks for (tp x pp x dp)."""
+    return args.get("tp", 1) * args.get("pp", 1) * args.get("dp", 1)
 
 
-def runnable(cases: dict[str, tuple[str, ...]], device: str) -> dict[str, tuple[str, ...]]:
+def calibratable(device: str, hardware: str) -> bool:
+    """Whether runs on ``device`` here can calibrate the ``hardware`` preset: CPU processes
+    only a CPU preset (their host terms must never reach an accelerator), CUDA runs only an
+    accelerator's."""
+    from presets import load_hardware
+
+    return (load_hardware(hardware).kind == "cpu") == (device == "cpu")
+
+
+def check_calibratable(device: str, hardware: str) -> None:
+    from planner.config import ConfigError
+
+    if not calibratable(device, hardware):
+        kind = "a CPU preset" if device == "cpu" else "an accelerator preset"
+        raise ConfigError(f"runs on --device {device} measure {kind}, not hardware({hardware}); "
+                          f"use --hardware {'cpu' if device == 'cpu' else '<gpu preset>'}")
+
+
+def runnable(cases: dict[str, dict[str, Any]], device: str) -> dict[str, dict[str, Any]]:
     """The cases this host can run: any on CPU (ranks time-share the cores); on CUDA, those
     with no more ranks than visible GPUs (NCCL runs one rank per GPU)."""
     if device == "cpu":
@@ -137,7 +149,7 @@ def cuda_device_count() -> int:
     return int(proc.stdout.strip() or 0) if proc.returncode == 0 else 0
 
 
-def measure(cases: dict[str, tuple[str, ...]], device: str = "cpu", *, rounds: int = 1,
+def measure(cases: dict[str, dict[str, Any]], device: str = "cpu", *, rounds: int = 1,
             deadline: float | None = None,
             progress: Callable[[str], None] = lambda _: None) -> list[Case]:
     """Run every case ``rounds`` times, one round after another, and keep each case's median
@@ -157,35 +169,32 @@ def measure(cases: dict[str, tuple[str, ...]], device: str = "cpu", *, rounds: i
     return [sorted(rs, key=lambda c: c.measured_step_s)[(len(rs) - 1) // 2] for rs in runs.values()]
 
 
-def _run_case(name: str, args: tuple[str, ...], device: str) -> Case:
-    from planner.planfile import plan_objects, read_plan
+def _run_case(name: str, args: dict[str, Any], device: str) -> Case:
+    from runtime import events
+    from runtime.launch import stream
+    from runtime.runspec import TrainRequest, resolve
 
     with tempfile.TemporaryDirectory(prefix=f"llmplan-cal-{name}-") as folder:
-        cmd = [sys.executable, "-m", "tui.cli", "launch", *BASE, *args, "--device", device,
-               "--run-dir", folder, "--json"]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
-        events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-        done = next((e for e in events if e["event"] == "done"), None)
-        if proc.returncode or done is None:
-            last = (events[-1].get("message") if events else None) or proc.stderr[-300:]
-            raise RuntimeError(f"case {name} failed: {last}")
-        plan = read_plan(Path(folder) / "run.toml")
-    cfg, setup, par = plan_objects(plan)
-    return Case(name=name, cfg=cfg, setup=setup, par=par, done=done, plan=plan)
+        resolved = resolve(TrainRequest(**BASE, **args, device=device, run_dir=folder))
+        spec = replace(resolved.spec, env={"OMP_NUM_THREADS": "1"})
+        seen: list[events.Event] = []
+        rc = stream(spec, lambda _line, ev: seen.append(ev) if ev is not None else None)
+    done = next((e for e in seen if isinstance(e, events.Done)), None)
+    if rc or done is None:
+        last = next((e.message for e in reversed(seen) if isinstance(e, events.Error)), f"exit {rc}")
+        raise RuntimeError(f"case {name} failed: {last}")
+    return Case(name=name, cfg=resolved.cfg, setup=resolved.setup, par=resolved.par,
+                done=done.to_dict(), plan=resolved.plan)
+
+
+def estimator(case: Case, model: CostModel, hardware) -> CostEstimator:
+    """The cost model of a case's run: its setup with the runtime's own recipe."""
+    setup = replace(case.setup, recipe="runtime")
+    return CostEstimator(case.cfg, setup, Cluster(hardware=hardware, gpus=case.par.world), model)
 
 
 def predict_step_s(case: Case, model: CostModel, hardware) -> float:
-    setup = TrainSetup(**{**{f: getattr(case.setup, f) for f in case.setup.__slots__},
-                          "recipe": "runtime"})
-    from planner.memory import memory_report
-
-    cost = CostEstimator(case.cfg, setup, Cluster(hardware=hardware, gpus=case.par.world), model)
-    params = max(s.params for s in memory_report(case.cfg, setup, case.par).stages)
-    p = case.par
-    return cost.step_time(tp=p.tp, pp=p.pp, vpp=p.vpp, dp=p.dp, zero=p.zero, sp=p.sp,
-                          recompute=setup.recompute, mbs=setup.micro_batch, m=setup.grad_accum,
-                          params_per_rank=params).total_s
+    return estimator(case, model, hardware).layout_step_time(case.par).total_s
 
 
 def nelder_mead(f: Callable[[list[float]], float], x0: list[float], *, steps: int = 400,
@@ -224,14 +233,17 @@ FITTED = ("matmul_efficiency", "layer_overhead_s", "step_overhead_s",
           "collective_call_s")
 
 
-def fit(cases: list[Case], hardware, base: CostModel) -> CostModel:
+def fit(cases: list[Case], hardware, base: CostModel, *, host_cores: int | None = None) -> CostModel:
     """CostModel constants minimising the squared log error of step time over ``cases``.
 
     Fitted (in log space, so each stays positive): the names in :data:`FITTED`. Link
     bandwidth and latency stay the preset's: a small model's messages are too short to
     measure them, and with the two-rank groups a sweep on one host can run, a ring step and
-    a call's fixed cost cannot be told apart (``collective_call_s`` holds both)."""
-    cores = os.cpu_count() or 1
+    a call's fixed cost cannot be told apart (``collective_call_s`` holds both). Eight
+    starting points; the best is then restarted with a shrinking simplex until the loss
+    stops falling, so noise-free step times give back their constants exactly (a test)."""
+    cores = host_cores or os.cpu_count() or 1
+    costs = [(c, estimator(c, base, hardware)) for c in cases]
 
     def model_from(x: list[float]) -> CostModel:
         values = {name: math.exp(v) for name, v in zip(FITTED, x)}
@@ -240,8 +252,8 @@ def fit(cases: list[Case], hardware, base: CostModel) -> CostModel:
 
     def loss(x: list[float]) -> float:
         model = model_from(x)
-        return sum(math.log(predict_step_s(c, model, hardware) / c.measured_step_s) ** 2
-                   for c in cases)
+        return sum(math.log(est.with_model(model).layout_step_time(c.par).total_s
+                            / c.measured_step_s) ** 2 for c, est in costs)
 
     starts = [{"matmul_efficiency": e, "layer_overhead_s": o, "step_overhead_s": 1e-3,
                "tp_layer_overhead_s": 5 * o, "sp_layer_overhead_s": 5 * o,
@@ -249,6 +261,16 @@ def fit(cases: list[Case], hardware, base: CostModel) -> CostModel:
               for e in (0.05, 0.5) for o in (1e-4, 1e-3) for c in (1e-4, 2e-3)]
     best = min((nelder_mead(loss, [math.log(start[name]) for name in FITTED], steps=300)
                 for start in starts), key=loss)
+    value, scale = loss(best), 1.0
+    for _ in range(12):  # restarts: a collapsed simplex stalls; a fresh one moves on
+        again = nelder_mead(loss, best, steps=600, scale=scale)
+        new = loss(again)
+        if new >= value * (1 - 1e-9):
+            scale /= 4
+            if scale < 1e-3:
+                break
+            continue
+        best, value = again, new
     return model_from(best)
 
 
@@ -270,3 +292,101 @@ def accuracy(rows: list[dict[str, Any]], source: str) -> Accuracy:
     return Accuracy.from_runs(
         (r["measured_step_time_s"] / r["predicted_step_time_s"] for r in rows),
         (x for r in rows for x in r["memory_ratios"]), source=source)
+
+
+MEMORY_GATE = 0.10
+"""``validate`` fails when a memory category is off by more than this."""
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
+    steps = [abs(r["step_time_error"]) for r in rows]
+    mems = [r["memory_error"] for r in rows]
+    return {"mean_step_time_error": sum(steps) / len(steps), "worst_step_time_error": max(steps),
+            "mean_memory_error": sum(mems) / len(mems), "worst_memory_error": max(mems)}
+
+
+def calibrate(*, device: str, hardware: str, rounds: int, budget_s: float,
+              runs: str | None = None, progress: Callable[[str], None] = lambda _: None
+              ) -> dict[str, Any]:
+    """Measure the sweep (or reread ``runs``, a previous sweep's file), fit the constants on
+    the fitted cases, judge them on the held-out ones, and save the profile (constants and
+    accuracy record) for ``hardware``; everything as one report."""
+    import dataclasses
+    import json
+    import time
+    from pathlib import Path
+
+    from planner.config import ConfigError
+    from presets import load_cost_model, load_hardware, load_profile, profile_path, save_profile
+
+    check_calibratable(device, hardware)
+    hw = load_hardware(hardware)
+    saved = profile_path(hardware).with_suffix(".runs.json")
+    if runs:
+        try:
+            cases = [Case.from_dict(d) for d in json.loads(Path(runs).read_text())]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"{runs}: not a calibrate runs file ({err})") from None
+    else:
+        cases = measure(runnable({**FIT_CASES, **HELD_OUT}, device), device, rounds=rounds,
+                        deadline=time.monotonic() + budget_s, progress=progress)
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps([c.to_dict() for c in cases]) + "\n")
+    fit_cases = [c for c in cases if c.name in FIT_CASES]
+    held = [c for c in cases if c.name in HELD_OUT]
+    if not fit_cases or not held:
+        raise ConfigError(f"{len(fit_cases)} sweep and {len(held)} held-out runs: need both")
+    before = load_cost_model(hardware)
+    before_label = "the previous profile" if load_profile(hardware).get("cost_model") else "defaults"
+    fitted = fit(fit_cases, hw, before)
+    rows_before, rows_after = errors(held, before, hw), errors(held, fitted, hw)
+    record = accuracy(rows_after, f"{len(held)} held-out runs, llmplan calibrate "
+                                  f"{time.strftime('%Y-%m-%d')}")
+    constants = dataclasses.asdict(fitted)
+    return {"profile": str(save_profile(hardware, record, constants)),
+            "runs": runs or str(saved), "cost_model": constants,
+            "fit_cases": [c.name for c in fit_cases],
+            "before_label": before_label,
+            "held_out_before": rows_before, "held_out_after": rows_after,
+            "before": summary(rows_before), "after": summary(rows_after),
+            "accuracy": record.to_dict()}
+
+
+def validate(*, device: str, hardware: str, rounds: int, folder: str,
+             names: list[str] | None = None, progress: Callable[[str], None] = lambda _: None
+             ) -> dict[str, Any]:
+    """Run the cases (all, or ``names``) against the current constants; save the accuracy
+    record in the profile and write ``validation.json`` / ``validation.md`` in ``folder``."""
+    import json
+    import time
+    from pathlib import Path
+
+    from planner.config import ConfigError
+    from presets import load_cost_model, load_hardware, save_profile
+
+    check_calibratable(device, hardware)
+    every = {**FIT_CASES, **HELD_OUT}
+    unknown = sorted(set(names or ()) - set(every))
+    if unknown:
+        raise ConfigError(f"unknown validation case(s) {', '.join(unknown)} "
+                          f"(known: {', '.join(every)})")
+    chosen = runnable({k: v for k, v in every.items() if not names or k in names}, device)
+    if not chosen:
+        raise ConfigError(f"no validation case runs on {device} here")
+    rows = errors(measure(chosen, device, rounds=rounds, progress=progress),
+                  load_cost_model(hardware), load_hardware(hardware))
+    record = accuracy(rows, f"{len(rows)} runs, llmplan validate {time.strftime('%Y-%m-%d')}")
+    data = {"hardware": hardware, "cases": rows, **summary(rows), "accuracy": record.to_dict(),
+            "profile": str(save_profile(hardware, record))}
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "validation.json").write_text(json.dumps(data, indent=2) + "\n")
+    md = ["| case | step predicted (ms) | step measured (ms) | step error | worst memory error |",
+          "|---|---|---|---|---|"]
+    md += [f"| {r['case']} | {r['predicted_step_time_s'] * 1e3:.1f} | "
+           f"{r['measured_step_time_s'] * 1e3:.1f} | {r['step_time_error']:+.1%} | "
+           f"{r['memory_error']:.1%} |" for r in rows]
+    md.append(f"\nworst memory error {data['worst_memory_error']:.1%}, worst step-time error "
+              f"{data['worst_step_time_error']:.1%} ({hardware})")
+    (out / "validation.md").write_text("\n".join(md) + "\n")
+    return data

@@ -14,14 +14,11 @@ import os
 import shutil
 from pathlib import Path
 
-import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict,
-                                                     set_model_state_dict,
-                                                     set_optimizer_state_dict)
 
-OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+def _options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 def _plain(parts, optimizers) -> list:
@@ -34,14 +31,19 @@ def _plain(parts, optimizers) -> list:
 
 
 def _state(parts, optimizers) -> dict:
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
     model, optim = {}, {}
     for part, opt in zip(parts, optimizers):
         model.update(get_model_state_dict(part))
-        optim.update(get_optimizer_state_dict(part, opt, options=OPTIONS))
+        optim.update(get_optimizer_state_dict(part, opt, options=_options()))
     return {"model": model, "optim": optim}
 
 
 def latest_step(ckpt_dir: str) -> int | None:
+    """The newest complete step in ``ckpt_dir`` (standard library only: launch checks a
+    ``--resume`` before any process starts), or None."""
     marker = Path(ckpt_dir) / "latest"
     if not marker.exists():
         return None
@@ -50,6 +52,9 @@ def latest_step(ckpt_dir: str) -> int | None:
 
 
 def save(ckpt_dir: str, step: int, parts, optimizers) -> str:
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
     root = Path(ckpt_dir)
     final = root / f"step-{step}"
     tmp = root / f"step-{step}.tmp"
@@ -70,6 +75,10 @@ def save(ckpt_dir: str, step: int, parts, optimizers) -> str:
 
 
 def load(ckpt_dir: str, step: int, parts, optimizers) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
     from runtime.zero1 import ShardedOptimizer, absorb
 
     plain = _plain(parts, optimizers)
@@ -77,6 +86,6 @@ def load(ckpt_dir: str, step: int, parts, optimizers) -> None:
     dcp.load(state, checkpoint_id=str(Path(ckpt_dir) / f"step-{step}"))
     for part, opt, flat in zip(parts, optimizers, plain):
         set_model_state_dict(part, state["model"], options=StateDictOptions(strict=False))
-        set_optimizer_state_dict(part, flat, state["optim"], options=OPTIONS)
+        set_optimizer_state_dict(part, flat, state["optim"], options=_options())
         if isinstance(opt, ShardedOptimizer):
             absorb(opt, flat)

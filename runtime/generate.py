@@ -2,9 +2,9 @@
 
 ``python -m torch.distributed.run ... -m runtime.generate --plan gen.toml``; rank 0 prints
 events (``start``, ``token``, ``done``). The cache holds, per layer, K and V of shape
-(batch, local kv heads, capacity, d) with capacity = ``planner.kv.cached_tokens`` (the
-sliding window when there is one, used as a ring buffer), so the bytes allocated are exactly
-the planner's ``kv`` figure. Prompts of different lengths are right-padded; every cache slot
+(batch, local kv heads, capacity, d) with capacity the tokens a sequence can attend to (the
+sliding window when there is one, used as a ring buffer); ``done`` reports the bytes
+allocated next to the planner's ``kv`` figure, which is computed without this code. Prompts of different lengths are right-padded; every cache slot
 remembers the absolute position it holds (-1 for padding), and attention masks by position.
 Under TP every rank samples from the same replicated logits with the same seeded generator,
 so all ranks agree on every token.
@@ -22,7 +22,10 @@ import torch
 
 from planner.config import ConfigError, ModelConfig
 from planner.planfile import read_plan
+from presets import default_hardware
 from runtime import events
+from runtime.runspec import check_generation
+from runtime.tokenizer import decode, encode
 
 GEN_DEFAULTS: dict[str, Any] = {
     "prompts": ["Hello"], "max_new_tokens": 32, "temperature": 0.0, "top_k": 0, "top_p": 1.0,
@@ -102,38 +105,12 @@ def sample(logits: torch.Tensor, *, temperature: float, top_k: int, top_p: float
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def encode(text: str) -> list[int]:
-    """The byte-level tokenizer shared with training (runtime.data.ByteData)."""
-    return list(text.encode("utf-8"))
-
-
-def decode(tokens: list[int]) -> str:
-    return bytes(t for t in tokens if t < 256).decode("utf-8", errors="replace")
-
-
 def apply_tp_inference(model, tp_mesh) -> None:
     """Training's tensor-parallel plan (one table, ``runtime.parallel.apply_tp``) without
     sequence parallelism, the logits gathered to every rank for sampling."""
     from runtime.parallel import apply_tp
 
     apply_tp(model, tp_mesh, sp=False, sharded_logits=False)
-
-
-def check_generation(cfg: ModelConfig, *, tp: int, prompt_lens: list[int], max_new: int) -> None:
-    """The layout contract's model and tensor-parallel rules for llmplan's runtime, then the
-    prompt lengths against the context."""
-    from planner import layout
-
-    refused = layout.refusals([*layout.model_problems(cfg), *layout.tp_problems(cfg, tp)],
-                              "llmplan")
-    if refused:
-        raise ConfigError("; ".join(p.message for p in refused))
-    if not prompt_lens or min(prompt_lens) < 1:
-        raise ConfigError("every prompt needs at least one token")
-    longest = max(prompt_lens) + max_new
-    if longest > cfg.max_context:
-        raise ConfigError(f"prompt({max(prompt_lens)}) + max new tokens({max_new}) = {longest} "
-                          f"exceeds the model's max context({cfg.max_context})")
 
 
 def load_weights(model, ckpt_dir: str) -> int:
@@ -249,7 +226,7 @@ def roofline(cfg: ModelConfig, *, hardware: str, tp: int, batch: int, context: i
 def run(plan_path: str) -> int:
     import torch.distributed as dist
 
-    from planner.kv import cached_tokens, kv_report
+    from planner.kv import kv_report
     from runtime.init import init_weights
     from runtime.model import Decoder
 
@@ -257,9 +234,9 @@ def run(plan_path: str) -> int:
     cfg = ModelConfig.from_dict(plan["model"], where=f"{plan_path} [model]")
     opts = {**GEN_DEFAULTS, **plan.get("generate", {})}
     tp = int(os.environ.get("WORLD_SIZE", "1"))
-    prompts = [encode(p) for p in opts["prompts"]]
     max_new = int(opts["max_new_tokens"])
-    check_generation(cfg, tp=tp, prompt_lens=[len(p) for p in prompts], max_new=max_new)
+    check_generation(cfg, tp=tp, prompts=list(opts["prompts"]), max_new=max_new)
+    prompts = [encode(p) for p in opts["prompts"]]
     cuda = opts["device"] == "cuda"
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
@@ -267,7 +244,7 @@ def run(plan_path: str) -> int:
         torch.cuda.set_device(local_rank)
     dist.init_process_group("nccl" if cuda else "gloo")
     rank = dist.get_rank()
-    say = (lambda kind, **kw: events.emit(kind, **kw)) if rank == 0 else (lambda kind, **kw: None)
+    say = events.emit if rank == 0 else (lambda ev: None)
     dtype = torch.bfloat16 if opts["dtype"] == "bf16" else torch.float32
 
     model = Decoder(cfg)
@@ -281,24 +258,26 @@ def run(plan_path: str) -> int:
         apply_tp_inference(model, init_device_mesh(device.type, (tp,), mesh_dim_names=("tp",)))
 
     total = max(len(p) for p in prompts) + max_new
-    capacity = cached_tokens(cfg, total)
+    # a ring buffer needs a slot per token a query can see: the window, else every token
+    capacity = min(total, cfg.sliding_window) if cfg.sliding_window else total
     kv_local = cfg.num_kv_heads // tp
     caches = [KVCache(len(prompts), kv_local, capacity, cfg.head_dim, window=cfg.sliding_window,
                       dtype=dtype, device=device) for _ in range(cfg.num_layers)]
     kv_dtype = "fp32" if opts["dtype"] == "fp32" else "bf16"
     predicted_kv = kv_report(cfg, seq_len=total, batch=len(prompts), kv_dtype=kv_dtype, tp=tp).total_bytes
-    hardware = plan.get("cluster", {}).get("hardware") or ("cpu" if not cuda else "h100-sxm")
+    hardware = plan.get("cluster", {}).get("hardware") or default_hardware(device.type)
     roof = roofline(cfg, hardware=hardware, tp=tp, batch=len(prompts), context=total,
                     dtype=opts["dtype"])
-    say("start", model=cfg.name, mode="inference", world=tp, device=device.type,
-        checkpoint_step=step, batch=len(prompts), max_new_tokens=max_new,
-        predicted_kv_cache_bytes=predicted_kv, predicted_weights_bytes=roof["weights_bytes"],
-        predicted_decode_tokens_per_s=roof["predicted_decode_tokens_per_s"])
+    say(events.GenerationStart(
+        model=cfg.name, world=tp, device=device.type, checkpoint_step=step, batch=len(prompts),
+        max_new_tokens=max_new, predicted_kv_cache_bytes=predicted_kv,
+        predicted_weights_bytes=roof["weights_bytes"],
+        predicted_decode_tokens_per_s=roof["predicted_decode_tokens_per_s"]))
     if cuda:
         torch.cuda.reset_peak_memory_stats()
 
     def on_tokens(i: int, toks: list[int]) -> None:
-        say("token", index=i, tokens=toks, text=[decode([t]) for t in toks])
+        say(events.Token(index=i, tokens=toks, text=[decode([t]) for t in toks]))
 
     result = generate(model, prompts, max_new=max_new, caches=caches,
                       temperature=float(opts["temperature"]), top_k=int(opts["top_k"]),
@@ -309,15 +288,13 @@ def run(plan_path: str) -> int:
     if peak is None:
         import resource
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    done = {"tokens": result["tokens"], "ttft_s": result["ttft_s"],
-            "prefill_tokens_per_s": result["prefill_tokens_per_s"],
-            "decode_tokens_per_s": result["decode_tokens_per_s"],
-            "predicted_decode_tokens_per_s": roof["predicted_decode_tokens_per_s"],
-            "predicted_kv_cache_bytes": predicted_kv,
-            "measured_kv_cache_bytes": sum(c.nbytes() for c in caches),
-            "peak_memory_bytes": int(peak)}
-    done["texts" if len(texts) > 1 else "text"] = texts if len(texts) > 1 else texts[0]
-    say("done", **done)
+    say(events.GenerationDone(
+        tokens=result["tokens"], texts=texts, text=texts[0] if len(texts) == 1 else None,
+        ttft_s=result["ttft_s"], prefill_tokens_per_s=result["prefill_tokens_per_s"],
+        decode_tokens_per_s=result["decode_tokens_per_s"],
+        predicted_decode_tokens_per_s=roof["predicted_decode_tokens_per_s"],
+        predicted_kv_cache_bytes=predicted_kv,
+        measured_kv_cache_bytes=sum(c.nbytes() for c in caches), peak_memory_bytes=int(peak)))
     dist.barrier()
     dist.destroy_process_group()
     return 0

@@ -1,9 +1,12 @@
 """Plan or flags -> the exact torchrun command, spawned as its own process group, with the
 event stream relayed line by line. Standard library only (torch is never imported here).
 
-Ctrl-C (or ``cancel()``) terminates the whole group, then kills it after a grace period. A rank
-that dies makes torchrun end the others and exit non-zero; if the run printed no ``done`` the
-launcher adds an ``error`` event, so a consumer always sees how the run ended.
+Ctrl-C (or ``cancel()``) terminates torchrun's process group and, explicitly, each rank's:
+torchrun starts every rank in a session of its own (``start_new_session``), so signalling
+torchrun's group alone reaches the ranks only through torchrun. A grace period later whatever
+is left is killed. A rank that dies makes torchrun end the others and exit non-zero; if the
+run printed no ``done`` the launcher adds an ``error`` event, so a consumer always sees how
+the run ended.
 """
 
 from __future__ import annotations
@@ -83,18 +86,25 @@ class Run:
         assert self.proc.stdout is not None
         yield from self.proc.stdout
 
+    def processes(self) -> list[int]:
+        """The PIDs of this run: the launched command and every process below it (torchrun's
+        agent and its ranks)."""
+        return [self.proc.pid, *descendants(self.proc.pid)]
+
     def cancel(self) -> None:
-        """SIGTERM to the whole process group, SIGKILL after the grace period."""
-        if self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(GRACE_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        except ProcessLookupError:
-            pass
+        """SIGTERM to the run's process group and to each of its processes' own groups (the
+        ranks'), SIGKILL to whatever is left after the grace period."""
+        pids = self.processes()
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                _signal_group(pid, sig)
+            try:
+                self.proc.wait(GRACE_S if sig == signal.SIGTERM else None)
+            except subprocess.TimeoutExpired:
+                pass
+            pids = [p for p in pids if _alive(p)]
+            if not pids:
+                break
 
     def wait(self) -> int:
         rc = self.proc.wait()
@@ -102,29 +112,73 @@ class Run:
         return rc
 
 
-def stream(spec: LaunchSpec, on_line: Callable[[str, dict | None], None]) -> int:
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (``ps`` is POSIX: Linux and macOS alike)."""
+    try:
+        out = subprocess.run(["ps", "-A", "-o", "pid=,ppid="], capture_output=True, text=True,
+                             timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+            children.setdefault(int(parts[1]), []).append(int(parts[0]))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped by its parent) is not running
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    """``sig`` to the process group ``pid`` leads, else to the process alone."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stream(spec: LaunchSpec, on_line: Callable[[str, events.Event | None], None]) -> int:
     """Run to the end, calling ``on_line(line, event_or_None)`` for every stdout line.
     Returns the exit code; an ``error`` event is synthesised when the run ended without
     ``done`` or ``error``."""
-    run = Run(torchrun_command(spec), child_env(spec))
+    run = start(spec)
     ended = finished = False
     try:
         for line in run.lines():
             ev = events.parse(line)
-            if ev and ev["event"] in ("done", "error"):
+            if isinstance(ev, events.ENDINGS):
                 ended = True
-                finished = ev["event"] == "done"
+                finished = not isinstance(ev, events.Error)
             on_line(line.rstrip("\n"), ev)
         rc = run.wait()
     except KeyboardInterrupt:
         run.cancel()
-        ev = events.event("error", message="cancelled (Ctrl-C): every rank was stopped")
-        on_line(events_json(ev), ev)
+        ev = events.Error(message="cancelled (Ctrl-C): every rank was stopped")
+        on_line(ev.to_json(), ev)
         return 130
     if rc != 0 and not ended:
-        detail = first_error(run.stderr_tail)
-        ev = events.event("error", message=f"run failed with exit code {rc} (a rank exited): {detail}", exit_code=rc)
-        on_line(events_json(ev), ev)
+        ev = failure(rc, run.stderr_tail)
+        on_line(ev.to_json(), ev)
     elif rc != 0 and finished:
         # every step, checkpoint and measurement is in: a rank that fails while the process
         # group shuts down does not undo the run, so it is a warning, not a failure
@@ -132,6 +186,17 @@ def stream(spec: LaunchSpec, on_line: Callable[[str, dict | None], None]) -> int
                          f"{first_error(run.stderr_tail)}\n")
         return 0
     return rc
+
+
+def start(spec: LaunchSpec) -> Run:
+    """Start the run's torchrun command in its own process group."""
+    return Run(torchrun_command(spec), child_env(spec))
+
+
+def failure(rc: int, stderr_tail: list[str]) -> events.Error:
+    """The ``error`` event of a run that exited ``rc`` without saying how it ended."""
+    return events.Error(message=f"run failed with exit code {rc} (a rank exited): "
+                                f"{first_error(stderr_tail)}", exit_code=rc)
 
 
 def first_error(lines: list[str]) -> str:
@@ -145,9 +210,3 @@ def first_error(lines: list[str]) -> str:
             return line.strip()[-400:]
     tail = [line.strip() for line in lines if line.strip()][-2:]
     return " | ".join(tail)[-400:]
-
-
-def events_json(ev: dict) -> str:
-    import json
-
-    return json.dumps(ev)

@@ -25,11 +25,12 @@ LAYOUT_FIELDS = ("tp", "pp", "vpp", "dp", "zero", "sp", "schedule")
 
 
 def layout_objects(entry: dict[str, Any], *, seq: int, gbs: int, dtype: str) -> tuple[TrainSetup, Parallel]:
+    from planner import layout
+
     par = Parallel(**{k: entry[k] for k in LAYOUT_FIELDS if k in entry})
     mbs = int(entry.get("mbs", gbs // par.dp))
-    if gbs % (mbs * par.dp):
-        raise ConfigError(f"gbs({gbs}) is not a multiple of mbs({mbs}) x dp({par.dp})")
-    setup = TrainSetup(seq_len=seq, micro_batch=mbs, grad_accum=gbs // (mbs * par.dp),
+    setup = TrainSetup(seq_len=seq, micro_batch=mbs,
+                       grad_accum=layout.micro_batches(global_batch=gbs, dp=par.dp, mbs=mbs),
                        dtype=dtype, recipe="runtime", recompute=entry.get("recompute", "none"),
                        optimizer=entry.get("optimizer", "adamw"))
     return setup, par
@@ -67,42 +68,41 @@ def launch_matrix(cfg: ModelConfig, layouts: list[dict], *, folder: Path, steps:
                   on_layout=None) -> tuple[int, list[dict], str]:
     """Run ``layouts`` (the reference first is the caller's choice) in one torchrun world of
     ``nproc`` CPU processes; (exit code, the ``layout`` events, the error if any)."""
-    from planner.planfile import dumps
+    from planner.tomlio import write_toml
     from runtime.launch import LaunchSpec, stream
 
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"matrix-{cfg.name}.toml"
-    path.write_text(dumps({"model": cfg.to_dict(), "layouts": layouts,
-                           "run": {"steps": steps, "seq": seq, "gbs": gbs, "dtype": "fp32",
-                                   "seed": seed, "device": "cpu", "warmup_steps": 2}}))
-    got: list[dict] = []
+    path = write_toml(folder / f"matrix-{cfg.name}.toml", {
+        "model": cfg.to_dict(), "layouts": layouts,
+        "run": {"steps": steps, "seq": seq, "gbs": gbs, "dtype": "fp32", "seed": seed,
+                "device": "cpu", "warmup_steps": 2}})
+    got: list[events.LayoutResult] = []
     error = ""
 
-    def on_line(_line: str, ev: dict | None) -> None:
+    def on_line(_line: str, ev: events.Event | None) -> None:
         nonlocal error
-        if ev and ev["event"] == "layout":
+        if isinstance(ev, events.LayoutResult):
             got.append(ev)
             if on_layout:
                 on_layout(ev)
-        elif ev and ev["event"] == "error":
-            error = ev.get("message", "")
+        elif isinstance(ev, events.Error):
+            error = ev.message
 
     rc = stream(LaunchSpec(plan_path=path, nproc_per_node=nproc, device="cpu",
                            module="runtime.matrix"), on_line)
     return rc, got, error
 
 
-def agrees(reference: dict, got: dict, rel: float = 1e-4) -> str:
+def agrees(reference: events.LayoutResult, got: events.LayoutResult, rel: float = 1e-4) -> str:
     """Empty when every step's loss and gradient norm is within ``rel`` of the reference,
     else the first disagreement."""
-    for i, (a, b, ga, gb) in enumerate(zip(reference["losses"], got["losses"],
-                                           reference["grad_norms"], got["grad_norms"])):
+    for i, (a, b, ga, gb) in enumerate(zip(reference.losses, got.losses,
+                                           reference.grad_norms, got.grad_norms)):
         if abs(a - b) > rel * abs(a):
             return f"step {i + 1}: loss {b:.6g} vs {a:.6g}"
         if abs(ga - gb) > rel * abs(ga):
             return f"step {i + 1}: grad norm {gb:.6g} vs {ga:.6g}"
-    if len(got["losses"]) != len(reference["losses"]):
-        return f"{len(got['losses'])} steps vs {len(reference['losses'])}"
+    if len(got.losses) != len(reference.losses):
+        return f"{len(got.losses)} steps vs {len(reference.losses)}"
     return ""
 
 
@@ -136,7 +136,8 @@ def run(plan_path: str) -> int:
             losses.append(out["loss"])
             norms.append(out["grad_norm"])
         if rank == 0:
-            events.emit("layout", index=i, layout=entry, losses=losses, grad_norms=norms)
+            events.emit(events.LayoutResult(index=i, layout=entry, losses=losses,
+                                            grad_norms=norms))
         del trainer
     dist.barrier()
     dist.destroy_process_group()

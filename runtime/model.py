@@ -142,13 +142,13 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         h, qw, kvw = cfg.hidden_size, cfg.q_width, cfg.kv_width
-        qkv_bias = cfg.bias in ("qkv", "attention", "all")
+        qkv_bias = cfg.qkv_bias
         self.head_dim = cfg.head_dim
         self.window = cfg.sliding_window
         self.wq = nn.Linear(h, qw, bias=qkv_bias)
         self.wk = nn.Linear(h, kvw, bias=qkv_bias)
         self.wv = nn.Linear(h, kvw, bias=qkv_bias)
-        self.wo = nn.Linear(qw, h, bias=cfg.bias in ("attention", "all"))
+        self.wo = nn.Linear(qw, h, bias=cfg.out_bias)
         # ALiBi: one slope per query head; tensor parallelism keeps its heads' slopes
         self.heads = (0, cfg.num_heads)  # the query heads this module computes (TP narrows it)
         self.register_buffer("alibi", alibi_slopes(cfg.num_heads) if cfg.position == "alibi"
@@ -198,7 +198,7 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: ModelConfig, ffn: int) -> None:
         super().__init__()
-        h, bias = cfg.hidden_size, cfg.bias == "all"
+        h, bias = cfg.hidden_size, cfg.mlp_bias
         self.gated = cfg.gated
         self.w1 = nn.Linear(h, ffn, bias=bias)
         self.w3 = nn.Linear(h, ffn, bias=bias) if cfg.gated else None

@@ -37,13 +37,13 @@ def entry_point(prog: str, run: Callable[[str], int], argv: list[str] | None = N
         return run(args.plan)
     except LlmplanError as err:
         if rank0:
-            events.emit("error", message=str(err))
+            events.emit(events.Error(message=str(err)))
         return 2
     except Exception as err:
         if rank0:
             text = f"{type(err).__name__}: {err}"
             if any(k in text for k in ("Connection closed by peer", "Read error", "NCCL")):
                 text = f"another rank failed (its log is on stderr): {text[:300]}"
-            events.emit("error", message=text)
+            events.emit(events.Error(message=text))
         traceback.print_exc()
         return 1

@@ -5,14 +5,15 @@ One optimizer step: the dp rank's slice of the global batch is split into m micr
 sequences. Without pipelining they run one after another (gradient accumulation); with
 pipelining they run as m/p rounds of a schedule over p micro-batches. Every micro-batch loss
 is scaled by 1/m, so gradients equal the single-process gradient of the mean loss (schedules
-run with ``scale_grads=False``; runtime.md pitfall 1). The gradient norm is reduced across
-pipeline stages before clipping (pitfall 2).
+run with ``scale_grads=False``, as torchtitan does). The gradient norm is reduced across
+pipeline stages before clipping (torchtitan's ``clip_grad_norm_`` with a pp mesh).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import replace
 import os
 import resource
 import sys
@@ -69,12 +70,11 @@ def make_optimizer(name: str, groups: list[dict], *, lr: float, weight_decay: fl
 def predictions(cfg, setup, par, hardware: str, rounds: int = 1) -> dict[str, Any]:
     """What the planner says this run will use, with the ``runtime`` recipe; ``setup`` holds
     one pipeline flush, run ``rounds`` times per step."""
-    from planner.config import TrainSetup
     from planner.cost import Cluster, CostEstimator
     from planner.memory import memory_report
     from presets import load_hardware
 
-    rsetup = TrainSetup(**{**{f: getattr(setup, f) for f in setup.__slots__}, "recipe": "runtime"})
+    rsetup = replace(setup, recipe="runtime")
     report = memory_report(cfg, rsetup, par)
     out: dict[str, Any] = {"stages": [s.to_dict() for s in report.stages]}
     try:
@@ -83,11 +83,7 @@ def predictions(cfg, setup, par, hardware: str, rounds: int = 1) -> dict[str, An
         hw = load_hardware(hardware)
         cost = CostEstimator(cfg, rsetup, Cluster(hardware=hw, gpus=par.world),
                              load_cost_model(hardware))
-        params = max(s.params for s in report.stages)
-        step = cost.step_time(tp=par.tp, pp=par.pp, vpp=par.vpp, dp=par.dp, zero=par.zero,
-                              sp=par.sp, recompute=setup.recompute, mbs=setup.micro_batch,
-                              m=setup.grad_accum, params_per_rank=params)
-        out["step_time_s"] = step.total_s * rounds
+        out["step_time_s"] = cost.layout_step_time(par).total_s * rounds
         accuracy = load_accuracy(hardware)
         out["step_time_band_s"] = accuracy.time(out["step_time_s"]).to_dict()
         out["step_time_band_source"] = accuracy.source
@@ -292,7 +288,7 @@ def run(plan_path: str) -> int:
     cuda = opts["device"] == "cuda"
     device = init_distributed(opts["device"])
     rank = dist.get_rank()
-    say = (lambda kind, **kw: events.emit(kind, **kw)) if rank == 0 else (lambda kind, **kw: None)
+    say = events.emit if rank == 0 else (lambda ev: None)
     import accelerate.utils  # noqa: F401  (imported before the baseline, like torch)
     rss_baseline = peak_rss_bytes()
 
@@ -319,19 +315,16 @@ def run(plan_path: str) -> int:
 
     hardware = plan.get("cluster", {}).get("hardware", "cpu")
     # The planner's m is the micro-batches of one pipeline flush: those of one schedule call.
-    flush = TrainSetup(**{**{f: getattr(setup, f) for f in setup.__slots__},
-                          "grad_accum": m // rounds})
+    flush = replace(setup, grad_accum=m // rounds)
     predicted = predictions(cfg, flush, par, hardware, rounds)
     data = make_data(opts["data"] or None, cfg.vocab_size, s, int(opts["seed"]))
-    say("start", model=cfg.name, layout={"tp": par.tp, "pp": par.pp, "vpp": par.vpp, "dp": par.dp,
-                                         "zero": par.zero, "sp": par.sp, "schedule": par.schedule},
-        world=par.world, device=device.type, steps=steps, start_step=start_step,
-        global_batch=global_batch, seq_len=s, micro_batch=mbs, grad_accum=m,
-        recompute=setup.recompute, dtype=setup.dtype, optimizer=setup.optimizer,
-        recipe=setup.recipe, attention=setup.attention,
-        predicted_stages=predicted["stages"],
-        predicted_step_time_s=predicted.get("step_time_s"),
-        predicted_tokens_per_s=predicted.get("tokens_per_s"))
+    say(events.Start(
+        model=cfg.name, layout={f: getattr(par, f) for f in par.__slots__}, world=par.world,
+        device=device.type, steps=steps, start_step=start_step, global_batch=global_batch,
+        seq_len=s, micro_batch=mbs, grad_accum=m, recompute=setup.recompute, dtype=setup.dtype,
+        optimizer=setup.optimizer, recipe=setup.recipe, attention=setup.attention,
+        predicted_stages=predicted["stages"], predicted_step_time_s=predicted.get("step_time_s"),
+        predicted_tokens_per_s=predicted.get("tokens_per_s")))
 
     fail_step = int(os.environ.get("LLMPLAN_FAIL_AT_STEP", "0"))  # fault injection (tests);
     # -1: after the run's `done`
@@ -360,16 +353,16 @@ def run(plan_path: str) -> int:
         mfu = None
         if predicted.get("peak_flops"):
             mfu = model_flops * tokens_per_s / (par.world * predicted["peak_flops"])
-        say("step", step=step, loss=out["loss"], grad_norm=out["grad_norm"],
-            lr=trainer.schedulers[0].get_last_lr()[0], step_time_s=dt, tokens_per_s=tokens_per_s,
-            mfu=mfu, mem_peak_bytes=int(peak_mem))
+        say(events.Step(step=step, loss=out["loss"], grad_norm=out["grad_norm"],
+                        lr=trainer.schedulers[0].get_last_lr()[0], step_time_s=dt,
+                        tokens_per_s=tokens_per_s, mfu=mfu, mem_peak_bytes=int(peak_mem)))
         if rank == fail_rank and step == fail_step:
             sys.stderr.write(f"llmplan: fault injection: rank {rank} exits at step {step}\n")
             os._exit(17)
         every = int(opts["ckpt_every"])
         if ckpt_dir and ((every and step % every == 0) or step == steps):
             path = checkpoint.save(ckpt_dir, step, trainer.parts, trainer.optimizers)
-            say("checkpoint", step=step, path=path)
+            say(events.Checkpoint(step=step, path=path))
 
     report(trainer, {**measured, "host_build_peak_bytes": build_peak}, predicted, step_times, say,
            cuda=cuda, rss_baseline=rss_baseline)
@@ -401,9 +394,9 @@ def report(trainer: Trainer, measured: dict[str, int], predicted: dict[str, Any]
     dist.all_gather_object(gathered, mine)
     if rank != 0:
         return
+    from planner.memory import CATEGORIES as names
+
     done: dict[str, Any] = {"steps": int(trainer.opts["steps"]), "ranks": []}
-    names = {"parameters": "weights_bytes", "gradients": "gradients_bytes",
-             "optimizer_states": "optimizer_bytes", "activations": "activations_bytes"}
     best = None
     for r in gathered:
         pred = predicted["stages"][r["stage"]]
@@ -433,7 +426,7 @@ def report(trainer: Trainer, measured: dict[str, int], predicted: dict[str, Any]
     done["predicted_step_time_band_source"] = predicted.get("step_time_band_source")
     done["measured_tokens_per_s"] = tokens / median if median else None
     done["predicted_tokens_per_s"] = predicted.get("tokens_per_s")
-    say("done", **done)
+    say(events.Done(**done))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,6 @@ result or post messages.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -28,6 +27,7 @@ from planner.accuracy import DEFAULT_ACCURACY, Accuracy
 from planner.config import LlmplanError, ModelConfig
 from planner.search import SearchResult
 from presets import load_accuracy, load_hardware, load_model, preset_files
+from runtime.events import Event
 from tui import settings as user_settings
 from tui.compare_pane import ComparePane, comparison_rows
 from tui.model_pane import ModelForm, ModelPane, ResultsView
@@ -63,7 +63,7 @@ class RunEvent(Message):
     """One line of the run's output (an event, or a log line)."""
 
     line: str
-    event: dict | None
+    event: Event | None
 
 
 @dataclass
@@ -275,20 +275,20 @@ class PlanApp(App):
     @on(PlanPane.SearchRequested)
     def _search(self, event: PlanPane.SearchRequested) -> None:
         if self.spec is not None and self.choices is not None:
-            self.run_search(self.spec, self.choices.hardware.name, event.inputs)
+            self.run_search(self.spec, self.choices, event.inputs)
 
     @work(thread=True, exclusive=True, group="search", exit_on_error=False)
-    def run_search(self, spec: ModelConfig, hardware: str, inputs: ClusterInputs) -> SearchResult:
+    def run_search(self, spec: ModelConfig, choices: Choices, inputs: ClusterInputs) -> SearchResult:
+        """The search ``llmplan plan`` runs for the top bar's accelerator, GPUs and sequence
+        length and the plan screen's nodes and batch."""
         from planner.config import TrainSetup
-        from planner.cost import Cluster
+        from planner.cost import cluster_of
         from planner.search import search
-
-        per_node = inputs.gpus // inputs.nodes if inputs.nodes and inputs.gpus % inputs.nodes == 0 else 0
-        cluster = Cluster(hardware=load_hardware(hardware), gpus=inputs.gpus, gpus_per_node=per_node)
         from presets import load_cost_model
 
-        return search(spec, cluster, TrainSetup(seq_len=inputs.seq), global_batch=inputs.gbs,
-                      model=load_cost_model(hardware))
+        cluster = cluster_of(choices.hardware, gpus=choices.gpus, nodes=inputs.nodes)
+        return search(spec, cluster, TrainSetup(seq_len=choices.seq_len), global_batch=inputs.gbs,
+                      model=load_cost_model(choices.hardware.name))
 
     @on(Worker.StateChanged)
     def _worker(self, event: Worker.StateChanged) -> None:
@@ -313,25 +313,13 @@ class PlanApp(App):
         if result is None or result.best is None or self.spec is None or self.choices is None:
             self.notify("search first: there is no layout to save", severity="warning")
             return
-        from planner.config import Parallel, TrainSetup
-        from planner.memory import memory_report
-        from planner.planfile import plan_dict, write_plan
+        from planner.planfile import candidate_plan, write_plan
 
-        pane = self.query_one("#plan-pane", PlanPane)
-        inputs = pane.inputs()
-        table = pane.query_one("#layouts")
+        table = self.query_one("#plan-pane", PlanPane).query_one("#layouts")
         index = getattr(table, "cursor_row", 0) or 0
-        best = result.candidates[min(index, len(result.candidates) - 1)]
-        setup = TrainSetup(seq_len=inputs.seq if inputs else 4096, micro_batch=best.mbs,
-                           grad_accum=best.grad_accum, recompute=best.recompute)
-        par = Parallel(tp=best.tp, pp=best.pp, vpp=best.vpp, dp=best.dp, zero=best.zero, sp=best.sp)
-        prediction = {**{k: v for k, v in best.to_dict(result.world).items() if k != "step"},
-                      **best.step.to_dict(), "stages": memory_report(self.spec, setup, par).to_dict()["stages"]}
-        plan = plan_dict(cfg=self.spec, setup=setup, par=par, hardware=self.choices.hardware.name,
-                         gpus=result.world, gpus_per_node=result.world // max(1, inputs.nodes if inputs else 1),
-                         prediction=prediction)
+        chosen = result.candidates[min(index, len(result.candidates) - 1)]
         try:
-            written = write_plan(Path(event.path), plan)
+            written = write_plan(Path(event.path), candidate_plan(self.spec, result, chosen))
         except OSError as err:
             self.notify(f"{event.path}: {err.strerror}", severity="error")
             return
@@ -351,26 +339,50 @@ class PlanApp(App):
             return
         self.run_state = RunState(status="starting ...")
         self.query_one("#run-log").clear()
-        self.stream_run([sys.executable, "-m", "tui.cli", "launch", *event.args, "--json"])
+        self.stream_run(list(event.args))
 
     @on(RunPane.CancelRequested)
     def _cancel(self) -> None:
         if self._run is not None:
             self._run.cancel()
-            self.run_state = RunState(**{**self.run_state.__dict__, "status": "cancelled"})
+            self.run_state = self.run_state.with_status("cancelled")
 
     @work(thread=True, exclusive=True, group="run", exit_on_error=False)
-    def stream_run(self, command: list[str]) -> None:
-        from runtime import events
-        from runtime.launch import Run
+    def stream_run(self, args: list[str]) -> None:
+        """Resolve the launch options as ``llmplan launch`` does (runtime.runspec), start the
+        run in its own process group and relay its lines; a refused request is one error
+        event, and nothing starts."""
+        import click
 
-        run = Run(command)
+        from runtime import events
+        from runtime.launch import failure, start
+        from tui.commands.run import parse_launch_args
+
+        try:
+            from runtime.runspec import resolve
+
+            resolved = resolve(parse_launch_args(args))
+        except (click.UsageError, LlmplanError) as err:
+            ev = events.Error(message=err.format_message() if isinstance(err, click.UsageError)
+                              else str(err))
+            self.post_message(RunEvent(ev.to_json(), ev))
+            self.post_message(RunEnded(2))
+            return
+        for said in resolved.overrides:
+            self.post_message(RunEvent(f"llmplan: {said}", None))
+        run = start(resolved.spec)
         self._run = run
+        ended = False
         for line in run.lines():
-            self.post_message(RunEvent(line.rstrip("\n"), events.parse(line)))
+            ev = events.parse(line)
+            ended = ended or isinstance(ev, events.ENDINGS)
+            self.post_message(RunEvent(line.rstrip("\n"), ev))
         code = run.wait()
         for line in run.stderr_tail[-20:]:
             self.post_message(RunEvent(line, None))
+        if code and not ended:
+            ev = failure(code, run.stderr_tail)
+            self.post_message(RunEvent(ev.to_json(), ev))
         self.post_message(RunEnded(code))
 
     @on(RunEvent)
@@ -383,8 +395,8 @@ class PlanApp(App):
     @on(RunEnded)
     def _run_ended(self, message: RunEnded) -> None:
         if message.code and not self.run_state.status.startswith(("error", "cancelled")):
-            self.run_state = RunState(**{**self.run_state.__dict__,
-                                         "status": f"error: the run exited with code {message.code}"})
+            self.run_state = self.run_state.with_status(
+                f"error: the run exited with code {message.code}")
 
     def get_system_commands(self, screen):
         yield from super().get_system_commands(screen)

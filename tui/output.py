@@ -83,17 +83,19 @@ def render(json_mode: bool, data: Any, human: Callable[[], None]) -> None:
         human()
 
 
-def comparison_rows(done: dict, fmt_bytes: Callable[[float], str] = fmt_bytes) -> list[tuple[str, str, str, str]]:
-    """(quantity, predicted, measured, error) rows of a run's ``done`` event: the four memory
-    categories of its most loaded rank, then step time with the planner's band and whether
-    the measurement fell inside it."""
+def comparison_rows(done: Any, fmt_bytes: Callable[[float], str] = fmt_bytes) -> list[tuple[str, str, str, str]]:
+    """(quantity, predicted, measured, error) rows of a run's ``done`` event
+    (``runtime.events.Done``): the memory categories of its most loaded rank, then step time
+    with the planner's band and whether the measurement fell inside it."""
+    from planner.memory import CATEGORIES
+
     rows = []
-    for cat in ("parameters", "gradients", "optimizer_states", "activations"):
-        p, m = done.get(f"predicted_{cat}_bytes"), done.get(f"measured_{cat}_bytes")
+    for cat in CATEGORIES:
+        p, m = done.predicted(cat), done.measured(cat)
         rows.append((cat, "-" if p is None else fmt_bytes(p), "-" if m is None else fmt_bytes(m),
                      f"{(m - p) / p:+.1%}" if p and m is not None else "-"))
-    pt, mt = done.get("predicted_step_time_s"), done.get("measured_step_time_s")
-    band = done.get("predicted_step_time_band_s")
+    pt, mt = done.predicted_step_time_s, done.measured_step_time_s
+    band = done.predicted_step_time_band_s
     predicted = f"{pt:.4f} s" if pt else "-"
     error = f"{(mt - pt) / pt:+.1%}" if pt and mt else "-"
     if pt and band:

@@ -17,10 +17,12 @@ from planner.search import SearchResult
 
 @dataclass(frozen=True, kw_only=True)
 class ClusterInputs:
-    gpus: int
+    """What the plan screen adds to the top bar's accelerator, GPU count and sequence length
+    (one place for those, so the two screens never disagree): nodes (0: the preset's GPUs
+    per node, as ``llmplan plan`` does) and the global batch."""
+
     nodes: int
     gbs: int
-    seq: int
 
 
 class PlanPane(Vertical):
@@ -39,14 +41,10 @@ class PlanPane(Vertical):
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="cluster"):
-            yield Label("GPUs")
-            yield Input("8", id="gpus", type="integer", compact=True)
             yield Label("nodes")
-            yield Input("1", id="nodes", type="integer", compact=True)
-            yield Label("global batch (seq)")
+            yield Input("", id="nodes", type="integer", placeholder="auto", compact=True)
+            yield Label("global batch (sequences)")
             yield Input("256", id="gbs", type="integer", compact=True)
-            yield Label("seq")
-            yield Input("4096", id="seq", type="integer", compact=True)
             yield Button("Search", id="search", variant="primary", compact=True)
         yield Static("", id="plan-status")
         yield DataTable(id="layouts", cursor_type="row", zebra_stripes=True)
@@ -61,15 +59,16 @@ class PlanPane(Vertical):
             "step s", "tok/s/GPU", "MFU")
 
     def inputs(self) -> ClusterInputs | None:
+        nodes, gbs = (self.query_one(f"#{k}", Input).value.strip() for k in ("nodes", "gbs"))
         try:
-            values = {k: int(self.query_one(f"#{k}", Input).value) for k in ("gpus", "nodes", "gbs", "seq")}
+            return ClusterInputs(nodes=int(nodes or 0), gbs=int(gbs))
         except ValueError:
-            self.query_one("#plan-status", Static).update("[red]GPUs, nodes, batch and seq must be integers[/red]")
+            self.query_one("#plan-status", Static).update(
+                "[red]nodes (empty: from the preset) and the batch must be integers[/red]")
             return None
-        return ClusterInputs(**values)
 
     @on(Button.Pressed, "#search")
-    @on(Input.Submitted, "#gpus, #nodes, #gbs, #seq")
+    @on(Input.Submitted, "#nodes, #gbs")
     def _search(self) -> None:
         inputs = self.inputs()
         if inputs is not None:
@@ -92,8 +91,10 @@ class PlanPane(Vertical):
                           f"{c.step_time_s:.3f}", f"{c.tokens_per_s / result.world:,.0f}",
                           f"{c.mfu:.1%}")
         rejected = ", ".join(f"{k} {v:,}" for k, v in result.rejected.items() if v)
-        head = (f"{len(result.candidates):,} layouts fit of {result.total:,} "
-                f"({result.evaluated:,} evaluated); rejected: {rejected}")
+        cluster = result.cluster
+        head = (f"{cluster.gpus} x {cluster.hardware.name} on {cluster.nodes} node(s), "
+                f"seq {result.setup.seq_len}: {len(result.candidates):,} layouts fit of "
+                f"{result.total:,} ({result.evaluated:,} evaluated); rejected: {rejected}")
         if not result.candidates:
             head = "[red]no layout fits[/red]  " + head + "\n" + "\n".join(result.suggestions)
         status.update(head)

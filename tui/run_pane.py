@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from textual import on
 from textual.app import ComposeResult
@@ -11,6 +11,7 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Button, DataTable, Input, Log, ProgressBar, Sparkline, Static
 
+from runtime import events
 from tui.output import comparison_rows
 
 
@@ -26,27 +27,29 @@ class RunState:
     status: str = "idle"
     comparison: list[tuple[str, str, str, str]] | None = None
 
-    def apply(self, ev: dict) -> "RunState":
-        kind = ev.get("event")
+    def apply(self, ev: events.Event) -> "RunState":
         losses, tps, mfu = list(self.losses or []), list(self.tokens_per_s or []), list(self.mfu or [])
         out = RunState(steps=self.steps, done_steps=self.done_steps, losses=losses,
                        tokens_per_s=tps, mfu=mfu, status=self.status, comparison=self.comparison)
-        if kind == "start":
-            out.steps = ev["steps"]
-            out.done_steps = ev.get("start_step", 0)
-            out.status = f"running {ev['model']} on {ev['world']} x {ev['device']}"
-        elif kind == "step":
-            out.done_steps = ev["step"]
-            losses.append(ev["loss"])
-            tps.append(ev["tokens_per_s"])
-            mfu.append(ev.get("mfu") or 0.0)
-        elif kind == "done":
+        if isinstance(ev, events.Start):
+            out.steps = ev.steps
+            out.done_steps = ev.start_step
+            out.status = f"running {ev.model} on {ev.world} x {ev.device}"
+        elif isinstance(ev, events.Step):
+            out.done_steps = ev.step
+            losses.append(ev.loss)
+            tps.append(ev.tokens_per_s)
+            mfu.append(ev.mfu or 0.0)
+        elif isinstance(ev, events.Done):
             out.status = "done"
             out.done_steps = out.steps
             out.comparison = comparison_rows(ev, _mib)
-        elif kind == "error":
-            out.status = f"error: {ev.get('message')}"
+        elif isinstance(ev, events.Error):
+            out.status = f"error: {ev.message}"
         return out
+
+    def with_status(self, status: str) -> "RunState":
+        return replace(self, status=status)
 
 
 def _mib(n: float) -> str:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from planner.config import LlmplanError
+from planner.tomlio import read_toml, write_toml
 from presets import config_dir
 
 
@@ -25,10 +26,11 @@ def settings_path() -> Path:
 
 
 def load() -> Settings:
-    path = settings_path()
+    """The saved settings; defaults when there are none or the file is unreadable (settings
+    are a convenience: a broken file never stops the app)."""
     try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError):
+        data = read_toml(settings_path())
+    except LlmplanError:
         return Settings()
     known = {k: v for k, v in data.items() if k in Settings.__dataclass_fields__
              and isinstance(v, type(getattr(Settings(), k)))}
@@ -36,14 +38,4 @@ def load() -> Settings:
 
 
 def save(settings: Settings) -> None:
-    import tomlkit  # deferred: only when settings change
-
-    path = settings_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    doc = tomlkit.document()
-    doc.add(tomlkit.comment("llmplan settings (written by the TUI)"))
-    for key, value in asdict(settings).items():
-        doc[key] = value
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(tomlkit.dumps(doc))
-    tmp.replace(path)
+    write_toml(settings_path(), asdict(settings), comment="llmplan settings (written by the TUI)")

@@ -102,10 +102,14 @@ def test_greedy_tokens_are_identical_for_tp1_and_tp2_and_cache_bytes_are_exact()
     two = gen(*args, "--tp", "2")[0][-1]
     assert one["event"] == two["event"] == "done"
     assert one["tokens"] == two["tokens"]
-    for done in (one, two):
-        assert done["measured_kv_cache_bytes"] == done["predicted_kv_cache_bytes"]
-    # planner.kv for this shape: 2 * L * g * d * 4 bytes * (11 + 12 tokens) * 2 sequences
-    assert one["predicted_kv_cache_bytes"] == 2 * 4 * 2 * 16 * 4 * 23 * 2
+    # K and V for every layer: 2 * L(4) * g(2) * d(16) * 4 bytes * (11 + 12 tokens) * 2 rows,
+    # each tensor-parallel rank holding g / tp of the kv heads
+    for done, tp in ((one, 1), (two, 2)):
+        expected = 2 * 4 * 2 * 16 * 4 * 23 * 2 // tp
+        assert done["measured_kv_cache_bytes"] == done["predicted_kv_cache_bytes"] == expected
+    # a sliding window of 8 caches 8 tokens per row, whatever the sequence length
+    windowed = gen(*args, "--set", "sliding_window=8")[0][-1]
+    assert windowed["measured_kv_cache_bytes"] == windowed["predicted_kv_cache_bytes"] == 2 * 4 * 2 * 16 * 4 * 8 * 2
 
 
 def test_same_seed_repeats_the_same_text():

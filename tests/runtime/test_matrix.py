@@ -39,9 +39,9 @@ def test_sampled_layouts_match_single_process(model, tmp_path):
     assert rc == 0, error
     reference, *layouts = got
     assert len(layouts) == len(SAMPLE[model])
-    assert reference["losses"][-1] < reference["losses"][0]  # the task is learnable
+    assert reference.losses[-1] < reference.losses[0]  # the task is learnable
     for ev in layouts:
-        assert not agrees(reference, ev), (ev["layout"], agrees(reference, ev))
+        assert not agrees(reference, ev), (ev.layout, agrees(reference, ev))
 
 
 def test_the_contract_refuses_with_reasons_and_accepts_the_rest():

@@ -126,8 +126,10 @@ def test_training_on_a_local_text_file(tmp_path):
                        "--data", str(corpus), "--dtype", "fp32")
     losses = [e["loss"] for e in events if e["event"] == "step"]
     assert len(losses) == 8 and losses[-1] < losses[0]  # bytes of real text are learnable
+    # a missing file is refused before any process starts: one line, exit 2, no events
     bad, proc = launch("tiny", "--steps", "1", "--data", str(tmp_path / "missing.txt"), check=False)
-    assert proc.returncode != 0 and "cannot read" in bad[-1]["message"]
+    assert proc.returncode == 2 and not bad
+    assert proc.stderr.strip().splitlines() == [f"llmplan: error: --data {tmp_path / 'missing.txt'}: no readable file there"]
 
 
 def test_a_saved_plan_launches_unchanged(tmp_path):

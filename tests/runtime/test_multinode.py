@@ -11,7 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from helpers import ROOT, launch
-from tui.cli import app
+from tui.cli import build
+
+app = build()
 
 
 def free_port() -> int:

@@ -2,7 +2,7 @@
 
 Losses and gradient norms must agree to a relative 1e-4 at every step, for each layout with
 and without gradient accumulation (micro-batches run one after another, or as two pipeline
-flushes), each through `llmplan launch` (runtime.md §7: compare grad norms, not only losses).
+flushes), each through `llmplan launch` (gradient norms, not only losses: a wrong reduction can leave the loss right for a while).
 """
 
 import pytest

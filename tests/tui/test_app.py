@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime import events
 from tui.app import PlanApp, RunEvent
 from tui.run_pane import RunState
 
@@ -105,7 +106,7 @@ async def test_run_screen_replays_a_canned_event_stream():
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("f3")
         for line in lines:
-            app.post_message(RunEvent(line, json.loads(line)))
+            app.post_message(RunEvent(line, events.parse(line)))
         await pilot.pause()
         state = app.run_state
         assert state.status == "done" and state.done_steps == state.steps == 10
@@ -119,9 +120,9 @@ def test_run_state_is_rebuilt_from_events_alone():
     lines = (FIXTURES / "run_tiny.jsonl").read_text().splitlines()
     state = RunState()
     for line in lines:
-        state = state.apply(json.loads(line))
+        state = state.apply(events.parse(line))
     assert state.comparison[0][0] == "parameters"
-    assert RunState().apply({"event": "error", "message": "boom"}).status == "error: boom"
+    assert RunState().apply(events.Error(message="boom")).status == "error: boom"
 
 
 @pytest.mark.slow
@@ -140,18 +141,33 @@ async def test_run_screen_drives_a_real_cpu_run_of_tiny():
         assert all(m != "-" for m in measured[:4])  # measured memory shown per category
 
 
-async def test_cancel_stops_the_run_and_keeps_the_log():
+@pytest.mark.slow
+async def test_cancel_stops_every_rank_of_a_four_rank_run():
+    import time
+
+    from runtime.launch import _alive
+
     app = PlanApp(save_settings=False)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("f3")
-        app.query_one("#run-args").value = "tiny --steps 500 --seq 32 --gbs 4 --dp 2 --device cpu"
+        app.query_one("#run-args").value = "tiny --steps 100000 --seq 32 --gbs 4 --dp 4 --device cpu"
         await pilot.press("ctrl+l")
-        await pilot.pause(1.0)
+        for _ in range(600):  # until the ranks have built the model and said `start`
+            await pilot.pause(0.1)
+            if app.run_state.status.startswith("running"):
+                break
+        assert app.run_state.status.startswith("running"), app.run_state.status
+        pids = app._run.processes()
+        assert len(pids) >= 1 + 4  # torchrun's agent and its four ranks (each its own session)
         await pilot.press("ctrl+k")
+        deadline = time.monotonic() + 5
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            await pilot.pause(0.1)
+        assert not [p for p in pids if _alive(p)]
         await app.workers.wait_for_complete()
         await pilot.pause()
         assert app.run_state.status.startswith(("cancelled", "error"))
-        assert app._run.proc.poll() is not None
+        assert app.query_one("#run-log").lines  # the log is kept
 
 
 async def test_failed_run_shows_its_error_and_keeps_the_log():
@@ -229,3 +245,41 @@ async def test_bands_follow_the_accelerators_calibration_profile(tmp_path):
         detail = text(app, "#layout-detail")
         assert f"step {step:.3f} s ({step / 2:.3f}-{step * 2:.3f})" in detail
         assert "bands: 2 runs here" in detail
+
+
+async def test_the_plan_screen_and_the_cli_rank_the_same_best_layout(tmp_path):
+    """One cluster rule: nodes from the preset's GPUs per node, GPUs and seq from the top bar
+    (llama-3-70b on 64 H100s is 8 nodes, not one 64-GPU node)."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    cli = json.loads(subprocess.run(
+        [sys.executable, "-m", "tui.cli", "plan", "llama-3-70b", "--hardware", "h100-sxm",
+         "--gpus", "64", "--gbs", "256", "--seq", "4096", "--json"],
+        cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+    app = PlanApp(preset="llama-3-70b", save_settings=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        app.query_one("#top-gpus").value = "64"
+        await pilot.pause()
+        await pilot.press("f2")
+        await pilot.press("ctrl+r")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        result = app.search_result
+        assert (result.cluster.gpus, result.cluster.nodes, result.setup.seq_len) == (64, 8, 4096)
+        best = result.best.to_dict(result.world)
+        expected = cli["candidates"][0]
+        for key in ("tp", "pp", "vpp", "dp", "zero", "sp", "recompute", "mbs", "grad_accum"):
+            assert best[key] == expected[key], key
+        assert best["step_time_s"] == pytest.approx(expected["step_time_s"], rel=1e-12)
+        out = tmp_path / "plan.toml"
+        app.query_one("#save-path").value = str(out)
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    from planner.planfile import read_plan
+    plan = read_plan(out)
+    assert plan["cluster"] == {"hardware": "h100-sxm", "gpus": 64, "gpus_per_node": 8, "nodes": 8}
+    assert (tmp_path / "plan.slurm").exists()

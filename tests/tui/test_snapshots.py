@@ -6,6 +6,7 @@ Update with `pytest tests/tui --snapshot-update` only after looking at snapshot_
 import json
 from pathlib import Path
 
+from runtime import events
 from tui.app import PlanApp, RunEvent
 
 SIZE = (100, 30)
@@ -50,9 +51,8 @@ def test_run_screen(snap_compare):
     async def run_before(pilot):
         await pilot.press("f3")
         for line in (FIXTURES / "run_tiny.jsonl").read_text().splitlines():
-            event = json.loads(line)
-            event["time"] = 0
-            pilot.app.post_message(RunEvent(json.dumps(event), event))
+            event = events.from_dict({**json.loads(line), "time": 0})
+            pilot.app.post_message(RunEvent(event.to_json(), event))
         await pilot.pause()
         assert pilot.app.run_state.status == "done"
 

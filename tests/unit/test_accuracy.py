@@ -82,26 +82,34 @@ def test_plan_and_memory_put_the_profile_band_on_every_estimate(tmp_path):
 
 
 def test_a_runs_comparison_says_whether_the_measurement_fell_in_its_band():
+    from dataclasses import replace
+
+    from runtime.events import Done
     from tui.output import comparison_rows
 
-    done = {"predicted_parameters_bytes": 1024, "measured_parameters_bytes": 1100,
-            "predicted_step_time_s": 0.1, "measured_step_time_s": 0.12,
-            "predicted_step_time_band_s": {"low": 0.08, "expected": 0.1, "high": 0.125}}
+    done = Done(steps=1, predicted_parameters_bytes=1024, measured_parameters_bytes=1100,
+                predicted_step_time_s=0.1, measured_step_time_s=0.12,
+                predicted_step_time_band_s={"low": 0.08, "expected": 0.1, "high": 0.125})
     rows = comparison_rows(done, lambda n: f"{n:.0f} B")
     assert rows[0] == ("parameters", "1024 B", "1100 B", "+7.4%")
     assert rows[1] == ("gradients", "-", "-", "-")
     assert rows[-1] == ("step time", "0.1000 s (0.0800-0.1250)", "0.1200 s", "+20.0% in band")
-    done["measured_step_time_s"] = 0.2
-    assert comparison_rows(done)[-1][-1] == "+100.0% outside band"
+    assert comparison_rows(replace(done, measured_step_time_s=0.2))[-1][-1] == "+100.0% outside band"
 
 
 def test_launch_points_at_calibrate_when_a_run_leaves_the_uncalibrated_band(capsys):
-    from tui.cli import _calibration_hint
+    from dataclasses import replace
 
-    done = {"measured_step_time_s": 0.2, "predicted_step_time_band_source": DEFAULT_ACCURACY.source,
-            "predicted_step_time_band_s": {"low": 0.075, "expected": 0.1, "high": 0.125}}
+    from runtime.events import Done
+    from tui.commands.run import _calibration_hint
+
+    done = Done(steps=1, measured_step_time_s=0.2,
+                predicted_step_time_band_source=DEFAULT_ACCURACY.source,
+                predicted_step_time_band_s={"low": 0.075, "expected": 0.1, "high": 0.125})
     _calibration_hint(done, "cpu", "cpu")
     assert "llmplan calibrate --device cpu --hardware cpu" in capsys.readouterr().err
-    _calibration_hint({**done, "measured_step_time_s": 0.11}, "cpu", "cpu")   # inside: silent
-    _calibration_hint({**done, "predicted_step_time_band_source": "5 held-out runs"}, "cpu", "cpu")
+    _calibration_hint(replace(done, measured_step_time_s=0.11), "cpu", "cpu")   # inside: silent
+    _calibration_hint(replace(done, predicted_step_time_band_source="5 held-out runs"), "cpu", "cpu")
+    # a GPU preset is never calibrated from CPU processes: no hint to do it
+    _calibration_hint(done, "h100-sxm", "cpu")
     assert capsys.readouterr().err == ""

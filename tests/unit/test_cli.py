@@ -43,7 +43,7 @@ def test_presets_json():
         (["params", "BAD_TOML"], "malformed TOML"),
         (["params", "BAD_JSON"], "malformed JSON"),
         (["params", "UNKNOWN_ARCH"], "unknown architecture model_type='mamba'"),
-        (["params", "MISSING_FIELD"], "missing field intermediate_size"),
+        (["params", "NULL_FIELD"], "intermediate_size(None) must be an integer"),
         (["presets", "--kind", "gpu"], "use model or hardware"),
     ],
 )
@@ -52,9 +52,11 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, needle):
         "BAD_TOML": ("bad.toml", "[model\nvocab_size = 1"),
         "BAD_JSON": ("config.json", '{"model_type": "llama",'),
         "UNKNOWN_ARCH": ("config.json", '{"model_type": "mamba"}'),
-        "MISSING_FIELD": ("config.json", '{"model_type": "llama", "vocab_size": 10, '
-                          '"hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, '
-                          '"max_position_embeddings": 16}'),
+        # a missing field takes transformers' default (tests/oracle/test_hf_defaults.py);
+        # a null one where no default is computed is an error naming it
+        "NULL_FIELD": ("config.json", '{"model_type": "llama", "vocab_size": 10, '
+                       '"hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, '
+                       '"intermediate_size": null}'),
     }
     resolved = []
     for arg in args:

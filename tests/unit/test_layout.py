@@ -9,7 +9,9 @@ from typer.testing import CliRunner
 from planner import layout
 from planner.config import ConfigError, Parallel, TrainSetup
 from presets import load_model
-from tui.cli import app
+from tui.cli import build
+
+app = build()
 
 runner = CliRunner()
 SETUP = TrainSetup(seq_len=64, micro_batch=1, grad_accum=4, dtype="fp32", recipe="runtime")

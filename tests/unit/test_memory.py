@@ -93,7 +93,17 @@ def test_memory_report_picks_the_most_loaded_stage():
                         Parallel(tp=8, pp=4, dp=2, zero=1, sp=True))
     assert rep.per_gpu is max(rep.stages, key=lambda s: s.total_bytes)
     assert rep.per_gpu.stage == 0  # most micro-batches in flight
-    assert rep.stages[0].activations_bytes > rep.stages[-1].activations_bytes - 10 * 2**30
+    # 1F1B (Narayanan et al. 2021 §2.2): stage i holds p - i micro-batches in flight, so each
+    # stage holds one micro-batch of its n = L/p layers more than the next; the last stage
+    # adds the logits. One layer's kept bytes k, from two single-stage models one layer apart:
+    setup = TrainSetup(seq_len=4096, grad_accum=1)
+    one = Parallel(tp=8, sp=True)
+    k = (memory_report(cfg.replace(num_layers=2), setup, one).stages[0].activations_bytes
+         - memory_report(cfg.replace(num_layers=1), setup, one).stages[0].activations_bytes)
+    n = cfg.num_layers // 4
+    acts = [st.activations_bytes for st in rep.stages]
+    assert acts[0] - acts[1] == pytest.approx(n * k, abs=1) and acts[1] - acts[2] == pytest.approx(n * k, abs=1)
+    assert acts[2] - acts[3] < n * k  # the last stage's logits make up part of the step
 
 
 def test_layout_errors_name_the_numbers():

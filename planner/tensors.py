@@ -1,0 +1,114 @@
+"""The parameter tensors one rank of a pipeline stage holds, by shape, after the tensor-
+parallel split (before any ZeRO sharding).
+
+What is per tensor rather than per parameter: a factored optimizer's state (Adafactor keeps a
+row and a column vector per matrix, the whole size per vector), the per-tensor step counter
+of ``torch.optim``'s AdamW and Adafactor, and how FSDP2 and llmplan's ZeRO-1 split each
+tensor over dp (dim 0 / flat, each padded up to a whole chunk). Shapes are torch's:
+``(out, in)`` for a linear, ``(rows, width)`` for an embedding. The sizes add up to
+``planner.memory.stage_params_per_rank`` (a test holds the two together).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from planner.config import ModelConfig, Parallel
+
+Shape = tuple[int, ...]
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _norm(cfg: ModelConfig) -> list[Shape]:
+    h = cfg.hidden_size
+    return [(h,), (h,)] if cfg.norm == "layernorm" else [(h,)]
+
+
+def _mlp(cfg: ModelConfig, ffn: int, tp: int) -> list[Shape]:
+    h, f = cfg.hidden_size, ffn // tp
+    out = [(f, h), (h, f)] + ([(f, h)] if cfg.gated else [])
+    if cfg.mlp_bias:  # column-parallel biases are split, the row-parallel one replicated
+        out += [(f,), (h,)] + ([(f,)] if cfg.gated else [])
+    return out
+
+
+def layer_tensors(cfg: ModelConfig, tp: int, *, moe: bool) -> list[Shape]:
+    """One transformer layer on one TP rank (kv heads replicated when tp > kv heads)."""
+    from planner.memory import kv_heads_per_rank
+
+    h, d = cfg.hidden_size, cfg.head_dim
+    q = cfg.q_width // tp
+    kv = kv_heads_per_rank(cfg, tp) * d
+    out: list[Shape] = [(q, h), (kv, h), (kv, h), (h, q)]
+    if cfg.qkv_bias:
+        out += [(q,), (kv,), (kv,)]
+    if cfg.out_bias:
+        out += [(h,)]
+    if cfg.position == "relative":
+        out += [(q, h)]
+    if moe:
+        out += [(cfg.num_experts, h)]  # the router, replicated
+        for _ in range(cfg.num_experts + cfg.num_shared_experts):
+            out += _mlp(cfg, cfg.moe_ffn_hidden_size, tp)
+    else:
+        out += _mlp(cfg, cfg.ffn_hidden_size, tp)
+    for _ in range(cfg.norms_per_layer):
+        out += _norm(cfg)
+    return out
+
+
+def stage_tensors(cfg: ModelConfig, par: Parallel, stage: int) -> Counter[Shape]:
+    """Shape -> how many tensors of it one rank of pipeline stage ``stage`` holds (its
+    layers in looped placement, the embedding on the first stage, the final norm and LM head
+    on the last; a tied head is one tensor with one stage, a second copy with more)."""
+    t, p = par.tp, par.pp
+    chunk = cfg.num_layers // (p * par.vpp)
+    layers = [c * chunk + j for c in range(stage, p * par.vpp, p) for j in range(chunk)]
+    kinds = Counter(cfg.is_moe and i >= cfg.first_dense_layers for i in layers)
+    out: Counter[Shape] = Counter()
+    for moe, n in kinds.items():
+        for shape in layer_tensors(cfg, t, moe=moe):
+            out[shape] += n
+    vocab = (_ceil_div(cfg.vocab_size, t), cfg.hidden_size)
+    if stage == 0:
+        out[vocab] += 1
+        if cfg.position == "learned":
+            out[(cfg.max_context + cfg.position_offset, cfg.hidden_size)] += 1
+        if cfg.embedding_norm:
+            out.update(_norm(cfg))
+    if stage == p - 1:
+        if cfg.final_norm:
+            out.update(_norm(cfg))
+        if not cfg.tie_embeddings or p > 1:
+            out[vocab] += 1
+    return out
+
+
+def numel(shape: Shape) -> int:
+    n = 1
+    for dim in shape:
+        n *= dim
+    return n
+
+
+def adafactor_elements(shape: Shape) -> int:
+    """Second-moment elements ``torch.optim.Adafactor`` keeps for one tensor (Shazeer & Stern
+    2018 §3): for a matrix a row factor (every dim but the last) and a column factor (every
+    dim but the second last); for a vector the whole vector."""
+    if len(shape) < 2:
+        return numel(shape)
+    return numel(shape[:-1]) + numel(shape[:-2] + shape[-1:])
+
+
+def dim0_shard(shape: Shape, dp: int) -> int:
+    """Elements of the largest dim-0 shard of a tensor split over dp ranks (FSDP2's
+    ``Shard(0)``: ``ceil(rows/dp)`` rows on the first ranks)."""
+    return _ceil_div(shape[0], dp) * numel(shape[1:]) if shape else 1
+
+
+def flat_shard(shape: Shape, dp: int) -> int:
+    """Elements of the largest flat 1/dp slice of a tensor (llmplan's ZeRO-1)."""
+    return min(numel(shape), _ceil_div(numel(shape), dp))

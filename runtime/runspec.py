@@ -1,0 +1,369 @@
+"""Launch resolution: what a user asked for (a plan file, or a MODEL and flags) -> the run's
+plan on disk and its torchrun command. The CLI, the TUI and calibration all call
+:func:`resolve` (training, or an inference plan) and :func:`resolve_generation`; nothing
+starts a process here, and every option is checked before anything does: a refused
+request is one ``ConfigError`` naming the numbers, and nothing is written.
+
+Standard library only (torch is imported only to look for CUDA when ``device`` is "auto").
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from planner import layout
+from planner.config import ConfigError, ModelConfig, Parallel, TrainSetup
+from planner.planfile import plan_dict, plan_objects, read_plan, write_plan
+from presets import default_hardware, load_model, parse_overrides
+from runtime.launch import LaunchSpec, torchrun_command
+
+DEVICES = ("auto", "cpu", "cuda")
+RUNTIME_DTYPES = ("fp32", "bf16")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainRequest:
+    """``llmplan launch``: a plan file or a MODEL; ``None`` means the plan's value (or the
+    default for a MODEL)."""
+
+    target: str
+    device: str = "auto"
+    tp: int | None = None
+    pp: int | None = None
+    vpp: int | None = None
+    dp: int | None = None
+    zero: int | None = None
+    sp: bool | None = None
+    schedule: str | None = None
+    recompute: str | None = None
+    optimizer: str | None = None
+    mbs: int | None = None
+    gbs: int | None = None
+    seq: int | None = None
+    dtype: str | None = None
+    pp_rounds: int = 1
+    steps: int = 20
+    lr: float = 3e-4
+    seed: int = 0
+    data: str = ""
+    ckpt_dir: str = ""
+    ckpt_every: int = 0
+    resume: bool = False
+    run_dir: str = ""
+    nnodes: int = 1
+    rdzv_endpoint: str = ""
+    sets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerateRequest:
+    """``llmplan generate``: a MODEL or a checkpoint folder, and the sampling options."""
+
+    target: str
+    prompts: tuple[str, ...] = ("Hello",)
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    batch: int = 0
+    tp: int = 1
+    device: str = "auto"
+    dtype: str = "fp32"
+    eos: int = -1
+    run_dir: str = ""
+    sets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resolved:
+    """A run ready to start: its plan (written at ``spec.plan_path``) and how to start it."""
+
+    spec: LaunchSpec
+    plan: dict[str, Any]
+    mode: str = "train"                      # or "inference"
+    overrides: tuple[str, ...] = ()          # what a flag changed in a plan, said to the user
+    cfg: ModelConfig | None = None
+    setup: TrainSetup | None = None
+    par: Parallel | None = None
+
+    @property
+    def command(self) -> list[str]:
+        return torchrun_command(self.spec)
+
+    @property
+    def hardware(self) -> str:
+        return self.plan.get("cluster", {}).get("hardware", "")
+
+    def summary(self) -> dict[str, Any]:
+        """What ``--dry-run --json`` prints."""
+        out: dict[str, Any] = {"command": self.command, "plan": str(self.spec.plan_path),
+                               "world": self.spec.nproc_per_node * self.spec.nnodes,
+                               "device": self.spec.device}
+        for key in ("layout", "setup", "cluster"):
+            if key in self.plan:
+                out[key] = self.plan[key]
+        return out
+
+
+# ---- option checks ------------------------------------------------------------------------
+def _positive_int(label: str, value: Any, *, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{label}({value}) must be an integer >= {minimum}")
+
+
+def _finite(label: str, value: Any, *, low: float = 0.0, high: float = math.inf,
+            low_open: bool = True) -> None:
+    ok = isinstance(value, (int, float)) and math.isfinite(value) and value <= high and \
+        (value > low if low_open else value >= low)
+    if not ok:
+        bound = f"> {low:g}" if low_open else f">= {low:g}"
+        raise ConfigError(f"{label}({value}) must be a finite number {bound}"
+                          + (f" and <= {high:g}" if high < math.inf else ""))
+
+
+def _device(device: str) -> str:
+    if device not in DEVICES:
+        raise ConfigError(f"--device {device!r}: use {', '.join(DEVICES)}")
+    if device == "auto":
+        import torch  # deferred: only "auto" pays for it
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _cuda_ranks(per_node: int) -> None:
+    import torch
+
+    have = torch.cuda.device_count()
+    if per_node > have:
+        raise ConfigError(f"{per_node} processes per node but {have} GPU(s): NCCL needs one GPU "
+                          "per rank; use --device cpu to run the layout on CPU processes")
+
+
+def check_train_options(req: TrainRequest) -> None:
+    """Every option a training request carries, before anything reads a file or starts."""
+    for label in ("tp", "pp", "vpp", "dp", "mbs", "gbs", "seq"):
+        value = getattr(req, label)
+        if value is not None:
+            _positive_int(f"--{label}", value)
+    if req.zero is not None and req.zero not in (0, 1, 2, 3):
+        raise ConfigError(f"--zero({req.zero}) must be 0, 1, 2 or 3")
+    _positive_int("--steps", req.steps)
+    _positive_int("--pp-rounds", req.pp_rounds)
+    _positive_int("--nnodes", req.nnodes)
+    _positive_int("--seed", req.seed, minimum=0)
+    _positive_int("--ckpt-every", req.ckpt_every, minimum=0)
+    _finite("--lr", req.lr)
+    if req.dtype is not None and req.dtype not in RUNTIME_DTYPES:
+        raise ConfigError(f"--dtype {req.dtype!r}: llmplan's runtime trains in "
+                          f"{' or '.join(RUNTIME_DTYPES)}")
+    if req.device not in DEVICES:
+        raise ConfigError(f"--device {req.device!r}: use {', '.join(DEVICES)}")
+    if req.data:
+        path = Path(req.data)
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise ConfigError(f"--data {req.data}: no readable file there")
+    if req.ckpt_every and not req.ckpt_dir:
+        raise ConfigError(f"--ckpt-every {req.ckpt_every} needs --ckpt-dir")
+    if req.resume:
+        from runtime.checkpoint import latest_step
+
+        if not req.ckpt_dir or latest_step(req.ckpt_dir) is None:
+            raise ConfigError(f"--resume: no checkpoint in {req.ckpt_dir or '(no --ckpt-dir)'}")
+    if req.nnodes > 1 and not req.rdzv_endpoint:
+        raise ConfigError(f"--nnodes {req.nnodes} needs --rdzv-endpoint host:port")
+
+
+def check_host_memory(cfg: ModelConfig, setup: TrainSetup, par: Parallel) -> None:
+    """CPU runs put every rank on this host: refuse a layout whose predicted memory (runtime
+    recipe, all ranks) exceeds the host's RAM, instead of swapping it to a halt."""
+    from planner.memory import memory_report
+
+    stages = memory_report(cfg, setup, par).stages
+    need = sum(s.total_bytes for s in stages) * par.tp * par.dp
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return
+    if need > have:
+        raise ConfigError(f"{par.world} CPU processes of {cfg.name} need about "
+                          f"{need / 2**30:,.1f} GiB but this host has {have / 2**30:,.1f} GiB; "
+                          "use --device cuda or a smaller model (e.g. tiny)")
+
+
+# ---- training -----------------------------------------------------------------------------
+def _pick(flag: Any, default: Any) -> Any:
+    return default if flag is None else flag
+
+
+def _overrides(base_setup: TrainSetup, base_par: Parallel, setup: TrainSetup,
+               par: Parallel) -> tuple[str, ...]:
+    """Each plan field a flag changed (allowed, and said: never silently)."""
+    said = []
+    for before, after in ((base_par, par), (base_setup, setup)):
+        for f in fields(before):
+            old, new = getattr(before, f.name), getattr(after, f.name)
+            if old != new:
+                said.append(f"overriding the plan's {f.name}({old}) with {new}")
+    return tuple(said)
+
+
+def _run_folder(run_dir: str, fallback: str, prefix: str) -> Path:
+    folder = Path(run_dir or fallback or tempfile.mkdtemp(prefix=prefix))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{folder}: cannot create the run folder ({err.strerror})") from None
+    return folder
+
+
+def resolve(req: TrainRequest) -> Resolved:
+    """A training request (or an inference plan file) -> the run, its plan written."""
+    check_train_options(req)
+    target = Path(req.target)
+    toml = read_plan(target, required=()) if req.target.endswith(".toml") and target.exists() else {}
+    if toml.get("kind") == "inference":
+        return _inference_plan(target, toml, req.device)
+    from_plan = "layout" in toml
+    if from_plan:
+        base = read_plan(target)
+        cfg, base_setup, base_par = plan_objects(base, where=req.target)
+        if req.sets:
+            cfg = cfg.with_overrides(parse_overrides(list(req.sets)))
+        hardware = base.get("cluster", {}).get("hardware", "")
+    else:
+        base = {}
+        cfg = load_model(req.target, parse_overrides(list(req.sets)))
+        base_setup = TrainSetup(seq_len=min(256, cfg.max_context), dtype="fp32", recipe="runtime")
+        base_par, hardware = Parallel(), ""
+    asked = {"tp": req.tp, "pp": req.pp, "vpp": req.vpp, "dp": req.dp, "zero": req.zero,
+             "sp": req.sp}
+    # a plan's schedule stays unless the virtual stages change; otherwise vpp's default
+    schedule = _pick(req.schedule, base_par.schedule if from_plan and req.vpp is None else "")
+    par = Parallel(**{k: _pick(v, getattr(base_par, k)) for k, v in asked.items()},
+                   schedule=schedule)
+    micro = _pick(req.mbs, base_setup.micro_batch)
+    if req.gbs is not None:
+        global_batch = req.gbs
+    elif from_plan:  # the plan's batch, whatever else a flag changed
+        global_batch = base_setup.micro_batch * base_setup.grad_accum * base_par.dp
+    else:  # the smallest batch every schedule runs: pp micro-batches per flush, each round
+        global_batch = micro * par.dp * (par.pp * req.pp_rounds if par.pp > 1 else 1)
+    setup = replace(base_setup, seq_len=_pick(req.seq, base_setup.seq_len), micro_batch=micro,
+                    grad_accum=layout.micro_batches(global_batch=global_batch, dp=par.dp,
+                                                    mbs=micro),
+                    dtype=_pick(req.dtype, base_setup.dtype),
+                    optimizer=_pick(req.optimizer, base_setup.optimizer),
+                    recompute=_pick(req.recompute, base_setup.recompute))
+    said = _overrides(base_setup, base_par, setup, par) if from_plan else ()
+    if setup.seq_len > cfg.max_context:
+        raise ConfigError(f"seq({setup.seq_len}) exceeds the model's max context({cfg.max_context})")
+    layout.check(cfg, setup, par, runtime="llmplan", rounds=req.pp_rounds)
+    if par.world % req.nnodes:
+        raise ConfigError(f"world({par.world}) is not divisible by nnodes({req.nnodes})")
+    per_node = par.world // req.nnodes
+    device = _device(req.device)
+    if device == "cuda":
+        _cuda_ranks(per_node)
+    else:
+        check_host_memory(cfg, setup, par)
+    hardware = hardware or default_hardware(device)
+    plan = plan_dict(cfg=cfg, setup=setup, par=par, hardware=hardware, gpus=par.world,
+                     gpus_per_node=per_node, prediction=base.get("prediction", {}))
+    for key in ("gpus", "gpus_per_node", "nodes"):  # what the plan was made for, reported
+        if key in base.get("cluster", {}):
+            plan["cluster"][f"planned_{key}"] = base["cluster"][key]
+    plan["run"] = {"steps": req.steps, "lr": req.lr, "seed": req.seed, "data": req.data,
+                   "ckpt_dir": req.ckpt_dir, "ckpt_every": req.ckpt_every,
+                   "resume": req.resume, "device": device, "pp_rounds": req.pp_rounds}
+    folder = _run_folder(req.run_dir, req.ckpt_dir, "llmplan-run-")
+    plan_path = folder / "run.toml"
+    # each node's agent runs the same file; the Slurm script is the planner's, not the run's
+    write_plan(plan_path, {**plan, "cluster": {**plan["cluster"], "nodes": 1}})
+    plan["cluster"]["nodes"] = req.nnodes
+    spec = LaunchSpec(plan_path=plan_path, nproc_per_node=per_node, device=device,
+                      nnodes=req.nnodes, rdzv_endpoint=req.rdzv_endpoint)
+    return Resolved(spec=spec, plan=plan, overrides=said, cfg=cfg, setup=setup, par=par)
+
+
+def _inference_plan(path: Path, plan: dict[str, Any], device: str) -> Resolved:
+    """An inference plan file (``llmplan generate --run-dir`` writes one), run on its tp
+    processes."""
+    cfg = ModelConfig.from_dict(plan.get("model", {}), where=f"{path} [model]")
+    options = plan.get("generate", {})
+    tp = plan.get("cluster", {}).get("gpus", 1)
+    _positive_int(f"{path}: [cluster] gpus", tp)
+    device = _device(options.get("device", "cpu") if device == "auto" else device)
+    check_generation(cfg, tp=tp, prompts=list(options.get("prompts", ["Hello"])),
+                     max_new=options.get("max_new_tokens", 32))
+    if device == "cuda":
+        _cuda_ranks(tp)
+    spec = LaunchSpec(plan_path=path, nproc_per_node=tp, device=device, module="runtime.generate")
+    return Resolved(spec=spec, plan=plan, mode="inference", cfg=cfg)
+
+
+# ---- generation ---------------------------------------------------------------------------
+def check_generation(cfg: ModelConfig, *, tp: int, prompts: list[str], max_new: int) -> None:
+    """The layout contract's model and tensor-parallel rules for llmplan's runtime, then the
+    prompt lengths (byte tokens) against the context."""
+    from runtime.tokenizer import encode
+
+    _positive_int("--max-new-tokens", max_new)
+    refused = layout.refusals([*layout.model_problems(cfg), *layout.tp_problems(cfg, tp)],
+                              "llmplan")
+    if refused:
+        raise ConfigError("; ".join(p.message for p in refused))
+    lengths = [len(encode(p)) for p in prompts]
+    if not lengths or min(lengths) < 1:
+        raise ConfigError("every prompt needs at least one token")
+    longest = max(lengths) + max_new
+    if longest > cfg.max_context:
+        raise ConfigError(f"prompt({max(lengths)}) + max new tokens({max_new}) = {longest} "
+                          f"exceeds the model's max context({cfg.max_context})")
+
+
+def resolve_generation(req: GenerateRequest) -> Resolved:
+    """A generation request -> the inference plan written and the run to start."""
+    _positive_int("--tp", req.tp)
+    _positive_int("--batch", req.batch, minimum=0)
+    _positive_int("--top-k", req.top_k, minimum=0)
+    _positive_int("--seed", req.seed, minimum=0)
+    _finite("--temperature", req.temperature, low_open=False)
+    _finite("--top-p", req.top_p, high=1.0)
+    if req.dtype not in RUNTIME_DTYPES:
+        raise ConfigError(f"--dtype {req.dtype!r}: use {' or '.join(RUNTIME_DTYPES)}")
+    folder = Path(req.target)
+    checkpoint = ""
+    if folder.is_dir():
+        run_plan = folder / "run.toml"
+        if not run_plan.exists() or not (folder / "latest").exists():
+            raise ConfigError(f"{folder}: not a checkpoint folder (needs run.toml and latest)")
+        cfg = ModelConfig.from_dict(read_plan(run_plan)["model"], where=str(run_plan))
+        checkpoint = str(folder.resolve())
+    else:
+        cfg = load_model(req.target, parse_overrides(list(req.sets)))
+    texts = list(req.prompts) or ["Hello"]
+    if req.batch:
+        texts = [texts[i % len(texts)] for i in range(req.batch)]
+    check_generation(cfg, tp=req.tp, prompts=texts, max_new=req.max_new_tokens)
+    device = _device(req.device)
+    if device == "cuda":
+        _cuda_ranks(req.tp)
+    plan = {"version": 1, "kind": "inference", "model": cfg.to_dict(),
+            "cluster": {"hardware": default_hardware(device), "gpus": req.tp},
+            "generate": {"prompts": texts, "max_new_tokens": req.max_new_tokens,
+                         "temperature": req.temperature, "top_k": req.top_k,
+                         "top_p": req.top_p, "seed": req.seed, "device": device,
+                         "dtype": req.dtype, "checkpoint": checkpoint, "eos_token": req.eos}}
+    path = _run_folder(req.run_dir, "", "llmplan-gen-") / "generate.toml"
+    write_plan(path, plan)
+    spec = LaunchSpec(plan_path=path, nproc_per_node=req.tp, device=device,
+                      module="runtime.generate")
+    return Resolved(spec=spec, plan=plan, mode="inference", cfg=cfg)
+

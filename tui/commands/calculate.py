@@ -1,0 +1,263 @@
+"""Calculator commands: FLOPs, per-GPU memory, KV cache, compute-optimal budgets, and the
+formula behind a number."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from planner.config import LlmplanError
+from tui import options, output
+from tui.options import (AttentionOpt, DpOpt, DropoutOpt, DtypeOpt, GbsOpt, HardwareOpt,
+                         JsonOpt, MbsOpt, ModelArg, OptimOpt, PpOpt, RecipeOpt, RecomputeOpt,
+                         ScheduleOpt, SeqOpt, SetOpt, SpOpt, TpOpt, VppOpt, ZeroOpt)
+from tui.options import model as load
+
+
+def flops_cmd(
+    model: ModelArg,
+    seq: SeqOpt = 2048,
+    tokens: Annotated[float, typer.Option(help="Training tokens D: adds total_train_flops.")] = 0.0,
+    causal: Annotated[bool, typer.Option("--causal/--no-causal", help="Halve attention for the causal mask.")] = True,
+    count_embedding: Annotated[bool, typer.Option("--embedding/--no-embedding", help="Count the embedding lookup as a matmul.")] = False,
+    recompute: RecomputeOpt = "none",
+    hardware: HardwareOpt = "",
+    gpus: Annotated[int, typer.Option(help="Accelerators, for time to train.")] = 0,
+    mfu: Annotated[float, typer.Option(help="Model FLOPs utilisation, for time to train.")] = 0.4,
+    set_: SetOpt = None,
+    json_mode: JsonOpt = False,
+) -> None:
+    """FLOPs per token (exact, 6N, PaLM), inference prefill/decode, total and time to train."""
+    from planner import flops as F
+    from planner.config import RECOMPUTES
+
+    if recompute not in RECOMPUTES:
+        raise LlmplanError(f"recompute({recompute!r}) is not one of {', '.join(RECOMPUTES)}")
+    cfg = load(model, set_)
+    conv = F.FlopConventions(causal=causal, count_embedding=count_embedding)
+    rep = F.flops_report(cfg, seq, conv, recompute=recompute)
+    data: dict[str, Any] = {
+        "model": cfg.name, "seq_len": seq, "causal": causal,
+        "forward_flops_per_token": rep.forward_flops_per_token,
+        "train_flops_per_token": rep.train_flops_per_token,
+        "hardware_flops_per_token": rep.hardware_flops_per_token,
+        "conventions": rep.conventions(),
+        "forward_breakdown": rep.forward.to_dict(),
+        "prefill_flops": F.prefill_flops(cfg, seq),
+        "decode_flops_per_token": F.decode_flops_per_token(cfg, seq),
+    }
+    if tokens:
+        total = rep.train_flops_per_token * tokens
+        data["tokens"] = tokens
+        data["total_train_flops"] = total
+        if hardware and gpus:
+            from presets import load_hardware
+            peak = load_hardware(hardware).peak_flops("bf16")
+            seconds = F.time_to_train_s(total, accelerators=gpus, peak_flops=peak, mfu=mfu)
+            data.update(hardware=hardware, gpus=gpus, mfu=mfu, time_to_train_s=seconds,
+                        gpu_hours=seconds * gpus / 3600)
+
+    def human() -> None:
+        rows = [("exact (MFU)", output.fmt_flops(rep.train_flops_per_token)),
+                ("with recompute (HFU)", output.fmt_flops(rep.hardware_flops_per_token)),
+                ("6N (Kaplan)", output.fmt_flops(rep.six_n_flops_per_token)),
+                ("PaLM 6N' + 12Lads", output.fmt_flops(rep.palm_flops_per_token))]
+        fwd = [(k, output.fmt_flops(v)) for k, v in rep.forward.to_dict().items() if v]
+        extra = [("prefill of one sequence", output.fmt_flops(data["prefill_flops"])),
+                 (f"decode per token at context {seq}", output.fmt_flops(data["decode_flops_per_token"]))]
+        if tokens:
+            extra.append((f"training on {tokens:.3g} tokens", output.fmt_flops(data["total_train_flops"])))
+        if "time_to_train_s" in data:
+            extra.append((f"time on {gpus} x {hardware} at {mfu:.0%} MFU",
+                          f"{data['time_to_train_s'] / 86400:,.1f} days ({data['gpu_hours']:,.0f} GPU-h)"))
+        output.show(
+            output.table(f"Training FLOPs per token, {cfg.name}, s={seq}, "
+                         f"{'causal' if causal else 'non-causal'}", ["convention", "per token"], rows),
+            output.table("Forward matmul FLOPs per token", ["component", "per token"], fwd),
+            output.table("Totals", ["quantity", "value"], extra))
+
+    output.render(json_mode, data, human)
+
+
+def memory_cmd(
+    model: ModelArg,
+    seq: SeqOpt = 2048, mbs: MbsOpt = 1, gbs: GbsOpt = 0, dtype: DtypeOpt = "bf16",
+    recipe: RecipeOpt = "mixed", optimizer: OptimOpt = "adamw", zero: ZeroOpt = 0,
+    dp: DpOpt = 1, tp: TpOpt = 1, pp: PpOpt = 1, vpp: VppOpt = 1, sp: SpOpt = False,
+    recompute: RecomputeOpt = "none", attention: AttentionOpt = "flash",
+    schedule: ScheduleOpt = "", dropout: DropoutOpt = False, hardware: HardwareOpt = "",
+    set_: SetOpt = None, json_mode: JsonOpt = False,
+) -> None:
+    """Per-GPU training memory: weights, gradients, optimizer, activations, per pipeline stage."""
+    from planner.accuracy import fmt_band
+    from planner.memory import memory_report
+
+    cfg = load(model, set_)
+    setup, par = options.training(
+        seq=seq, mbs=mbs, gbs=gbs, dtype=dtype, recipe=recipe, optimizer=optimizer, zero=zero,
+        dp=dp, tp=tp, pp=pp, vpp=vpp, sp=sp, recompute=recompute, attention=attention,
+        schedule=schedule, dropout=dropout)
+    rep = memory_report(cfg, setup, par)
+    accuracy = options.accuracy(hardware)
+    band = accuracy.memory(rep.per_gpu.total_bytes)
+    data: dict[str, Any] = {"model": cfg.name, "world": par.world, **rep.to_dict(),
+                            "per_gpu_band_bytes": band.to_dict(), "accuracy": accuracy.to_dict()}
+    capacity = None
+    if hardware:
+        from presets import load_hardware
+        capacity = load_hardware(hardware).memory_bytes
+        data.update(hardware=hardware, capacity_bytes=capacity,
+                    fits=rep.per_gpu.total_bytes <= capacity)
+
+    def human() -> None:
+        cols = ["stage", "params", "weights", "grads", "optim", "activ", "transient", "total"]
+        gib = output.gib
+        rows = [(st.stage, output.fmt_count(st.params), gib(st.weights_bytes),
+                 gib(st.gradients_bytes), gib(st.optimizer_bytes), gib(st.activations_bytes),
+                 gib(st.transient_bytes), gib(st.total_bytes)) for st in rep.stages]
+        caption = (f"per rank, GiB (2^30 bytes); most loaded rank: "
+                   f"{fmt_band(band, output.fmt_bytes)}; band: {accuracy.source}")
+        if capacity is not None:
+            verdict = "fits" if data["fits"] else "does NOT fit"
+            caption += f"; {hardware} holds {output.fmt_gib(capacity)}: {verdict}"
+        output.show(output.table(
+            f"Per-GPU memory, {cfg.name}: tp={tp} pp={pp} dp={dp} zero={zero} sp={sp} "
+            f"s={seq} b={mbs} m={setup.grad_accum} {recipe}/{optimizer} recompute={recompute}",
+            cols, rows, caption=caption))
+
+    output.render(json_mode, data, human)
+
+
+def kv_cmd(
+    model: ModelArg,
+    seq: SeqOpt = 2048,
+    batch: Annotated[int, typer.Option(help="Sequences in the batch.")] = 1,
+    kv_dtype: Annotated[str, typer.Option("--kv-dtype", help="fp32, bf16, fp16, fp8, int8, int4.")] = "bf16",
+    tp: TpOpt = 1,
+    hardware: HardwareOpt = "",
+    set_: SetOpt = None,
+    json_mode: JsonOpt = False,
+) -> None:
+    """KV-cache bytes per token and for a batch; with --hardware, what fits beside the weights."""
+    from planner import kv as K
+
+    cfg = load(model, set_)
+    rep = K.kv_report(cfg, seq_len=seq, batch=batch, kv_dtype=kv_dtype, tp=tp)
+    data: dict[str, Any] = {"model": cfg.name, "seq_len": seq, "batch": batch,
+                            "kv_dtype": kv_dtype, "tp": tp, **rep.to_dict()}
+    if hardware:
+        from presets import load_hardware
+        mem = load_hardware(hardware).memory_bytes
+        data.update(hardware=hardware,
+                    weights_bytes_per_rank=K.weight_bytes_per_rank(cfg, tp=tp),
+                    max_batch=K.max_batch(cfg, memory_bytes=mem, seq_len=seq, kv_dtype=kv_dtype, tp=tp),
+                    max_context=K.max_context(cfg, memory_bytes=mem, batch=batch, kv_dtype=kv_dtype, tp=tp))
+
+    def human() -> None:
+        rows = [("per token (all ranks)", f"{rep.bytes_per_token:,} B ({rep.bytes_per_token / 1024:,.1f} KiB)"),
+                ("per token per rank", f"{rep.bytes_per_token_per_rank:,} B"),
+                ("cached tokens per sequence", f"{rep.cached_tokens:,}"),
+                (f"batch of {batch} per rank", output.fmt_gib(rep.total_bytes))]
+        if hardware:
+            rows += [(f"weights per rank ({hardware})", output.fmt_gib(data["weights_bytes_per_rank"])),
+                     (f"largest batch at s={seq}", f"{data['max_batch']:,}"),
+                     (f"longest context at batch {batch}", f"{data['max_context']:,}")]
+        output.show(output.table(f"KV cache, {cfg.name}, {kv_dtype}, tp={tp}", ["quantity", "value"], rows))
+
+    output.render(json_mode, data, human)
+
+
+def chinchilla_cmd(
+    compute: Annotated[float, typer.Option(help="Compute budget C in FLOPs.")] = 0.0,
+    params: Annotated[float, typer.Option(help="Model size N (parameters).")] = 0.0,
+    model: Annotated[str, typer.Option(help="Take N from a model (preset, TOML, config.json).")] = "",
+    tokens: Annotated[float, typer.Option(help="With --params/--model: the planned D, for over-training.")] = 0.0,
+    gpus: Annotated[int, typer.Option(help="Accelerators (with --hardware and --days).")] = 0,
+    hardware: HardwareOpt = "",
+    days: Annotated[float, typer.Option(help="Days of training.")] = 0.0,
+    mfu: Annotated[float, typer.Option(help="Model FLOPs utilisation.")] = 0.4,
+    fit: Annotated[str, typer.Option(help="hoffmann, epoch or tokens20.")] = "hoffmann",
+    json_mode: JsonOpt = False,
+) -> None:
+    """Compute-optimal params and tokens for a budget, a model size, or a cluster and time."""
+    from planner import scaling as S
+
+    if model:
+        from planner.params import count_params
+        params = float(count_params(load(model, None)).total)
+    chosen = sum(bool(x) for x in (compute, params, gpus or hardware or days))
+    if chosen != 1:
+        raise LlmplanError("give exactly one of --compute, --params/--model, or --gpus --hardware --days")
+    if gpus or hardware or days:
+        if not (gpus and hardware and days):
+            raise LlmplanError("--gpus, --hardware and --days go together")
+        from presets import load_hardware
+        compute = S.compute_for_cluster(gpus=gpus, peak_flops=load_hardware(hardware).peak_flops("bf16"),
+                                        days=days, mfu=mfu)
+    budget = S.optimal_for_params(params, fit) if params else S.optimal_for_compute(compute, fit)
+    data: dict[str, Any] = {**budget.to_dict(),
+                            "kaplan_params": S.kaplan_optimal_params(budget.compute_flops)}
+    over = None
+    if tokens:
+        if not params:
+            raise LlmplanError("--tokens needs --params or --model")
+        over = S.overtraining(params, tokens, fit if fit != "tokens20" else "hoffmann")
+        data["overtraining"] = over.to_dict()
+
+    def human() -> None:
+        rows = [("fit", fit), ("compute", output.fmt_flops(budget.compute_flops)),
+                ("optimal params N*", output.fmt_count(budget.params)),
+                ("optimal tokens D*", output.fmt_count(budget.tokens)),
+                ("tokens per param", f"{budget.tokens_per_param:,.1f}"),
+                ("loss L(N*, D*)", "n/a" if budget.loss is None else f"{budget.loss:.4f}"),
+                ("Kaplan 2020 N (for comparison)", output.fmt_count(data["kaplan_params"]))]
+        if over is not None:
+            rows += [("planned tokens D", output.fmt_count(over.tokens)),
+                     ("D / D*(6ND) (over-training ratio)", f"{over.ratio:.2f}"),
+                     ("loss at (N, D)", f"{over.loss:.4f}"),
+                     ("loss cost vs optimal at equal compute", f"{over.loss_cost:+.4f}")]
+        output.show(output.table("Compute-optimal budget", ["quantity", "value"], rows))
+
+    output.render(json_mode, data, human)
+
+
+def explain_cmd(
+    quantity: Annotated[str, typer.Argument(help="params, kv_bytes_per_token, train_flops_per_token, model_states_bytes, chinchilla_params.")],
+    model: ModelArg,
+    seq: SeqOpt = 2048, mbs: MbsOpt = 1, gbs: GbsOpt = 0, dtype: DtypeOpt = "bf16",
+    recipe: RecipeOpt = "mixed", optimizer: OptimOpt = "adamw", zero: ZeroOpt = 0,
+    dp: DpOpt = 1, tp: TpOpt = 1, pp: PpOpt = 1, vpp: VppOpt = 1, sp: SpOpt = False,
+    recompute: RecomputeOpt = "none", attention: AttentionOpt = "flash",
+    schedule: ScheduleOpt = "", dropout: DropoutOpt = False,
+    causal: Annotated[bool, typer.Option("--causal/--no-causal")] = True,
+    kv_dtype: Annotated[str, typer.Option("--kv-dtype")] = "bf16",
+    compute: Annotated[float, typer.Option(help="For chinchilla_params.")] = 5.76e23,
+    fit: Annotated[str, typer.Option(help="For chinchilla_params: hoffmann or epoch.")] = "hoffmann",
+    set_: SetOpt = None, json_mode: JsonOpt = False,
+) -> None:
+    """Show the formula behind a number, the values substituted, and the result."""
+    from planner.explain import explain
+
+    cfg = load(model, set_)
+    setup, par = options.training(
+        seq=seq, mbs=mbs, gbs=gbs, dtype=dtype, recipe=recipe, optimizer=optimizer, zero=zero,
+        dp=dp, tp=tp, pp=pp, vpp=vpp, sp=sp, recompute=recompute, attention=attention,
+        schedule=schedule, dropout=dropout)
+    exp = explain(quantity, cfg, setup=setup, par=par, causal=causal, kv_dtype=kv_dtype,
+                  compute_flops=compute, fit=fit)
+
+    def human() -> None:
+        from rich.panel import Panel
+        values = ", ".join(f"{k} = {v:,}" if isinstance(v, int) else f"{k} = {v:g}"
+                           for k, v in exp.values.items())
+        body = (f"{exp.description}\n\n{exp.pretty}\n\nwith {values}\n\n= {exp.result:,.6g}"
+                f"   (planner: {exp.planner_value:,.6g}, {'agrees' if exp.matches else 'DIFFERS'})"
+                f"\n\nsource: {exp.source}")
+        output.show(Panel(body, title=f"{exp.quantity} of {cfg.name}", expand=False))
+
+    output.render(json_mode, exp.to_dict(), human)
+
+
+COMMANDS = {"flops": flops_cmd, "memory": memory_cmd, "kv": kv_cmd, "chinchilla": chinchilla_cmd,
+            "explain": explain_cmd}

@@ -1,0 +1,86 @@
+"""Model commands: the presets there are, and a model's exact parameter count."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from planner.config import LlmplanError
+from tui import output
+from tui.options import JsonOpt, ModelArg, SetOpt
+from tui.options import model as load
+
+
+def presets_cmd(
+    kind: Annotated[str, typer.Option(help="model or hardware (default: both).")] = "",
+    json_mode: JsonOpt = False,
+) -> None:
+    """List the model and hardware presets."""
+    from presets import load_hardware, load_model, preset_files
+    from planner.params import count_params
+
+    if kind not in ("", "model", "hardware"):
+        raise LlmplanError(f"--kind {kind!r}: use model or hardware")
+    data: dict[str, list[dict[str, Any]]] = {}
+    if kind in ("", "model"):
+        rows = []
+        for name in preset_files("models"):
+            cfg = load_model(name)
+            rows.append({"name": name, "family": cfg.family,
+                         "params": count_params(cfg).total, "source": cfg.source})
+        data["models"] = rows
+    if kind in ("", "hardware"):
+        hw_rows = []
+        for name in preset_files("hardware"):
+            hw = load_hardware(name)
+            hw_rows.append({"name": name, "peak_tflops_bf16": hw.peak_tflops_bf16,
+                            "memory_gib": hw.memory_gib,
+                            "hbm_bandwidth_gbps": hw.hbm_bandwidth_gbps,
+                            "gpus_per_node": hw.gpus_per_node, "source": hw.source})
+        data["hardware"] = hw_rows
+
+    def human() -> None:
+        tables = []
+        if "models" in data:
+            tables.append(output.table(
+                "Model presets", ["name", "family", "params"],
+                [(r["name"], r["family"], output.fmt_count(r["params"])) for r in data["models"]]))
+        if "hardware" in data:
+            tables.append(output.table(
+                "Hardware presets",
+                ["name", "bf16 TFLOP/s", "memory GiB", "HBM GB/s", "GPUs/node"],
+                [(r["name"], f"{r['peak_tflops_bf16']:g}", f"{r['memory_gib']:g}",
+                  f"{r['hbm_bandwidth_gbps']:g}", r["gpus_per_node"]) for r in data["hardware"]]))
+        output.show(*tables)
+
+    output.render(json_mode, data, human)
+
+
+def params_cmd(model: ModelArg, set_: SetOpt = None, json_mode: JsonOpt = False) -> None:
+    """Exact parameter count with a breakdown (total, active per token, non-embedding)."""
+    params_report(model, set_, json_mode)
+
+
+def params_report(model: str, sets: list[str] | None, json_mode: bool) -> None:
+    from planner.params import count_params
+
+    cfg = load(model, sets)
+    counts = count_params(cfg)
+    data = {"model": cfg.name, **counts.to_dict()}
+
+    def human() -> None:
+        rows = [(name, output.fmt_int(n), f"{100 * n / counts.total:.2f}%")
+                for name, n in counts.breakdown.items() if n]
+        rows += [("total", output.fmt_int(counts.total), "100.00%"),
+                 ("active per token", output.fmt_int(counts.active),
+                  f"{100 * counts.active / counts.total:.2f}%"),
+                 ("non-embedding", output.fmt_int(counts.non_embedding),
+                  f"{100 * counts.non_embedding / counts.total:.2f}%")]
+        output.show(output.table(f"Parameters of {cfg.name} ({output.fmt_count(counts.total)})",
+                                 ["component", "parameters", "share"], rows))
+
+    output.render(json_mode, data, human)
+
+
+COMMANDS = {"presets": presets_cmd, "params": params_cmd}

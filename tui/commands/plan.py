@@ -1,0 +1,128 @@
+"""``llmplan plan``: the fastest layouts that fit a cluster, and the plan file of the best."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+
+from planner.config import LlmplanError
+from tui import options, output
+from tui.options import AttentionOpt, DtypeOpt, GbsOpt, JsonOpt, ModelArg, OptimOpt, RecipeOpt, SeqOpt, SetOpt
+from tui.options import model as load
+
+
+def plan_cmd(
+    model: ModelArg,
+    hardware: Annotated[str, typer.Option("--hardware", help="Hardware preset.")] = "h100-sxm",
+    gpus: Annotated[int, typer.Option(help="Accelerators in the cluster.")] = 8,
+    nodes: Annotated[int, typer.Option(help="Nodes (default: from the preset's GPUs per node).")] = 0,
+    gbs: GbsOpt = 0,
+    gbs_tokens: Annotated[float, typer.Option("--gbs-tokens", help="Global batch in tokens.")] = 0.0,
+    seq: SeqOpt = 4096,
+    dtype: DtypeOpt = "bf16", recipe: RecipeOpt = "mixed", optimizer: OptimOpt = "adamw",
+    attention: AttentionOpt = "flash",
+    max_vpp: Annotated[int, typer.Option("--max-vpp", help="Largest virtual-stage count tried.")] = 4,
+    tokens: Annotated[float, typer.Option(help="Token budget: adds time and GPU-hours.")] = 0.0,
+    top: Annotated[int, typer.Option(help="Layouts to show.")] = 5,
+    runtime: Annotated[str, typer.Option(help="llmplan: only layouts llmplan's runtime runs; any: also those other frameworks run (marked).")] = "llmplan",
+    out: Annotated[Optional[str], typer.Option("--out", help="Write the best layout as a plan file.")] = None,
+    set_: SetOpt = None, json_mode: JsonOpt = False,
+) -> None:
+    """The fastest tensor x pipeline x data (ZeRO) layouts that fit a cluster."""
+    from pathlib import Path
+
+    from planner.accuracy import fmt_band
+    from planner.config import TrainSetup
+    from planner.cost import cluster_of
+    from planner.search import SearchSpace, search
+    from presets import load_cost_model, load_hardware
+
+    cfg = load(model, set_)
+    cluster = cluster_of(load_hardware(hardware), gpus=gpus, nodes=nodes)
+    if bool(gbs) == bool(gbs_tokens):
+        raise LlmplanError("give exactly one of --gbs (sequences) or --gbs-tokens")
+    if gbs_tokens:
+        if gbs_tokens % seq:
+            raise LlmplanError(f"gbs-tokens({gbs_tokens:.0f}) is not a multiple of seq({seq})")
+        gbs = int(gbs_tokens // seq)
+    setup = TrainSetup(seq_len=seq, dtype=dtype, recipe=recipe, optimizer=optimizer,
+                       attention=attention)
+    result = search(cfg, cluster, setup, global_batch=gbs, model=load_cost_model(hardware),
+                    space=SearchSpace(max_vpp=max_vpp), runtime=runtime)
+    world = cluster.gpus
+    accuracy = options.accuracy(hardware)
+
+    def with_budget(c: Any) -> dict[str, Any]:
+        d = c.to_dict(world)
+        d.update(step_time_band_s=accuracy.time(c.step_time_s).to_dict(),
+                 memory_band_bytes=accuracy.memory(c.memory_per_gpu_bytes).to_dict(),
+                 tokens_per_s_band=accuracy.rate(c.tokens_per_s).to_dict())
+        if tokens:
+            seconds = tokens / c.tokens_per_s
+            d.update(time_to_train_s=seconds, gpu_hours=seconds * world / 3600,
+                     time_to_train_band_s=accuracy.time(seconds).to_dict())
+        return d
+
+    data: dict[str, Any] = {
+        "model": cfg.name, "hardware": hardware, "gpus": world, "nodes": cluster.nodes,
+        "global_batch": gbs, "seq_len": seq, "runtime": runtime,
+        "usable_bytes_per_gpu": result.usable_bytes,
+        "evaluated": result.evaluated, "layouts": result.total,
+        "candidates": [with_budget(c) for c in result.candidates[:top]],
+        "rejected": {k: v for k, v in result.rejected.items() if v},
+        "pareto": [with_budget(c) for c in result.pareto()],
+        "runner_up": result.runner_up_reason(),
+        "closest": with_budget(result.closest) if result.closest else None,
+        "suggestions": result.suggestions, "accuracy": accuracy.to_dict(),
+    }
+    written: list[str] = []
+    if out and result.best:
+        from planner.planfile import candidate_plan, write_plan
+
+        written = [str(p) for p in write_plan(Path(out), candidate_plan(cfg, result, result.best))]
+        data["written"] = written
+    elif out:
+        output.warn("no feasible layout: no plan file written")
+
+    def human() -> None:
+        cols = ["#", "tp", "pp", "v", "dp", "z", "sp", "recomp", "b", "m", "GiB", "step s",
+                "tok/s/gpu", "MFU"]
+        rows = [(f"{i + 1}{'' if c.launchable else '*'}", c.tp, c.pp, c.vpp, c.dp, c.zero,
+                 "on" if c.sp else "off", c.recompute[:4],
+                 c.mbs, c.grad_accum, f"{c.memory_per_gpu_bytes / 2**30:.1f}",
+                 f"{c.step_time_s:.3f}", f"{c.tokens_per_s / world:,.0f}", f"{c.mfu:.1%}")
+                for i, c in enumerate(result.candidates[:top])]
+        rejected = ", ".join(f"{k} {v:,}" for k, v in data["rejected"].items())
+        caption = (f"{result.total:,} layouts, {result.evaluated:,} evaluated; usable "
+                   f"{result.usable_bytes / 2**30:.1f} GiB/GPU; rejected: {rejected}")
+        renderables: list[Any] = [output.table(
+            f"Layouts for {cfg.name} on {world} x {hardware} ({cluster.nodes} node(s)), "
+            f"gbs {gbs} x {seq} tokens", cols, rows, caption=caption)]
+        notes = []
+        if result.best:
+            best = result.best
+            notes.append(f"#1: step {fmt_band(accuracy.time(best.step_time_s), '{:.3f}'.format, ' s')}, "
+                         f"{fmt_band(accuracy.memory(best.memory_per_gpu_bytes), output.fmt_bytes)}/GPU; "
+                         f"bands: {accuracy.source}")
+        if result.best and tokens:
+            d = data["candidates"][0]
+            days = accuracy.time(d["time_to_train_s"] / 86400)
+            notes.append(f"{tokens:.3g} tokens: {fmt_band(days, '{:,.1f}'.format, ' days')}, "
+                         f"{d['gpu_hours']:,.0f} GPU-hours")
+        marked = [(i + 1, c) for i, c in enumerate(result.candidates[:top]) if not c.launchable]
+        notes.extend(f"#{i}* not launchable by llmplan: {'; '.join(c.not_launchable)}"
+                     for i, c in marked)
+        if data["runner_up"]:
+            notes.append(data["runner_up"])
+        notes.extend(result.suggestions)
+        if not result.candidates:
+            notes.insert(0, "no layout fits")
+        notes.extend(f"wrote {w}" for w in written)
+        renderables.extend(notes)
+        output.show(*renderables)
+
+    output.render(json_mode, data, human)
+
+
+COMMANDS = {"plan": plan_cmd}

@@ -1,0 +1,66 @@
+"""The options commands share (Typer ``Annotated`` types), and the few helpers that turn them
+into planner objects. One definition per option, so every command spells it alike."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+ModelArg = Annotated[
+    str, typer.Argument(help="Preset name, TOML model file, or Hugging Face config.json.")
+]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override a model field: key=value (repeatable; V,h,L,a,g,d,f,E,k accepted)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
+SeqOpt = Annotated[int, typer.Option("--seq", help="Sequence length s.")]
+MbsOpt = Annotated[int, typer.Option("--mbs", help="Micro-batch b (sequences per rank).")]
+GbsOpt = Annotated[int, typer.Option("--gbs", help="Global batch in sequences (default mbs*dp).")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="bf16, fp16 or fp32.")]
+RecipeOpt = Annotated[str, typer.Option("--recipe", help="mixed (16 B/param), mixed_fp32_grads, fp32, runtime.")]
+OptimOpt = Annotated[str, typer.Option("--optimizer", help="adamw, adafactor, sgd_momentum, adam8bit.")]
+ZeroOpt = Annotated[int, typer.Option("--zero", help="ZeRO stage 0-3 over dp.")]
+DpOpt = Annotated[int, typer.Option("--dp", help="Data-parallel size.")]
+TpOpt = Annotated[int, typer.Option("--tp", help="Tensor-parallel size.")]
+PpOpt = Annotated[int, typer.Option("--pp", help="Pipeline-parallel size.")]
+VppOpt = Annotated[int, typer.Option("--vpp", help="Virtual stages per pipeline rank (interleaved).")]
+SpOpt = Annotated[bool, typer.Option("--sp/--no-sp", help="Sequence parallel.")]
+RecomputeOpt = Annotated[str, typer.Option("--recompute", help="none, selective or full.")]
+AttentionOpt = Annotated[str, typer.Option("--attention", help="flash (SDPA) or eager.")]
+ScheduleOpt = Annotated[str, typer.Option("--schedule", help="1f1b, gpipe or interleaved (default: interleaved when vpp > 1, else 1f1b).")]
+DropoutOpt = Annotated[bool, typer.Option("--dropout/--no-dropout", help="Dropout masks (Korthikanti's setting).")]
+HardwareOpt = Annotated[str, typer.Option("--hardware", help="Hardware preset (e.g. h100-sxm).")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, or cuda on a CUDA machine.")]
+
+
+def model(spec: str, sets: list[str] | None):
+    """The ModelConfig a MODEL argument and its ``--set`` overrides name."""
+    from presets import load_model, parse_overrides
+
+    return load_model(spec, parse_overrides(sets))
+
+
+def training(*, seq: int, mbs: int, gbs: int, dtype: str, recipe: str, optimizer: str,
+             zero: int, dp: int, tp: int, pp: int, vpp: int, sp: bool, recompute: str,
+             attention: str, schedule: str, dropout: bool):
+    """(TrainSetup, Parallel) of the shared training flags; the batch split by the layout
+    contract's one rule (``planner.layout.micro_batches``)."""
+    from planner import layout
+    from planner.config import Parallel, TrainSetup
+
+    par = Parallel(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp, schedule=schedule)
+    m = layout.micro_batches(global_batch=gbs or mbs * dp, dp=dp, mbs=mbs)
+    setup = TrainSetup(seq_len=seq, micro_batch=mbs, grad_accum=m, dtype=dtype,
+                       recipe=recipe, optimizer=optimizer, recompute=recompute,
+                       attention=attention, dropout=dropout)
+    return setup, par
+
+
+def accuracy(hardware: str):
+    """The band put around estimates on ``hardware`` (the reference default without one)."""
+    from planner.accuracy import DEFAULT_ACCURACY
+    from presets import load_accuracy
+
+    return load_accuracy(hardware) if hardware else DEFAULT_ACCURACY
