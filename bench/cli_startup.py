@@ -1,8 +1,10 @@
 """Cold-start time of `llmplan params llama-2-7b --json`, as ratios against baselines.
 
-Baselines run in the same command: `python -c pass` (the interpreter floor) and, for the same
-model, llm-analysis 0.2.2 (`python -m llm_analysis.analysis train ...`), installed on first use
-into its own venv under .bench/ (it pins transformers 4.x, which must not share our venv).
+Baselines run in the same command: `python -c pass` (the interpreter floor) and the same
+question -- the parameter count of Llama-2-7B -- asked of llm-analysis 0.2.2 through its
+library (its bundled model config, ``LLMAnalysis(...).get_num_params_total()``, printed),
+installed on first use into its own venv under .bench/ (it pins transformers 4.x, which must
+not share our venv).
 
 Goal (issue 2): median under 0.35 s absolute on a 2-core machine, and at least 4x faster than
 llm-analysis. Run: `.venv/bin/python bench/cli_startup.py [--runs 15] [--no-llm-analysis]`.
@@ -19,6 +21,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LA_VENV = ROOT / ".bench" / "llm-analysis-venv"
+LLM_ANALYSIS_PARAMS = (
+    "from llm_analysis.analysis import LLMAnalysis\n"
+    "from llm_analysis.config import get_gpu_config_by_name, get_model_config_by_name\n"
+    "a = LLMAnalysis(get_model_config_by_name('NousResearch_Llama-2-7b-hf'),\n"
+    "                get_gpu_config_by_name('a100-sxm-80gb'))\n"
+    "print(a.get_num_params_total())")
+"""The same question of llm-analysis: Llama-2-7B's parameter count, through its library."""
 
 
 def median_s(cmd: list[str], runs: int) -> float:
@@ -61,10 +70,8 @@ def main() -> None:
     if python is None:
         print("llm-analysis could not be installed; comparison skipped")
         return
-    theirs = median_s([str(python), "-m", "llm_analysis.analysis", "train",
-                       "--model_name", "NousResearch_Llama-2-7b-hf",
-                       "--gpu_name", "a100-sxm-80gb", "--total_num_tokens", "1000000"], args.runs)
-    print(f"llm-analysis train llama-2-7b  median {theirs * 1000:7.1f} ms")
+    theirs = median_s([str(python), "-c", LLM_ANALYSIS_PARAMS], args.runs)
+    print(f"llm-analysis params llama-2-7b median {theirs * 1000:7.1f} ms")
     print(f"ratio llm-analysis / llmplan   {theirs / ours:.2f}x (goal >= 4x: "
           f"{'met' if theirs / ours >= 4 else 'NOT met'})")
 

@@ -4,6 +4,8 @@ Both train the same model (runtime.model.Decoder, built from the same ModelConfi
 batches with AdamW in fp32, each in a fresh process with the same environment
 (OMP_NUM_THREADS): the runtime through `llmplan launch` (torchrun, one process, gloo; its
 median step time comes from the `done` event), the plain loop as `--plain` of this script.
+The two sides run in alternation, round after round (`--rounds`), so a shared host's slow or
+fast spell falls on both; each side's median over its rounds is compared.
 
 Goal (issue 4): ratio runtime / plain at most 1.10 on CPU.
 Run: `.venv/bin/python bench/train_throughput.py [--steps 20] [--threads 2]`.
@@ -12,7 +14,6 @@ Run: `.venv/bin/python bench/train_throughput.py [--steps 20] [--threads 2]`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -67,10 +68,12 @@ def runtime_loop(steps: int, seq: int, batch: int, device: str, threads: int) ->
     cmd = [sys.executable, "-m", "tui.cli", "launch", "tiny", *SETS, "--steps", str(steps),
            "--seq", str(seq), "--gbs", str(batch), "--mbs", str(batch), "--dtype", "fp32",
            "--device", device, "--json"]
+    from runtime import events
+
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, check=True)
-    done = [json.loads(line) for line in out.stdout.splitlines() if '"done"' in line][-1]
-    return done["measured_step_time_s"]
+    done = [ev for ev in map(events.parse, out.stdout.splitlines()) if isinstance(ev, events.Done)]
+    return done[-1].measured_step_time_s
 
 
 def main() -> None:
@@ -80,18 +83,24 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--plain", action="store_true", help="run only the plain loop")
     args = parser.parse_args()
     if args.plain:
         print(plain_loop(args.steps, args.seq, args.batch, args.device))
         return
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    out = subprocess.run([sys.executable, __file__, "--plain", "--steps", str(args.steps),
-                          "--seq", str(args.seq), "--batch", str(args.batch),
-                          "--device", args.device], env=env, capture_output=True, text=True,
-                         check=True)
-    plain = float(out.stdout.strip().splitlines()[-1])
-    runtime = runtime_loop(args.steps, args.seq, args.batch, args.device, args.threads)
+    plains, runtimes = [], []
+    for r in range(args.rounds):
+        out = subprocess.run([sys.executable, __file__, "--plain", "--steps", str(args.steps),
+                              "--seq", str(args.seq), "--batch", str(args.batch),
+                              "--device", args.device], env=env, capture_output=True, text=True,
+                             check=True)
+        plains.append(float(out.stdout.strip().splitlines()[-1]))
+        runtimes.append(runtime_loop(args.steps, args.seq, args.batch, args.device, args.threads))
+        print(f"round {r + 1}: plain {plains[-1] * 1e3:7.1f} ms, runtime {runtimes[-1] * 1e3:7.1f} ms "
+              f"({runtimes[-1] / plains[-1]:.3f})", flush=True)
+    plain, runtime = statistics.median(plains), statistics.median(runtimes)
     ratio = runtime / plain
     print(f"plain PyTorch loop   median step {plain * 1e3:8.1f} ms")
     print(f"llmplan runtime      median step {runtime * 1e3:8.1f} ms")

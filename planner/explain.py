@@ -117,23 +117,39 @@ def explain_train_flops(cfg: ModelConfig, *, setup: TrainSetup, causal: bool = T
 
 def explain_model_states(cfg: ModelConfig, *, setup: TrainSetup, par: Parallel,
                          **_: Any) -> Explanation:
-    from planner.memory import OPTIMIZER_STATE_BYTES, RECIPE_BYTES, memory_report, sharded_states
+    from planner.memory import (OPTIMIZER_STATE_BYTES, RECIPE_BYTES, STEP_COUNTER_BYTES,
+                                memory_report, runtime_counts, sharded_states)
+    from planner.tensors import stage_tensors
 
     if setup.optimizer == "adafactor":
         raise ConfigError("explain model_states covers AdamW, 8-bit Adam and SGD-momentum")
     import sympy
 
-    Psi, dp, w, gb, o = _symbols("Psi dp w g_b o")
+    report = memory_report(cfg, setup, par)
+    stage = report.per_gpu
+    planner_value = stage.weights_bytes + stage.gradients_bytes + stage.optimizer_bytes
     z = par.zero
+    if setup.recipe == "runtime":
+        # what the runtime allocates, tensor by tensor: each tensor's dim-0 shard under FSDP2
+        # (ZeRO-2/3) or its flat slice under ZeRO-1, fp32, and a step counter per tensor
+        P_w, P_o, n, o, c = _symbols("Psi_w Psi_o n o c")
+        counts = runtime_counts(stage_tensors(cfg, par, stage.stage), zero=z, dp=par.dp)
+        expr = 4 * P_w + 4 * P_w + o * P_o + c * n
+        values = {P_w: counts.local, P_o: counts.stepped, n: counts.tensors,
+                  o: OPTIMIZER_STATE_BYTES[setup.optimizer],
+                  c: STEP_COUNTER_BYTES if setup.optimizer == "adamw" else 0}
+        return _build("model_states_bytes",
+                      f"weights + gradients + optimizer bytes llmplan's runtime allocates on the "
+                      f"most loaded rank, ZeRO-{z}", expr, values, planner_value,
+                      "torch.optim state layout; FSDP2 dim-0 shards; planner.memory")
+    Psi, dp, w, gb, o = _symbols("Psi dp w g_b o")
     shard = sympy.ceiling(Psi / dp)  # sharded states are padded to a multiple of dp
     w_sharded, g_sharded, o_sharded = sharded_states(z, setup.recipe)
     expr = (shard if w_sharded else Psi) * w + (shard if g_sharded else Psi) * gb \
         + (shard if o_sharded else Psi) * o
-    stage = memory_report(cfg, setup, par).per_gpu
     wb, gbb, master = RECIPE_BYTES[setup.recipe]
     values = {Psi: stage.params, dp: par.dp, w: wb, gb: gbb,
               o: master + OPTIMIZER_STATE_BYTES[setup.optimizer]}
-    planner_value = stage.weights_bytes + stage.gradients_bytes + stage.optimizer_bytes
     return _build("model_states_bytes",
                   f"weights + gradients + optimizer bytes on the most loaded rank, ZeRO-{z}",
                   expr, values, planner_value,

@@ -1,4 +1,5 @@
-"""Per-GPU training memory: weights, gradients, optimizer states, activations, transients.
+"""Per-GPU training memory: weights, gradients, optimizer states, activations, and the peak
+of the step's timeline.
 
 Model states (Rajbhandari et al. 2020, "ZeRO", §3 and Figure 1): with Ψ parameters per
 model-parallel rank, mixed-precision AdamW holds 2Ψ (bf16 weights) + 2Ψ (grads) + 12Ψ (fp32
@@ -10,32 +11,31 @@ last stage the final norm and LM head (a tied head is a second copy there when p
 Megatron). Where tools disagree: EleutherAI's ``transformer-math`` script divides ZeRO-3 by t*p
 twice; accelerate's ``estimate-memory`` takes the max of the states instead of their sum.
 
-Activations follow Korthikanti et al. 2022 (arXiv 2205.05198, §4 and Table 2), generalised
-per saved tensor (see :func:`layer_activation_terms`). With their setting (MHA, GELU 4h MLP,
-LayerNorm, dropout, eager attention, 16-bit) the per-layer bytes reduce exactly to
-``sbh(34 + 5as/h)``, ``sbh(10 + 24/t + 5as/(ht))`` with TP, that divided by t with SP,
-``34sbh/t`` with selective recompute and ``2sbh`` (÷t with SP) with full recompute.
+The ``runtime`` recipe is exactly what llmplan's runtime allocates, tensor by tensor
+(``planner.tensors``): fp32 weights and gradients, ``torch.optim`` states with their
+per-tensor step counters (AdamW's ``m``, ``v`` and ``step``; Adafactor's row and column
+factors), FSDP2's dim-0 shards and ZeRO-1's flat slices of each tensor.
 
-At its peak a stage keeps the saved tensors of every in-flight layer but one, and the layer
-running (or re-running, under recompute) holds its whole working set: ``(n - 1) * kept +
-full`` for n in-flight layer-micro-batches. So selective recompute still pays one layer's s^2
-scores and full recompute one layer's complete activations (Korthikanti §5: "2sbhL + one
-layer's working set"), and more recompute never costs more.
-
-Pipeline: under 1F1B stage i holds ``min(p - i, m)`` micro-batches in flight; interleaved
-stage i holds ``min(2(p - i - 1) + (v - 1)p + 1, m v)`` model chunks in flight (Megatron's
-warm-up count), which for stage 0 is Korthikanti's factor ``1 + (p - 1)/(p v)``; GPipe holds
-all m. The last stage also holds the log-softmax output of cross-entropy in fp32 and, in 16-bit
-runs, the 16-bit logits beside it.
+Activations: ``planner.activations`` (Korthikanti et al. 2022, per saved tensor). The
+per-GPU total is the peak of the step's memory timeline (``planner.peak``), not the sum of
+each category's largest value.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from planner import layout
+from planner.activations import (ceil_div, carries_gradients, in_flight_layers,
+                                 kv_heads_per_rank, layer_activation_bytes,
+                                 layer_activation_terms, rope_table_bytes, tail_bytes)
 from planner.config import ModelConfig, Parallel, TrainSetup
 from planner.params import norm_params
+from planner.peak import PHASES, StepBytes
+from planner import tensors as T
+
+__all__ = ["ceil_div", "kv_heads_per_rank", "layer_activation_bytes", "layer_activation_terms",
+           "in_flight_layers"]
 
 CATEGORIES = {
     "parameters": "weights_bytes",
@@ -59,24 +59,10 @@ OPTIMIZER_STATE_BYTES = {
     "adamw": 8,         # fp32 m and v
     "adam8bit": 2,      # int8 m and v (Dettmers et al. 2022); block statistics ignored (<1%)
     "sgd_momentum": 4,  # fp32 momentum buffer
-    "adafactor": 0,     # factored second moment, see adafactor_state_bytes
+    "adafactor": 0,     # factored second moment: per tensor, planner.tensors.adafactor_elements
 }
-
-
-def adafactor_state_bytes(params: int, hidden: int) -> int:
-    """Adafactor without momentum (Shazeer & Stern 2018, §3): an r x c matrix keeps r + c fp32
-    second-moment factors, about ``2/h`` per parameter when both sides are O(h)."""
-    return (4 * 2 * params) // hidden
-
-
-def kv_heads_per_rank(cfg: ModelConfig, tp: int) -> int:
-    """KV heads each TP rank holds: g/t, or 1 (replicated) when t > g."""
-    g = cfg.num_kv_heads
-    return g // tp if g >= tp else 1
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
+STEP_COUNTER_BYTES = 4
+"""``torch.optim``'s AdamW and Adafactor keep one fp32 ``step`` tensor per parameter tensor."""
 
 
 def layer_params_per_rank(cfg: ModelConfig, tp: int, *, moe: bool) -> int:
@@ -138,96 +124,12 @@ def stage_params_per_rank(cfg: ModelConfig, par: Parallel) -> list[int]:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class ActivationTerms:
-    """Bytes one layer saves for backward, per micro-batch, on one TP rank, split by how TP
-    and SP divide them: ``replicated`` h-sized tensors at block boundaries (÷t only with SP),
-    ``sharded`` tensors inside attention/MLP (already per rank), ``quadratic`` s² tensors of
-    eager attention (dropped by selective recompute), ``layer_input`` (what full recompute
-    keeps, ÷t with SP)."""
-
-    replicated: float
-    sharded: float
-    quadratic: float
-    layer_input: float
-    gathered: float = 0.0  # the attention and MLP inputs (part of ``replicated``)
-
-
-def layer_activation_terms(cfg: ModelConfig, setup: TrainSetup, tp: int, *, moe: bool) -> ActivationTerms:
-    """Saved tensors of one layer (Korthikanti et al. 2022 §4.1, generalised per tensor):
-
-    * norms: each norm's input, ``B*sbh`` (two per sequential block);
-    * attention: its input ``B*sbh``; Q ``B*sb*a_r*d``, K and V ``B*sb*g_r*d`` (a_r, g_r heads
-      on this rank); the output ``B*sb*a_r*d`` (input of the output projection);
-      flash/SDPA keeps an fp32 log-sum-exp ``4*sb*a_r``; eager keeps the softmax output
-      ``B*a_r*s^2*b`` (+ a 1-byte dropout mask and the dropout output ``B*a_r*s^2*b``);
-    * MLP: its input ``B*sbh`` (shared with attention in a one-norm parallel block); two-matrix
-      ``2*B*sb*f_r`` (activation input and output), gated ``4*B*sb*f_r`` (gate, up,
-      act(gate), product); MoE: router probabilities ``4*sb*E`` (fp32), the k dispatched copies
-      of each token in and out ``2*k*B*sbh``, and k (+ shared) experts' MLP tensors;
-    * dropout (when on): 1-byte masks of ``sbh`` after attention and after the MLP.
-
-    RoPE multiplies by constant cos/sin tables, which keeps no extra per-token tensor.
-    """
-    B, s, b, h, d, t = setup.activation_bytes, setup.seq_len, setup.micro_batch, cfg.hidden_size, cfg.head_dim, tp
-    sb = s * b
-    a_r = cfg.num_heads // t
-    g_r = kv_heads_per_rank(cfg, t)
-    drop = setup.dropout
-
-    norms = cfg.norms_per_layer
-    mlp_input_shared = cfg.block == "parallel" and cfg.parallel_norms == 1
-    replicated = norms * B * sb * h + B * sb * h + (0 if mlp_input_shared else B * sb * h)
-    if drop:
-        replicated += 2 * sb * h
-    sharded = B * sb * d * (2 * a_r + 2 * g_r)
-    quadratic = 0.0
-    if setup.attention == "flash":
-        sharded += 4 * sb * a_r
-    else:
-        quadratic = (B + ((1 + B) if drop else 0)) * a_r * s * s * b
-
-    def mlp_tensors(ffn: int) -> float:
-        return (4 if cfg.gated else 2) * B * sb * (ffn // t)
-
-    if moe:
-        k = cfg.experts_per_token
-        replicated += 4 * sb * cfg.num_experts + 2 * k * B * sb * h
-        sharded += (k + cfg.num_shared_experts) * mlp_tensors(cfg.moe_ffn_hidden_size)
-    else:
-        sharded += mlp_tensors(cfg.ffn_hidden_size)
-    return ActivationTerms(replicated=replicated, sharded=sharded, quadratic=quadratic,
-                           layer_input=B * sb * h,
-                           gathered=B * sb * h * (1 if mlp_input_shared else 2))
-
-
-def layer_activation_bytes(terms: ActivationTerms, *, tp: int, sp: bool, recompute: str,
-                           sp_keeps_gathered: bool = False) -> float:
-    """Bytes one layer keeps per micro-batch between its forward and backward."""
-    if recompute == "full":
-        return terms.layer_input / tp if sp else terms.layer_input
-    replicated = terms.replicated / tp if sp else terms.replicated
-    if sp and sp_keeps_gathered:
-        # DTensor SP (llmplan's runtime) saves the all-gathered inputs of the attention and
-        # MLP matmuls whole; Megatron re-gathers them in backward (Korthikanti §4.2.2).
-        replicated += terms.gathered * (1 - 1 / tp)
-    quadratic = 0.0 if recompute == "selective" else terms.quadratic
-    return replicated + terms.sharded + quadratic
-
-
-def in_flight_layers(num_layers: int, *, pp: int, vpp: int, m: int, stage: int,
-                     schedule: str) -> int:
-    """Layer-micro-batches whose activations stage ``stage`` holds at its peak (module
-    docstring: 1F1B ``min(p - i, m)`` micro-batches, interleaved Megatron's warm-up count of
-    chunks, GPipe all m)."""
-    if schedule == "gpipe":
-        return m * (num_layers // pp)
-    if vpp == 1:
-        return min(pp - stage, m) * (num_layers // pp)
-    return min(2 * (pp - stage - 1) + (vpp - 1) * pp + 1, m * vpp) * (num_layers // (pp * vpp))
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
 class StageMemory:
+    """One rank of a pipeline stage. Each category is its largest value in the step
+    (gradients and optimizer states resident, activations as many as are ever alive);
+    ``total_bytes`` is the peak of the step's timeline, in phase ``peak_phase``, where
+    ``transient_bytes`` of temporaries are alive (``planner.peak``)."""
+
     stage: int
     params: int
     weights_bytes: int
@@ -235,19 +137,22 @@ class StageMemory:
     optimizer_bytes: int
     activations_bytes: int
     transient_bytes: int
+    total_bytes: int
+    peak_phase: str = "backward_start"
     activations_recompute_bytes: int = 0  # of activations: only while a layer is recomputed
+    phases: dict[str, int] = field(default_factory=dict)
+    at_peak: dict[str, int] = field(default_factory=dict)
+    """What ``total_bytes`` is made of: weights, optimizer states and the gradients,
+    activations and temporaries alive in the peak phase."""
 
-    @property
-    def total_bytes(self) -> int:
-        return (self.weights_bytes + self.gradients_bytes + self.optimizer_bytes
-                + self.activations_bytes + self.transient_bytes)
-
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, object]:
         return {"stage": self.stage, "params": self.params, "weights_bytes": self.weights_bytes,
                 "gradients_bytes": self.gradients_bytes, "optimizer_bytes": self.optimizer_bytes,
                 "activations_bytes": self.activations_bytes,
                 "activations_recompute_bytes": self.activations_recompute_bytes,
-                "transient_bytes": self.transient_bytes, "total_bytes": self.total_bytes}
+                "transient_bytes": self.transient_bytes, "total_bytes": self.total_bytes,
+                "peak_phase": self.peak_phase, "phases_bytes": dict(self.phases),
+                "at_peak_bytes": dict(self.at_peak)}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -267,36 +172,98 @@ def sharded_states(zero: int, recipe: str) -> tuple[bool, bool, bool]:
     """Which of (weights, gradients, optimizer states) ZeRO stage ``zero`` shards over dp
     (ZeRO paper §5.1-5.3). FSDP2, which runs llmplan's ZeRO-2 and -3 (``runtime`` recipe),
     always stores sharded parameters; its ZeRO-2 keeps the unsharded copy from forward to
-    backward instead (counted as transient by the Estimator)."""
+    backward instead (a transient of the timeline)."""
     return (zero >= 3 or (zero == 2 and recipe == "runtime"), zero >= 2, zero >= 1)
 
 
 def model_state_bytes(params: int, *, recipe: str, optimizer: str, zero: int, dp: int,
-                      hidden: int = 0) -> tuple[int, int, int]:
+                      adafactor_elements: int = 0) -> tuple[int, int, int]:
     """(weights, gradients, optimizer) bytes on one rank holding ``params`` parameters of a
-    model-parallel shard, with ZeRO stage ``zero`` over ``dp`` ranks (ZeRO paper §5.1-5.3).
-    Sharded states are padded up to a multiple of dp (as FSDP does)."""
+    model-parallel shard, with ZeRO stage ``zero`` over ``dp`` ranks (ZeRO paper §5.1-5.3),
+    for the frameworks' recipes: sharded states are flat buffers padded up to a multiple of
+    dp (DeepSpeed, Megatron's distributed optimizer). ``adafactor_elements``: the factored
+    second moment of those parameters (Shazeer & Stern 2018 §3)."""
     w, g, master = RECIPE_BYTES[recipe]
     shard = ceil_div(params, dp)
     w_sharded, g_sharded, o_sharded = sharded_states(zero, recipe)
     opt_params = shard if o_sharded else params
     if optimizer == "adafactor":
-        states = adafactor_state_bytes(opt_params, hidden)
+        states = 4 * (ceil_div(adafactor_elements, dp) if o_sharded else adafactor_elements)
     else:
         states = OPTIMIZER_STATE_BYTES[optimizer] * opt_params
-    optimizer_bytes = master * opt_params + states
-    gradients = g * (shard if g_sharded else params)
-    weights = w * (shard if w_sharded else params)
-    return weights, gradients, optimizer_bytes
+    return w * (shard if w_sharded else params), g * (shard if g_sharded else params), \
+        master * opt_params + states
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class States:
+    """A rank's model states and what the timeline needs of them."""
+
+    params: int
+    weights: int
+    gradients: int
+    optimizer: int
+    optimizer_temp: int = 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TensorCounts:
+    """Elements of a rank's tensors as llmplan's runtime holds them (most loaded dp rank)."""
+
+    params: int      # whole tensors (after TP, before ZeRO)
+    local: int       # stored: FSDP2's dim-0 shard of each tensor, else the whole tensor
+    stepped: int     # what the optimizer steps: the local shard, or ZeRO-1's flat slice
+    tensors: int     # how many parameter tensors (one step counter each)
+    largest: int     # the largest stepped tensor
+    adafactor: int   # Adafactor's factored second moment of the stepped tensors
+
+
+def runtime_counts(tensors, *, zero: int, dp: int) -> TensorCounts:
+    """FSDP2 (ZeRO-2/3) keeps the dim-0 shard of each tensor; ZeRO-1 steps a flat 1/dp slice
+    of each (``runtime.zero1``); the first rank holds the largest pieces."""
+    fsdp = zero >= 2 and dp > 1
+    params = local = stepped = largest = adafactor = count = 0
+    for shape, n in tensors.items():
+        full = T.numel(shape)
+        mine = T.dim0_shard(shape, dp) if fsdp else full
+        step = mine if fsdp else (T.flat_shard(shape, dp) if zero == 1 and dp > 1 else full)
+        params += n * full
+        local += n * mine
+        stepped += n * step
+        largest = max(largest, step)
+        count += n
+        local_shape = (ceil_div(shape[0], dp), *shape[1:]) if fsdp and shape else shape
+        adafactor += n * T.adafactor_elements(local_shape)
+    return TensorCounts(params=params, local=local, stepped=stepped, tensors=count,
+                        largest=largest, adafactor=adafactor)
+
+
+def runtime_states(tensors, *, optimizer: str, zero: int, dp: int) -> States:
+    """What llmplan's runtime allocates for these tensors (``planner.tensors``): fp32 weights
+    and gradients as :func:`runtime_counts` stores them; ``torch.optim`` states with a step
+    counter per tensor; foreach AdamW and SGD hold one fp32 temporary the size of what they
+    step, single-tensor Adafactor one the size of its largest tensor."""
+    n = runtime_counts(tensors, zero=zero, dp=dp)
+    if optimizer == "adamw":
+        opt, temp = 8 * n.stepped + STEP_COUNTER_BYTES * n.tensors, 4 * n.stepped
+    elif optimizer == "sgd_momentum":
+        opt, temp = 4 * n.stepped, 4 * n.stepped
+    elif optimizer == "adafactor":
+        opt, temp = 4 * n.adafactor + STEP_COUNTER_BYTES * n.tensors, 4 * n.largest
+    else:
+        opt, temp = OPTIMIZER_STATE_BYTES[optimizer] * n.stepped, 0
+    return States(params=n.params, weights=4 * n.local, gradients=4 * n.local, optimizer=opt,
+                  optimizer_temp=temp)
 
 
 class Estimator:
     """Memory of one model under one training setup, fast across many layouts.
 
-    Everything that does not depend on the layout is computed once; per-TP terms and per-
-    (tp, pp, vpp) stage parameter counts are cached. Activation terms are linear in the
-    micro-batch, so they are cached for b = 1 and scaled. ``stage_parts`` is the one place
-    the per-stage formula lives: :func:`memory_report` and the layout search both use it.
+    Everything that does not depend on the layout is computed once; per-TP terms, per-(tp,
+    pp, vpp) stage parameter counts and per-(layout, stage) model states are cached.
+    Activation terms are linear in the micro-batch, so they are cached for b = 1 and scaled.
+    ``stage_memory`` is the one place the per-stage formula lives: :func:`memory_report` and
+    the layout search both use it.
     """
 
     def __init__(self, cfg: ModelConfig, setup: TrainSetup) -> None:
@@ -304,24 +271,33 @@ class Estimator:
         self.unit = TrainSetup(seq_len=setup.seq_len, micro_batch=1, dtype=setup.dtype,
                                attention=setup.attention, dropout=setup.dropout)
         self.compute_w_bytes = 4 if setup.dtype == "fp32" else 2
+        self.runtime = setup.recipe == "runtime"
         self.uniform = not cfg.is_moe or cfg.first_dense_layers == 0
-        self._tp: dict[tuple[int, bool, str], tuple[int, float, float]] = {}
+        self._tp: dict[tuple, tuple[int, float, float]] = {}
         self._stages: dict[tuple[int, int, int], list[int]] = {}
-        self._tail: dict[tuple[int, bool], float] = {}
-        self._states: dict[tuple, tuple[int, int, int, int, int]] = {}
+        self._tail: dict[tuple, float] = {}
+        self._states: dict[tuple, States] = {}
+        self._fixed: dict[tuple, dict] = {}
+        self.rope_tables = rope_table_bytes(cfg, setup.seq_len)  # one pair per forward
 
-    def tp_terms(self, tp: int, sp: bool, recompute: str) -> tuple[int, float, float]:
+    def autocast(self, dp: int, zero: int) -> bool:
+        """llmplan's runtime casts to bf16 by autocast unless FSDP's mixed precision does."""
+        return self.runtime and self.setup.dtype != "fp32" and not (zero >= 2 and dp > 1)
+
+    def tp_terms(self, tp: int, sp: bool, recompute: str,
+                 autocast: bool = False) -> tuple[int, float, float]:
         """(layer params per rank, kept bytes per layer, running layer's bytes) at b = 1."""
-        key = (tp, sp, recompute)
+        key = (tp, sp, recompute, autocast)
         hit = self._tp.get(key)
         if hit is None:
             cfg = self.cfg
             # The layer kinds this model has (dense, MoE, or both with leading dense layers);
             # the larger per-layer figure bounds a mix of them in flight.
-            kinds = [layer_activation_terms(cfg, self.unit, tp, moe=moe)
+            kinds = [layer_activation_terms(cfg, self.unit, tp, moe=moe, runtime=self.runtime,
+                                            autocast=autocast)
                      for moe in ((False,) if not cfg.is_moe else
                                  (True,) if cfg.first_dense_layers == 0 else (False, True))]
-            gathered = self.setup.recipe == "runtime"
+            gathered = self.runtime
             kept = max(layer_activation_bytes(k, tp=tp, sp=sp, recompute=recompute,
                                               sp_keeps_gathered=gathered) for k in kinds)
             running = max(layer_activation_bytes(k, tp=tp, sp=sp, recompute="none",
@@ -338,52 +314,141 @@ class Estimator:
             self._stages[key] = hit
         return hit
 
-    def stage_parts(self, *, tp: int, pp: int, vpp: int, dp: int, zero: int, sp: bool,
-                    recompute: str, mbs: int, m: int, schedule: str, stage: int,
-                    recipe: str | None = None, optimizer: str | None = None
-                    ) -> tuple[int, int, int, int, int, int]:
-        """(params, weights, gradients, optimizer, activations, transient) bytes of one rank of
-        pipeline stage ``stage``. The layout is assumed valid (see ``planner.layout``)."""
-        cfg, setup = self.cfg, self.setup
-        key = (tp, pp, vpp, dp, zero, stage, recipe, optimizer)
-        states = self._states.get(key)
-        if states is None:  # model states repeat across sp / recompute / micro-batch choices
+    def states(self, *, tp: int, pp: int, vpp: int, dp: int, zero: int, stage: int) -> States:
+        key = (tp, pp, vpp, dp, zero, stage)
+        hit = self._states.get(key)
+        if hit is None:
+            cfg, setup = self.cfg, self.setup
             params = self.stage_params(tp, pp, vpp)[stage]
-            weights, grads, opt = model_state_bytes(
-                params, recipe=recipe or setup.recipe, optimizer=optimizer or setup.optimizer,
-                zero=zero, dp=dp, hidden=cfg.hidden_size)
-            transient = 0
-            if zero >= 3 and dp > 1:
-                # FSDP all-gathers the running layer and prefetches the next (compute dtype).
-                layer_params = self.tp_terms(tp, sp, recompute)[0]
-                transient = min(2, cfg.num_layers // pp) * layer_params * self.compute_w_bytes
-            elif zero == 2 and dp > 1 and (recipe or setup.recipe) == "runtime":
-                # FSDP2 without resharding keeps every unsharded layer from forward to backward.
-                transient = params * self.compute_w_bytes
-            states = self._states[key] = (params, weights, grads, opt, transient)
-        params, weights, grads, opt, transient = states
-        _, kept, running = self.tp_terms(tp, sp, recompute)
+            par = Parallel(tp=tp, pp=pp, vpp=vpp)
+            if self.runtime:
+                hit = runtime_states(T.stage_tensors(cfg, par, stage),
+                                     optimizer=setup.optimizer, zero=zero, dp=dp)
+            else:
+                factored = 0
+                if setup.optimizer == "adafactor":
+                    factored = sum(n * T.adafactor_elements(shape)
+                                   for shape, n in T.stage_tensors(cfg, par, stage).items())
+                w, g, o = model_state_bytes(params, recipe=setup.recipe,
+                                            optimizer=setup.optimizer, zero=zero, dp=dp,
+                                            adafactor_elements=factored)
+                hit = States(params=params, weights=w, gradients=g, optimizer=o)
+            self._states[key] = hit
+        return hit
+
+    def tail(self, tp: int, sp: bool, autocast: bool) -> float:
+        key = (tp, sp, autocast)
+        if key not in self._tail:
+            self._tail[key] = tail_bytes(self.cfg, self.unit, tp, sp, autocast=autocast)
+        return self._tail[key]
+
+    def fixed(self, *, tp: int, pp: int, vpp: int, dp: int, zero: int, stage: int) -> dict:
+        """The timeline's terms that depend on the layout and stage only (cached): model
+        states, the LM head's gradient, the tied embedding's backward, FSDP's unsharded
+        parameters and gradients, autocast's weight copies."""
+        key = (tp, pp, vpp, dp, zero, stage)
+        hit = self._fixed.get(key)
+        if hit is not None:
+            return hit
+        cfg, setup = self.cfg, self.setup
+        st = self.states(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, stage=stage)
+        layer_params = layer_params_per_rank(cfg, tp, moe=cfg.is_moe)
+        n_layers = cfg.num_layers // pp
+        first, last = stage == 0, stage == pp - 1
+        vocab_rows = ceil_div(cfg.vocab_size, tp) * cfg.hidden_size
+        grad_b = RECIPE_BYTES[setup.recipe][1]
+        fsdp = zero >= 2 and dp > 1
+        c = self.compute_w_bytes
+        tied_here = cfg.tie_embeddings and pp == 1
+        out = dict(weights=st.weights, gradients=st.gradients, optimizer=st.optimizer,
+                   optimizer_temp=st.optimizer_temp, head_grad=0, embedding_end=0,
+                   unsharded_start=0, unsharded_block=0, unsharded_end=0, partial_block=0)
+        if last:
+            out["head_grad"] = vocab_rows * (c if fsdp and self.runtime else grad_b)
+        root = st.params - n_layers * layer_params  # embedding, final norm, head
+        if fsdp and self.runtime:
+            # FSDP2 (module docstring of planner.peak): the block phase is the backward of the
+            # block before last (ZeRO-3: the running block and the next one's all-gather; its
+            # gradients; the previous block's fp32 reduce-scatter input; the sharded
+            # gradients of the blocks done), ZeRO-2 every block not yet resharded
+            shard = ceil_div(4 * layer_params, dp)
+            if zero >= 3:
+                gathered = min(2, n_layers) * layer_params * c
+                block = layer_params * (c + 4)
+                out["partial_block"] = max(0, n_layers - 2) * shard
+            else:
+                gathered = n_layers * layer_params * c
+                block = layer_params * (4 if n_layers > 1 else c)
+                out["partial_block"] = shard if n_layers > 1 else 0
+            out.update(unsharded_start=root * c + gathered, unsharded_block=block,
+                       unsharded_end=root * (c + 4))
+        elif zero >= 3 and dp > 1:  # the frameworks' ZeRO-3: the running and prefetched layer
+            out.update(unsharded_start=min(2, n_layers) * layer_params * c,
+                       unsharded_block=layer_params * grad_b)
+        if first and tied_here and not fsdp:
+            # autograd holds the head's half of the tied gradient until the embedding's
+            # arrives, then sums the two
+            out["embedding_end"] = 2 * vocab_rows * grad_b
+        if self.autocast(dp, zero):  # bf16 copies of the weights linears cast, kept to the end
+            embedding = vocab_rows if first and not tied_here else 0
+            positions = (cfg.max_context + cfg.position_offset) * cfg.hidden_size \
+                if first and cfg.position == "learned" else 0
+            norms = norm_params(cfg) * (n_layers * cfg.norms_per_layer
+                                        + (cfg.final_norm if last else 0)
+                                        + (cfg.embedding_norm if first else 0))
+            cache = 2 * (st.params - embedding - positions - norms)
+            out["unsharded_start"] += cache
+            out["unsharded_end"] += cache
+        self._fixed[key] = out
+        return out
+
+    def step_bytes(self, *, tp: int, pp: int, vpp: int, dp: int, zero: int, sp: bool,
+                   recompute: str, mbs: int, m: int, schedule: str, stage: int) -> StepBytes:
+        """What one rank of pipeline stage ``stage`` holds, by kind, for the timeline. The
+        layout is assumed valid (see ``planner.layout``)."""
+        cfg, setup = self.cfg, self.setup
+        fixed = self.fixed(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, stage=stage)
+        autocast = self.autocast(dp, zero)
+        _, kept, running = self.tp_terms(tp, sp, recompute, autocast)
+        n_layers = cfg.num_layers // pp
+        first, last = stage == 0, stage == pp - 1
         in_flight = in_flight_layers(cfg.num_layers, pp=pp, vpp=vpp, m=m, stage=stage,
                                      schedule=schedule)
-        acts = ((in_flight - 1) * kept + running) * mbs
-        if setup.dropout and stage == 0:  # embedding dropout mask per in-flight micro-batch
+        tail = self.tail(tp, sp, autocast) * mbs if last else 0.0
+        acts = in_flight * kept * mbs + tail + ceil_div(in_flight, n_layers) * self.rope_tables
+        if setup.dropout and first:  # embedding dropout mask per in-flight micro-batch
             acts += min(pp, m) * setup.seq_len * mbs * cfg.hidden_size / (tp if sp else 1)
-        if stage == pp - 1:
-            acts += self.last_stage_bytes(tp, sp) * mbs
-        return params, weights, grads, opt, int(acts), transient
+        carry = (not self.runtime) or carries_gradients(pp=pp, vpp=vpp, m=m, stage=stage,
+                                                        schedule=schedule)
+        return StepBytes(
+            weights=fixed["weights"], gradients=fixed["gradients"],
+            optimizer=fixed["optimizer"], optimizer_temp=fixed["optimizer_temp"],
+            activations=int(acts), tail=int(tail), carry=carry,
+            running_extra=int((running - kept) * mbs) if recompute != "none" else 0,
+            loss_temp=8 * setup.seq_len * mbs * ceil_div(cfg.vocab_size, tp) if last else 0,
+            head_grad=fixed["head_grad"], embedding_end=fixed["embedding_end"],
+            unsharded_start=fixed["unsharded_start"],
+            unsharded_block=fixed["unsharded_block"] + (0 if carry else fixed["partial_block"]),
+            unsharded_end=fixed["unsharded_end"])
 
-    def last_stage_bytes(self, tp: int, sp: bool) -> float:
-        """Per sequence of the micro-batch: the final-norm and LM-head inputs, the logits and
-        their fp32 copy for cross-entropy."""
-        key = (tp, sp)
-        hit = self._tail.get(key)
-        if hit is None:
-            cfg, s, B = self.cfg, self.setup.seq_len, self.setup.activation_bytes
-            hit = 2 * B * s * cfg.hidden_size / (tp if sp else 1)
-            # log-softmax keeps its fp32 output; 16-bit logits are alive beside it
-            hit += (4 + (B if B != 4 else 0)) * s * ceil_div(cfg.vocab_size, tp)
-            self._tail[key] = hit
-        return hit
+    def stage_memory(self, *, tp: int, pp: int, vpp: int, dp: int, zero: int, sp: bool,
+                     recompute: str, mbs: int, m: int, schedule: str, stage: int) -> StageMemory:
+        step = self.step_bytes(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp,
+                               recompute=recompute, mbs=mbs, m=m, schedule=schedule,
+                               stage=stage)
+        phases = step.phases()
+        peak, phase = step.peak()
+        grads, acts, temps = step.parts()[PHASES.index(phase)]
+        most_acts = max(step.activations, step.activations - step.tail + step.running_extra)
+        return StageMemory(
+            stage=stage, params=self.states(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero,
+                                            stage=stage).params,
+            weights_bytes=step.weights, gradients_bytes=step.gradients,
+            optimizer_bytes=step.optimizer, activations_bytes=most_acts,
+            activations_recompute_bytes=most_acts - step.activations,
+            transient_bytes=temps, total_bytes=peak, peak_phase=phase, phases=phases,
+            at_peak={"weights": step.weights, "optimizer": step.optimizer, "gradients": grads,
+                     "activations": acts, "temporaries": temps})
 
     def peak_bytes(self, *, tp: int, pp: int, vpp: int, dp: int, zero: int, sp: bool,
                    recompute: str, mbs: int, m: int, schedule: str) -> tuple[int, int]:
@@ -393,9 +458,9 @@ class Estimator:
         stages = (0, pp - 1) if self.uniform and pp > 2 else range(pp)
         best, where = -1, 0
         for i in stages:
-            parts = self.stage_parts(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp,
-                                     recompute=recompute, mbs=mbs, m=m, schedule=schedule, stage=i)
-            total = parts[1] + parts[2] + parts[3] + parts[4] + parts[5]
+            total = self.step_bytes(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp,
+                                    recompute=recompute, mbs=mbs, m=m, schedule=schedule,
+                                    stage=i).peak()[0]
             if total > best:
                 best, where = total, i
         return best, where
@@ -403,18 +468,11 @@ class Estimator:
     def report(self, par: Parallel) -> MemoryReport:
         layout.check(self.cfg, self.setup, par, runtime="any")
         s = self.setup
-        stages = []
-        for i in range(par.pp):
-            params, w, g, o, a, t = self.stage_parts(
-                tp=par.tp, pp=par.pp, vpp=par.vpp, dp=par.dp, zero=par.zero, sp=par.sp,
-                recompute=s.recompute, mbs=s.micro_batch, m=s.grad_accum,
-                schedule=par.schedule, stage=i)
-            _, kept, running = self.tp_terms(par.tp, par.sp, s.recompute)
-            recomputed = int((running - kept) * s.micro_batch) if s.recompute != "none" else 0
-            stages.append(StageMemory(stage=i, params=params, weights_bytes=w, gradients_bytes=g,
-                                      optimizer_bytes=o, activations_bytes=a, transient_bytes=t,
-                                      activations_recompute_bytes=recomputed))
-        return MemoryReport(stages=tuple(stages))
+        return MemoryReport(stages=tuple(
+            self.stage_memory(tp=par.tp, pp=par.pp, vpp=par.vpp, dp=par.dp, zero=par.zero,
+                              sp=par.sp, recompute=s.recompute, mbs=s.micro_batch,
+                              m=s.grad_accum, schedule=par.schedule, stage=i)
+            for i in range(par.pp)))
 
 
 def memory_report(cfg: ModelConfig, setup: TrainSetup, par: Parallel) -> MemoryReport:

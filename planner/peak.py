@@ -62,20 +62,26 @@ class StepBytes:
     unsharded_block: int = 0  # FSDP: + a block's gradients and reduce-scatter input
     unsharded_end: int = 0    # FSDP: the root unit and its gradients at the end
 
+    def parts(self) -> tuple[tuple[int, int, int], ...]:
+        """(gradients, activations, temporaries) alive in each phase of :data:`PHASES`,
+        besides the weights and optimizer states every phase holds."""
+        carried = self.gradients if self.carry else 0
+        return (
+            (carried, self.activations, self.loss_temp + self.unsharded_start),
+            (carried, self.activations - self.tail + self.running_extra,
+             self.head_grad + self.unsharded_start + self.unsharded_block),
+            (self.gradients, 0, self.embedding_end + self.unsharded_end),
+            (self.gradients, 0, self.optimizer_temp),
+        )
+
     def phases(self) -> dict[str, int]:
         states = self.weights + self.optimizer
-        carried = self.gradients if self.carry else 0
-        return {
-            "backward_start": states + carried + self.activations + self.loss_temp
-            + self.unsharded_start,
-            "after_loss": states + carried + self.head_grad + self.activations - self.tail
-            + self.running_extra + self.unsharded_start + self.unsharded_block,
-            "backward_end": states + self.gradients + self.embedding_end + self.unsharded_end,
-            "optimizer_step": states + self.gradients + self.optimizer_temp,
-        }
+        return {name: states + g + a + t for name, (g, a, t) in zip(PHASES, self.parts())}
 
     def peak(self) -> tuple[int, str]:
-        """(bytes, phase) of the largest phase."""
-        phases = self.phases()
-        name = max(PHASES, key=lambda p: phases[p])
-        return phases[name], name
+        """(bytes, phase) of the largest phase (the first of equals, in timeline order)."""
+        best, name = -1, PHASES[0]
+        for phase, (g, a, t) in zip(PHASES, self.parts()):
+            if g + a + t > best:
+                best, name = g + a + t, phase
+        return best + self.weights + self.optimizer, name

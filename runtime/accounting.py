@@ -14,7 +14,11 @@ import torch
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
-    return t.to_local() if hasattr(t, "to_local") else t
+    """The tensor holding this rank's bytes: a DTensor's local shard; the buffer of a
+    collective's result still in flight (``AsyncCollectiveTensor``, what DTensor's
+    redistributions hand back) -- its storage exists, the wrapper has none."""
+    t = t.to_local() if hasattr(t, "to_local") else t
+    return getattr(t, "elem", t)
 
 
 def tensor_bytes(t: torch.Tensor) -> int:

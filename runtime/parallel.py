@@ -103,6 +103,7 @@ def apply_tp(part: Decoder, tp_mesh, *, sp: bool, sharded_logits: bool = True) -
         parallelize_module(part, tp_mesh, top)
     if tied:  # both are vocab-sharded on dim 0: one DTensor serves both
         part.tie_weights()
+
     for block in part.layers.values():
         plan = {
             "attention": PrepareModuleInput(input_layouts=(seq, None, None, None, None),
@@ -135,6 +136,20 @@ def apply_tp(part: Decoder, tp_mesh, *, sp: bool, sharded_logits: bool = True) -
             per = part.cfg.num_heads // tp
             att.heads = (rank * per, (rank + 1) * per)
             att.alibi = att.alibi[rank * per:(rank + 1) * per]
+
+
+def shard_embedding_grad(part: Decoder) -> None:
+    """DTensor's embedding backward leaves a replicated gradient on the vocab-sharded
+    weight: keep only this rank's rows of it (a local slice, no communication), so the
+    gradient a rank holds is its shard. Registered on the materialised parameter."""
+    if part.tok_embeddings is not None and hasattr(part.tok_embeddings.weight, "placements"):
+        part.tok_embeddings.weight.register_post_accumulate_grad_hook(_grad_like_param)
+
+
+def _grad_like_param(param) -> None:
+    grad = param.grad
+    if grad is not None and hasattr(grad, "placements") and grad.placements != param.placements:
+        param.grad = grad.redistribute(param.device_mesh, param.placements)
 
 
 def _routing_of_first_rank(chosen: torch.Tensor, *, group, src: int) -> torch.Tensor:
@@ -227,6 +242,8 @@ def build(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *, device: torch.d
             apply_fsdp(part, mesh["dp"], zero=par.zero, dtype=setup.dtype)
         part.to_empty(device=device)
         part.tie_weights()  # to_empty gives each module its own tensor
+        if par.tp > 1 and not fsdp:  # FSDP reduce-scatters the gradient to its shard itself
+            shard_embedding_grad(part)
         init_weights(part, seed, tied=cfg.tie_embeddings)
         part.reset_buffers()
     tied = tied_embedding_group(mesh, par) if cfg.tie_embeddings and par.pp > 1 else None

@@ -62,8 +62,9 @@ def make_optimizer(name: str, groups: list[dict], *, lr: float, weight_decay: fl
                                  weight_decay=weight_decay, foreach=True)
     if name == "adafactor":
         return torch.optim.Adafactor(groups, lr=lr, weight_decay=weight_decay, foreach=False)
-    if name == "sgd_momentum":
-        return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    if name == "sgd_momentum":  # foreach on every device, as the planner's temporaries assume
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay,
+                               foreach=True)
     raise ConfigError(f"optimizer({name!r}) is not run by llmplan's runtime")
 
 

@@ -19,6 +19,7 @@ from planner import config as C
 from planner.accuracy import DEFAULT_ACCURACY, Accuracy, fmt_band
 from planner.config import ConfigError, ModelConfig
 from presets import preset_files
+from tui.output import PHASES
 from tui.results import Results
 
 CHOICES = {"mlp": C.MLP_KINDS, "gelu_approximate": C.GELU_FORMS, "norm": C.NORMS, "block": C.BLOCKS, "position": C.POSITIONS,
@@ -227,18 +228,21 @@ class ResultsView(VerticalScroll):
 
     def show_memory(self, res: Results) -> None:
         """Per-stage memory bars against the accelerator, each total with its band."""
-        lines = ["[b]Per-GPU memory[/b] (GiB; [green]weights[/] [yellow]grads[/] "
-                 "[magenta]optimizer[/] [cyan]activations[/] [blue]KV/transient[/])"]
+        lines = ["[b]Per-GPU memory[/b] at the step's peak (GiB; [green]weights[/] "
+                 "[yellow]grads[/] [magenta]optimizer[/] [cyan]activations[/] "
+                 "[blue]temporaries[/])"]
         if res.memory_error:
             lines.append(f"[red]{res.memory_error}[/red]")
         for st in res.memory_stages:
-            parts = [("w", st["weights_bytes"], "green"), ("g", st["gradients_bytes"], "yellow"),
-                     ("o", st["optimizer_bytes"], "magenta"),
-                     ("a", st["activations_bytes"], "cyan"), ("t", st["transient_bytes"], "blue")]
+            peak = st["at_peak_bytes"]
+            parts = [("w", peak["weights"], "green"), ("g", peak["gradients"], "yellow"),
+                     ("o", peak["optimizer"], "magenta"), ("a", peak["activations"], "cyan"),
+                     ("t", peak["temporaries"], "blue")]
             verdict = "fits" if st["total_bytes"] <= res.capacity_bytes else "[red]over[/red]"
             band = fmt_band(self.accuracy.memory(st["total_bytes"]), _gib1)
             lines.append(f"stage {st['stage']} {_bar(parts, res.capacity_bytes)} "
-                         f"{band} / {res.capacity_bytes / 2**30:,.1f} {verdict}")
+                         f"{band} / {res.capacity_bytes / 2**30:,.1f} {verdict} "
+                         f"[dim]{PHASES[st['peak_phase']]}[/dim]")
         if res.memory_stages:
             lines.append(f"[dim]bands: {self.accuracy.source}[/dim]")
         self.query_one("#memory", Static).update("\n".join(lines))

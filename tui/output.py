@@ -7,6 +7,11 @@ import sys
 from typing import Any, Callable, Sequence
 
 
+PHASES = {"backward_start": "bwd start", "after_loss": "after loss", "backward_end": "bwd end",
+          "optimizer_step": "optimizer"}
+"""Short labels for the phases of the step's memory timeline (``planner.peak.PHASES``)."""
+
+
 def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 

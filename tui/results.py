@@ -35,7 +35,7 @@ class Choices:
 class Results:
     params: ParamCounts
     flops: dict[str, float]                 # convention -> training FLOPs per token
-    memory_stages: list[dict[str, int]]     # per pipeline stage, bytes by category
+    memory_stages: list[dict]               # per pipeline stage: StageMemory.to_dict()
     capacity_bytes: int
     kv_bytes_per_token: int
     kv_by_context: list[tuple[int, int]]    # (context, bytes for one sequence)

@@ -8,18 +8,27 @@ import pytest
 
 from helpers import ROOT, launch
 
-CATEGORIES = ("parameters", "gradients", "optimizer_states", "activations")
+from planner.memory import CATEGORIES
 
 
 @pytest.mark.parametrize("layout", [
     (),
     ("--dp", "2", "--zero", "3"),
+    ("--dp", "2", "--zero", "2", "--optimizer", "sgd_momentum"),
     ("--dp", "2", "--zero", "1"),
     ("--pp", "2"),
+    ("--pp", "2", "--vpp", "2", "--gbs", "8"),
     ("--tp", "2", "--sp"),
     ("--recompute", "selective"),
-], ids=["single", "dp2-zero3", "dp2-zero1-sharded-states", "pp2", "tp2-sp", "selective"])
-def test_measured_memory_within_10_percent_of_the_runtime_recipe(layout):
+    ("--recompute", "full"),
+    ("--optimizer", "adafactor"),
+    ("--set", "num_experts=4", "--set", "experts_per_token=2", "--tp", "2"),
+], ids=["single", "dp2-zero3", "dp2-zero2-sgd", "dp2-zero1-sharded-states", "pp2",
+        "pp2-interleaved", "tp2-sp", "selective", "full", "adafactor", "moe-tp2"])
+def test_measured_memory_is_the_runtime_recipe(layout):
+    """Parameters, gradients and optimizer states are what the runtime allocates to the
+    byte (per-tensor shards, step counters, Adafactor's factors); saved activations within
+    5% (what saved-tensor hooks see: the layers' kept tensors and the logits)."""
     events, _ = launch("tiny", "--steps", "3", "--seq", "64", "--gbs", "4", "--mbs", "1",
                        "--dtype", "fp32", *layout)
     done = next(e for e in events if e["event"] == "done")
@@ -27,7 +36,10 @@ def test_measured_memory_within_10_percent_of_the_runtime_recipe(layout):
         for cat in CATEGORIES:
             predicted = rank[f"predicted_{cat}_bytes"]
             measured = rank[f"measured_{cat}_bytes"]
-            assert measured == pytest.approx(predicted, rel=0.10), (rank["rank"], cat, predicted, measured)
+            if cat == "activations":
+                assert measured == pytest.approx(predicted, rel=0.05), (rank["rank"], cat)
+            else:
+                assert measured == predicted, (rank["rank"], cat, predicted, measured)
     start = next(e for e in events if e["event"] == "start")
     assert start["predicted_stages"] and start["predicted_step_time_s"] > 0
     band = done["predicted_step_time_band_s"]  # the reference band: no profile in tests

@@ -53,8 +53,9 @@ def layout(draw, cfg):
     return tp, pp, draw(st.booleans())
 
 
-def persistent(stage):
-    return stage.total_bytes - stage.transient_bytes
+def resident(stage):
+    """The model states a rank keeps for the whole step."""
+    return stage.weights_bytes + stage.gradients_bytes + stage.optimizer_bytes
 
 
 @SETTINGS
@@ -68,8 +69,10 @@ def test_memory_falls_with_zero_stage_and_dp(cfg, setup, data):
                for z in range(4)]
     for lower, higher in zip(reports, reports[1:]):
         for a, b in zip(lower.stages, higher.stages):
-            assert persistent(b) <= persistent(a)
-            if cfg.num_layers // pp >= 4:  # the FSDP gather of 2 layers is < the savings
+            assert resident(b) <= resident(a)
+            # ZeRO-3 holds up to three layers unsharded at once (two gathered, one's
+            # gradients): with 8 layers or more per stage that is less than what it saves
+            if cfg.num_layers // pp >= 8:
                 assert b.total_bytes <= a.total_bytes
     zero = data.draw(st.integers(0, 3))
     small = memory_report(cfg, setup, Parallel(tp=tp, pp=pp, dp=dp, zero=zero, sp=sp))
@@ -99,8 +102,11 @@ def test_all_values_finite_and_non_negative(cfg, setup, data):
     sp = sp and setup.seq_len % tp == 0 and tp > 1
     rep = memory_report(cfg, setup, Parallel(tp=tp, pp=pp, sp=sp))
     for stage in rep.stages:
-        for value in stage.to_dict().values():
+        values = {k: v for k, v in stage.to_dict().items() if isinstance(v, int)}
+        for value in [*values.values(), *stage.phases.values()]:
             assert value >= 0 and math.isfinite(value)
+        assert stage.total_bytes == max(stage.phases.values())  # the peak of the timeline
+        assert stage.peak_phase in stage.phases
     flops = flops_report(cfg, setup.seq_len)
     for value in (flops.train_flops_per_token, flops.six_n_flops_per_token, flops.palm_flops_per_token):
         assert value > 0 and math.isfinite(value)

@@ -111,12 +111,14 @@ def memory_cmd(
                     fits=rep.per_gpu.total_bytes <= capacity)
 
     def human() -> None:
-        cols = ["stage", "params", "weights", "grads", "optim", "activ", "transient", "total"]
+        cols = ["stage", "params", "weights", "grads", "optim", "activ", "temp", "peak", "at"]
         gib = output.gib
         rows = [(st.stage, output.fmt_count(st.params), gib(st.weights_bytes),
                  gib(st.gradients_bytes), gib(st.optimizer_bytes), gib(st.activations_bytes),
-                 gib(st.transient_bytes), gib(st.total_bytes)) for st in rep.stages]
-        caption = (f"per rank, GiB (2^30 bytes); most loaded rank: "
+                 gib(st.transient_bytes), gib(st.total_bytes), output.PHASES[st.peak_phase])
+                for st in rep.stages]
+        caption = (f"per rank, GiB (2^30 bytes): each category at its largest; peak: of the "
+                   f"step's timeline (not their sum), temp: temporaries then; most loaded rank: "
                    f"{fmt_band(band, output.fmt_bytes)}; band: {accuracy.source}")
         if capacity is not None:
             verdict = "fits" if data["fits"] else "does NOT fit"
