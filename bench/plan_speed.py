@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from planner.config import Parallel, TrainSetup
+from planner.setup import Parallel, TrainSetup
 from planner.cost import Cluster
 from planner.memory import memory_report
 from planner.search import search

@@ -18,7 +18,7 @@ import itertools
 import time
 
 from planner import layout
-from planner.config import Parallel, TrainSetup
+from planner.setup import Parallel, TrainSetup
 from planner.flops import flops_report
 from planner.memory import Estimator, memory_report
 from presets import load_model

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.config import ModelConfig, TrainSetup
+from planner.config import ModelConfig
+
+from planner.setup import TrainSetup
 
 
 def kv_heads_per_rank(cfg: ModelConfig, tp: int) -> int:

@@ -51,7 +51,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.config import ConfigError, Hardware, ModelConfig, Parallel, TrainSetup
+from planner.config import ConfigError, ModelConfig
+
+from planner.hardware import Hardware
+
+from planner.setup import Parallel, TrainSetup
 from planner.flops import FlopConventions, flops_report
 from planner.memory import (RECIPE_BYTES, Estimator, layer_activation_bytes,
                             layer_activation_terms)

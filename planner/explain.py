@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from planner.config import ConfigError, ModelConfig, Parallel, TrainSetup
+from planner.config import ConfigError, ModelConfig
+
+from planner.setup import Parallel, TrainSetup
 
 
 @dataclass(frozen=True, kw_only=True)

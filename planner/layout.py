@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.config import ConfigError, ModelConfig, Parallel, TrainSetup
+from planner.config import ConfigError, ModelConfig
+
+from planner.setup import Parallel, TrainSetup
 
 RUNTIMES = ("llmplan", "any")
 RUNTIME_POSITIONS = ("rope", "learned", "sinusoidal", "alibi", "none")

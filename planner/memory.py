@@ -29,7 +29,8 @@ from planner import layout
 from planner.activations import (ceil_div, carries_gradients, in_flight_layers,
                                  kv_heads_per_rank, layer_activation_bytes,
                                  layer_activation_terms, rope_table_bytes, tail_bytes)
-from planner.config import ModelConfig, Parallel, TrainSetup
+from planner.config import ModelConfig
+from planner.setup import Parallel, TrainSetup
 from planner.params import norm_params
 from planner.peak import PHASES, StepBytes
 from planner import tensors as T

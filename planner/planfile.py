@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from planner import layout
-from planner.config import ConfigError, ModelConfig, Parallel, TrainSetup
+from planner.config import ConfigError, ModelConfig
+from planner.setup import Parallel, TrainSetup
 from planner.tomlio import read_toml, write_toml
 
 if TYPE_CHECKING:  # pragma: no cover

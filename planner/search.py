@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from planner import layout
-from planner.config import ModelConfig, TrainSetup, default_schedule
+from planner.config import ModelConfig
+from planner.setup import TrainSetup, default_schedule
 from planner.cost import Cluster, CostEstimator, CostModel, StepTime
 from planner.memory import Estimator
 

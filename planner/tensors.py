@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from planner.config import ModelConfig, Parallel
+from planner.config import ModelConfig
+
+from planner.setup import Parallel
 
 Shape = tuple[int, ...]
 

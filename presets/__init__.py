@@ -14,7 +14,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
-from planner.config import ConfigError, Hardware, LlmplanError, ModelConfig
+from planner.config import ConfigError, LlmplanError, ModelConfig
+
+from planner.hardware import Hardware
 from planner.tomlio import read_toml
 
 BUILTIN_DIR = Path(__file__).resolve().parent

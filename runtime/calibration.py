@@ -20,7 +20,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from planner.accuracy import Accuracy
-from planner.config import ModelConfig, Parallel, TrainSetup
+from planner.config import ModelConfig
+from planner.setup import Parallel, TrainSetup
 from planner.cost import Cluster, CostEstimator, CostModel
 from planner.memory import CATEGORIES
 

@@ -17,7 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from planner.config import ConfigError, ModelConfig, Parallel, TrainSetup
+from planner.config import ConfigError, ModelConfig
+
+from planner.setup import Parallel, TrainSetup
 from planner.planfile import read_plan
 from runtime import events
 

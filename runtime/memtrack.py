@@ -104,14 +104,14 @@ def measure(cfg, setup, *, dp: int = 1, zero: int = 0) -> dict[str, Any]:
 
 
 def predict(cfg, setup, *, dp: int = 1, zero: int = 0):
-    from planner.config import Parallel
+    from planner.setup import Parallel
     from planner.memory import memory_report
 
     return memory_report(cfg, replace(setup, recipe="runtime"), Parallel(dp=dp, zero=zero)).per_gpu
 
 
 def main(argv: list[str] | None = None) -> int:
-    from planner.config import TrainSetup
+    from planner.setup import TrainSetup
     from presets import load_model, parse_overrides
 
     parser = argparse.ArgumentParser(prog="runtime.memtrack")

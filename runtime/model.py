@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from planner.config import ConfigError, ModelConfig
+from planner.config import ModelConfig
 
 
 

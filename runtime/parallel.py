@@ -17,7 +17,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
-from planner.config import ModelConfig, Parallel, TrainSetup
+from planner.config import ModelConfig
+
+from planner.setup import Parallel, TrainSetup
 from planner.cost import DP_BUCKET_BYTES
 from runtime.model import Decoder, MoE
 

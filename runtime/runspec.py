@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from planner import layout
-from planner.config import ConfigError, ModelConfig, Parallel, TrainSetup
+from planner.config import ConfigError, ModelConfig
+from planner.setup import Parallel, TrainSetup
 from planner.planfile import plan_dict, plan_objects, read_plan, write_plan
 from presets import default_hardware, load_model, parse_overrides
 from runtime.launch import LaunchSpec, torchrun_command

@@ -8,7 +8,8 @@ import traceback
 from typing import Callable
 
 from planner import layout
-from planner.config import ConfigError, LlmplanError, ModelConfig, Parallel, TrainSetup
+from planner.config import ConfigError, LlmplanError, ModelConfig
+from planner.setup import Parallel, TrainSetup
 
 def check_runtime_layout(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *,
                          rounds: int = 1) -> None:

@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from planner.config import ConfigError, LlmplanError, TrainSetup
+from planner.config import ConfigError, LlmplanError
+
+from planner.setup import TrainSetup
 from planner.planfile import plan_objects, read_plan
 from runtime import events
 
@@ -197,7 +199,6 @@ class Trainer:
         """One optimizer step on this dp rank's slice of ``batch`` (the global batch):
         forward/backward, gradient reduction, clipping, update. Returns loss, grad_norm and
         (when ``measure``) the bytes each category holds."""
-        import torch
         import torch.distributed as dist
 
         from runtime import accounting

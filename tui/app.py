@@ -240,7 +240,7 @@ class PlanApp(App):
 
     @work(thread=True, exclusive=True, group="explain", exit_on_error=False)
     def run_explain(self, quantity: str, spec: ModelConfig, choices: Choices) -> str:
-        from planner.config import Parallel, TrainSetup
+        from planner.setup import Parallel, TrainSetup
         from planner.explain import explain  # sympy loads here, off the UI thread (~0.3 s)
 
         dp = max(1, choices.gpus // (choices.tp * choices.pp))
@@ -281,7 +281,7 @@ class PlanApp(App):
     def run_search(self, spec: ModelConfig, choices: Choices, inputs: ClusterInputs) -> SearchResult:
         """The search ``llmplan plan`` runs for the top bar's accelerator, GPUs and sequence
         length and the plan screen's nodes and batch."""
-        from planner.config import TrainSetup
+        from planner.setup import TrainSetup
         from planner.cost import cluster_of
         from planner.search import search
         from presets import load_cost_model

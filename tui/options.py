@@ -48,7 +48,7 @@ def training(*, seq: int, mbs: int, gbs: int, dtype: str, recipe: str, optimizer
     """(TrainSetup, Parallel) of the shared training flags; the batch split by the layout
     contract's one rule (``planner.layout.micro_batches``)."""
     from planner import layout
-    from planner.config import Parallel, TrainSetup
+    from planner.setup import Parallel, TrainSetup
 
     par = Parallel(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp, schedule=schedule)
     m = layout.micro_batches(global_batch=gbs or mbs * dp, dp=dp, mbs=mbs)

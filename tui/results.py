@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.config import Hardware, ModelConfig, Parallel, TrainSetup
+from planner.config import ModelConfig
+
+from planner.hardware import Hardware
+
+from planner.setup import Parallel, TrainSetup
 from planner.flops import flops_report
 from planner.kv import kv_bytes_per_token, max_batch
 from planner.memory import memory_report

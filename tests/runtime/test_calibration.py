@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from helpers import ROOT
-from planner.config import Parallel, TrainSetup
+from planner.setup import Parallel, TrainSetup
 from planner.cost import CostModel
 from presets import load_hardware, load_model
 from runtime import calibration

@@ -4,7 +4,7 @@ the recipe's gradient dtype, ZeRO-1's all-gather in llmplan's runtime, PP point-
 
 import pytest
 
-from planner.config import TrainSetup
+from planner.setup import TrainSetup
 from planner.cost import CostEstimator, CostModel, allgather_s, allreduce_s, cluster_of
 from presets import load_hardware, load_model
 

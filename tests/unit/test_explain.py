@@ -2,7 +2,7 @@
 
 import pytest
 
-from planner.config import Parallel, TrainSetup
+from planner.setup import Parallel, TrainSetup
 from planner.explain import QUANTITIES, explain
 from presets import load_model
 

@@ -7,7 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from planner import layout
-from planner.config import ConfigError, Parallel, TrainSetup
+from planner.config import ConfigError
+from planner.setup import Parallel, TrainSetup
 from presets import load_model
 from tui.cli import build
 

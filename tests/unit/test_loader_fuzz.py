@@ -61,7 +61,7 @@ def test_model_toml_with_a_corrupted_field(name, data, tmp_path_factory):
 @SETTINGS
 @given(data=st.data())
 def test_plan_file_with_a_corrupted_field(data):
-    from planner.config import Parallel, TrainSetup
+    from planner.setup import Parallel, TrainSetup
 
     plan = plan_dict(cfg=load_model("tiny"), setup=TrainSetup(seq_len=64), par=Parallel(dp=2),
                      hardware="cpu", gpus=2, gpus_per_node=2, prediction={})
@@ -76,7 +76,7 @@ def test_plan_file_with_a_corrupted_field(data):
 @SETTINGS
 @given(data=st.data())
 def test_hardware_toml_with_a_corrupted_field(data, tmp_path_factory):
-    from planner.config import Hardware
+    from planner.hardware import Hardware
     from planner.tomlio import read_toml
 
     table = read_toml(preset_files("hardware")["h100-sxm"])

@@ -2,7 +2,9 @@
 
 import pytest
 
-from planner.config import ModelConfig, Parallel, TrainSetup
+from planner.config import ModelConfig
+
+from planner.setup import Parallel, TrainSetup
 from planner.memory import (in_flight_layers, layer_activation_bytes, layer_activation_terms,
                             memory_report, model_state_bytes)
 from presets import load_model
@@ -117,3 +119,26 @@ def test_layout_errors_name_the_numbers():
         memory_report(cfg, TrainSetup(seq_len=128), Parallel(pp=5))
     # tp=16 > kv heads 8: allowed, the KV heads are replicated.
     memory_report(cfg, TrainSetup(seq_len=128), Parallel(tp=16))
+
+
+def test_the_tensor_inventory_adds_up_to_the_stage_parameters():
+    """planner.tensors (per-tensor shapes, for sharding and optimizer state) and the
+    closed-form per-stage count agree for every preset and layout."""
+    from planner import layout
+    from planner.memory import stage_params_per_rank
+    from planner.tensors import numel, stage_tensors
+    from presets import preset_files
+
+    checked = 0
+    for name in preset_files("models"):
+        cfg = load_model(name)
+        for tp, pp, vpp in ((1, 1, 1), (2, 1, 1), (4, 2, 1), (8, 4, 2), (2, 2, 2)):
+            if layout.tp_problems(cfg, tp) or layout.pp_problems(cfg, pp, vpp):
+                continue
+            par = Parallel(tp=tp, pp=pp, vpp=vpp)
+            expected = stage_params_per_rank(cfg, par)
+            for stage in range(pp):
+                got = sum(n * numel(shape) for shape, n in stage_tensors(cfg, par, stage).items())
+                assert got == expected[stage], (name, tp, pp, vpp, stage)
+                checked += 1
+    assert checked > 100

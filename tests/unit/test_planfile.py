@@ -6,7 +6,7 @@ import math
 
 from typer.testing import CliRunner
 
-from planner.config import Parallel, TrainSetup
+from planner.setup import Parallel, TrainSetup
 from planner.cost import cluster_of
 from planner.planfile import candidate_plan, plan_objects, read_plan, slurm_script, write_plan
 from planner.search import search

@@ -5,7 +5,9 @@ import math
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from planner.config import ConfigError, ModelConfig, Parallel, TrainSetup
+from planner.config import ConfigError, ModelConfig
+
+from planner.setup import Parallel, TrainSetup
 from planner.flops import flops_report
 from planner.kv import kv_report
 from planner.memory import memory_report

@@ -6,7 +6,7 @@ import pytest
 
 from planner.accuracy import DEFAULT_ACCURACY
 from planner import layout
-from planner.config import Parallel, TrainSetup
+from planner.setup import Parallel, TrainSetup
 from planner.cost import Cluster, CostEstimator, CostModel
 from planner.memory import memory_report
 from planner.search import REASONS, SearchSpace, divisors, search

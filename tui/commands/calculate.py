@@ -30,7 +30,7 @@ def flops_cmd(
 ) -> None:
     """FLOPs per token (exact, 6N, PaLM), inference prefill/decode, total and time to train."""
     from planner import flops as F
-    from planner.config import RECOMPUTES
+    from planner.setup import RECOMPUTES
 
     if recompute not in RECOMPUTES:
         raise LlmplanError(f"recompute({recompute!r}) is not one of {', '.join(RECOMPUTES)}")

@@ -7,7 +7,6 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from planner.config import LlmplanError
 from tui import output
 from tui.options import DeviceOpt, JsonOpt
 

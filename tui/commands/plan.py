@@ -33,7 +33,7 @@ def plan_cmd(
     from pathlib import Path
 
     from planner.accuracy import fmt_band
-    from planner.config import TrainSetup
+    from planner.setup import TrainSetup
     from planner.cost import cluster_of
     from planner.search import SearchSpace, search
     from presets import load_cost_model, load_hardware
