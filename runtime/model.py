@@ -138,6 +138,27 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((rotated, x_pass), dim=-1) if x_pass.shape[-1] else rotated
 
 
+class AttentionCore(nn.Module):
+    """Softmax attention of projected q, k, v (the part selective recompute re-runs,
+    Korthikanti et al. 2022 §4.2: ``runtime.parallel.apply_recompute`` wraps this module).
+    ``mask`` (b or 1, 1, q, k) bool, or None for plain causal; with ALiBi ``slopes`` times
+    the key position is added (the query's own position is a per-row constant that softmax
+    removes, as BLOOM does)."""
+
+    def forward(self, q, k, v, mask=None, k_pos=None, slopes=None):
+        gqa = q.shape[1] != k.shape[1]
+        if slopes is None:
+            if mask is None:
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        if mask is None:
+            i = torch.arange(q.shape[2], device=q.device)
+            mask = (i[None, :] <= i[:, None])[None, None]
+        bias = slopes.to(q.dtype)[None, :, None, None] * k_pos[:, None, None, :].to(q.dtype)
+        bias = bias.masked_fill(~mask, float("-inf"))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=gqa)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -153,23 +174,7 @@ class Attention(nn.Module):
         self.heads = (0, cfg.num_heads)  # the query heads this module computes (TP narrows it)
         self.register_buffer("alibi", alibi_slopes(cfg.num_heads) if cfg.position == "alibi"
                              else None, persistent=False)
-        self.selective_recompute = False
-
-    def core(self, q, k, v, mask, k_pos):
-        """Softmax attention. ``mask`` (b or 1, 1, q, k) bool, or None for plain causal;
-        with ALiBi the bias slope * key position is added (the query's own position is a
-        per-row constant that softmax removes, as BLOOM does)."""
-        gqa = q.shape[1] != k.shape[1]
-        if self.alibi is None:
-            if mask is None:
-                return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
-        if mask is None:
-            i = torch.arange(q.shape[2], device=q.device)
-            mask = (i[None, :] <= i[:, None])[None, None]
-        bias = self.alibi.to(q.dtype)[None, :, None, None] * k_pos[:, None, None, :].to(q.dtype)
-        bias = bias.masked_fill(~mask, float("-inf"))
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=gqa)
+        self.core = AttentionCore()
 
     def forward(self, x, cos, sin, kv_cache=None, positions=None):
         b, s, _ = x.shape
@@ -185,11 +190,7 @@ class Attention(nn.Module):
         elif self.window and s > self.window:
             i = torch.arange(s, device=x.device)
             mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < self.window)
-        if self.selective_recompute and torch.is_grad_enabled():
-            from torch.utils.checkpoint import checkpoint
-            out = checkpoint(self.core, q, k, v, mask, k_pos, use_reentrant=False)
-        else:
-            out = self.core(q, k, v, mask, k_pos)
+        out = self.core(q, k, v, mask, k_pos, self.alibi)
         return self.wo(out.transpose(1, 2).reshape(b, s, -1))
 
 
@@ -279,7 +280,6 @@ class Decoder(nn.Module):
         super().__init__()
         check_supported(cfg)
         self.cfg = cfg
-        self.seq_shards = 1  # set by runtime.parallel.apply_tp under sequence parallelism
         h = cfg.hidden_size
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, h)
         self.pos_embeddings = (nn.Embedding(cfg.max_context + cfg.position_offset, h)
@@ -339,10 +339,8 @@ class Decoder(nn.Module):
         """``positions`` (b or 1, s): absolute positions (default 0..s-1); ``kv_caches`` one
         cache per layer (runtime.generate) for prefill and decode."""
         x = tokens_or_hidden
-        # A later pipeline stage under sequence parallelism receives its 1/t sequence shard.
-        s = x.shape[1] if self.tok_embeddings is not None else x.shape[1] * self.seq_shards
         if positions is None:
-            positions = torch.arange(s, device=x.device)[None]
+            positions = torch.arange(x.shape[1], device=x.device)[None]
         if self.tok_embeddings is not None:
             x = self.tok_embeddings(x)
             if self.pos_embeddings is not None:

@@ -82,7 +82,11 @@ def apply_tp(part: Decoder, tp_mesh, *, sp: bool, sharded_logits: bool = True) -
 
     tp, rank = tp_mesh.size(), tp_mesh.get_local_rank()
     seq = Shard(1) if sp else Replicate()
-    part.seq_shards = tp if sp else 1
+    if sp and part.tok_embeddings is None:
+        # a later pipeline stage receives its 1/t sequence shard: the positions are those of
+        # the whole sequence
+        part.register_forward_pre_hook(functools.partial(_whole_positions, shards=tp),
+                                       with_kwargs=True)
     additive = part.pos_embeddings is not None or part.pos_table is not None \
         or part.embedding_norm is not None
     top: dict = {}
@@ -140,6 +144,13 @@ def apply_tp(part: Decoder, tp_mesh, *, sp: bool, sharded_logits: bool = True) -
             att.alibi = att.alibi[rank * per:(rank + 1) * per]
 
 
+def _whole_positions(module, args, kwargs, *, shards: int):
+    if kwargs.get("positions") is None:
+        x = args[0]
+        kwargs = {**kwargs, "positions": torch.arange(x.shape[1] * shards, device=x.device)[None]}
+    return args, kwargs
+
+
 def shard_embedding_grad(part: Decoder) -> None:
     """DTensor's embedding backward leaves a replicated gradient on the vocab-sharded
     weight: keep only this rank's rows of it (a local slice, no communication), so the
@@ -173,8 +184,11 @@ def apply_recompute(part: Decoder, recompute: str) -> None:
         for name in list(part.layers.keys()):
             part.layers[name] = checkpoint_wrapper(part.layers[name], preserve_rng_state=False)
     elif recompute == "selective":
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
         for block in part.layers.values():
-            block.attention.selective_recompute = True
+            block.attention.core = checkpoint_wrapper(block.attention.core,
+                                                      preserve_rng_state=False)
 
 
 def apply_fsdp(part: Decoder, dp_mesh, *, zero: int, dtype: str) -> None:
