@@ -135,7 +135,8 @@ def explain_model_states(cfg: ModelConfig, *, setup: TrainSetup, par: Parallel,
         # what the runtime allocates, tensor by tensor: each tensor's dim-0 shard under FSDP2
         # (ZeRO-2/3) or its flat slice under ZeRO-1, fp32, and a step counter per tensor
         P_w, P_o, n, o, c = _symbols("Psi_w Psi_o n o c")
-        counts = runtime_counts(stage_tensors(cfg, par, stage.stage), zero=z, dp=par.dp)
+        counts = runtime_counts(stage_tensors(cfg, par, stage.stage, runtime=True), zero=z,
+                                dp=par.dp)
         expr = 4 * P_w + 4 * P_w + o * P_o + c * n
         values = {P_w: counts.local, P_o: counts.stepped, n: counts.tensors,
                   o: OPTIMIZER_STATE_BYTES[setup.optimizer],

@@ -31,7 +31,7 @@ RUNTIME_OPTIMIZERS = ("adamw", "adafactor", "sgd_momentum")
 
 KEYS = (
     "runtime_position", "runtime_optimizer", "tp_crosses_node", "tp_divisibility",
-    "runtime_tp_vocab", "runtime_tp_kv_heads", "vpp_without_pp", "pp_layers", "schedule",
+    "runtime_tp_vocab", "vpp_without_pp", "pp_layers", "schedule",
     "sp_without_tp", "sp_seq", "zero_without_dp", "runtime_sharded_adafactor",
     "batch_divisibility", "interleaved_microbatches", "runtime_pp_microbatches",
     "out_of_memory",
@@ -75,8 +75,8 @@ def setup_problems(setup: TrainSetup) -> list[Problem]:
 
 def tp_problems(cfg: ModelConfig, tp: int) -> list[Problem]:
     """Tensor parallelism splits query heads, the FFN (and each expert's) and, in llmplan's
-    runtime, the vocabulary and the kv heads. With tp > kv heads every framework that supports
-    it (Megatron-LM) replicates each kv head over tp/g ranks, as ``planner.memory`` models."""
+    runtime, the vocabulary and the kv heads. With tp > kv heads each kv head is replicated
+    over tp/g ranks (Megatron-LM; llmplan's runtime too, ``runtime.tensor_parallel``)."""
     out = []
     g = cfg.num_kv_heads
     if cfg.num_heads % tp:
@@ -95,9 +95,6 @@ def tp_problems(cfg: ModelConfig, tp: int) -> list[Problem]:
     if tp > 1 and cfg.vocab_size % tp:
         out.append(_runtime("runtime_tp_vocab", f"tp({tp}) does not divide vocab({cfg.vocab_size}): "
                             "the embedding and LM head are split evenly, not padded"))
-    if tp > g and not cfg.num_heads % tp and not tp % g:
-        out.append(_runtime("runtime_tp_kv_heads",
-                            f"tp({tp}) is wider than kv heads({g}): kv heads are not replicated"))
     return out
 
 

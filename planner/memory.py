@@ -323,7 +323,7 @@ class Estimator:
             params = self.stage_params(tp, pp, vpp)[stage]
             par = Parallel(tp=tp, pp=pp, vpp=vpp)
             if self.runtime:
-                hit = runtime_states(T.stage_tensors(cfg, par, stage),
+                hit = runtime_states(T.stage_tensors(cfg, par, stage, runtime=True),
                                      optimizer=setup.optimizer, zero=zero, dp=dp)
             else:
                 factored = 0
@@ -353,7 +353,7 @@ class Estimator:
             return hit
         cfg, setup = self.cfg, self.setup
         st = self.states(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, stage=stage)
-        layer_params = layer_params_per_rank(cfg, tp, moe=cfg.is_moe)
+        layer_params = T.layer_params(cfg, tp, moe=cfg.is_moe, runtime=self.runtime)
         n_layers = cfg.num_layers // pp
         first, last = stage == 0, stage == pp - 1
         vocab_rows = ceil_div(cfg.vocab_size, tp) * cfg.hidden_size

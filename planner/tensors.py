@@ -37,13 +37,19 @@ def _mlp(cfg: ModelConfig, ffn: int, tp: int) -> list[Shape]:
     return out
 
 
-def layer_tensors(cfg: ModelConfig, tp: int, *, moe: bool) -> list[Shape]:
-    """One transformer layer on one TP rank (kv heads replicated when tp > kv heads)."""
-    from planner.memory import kv_heads_per_rank
+def kv_weight_heads(cfg: ModelConfig, tp: int, *, runtime: bool = False) -> int:
+    """KV heads whose K and V projections one TP rank holds: g/t, or with tp > g one
+    (Megatron-LM keeps its head's rows) -- all g in llmplan's runtime, which replicates the
+    whole projections and computes its head's rows (``runtime.tensor_parallel``)."""
+    g = cfg.num_kv_heads
+    return g // tp if g >= tp else (g if runtime else 1)
 
+
+def layer_tensors(cfg: ModelConfig, tp: int, *, moe: bool, runtime: bool = False) -> list[Shape]:
+    """One transformer layer on one TP rank (kv heads replicated when tp > kv heads)."""
     h, d = cfg.hidden_size, cfg.head_dim
     q = cfg.q_width // tp
-    kv = kv_heads_per_rank(cfg, tp) * d
+    kv = kv_weight_heads(cfg, tp, runtime=runtime) * d
     out: list[Shape] = [(q, h), (kv, h), (kv, h), (h, q)]
     if cfg.qkv_bias:
         out += [(q,), (kv,), (kv,)]
@@ -62,7 +68,8 @@ def layer_tensors(cfg: ModelConfig, tp: int, *, moe: bool) -> list[Shape]:
     return out
 
 
-def stage_tensors(cfg: ModelConfig, par: Parallel, stage: int) -> Counter[Shape]:
+def stage_tensors(cfg: ModelConfig, par: Parallel, stage: int, *,
+                  runtime: bool = False) -> Counter[Shape]:
     """Shape -> how many tensors of it one rank of pipeline stage ``stage`` holds (its
     layers in looped placement, the embedding on the first stage, the final norm and LM head
     on the last; a tied head is one tensor with one stage, a second copy with more)."""
@@ -72,7 +79,7 @@ def stage_tensors(cfg: ModelConfig, par: Parallel, stage: int) -> Counter[Shape]
     kinds = Counter(cfg.is_moe and i >= cfg.first_dense_layers for i in layers)
     out: Counter[Shape] = Counter()
     for moe, n in kinds.items():
-        for shape in layer_tensors(cfg, t, moe=moe):
+        for shape in layer_tensors(cfg, t, moe=moe, runtime=runtime):
             out[shape] += n
     vocab = (_ceil_div(cfg.vocab_size, t), cfg.hidden_size)
     if stage == 0:
@@ -87,6 +94,10 @@ def stage_tensors(cfg: ModelConfig, par: Parallel, stage: int) -> Counter[Shape]
         if not cfg.tie_embeddings or p > 1:
             out[vocab] += 1
     return out
+
+
+def layer_params(cfg: ModelConfig, tp: int, *, moe: bool, runtime: bool = False) -> int:
+    return sum(numel(shape) for shape in layer_tensors(cfg, tp, moe=moe, runtime=runtime))
 
 
 def numel(shape: Shape) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from planner.activations import kv_heads_per_rank
 from planner.config import ConfigError, ModelConfig
 from planner.planfile import read_plan
 from presets import default_hardware
@@ -106,9 +107,9 @@ def sample(logits: torch.Tensor, *, temperature: float, top_k: int, top_p: float
 
 
 def apply_tp_inference(model, tp_mesh) -> None:
-    """Training's tensor-parallel plan (one table, ``runtime.parallel.apply_tp``) without
+    """Training's tensor-parallel plan (one table, ``runtime.tensor_parallel.apply_tp``) without
     sequence parallelism, the logits gathered to every rank for sampling."""
-    from runtime.parallel import apply_tp
+    from runtime.tensor_parallel import apply_tp
 
     apply_tp(model, tp_mesh, sp=False, sharded_logits=False)
 
@@ -260,7 +261,7 @@ def run(plan_path: str) -> int:
     total = max(len(p) for p in prompts) + max_new
     # a ring buffer needs a slot per token a query can see: the window, else every token
     capacity = min(total, cfg.sliding_window) if cfg.sliding_window else total
-    kv_local = cfg.num_kv_heads // tp
+    kv_local = kv_heads_per_rank(cfg, tp)
     caches = [KVCache(len(prompts), kv_local, capacity, cfg.head_dim, window=cfg.sliding_window,
                       dtype=dtype, device=device) for _ in range(cfg.num_layers)]
     kv_dtype = "fp32" if opts["dtype"] == "fp32" else "bf16"

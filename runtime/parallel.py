@@ -1,6 +1,7 @@
-"""How the decoder is parallelised: mesh, pipeline split, tensor/sequence parallel, activation
-checkpointing, data parallel (FSDP2 or replicated), in torchtitan's order (build, PP split,
-TP, AC, FSDP). The model file says *what*; this file says *how*.
+"""How the decoder is parallelised: mesh, pipeline split, tensor/sequence parallel
+(``runtime.tensor_parallel``), activation checkpointing, data parallel (FSDP2 or replicated),
+in torchtitan's order (build, PP split, TP, AC, FSDP). The model file says *what*; this file
+says *how*.
 
 Mesh: ``init_device_mesh(device, (pp, dp, tp), ("pp", "dp", "tp"))`` -- tp innermost, so a TP
 group is adjacent ranks (one node / NVLink domain), as every framework does.
@@ -9,19 +10,17 @@ group is adjacent ranks (one node / NVLink domain), as every framework does.
 from __future__ import annotations
 
 import copy
-import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
 from planner.config import ModelConfig
 
 from planner.setup import Parallel, TrainSetup
 from planner.cost import DP_BUCKET_BYTES
-from runtime.model import Decoder, MoE
+from runtime.model import Decoder
 
 
 def build_mesh(par: Parallel, device_type: str):
@@ -54,125 +53,6 @@ def split_stage(model: Decoder, stage: int, n_stages: int) -> Decoder:
         part.norm = None
         part.output = None
     return part
-
-
-def _mlp_plan(prefix: str, mlp, out) -> dict:
-    plan = {f"{prefix}.w1": ColwiseParallel(), f"{prefix}.w2": RowwiseParallel(output_layouts=out)}
-    if mlp.w3 is not None:
-        plan[f"{prefix}.w3"] = ColwiseParallel()
-    return plan
-
-
-def apply_tp(part: Decoder, tp_mesh, *, sp: bool, sharded_logits: bool = True) -> None:
-    """Megatron-style TP with DTensor plans (torchtitan's ``apply_tp``), for training and
-    generation alike: column-parallel q/k/v and gate/up, row-parallel o/down, vocab-parallel
-    embedding and LM head (logits left vocab-sharded for ``loss_parallel`` when
-    ``sharded_logits``, else gathered). With ``sp`` the norms and the residual stream are
-    sequence-sharded (Korthikanti et al. 2022 §4.2.2).
-
-    - Additive positions (learned, sinusoidal) and an embedding norm act on the replicated
-      embedding output; the first block then takes its sequence shard.
-    - MoE: each expert is split like a dense MLP (Megatron's expert tensor parallelism) and
-      reduced to the replicated tokens it serves; the router stays replicated.
-    - ALiBi: each rank keeps its own heads' slopes.
-    """
-    from torch.distributed.tensor import Replicate, Shard
-    from torch.distributed.tensor.parallel import (PrepareModuleInput, PrepareModuleInputOutput,
-                                                   SequenceParallel, parallelize_module)
-
-    tp, rank = tp_mesh.size(), tp_mesh.get_local_rank()
-    seq = Shard(1) if sp else Replicate()
-    if sp and part.tok_embeddings is None:
-        # a later pipeline stage receives its 1/t sequence shard: the positions are those of
-        # the whole sequence
-        part.register_forward_pre_hook(functools.partial(_whole_positions, shards=tp),
-                                       with_kwargs=True)
-    additive = part.pos_embeddings is not None or part.pos_table is not None \
-        or part.embedding_norm is not None
-    top: dict = {}
-    if part.tok_embeddings is not None:
-        top["tok_embeddings"] = RowwiseParallel(input_layouts=Replicate(),
-                                                output_layouts=Replicate() if additive else seq)
-        if additive and sp:
-            first = next(iter(part.layers))
-            top[f"layers.{first}"] = PrepareModuleInput(
-                input_layouts=(Replicate(), None, None, None, None),
-                desired_input_layouts=(seq, None, None, None, None), use_local_output=True)
-    if part.output is not None:
-        if part.norm is not None and sp:
-            top["norm"] = SequenceParallel()
-        top["output"] = ColwiseParallel(input_layouts=seq,
-                                        output_layouts=Shard(-1) if sharded_logits else Replicate(),
-                                        use_local_output=not sharded_logits)
-    tied = part.tok_embeddings is not None and part.output is not None
-    if top:
-        parallelize_module(part, tp_mesh, top)
-    if tied:  # both are vocab-sharded on dim 0: one DTensor serves both
-        part.tie_weights()
-
-    for block in part.layers.values():
-        plan = {
-            "attention": PrepareModuleInput(input_layouts=(seq, None, None, None, None),
-                                            desired_input_layouts=(Replicate(), None, None, None, None)),
-            "attention.wq": ColwiseParallel(),
-            "attention.wk": ColwiseParallel(),
-            "attention.wv": ColwiseParallel(),
-            "attention.wo": RowwiseParallel(output_layouts=seq),
-            "feed_forward": PrepareModuleInput(input_layouts=(seq,), desired_input_layouts=(Replicate(),)),
-        }
-        ffn = block.feed_forward
-        if isinstance(ffn, MoE):  # the router and the token gather act on plain tensors
-            plan["feed_forward"] = PrepareModuleInputOutput(
-                input_layouts=(seq,), desired_input_layouts=(Replicate(),), use_local_input=True,
-                output_layouts=(Replicate(),), desired_output_layouts=(seq,))
-            for group in ("experts", "shared"):
-                for i, expert in enumerate(getattr(ffn, group)):
-                    plan.update(_mlp_plan(f"feed_forward.{group}.{i}", expert, Replicate()))
-            ffn.agree = functools.partial(_routing_of_first_rank, group=tp_mesh.get_group(),
-                                          src=int(tp_mesh.mesh[0]))
-        else:
-            plan.update(_mlp_plan("feed_forward", ffn, seq))
-        if sp:
-            plan["attention_norm"] = SequenceParallel()
-            if block.ffn_norm is not None:
-                plan["ffn_norm"] = SequenceParallel()
-        parallelize_module(block, tp_mesh, plan)
-        att = block.attention
-        if att.alibi is not None:
-            per = part.cfg.num_heads // tp
-            att.heads = (rank * per, (rank + 1) * per)
-            att.alibi = att.alibi[rank * per:(rank + 1) * per]
-
-
-def _whole_positions(module, args, kwargs, *, shards: int):
-    if kwargs.get("positions") is None:
-        x = args[0]
-        kwargs = {**kwargs, "positions": torch.arange(x.shape[1] * shards, device=x.device)[None]}
-    return args, kwargs
-
-
-def shard_embedding_grad(part: Decoder) -> None:
-    """DTensor's embedding backward leaves a replicated gradient on the vocab-sharded
-    weight: keep only this rank's rows of it (a local slice, no communication), so the
-    gradient a rank holds is its shard. Registered on the materialised parameter."""
-    if part.tok_embeddings is not None and hasattr(part.tok_embeddings.weight, "placements"):
-        part.tok_embeddings.weight.register_post_accumulate_grad_hook(_grad_like_param)
-
-
-def _grad_like_param(param) -> None:
-    grad = param.grad
-    if grad is not None and hasattr(grad, "placements") and grad.placements != param.placements:
-        param.grad = grad.redistribute(param.device_mesh, param.placements)
-
-
-def _routing_of_first_rank(chosen: torch.Tensor, *, group, src: int) -> torch.Tensor:
-    """The expert choice of the tp group's first rank, on every rank of the group. Training
-    inputs are replicated, so this changes nothing there; but a pipeline stage infers its
-    shapes from uninitialised buffers, and tensor-parallel ranks that routed those
-    differently would exchange differently sized expert outputs."""
-    chosen = chosen.contiguous()
-    dist.broadcast(chosen, src=src, group=group)
-    return chosen
 
 
 def apply_recompute(part: Decoder, recompute: str) -> None:
@@ -214,6 +94,8 @@ class Built:
     tied_group: object = None
     """Under pipelining with tied embeddings: the two ranks (first and last stage) that each
     hold a copy of the shared weight, whose gradients are summed (Megatron's embedding group)."""
+    tp_summed: list = field(default_factory=list)
+    """K/V projections replicated over TP (tp > kv heads): gradients summed over the group."""
 
 
 def tied_embedding_group(mesh, par: Parallel):
@@ -241,6 +123,7 @@ def build(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *, device: torch.d
     materialised shard by shard: no rank ever allocates the whole model, and the weights are
     the same in every layout (``runtime.init``)."""
     from runtime.init import init_weights
+    from runtime.tensor_parallel import apply_tp, replicated_kv_params, shard_embedding_grad
 
     mesh = mesh if mesh is not None else build_mesh(par, device.type)
     with torch.device("meta"):
@@ -263,7 +146,9 @@ def build(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *, device: torch.d
         init_weights(part, seed, tied=cfg.tie_embeddings)
         part.reset_buffers()
     tied = tied_embedding_group(mesh, par) if cfg.tie_embeddings and par.pp > 1 else None
-    return Built(parts=parts, stages=ids, n_stages=n_stages, mesh=mesh, fsdp=fsdp, tied_group=tied)
+    summed = [p for part in parts for p in replicated_kv_params(part, par.tp)]
+    return Built(parts=parts, stages=ids, n_stages=n_stages, mesh=mesh, fsdp=fsdp,
+                 tied_group=tied, tp_summed=summed)
 
 
 def tied_weight(part: Decoder):

@@ -204,6 +204,7 @@ class Trainer:
         from runtime import accounting
         from runtime.data import local_slice
         from runtime.parallel import allreduce_grads, clip_grad_norm_, clip_params, sync_tied_grads
+        from runtime.tensor_parallel import sum_replicated_grads
 
         par = self.par
         local = local_slice(batch, self.dp_rank, par.dp).to(self.device)
@@ -219,6 +220,7 @@ class Trainer:
             measured["activations_bytes"] = meter.peak
         if par.dp > 1 and not self.built.fsdp:
             allreduce_grads(self.parts, self.dp_group)
+        sum_replicated_grads(self.built.tp_summed, self.built.mesh["tp"].get_group())
         sync_tied_grads(self.built)
         counted, copies = clip_params(self.built)
         norm = clip_grad_norm_(counted, float(self.opts["max_grad_norm"]), self.pp_group, par.pp,

@@ -32,7 +32,7 @@ def test_a_schedule_is_never_rewritten():
 
 @pytest.mark.parametrize(("model", "par", "key", "numbers"), [
     ("tiny", Parallel(tp=8), "tp_divisibility", "tp(8) does not divide query heads(4)"),
-    ("tiny", Parallel(tp=4), "runtime_tp_kv_heads", "tp(4) is wider than kv heads(2)"),
+    ("tiny:vocab_size=251", Parallel(tp=2), "runtime_tp_vocab", "tp(2) does not divide vocab(251)"),
     ("tiny", Parallel(pp=3), "pp_layers", "pp(3) x vpp(1) = 3 does not divide layers(4)"),
     ("tiny", Parallel(vpp=2), "vpp_without_pp", "vpp(2) needs pp > 1"),
     ("tiny", Parallel(sp=True), "sp_without_tp", "sequence parallel needs tp > 1"),
@@ -40,11 +40,19 @@ def test_a_schedule_is_never_rewritten():
     ("tiny", Parallel(pp=2, vpp=2, schedule="1f1b"), "schedule", "schedule(1f1b) has no virtual stages"),
 ])
 def test_each_rule_names_its_numbers(model, par, key, numbers):
-    found = layout.problems(load_model(model), SETUP, par)
+    name, _, change = model.partition(":")
+    cfg = load_model(name, dict([change.split("=")]) if change else None)
+    found = layout.problems(cfg, SETUP, par)
     hit = [p for p in found if p.key == key]
     assert hit and numbers in hit[0].message
     with pytest.raises(ConfigError, match=numbers.replace("(", r"\(").replace(")", r"\)")):
-        layout.check(load_model(model), SETUP, par)
+        layout.check(cfg, SETUP, par)
+
+
+def test_tp_wider_than_the_kv_heads_is_run_by_replicating_them():
+    cfg = load_model("tiny")  # 2 kv heads
+    assert keys(cfg, Parallel(tp=4)) == []
+    assert keys(load_model("tiny-falcon"), Parallel(tp=2)) == []  # multi-query
 
 
 def test_pipeline_micro_batch_rules():
@@ -69,14 +77,15 @@ def test_runtime_only_problems_are_kept_by_any_and_marked():
     every = search(cfg, cluster, setup, global_batch=16, runtime="any")
     assert all(c.launchable for c in ours.candidates)
     marked = [c for c in every.candidates if not c.launchable]
-    assert marked and all(c.tp == 4 for c in marked if "kv heads" in c.not_launchable[0])
+    assert marked and all("1f1b needs micro-batches" in c.not_launchable[0] for c in marked)
     assert len(every.candidates) == len(ours.candidates) + len(marked)
-    assert ours.rejected["runtime_tp_kv_heads"] > 0 and every.rejected["runtime_tp_kv_heads"] == 0
+    assert ours.rejected["runtime_pp_microbatches"] > 0
+    assert every.rejected["runtime_pp_microbatches"] == 0
 
 
 @pytest.mark.parametrize(("args", "numbers"), [
     (["--pp", "2", "--vpp", "2", "--schedule", "gpipe"], "schedule(gpipe) has no virtual stages"),
-    (["--tp", "4"], "tp(4) is wider than kv heads(2)"),
+    (["--tp", "2", "--set", "V=251"], "tp(2) does not divide vocab(251)"),
     (["--sp"], "sequence parallel needs tp > 1"),
     (["--zero", "2"], "zero(2) needs dp > 1"),
     (["--pp", "2", "--gbs", "2", "--mbs", "2"], "1f1b needs micro-batches(1) >= pp(2)"),
