@@ -17,6 +17,8 @@ $PY -m tui.cli launch llama-3.2-1b --device cuda --dtype bf16 --seq 2048 --gbs 4
     --steps 12 --recompute full --json > "$out/llama-1b-full.jsonl"
 grep '"done"' "$out/llama-1b-full.jsonl" | cut -c1-600
 $PY bench/train_throughput.py --device cuda --steps 12 | tee "$out/throughput.txt"
+# The CUDA-only tests (marked gpu; skipped on CPU machines)
+$PY -m pytest -q -m gpu tests/gpu -p no:cacheprovider | tee "$out/gpu-tests.txt" || true
 # The accuracy table (issue: closed loop): every validation case this machine can run (one
 # rank per GPU), planner vs measured step time and memory; validation.md/json land in $out.
 $PY -m tui.cli validate --device cuda --hardware "${HARDWARE:-h200}" --out "$out" | tee "$out/validate.txt"

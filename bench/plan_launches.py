@@ -4,7 +4,9 @@ through `llmplan launch` with the candidate's own fields for 2 steps on CPU proc
 model-parallel layouts (tp x pp > 1) first.
 
 Prints one line per candidate and `N candidates, N finished`; exits 1 if any failed.
-Usage: python bench/plan_launches.py [--top 10] [MODEL ...]
+``--model-parallel K`` launches instead the K best-ranked candidates with tp x pp > 1 among
+the top ``--top`` (a small model on CPU ranks data parallelism first).
+Usage: python bench/plan_launches.py [--top 10] [--model-parallel K] [MODEL ...]
 """
 
 from __future__ import annotations
@@ -42,12 +44,15 @@ def launch_args(c: dict) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--top", type=int, default=10)
+    ap.add_argument("--model-parallel", type=int, default=0)
     ap.add_argument("models", nargs="*", default=list(MODELS))
     args = ap.parse_args()
     root = Path(__file__).resolve().parent.parent
     total = finished = 0
     for model in args.models:
         ranked = candidates(model, args.top)
+        if args.model_parallel:
+            ranked = [c for c in ranked if c["tp"] * c["pp"] > 1][:args.model_parallel]
         # model-parallel layouts first: they exercise the most runtime code
         for c in sorted(ranked, key=lambda c: c["tp"] * c["pp"] == 1):
             total += 1
@@ -55,8 +60,8 @@ def main() -> int:
             run = subprocess.run([*LLMPLAN, "launch", model, *launch_args(c)], cwd=root,
                                  capture_output=True, text=True)
             seen = [ev for ev in map(events.parse, run.stdout.splitlines()) if ev]
-            ok = run.returncode == 0 and any(ev["event"] == "done" for ev in seen)
-            errors = [ev.get("message", "") for ev in seen if ev["event"] == "error"]
+            ok = run.returncode == 0 and any(isinstance(ev, events.Done) for ev in seen)
+            errors = [ev.message for ev in seen if isinstance(ev, events.Error)]
             finished += ok
             label = " ".join(f"{k}={c[k]}" for k in ("tp", "pp", "vpp", "dp", "zero", "sp",
                                                      "recompute", "mbs"))

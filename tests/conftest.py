@@ -14,6 +14,20 @@ from helpers import launch  # noqa: E402
 os.environ["LLMPLAN_CONFIG_DIR"] = tempfile.mkdtemp(prefix="llmplan-test-config-")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA: skipped (with the reason) on a machine without one."""
+    marked = [item for item in items if "gpu" in item.keywords]
+    if not marked:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (bench/gpu.sh runs it on a lent GPU)")
+    for item in marked:
+        item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def run_tiny():
     """Memoised `llmplan launch` runs keyed by their arguments (shared references)."""

@@ -9,9 +9,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def launch(*args: str, env: dict | None = None, check: bool = True, timeout: int = 600):
+def launch(*args: str, env: dict | None = None, check: bool = True, timeout: int = 600,
+           device: str = "cpu"):
     """Run `llmplan launch ... --json --device cpu` and return (events, process)."""
-    cmd = [sys.executable, "-m", "tui.cli", "launch", *args, "--device", "cpu", "--json"]
+    cmd = [sys.executable, "-m", "tui.cli", "launch", *args, "--device", device, "--json"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]

@@ -113,3 +113,13 @@ def test_launch_points_at_calibrate_when_a_run_leaves_the_uncalibrated_band(caps
     # a GPU preset is never calibrated from CPU processes: no hint to do it
     _calibration_hint(done, "h100-sxm", "cpu")
     assert capsys.readouterr().err == ""
+
+
+def test_a_gpu_profile_is_never_fitted_from_cpu_processes(tmp_path):
+    """CPU runs calibrate the cpu preset only: their host terms would stretch every H100 plan."""
+    for args in (["calibrate"], ["validate", "--out", str(tmp_path)]):
+        proc = subprocess.run([sys.executable, "-m", "tui.cli", *args, "--device", "cpu",
+                               "--hardware", "h100-sxm"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert "runs on --device cpu measure a CPU preset, not hardware(h100-sxm)" in proc.stderr

@@ -81,3 +81,20 @@ def test_model_presets_cover_the_required_set():
     assert required <= names
     for name in names:
         assert load_model(name).source, name
+
+
+def test_an_edited_model_file_is_read_again(tmp_path):
+    """load_model caches files by version: a TOML edited while the TUI runs is not stale."""
+    import os
+
+    from presets import load_model
+    from planner.tomlio import write_toml
+
+    path = tmp_path / "mine.toml"
+    table = load_model("tiny").to_dict()
+    write_toml(path, table)
+    assert load_model(str(path)).num_layers == 4
+    write_toml(path, {**table, "num_layers": 8})
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # a later edit
+    assert load_model(str(path)).num_layers == 8

@@ -91,6 +91,15 @@ def test_runtime_only_problems_are_kept_by_any_and_marked():
     (["--pp", "2", "--gbs", "2", "--mbs", "2"], "1f1b needs micro-batches(1) >= pp(2)"),
     (["--pp", "3"], "pp(3) x vpp(1) = 3 does not divide layers(4)"),
     (["--optimizer", "adam8bit"], "optimizer(adam8bit)"),
+    # every option, not only the layout: checked before any process starts
+    (["--mbs", "0"], "--mbs(0) must be an integer >= 1"),
+    (["--lr", "nan"], "--lr(nan) must be a finite number > 0"),
+    (["--steps", "-5"], "--steps(-5) must be an integer >= 1"),
+    (["--ckpt-every", "-1"], "--ckpt-every(-1) must be an integer >= 0"),
+    (["--data", "/no/such/file.txt"], "--data /no/such/file.txt: no readable file there"),
+    (["--resume", "--ckpt-dir", "/no/such/ckpt"], "--resume: no checkpoint in /no/such/ckpt"),
+    (["--ckpt-every", "5"], "--ckpt-every 5 needs --ckpt-dir"),
+    (["--dtype", "fp16"], "--dtype 'fp16': llmplan's runtime trains in fp32 or bf16"),
 ])
 def test_launch_refuses_each_rule_in_one_line_before_anything_starts(args, numbers, tmp_path):
     result = runner.invoke(app, ["launch", "tiny", "--device", "cpu", "--run-dir",
@@ -146,3 +155,18 @@ def test_a_flag_on_a_plan_keeps_the_plans_global_batch(tmp_path):
                               "--zero", "0", "--no-sp", "--mbs", "3", "--device", "cpu",
                               "--dry-run", "--run-dir", str(tmp_path / "r2")])
     assert bad.exit_code == 2 and "gbs(8) is not a multiple of mbs(3) x dp(1) = 3" in bad.output
+
+
+@pytest.mark.parametrize(("args", "numbers"), [
+    (["--max-new-tokens", "0"], "--max-new-tokens(0) must be an integer >= 1"),
+    (["--top-p", "1.5"], "--top-p(1.5) must be a finite number > 0 and <= 1"),
+    (["--temperature", "-1"], "--temperature(-1.0) must be a finite number >= 0"),
+    (["--tp", "3"], "tp(3) does not divide query heads(4)"),
+])
+def test_generate_refuses_bad_options_before_anything_starts(args, numbers, tmp_path):
+    result = runner.invoke(build(["generate"]), ["generate", "tiny", "--device", "cpu",
+                                                 "--run-dir", str(tmp_path), *args])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and numbers in lines[0]
+    assert not (tmp_path / "generate.toml").exists()
