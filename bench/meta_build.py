@@ -1,13 +1,15 @@
 """Meta-device build: each rank's host memory is its own shard, as the planner predicts.
 
-Launches a large `tiny`-shaped model (default about 0.4 B parameters; `--big` the ~1 B shape
-h=4096 L=3 f=16384 a=32 g=8 V=32000) with ZeRO-3 over 8 CPU processes for 2 steps and prints,
-per rank, the peak RSS above the rank's baseline after its imports, once the model is built
-and at the end of the run, next to the planner's per-rank figures (runtime recipe), and the
-run's ratio (goal: within 15%). Before the meta build
-every rank initialised the whole fp32 model first. Needs about 12 GiB of host memory
-(the `--big` shape about 26 GiB: more than a 24 GiB machine).
-Usage: python bench/meta_build.py [--big]
+Launches a large `tiny`-shaped model with ZeRO-3 over 8 CPU processes for 2 steps and
+prints, per rank, the peak RSS above the rank's baseline after its imports, once the model is
+built and at the end of the run, next to the planner's per-rank peak (runtime recipe), and
+the worst ratio (goal: within 15%). Shapes: ``0.4b`` (default; h=2048 L=4 f=8192, fp32, AdamW:
+about 18 GiB of host memory for the 8 ranks), ``0.9b`` (h=2048 L=16 f=5632, bf16 compute
+from fp32 masters, SGD with momentum: its 3.3 GiB fp32 model no rank ever holds; about 21 GiB),
+``1b`` (h=4096 L=3 f=16384: its 243 M-parameter layers gathered whole on each rank need
+about 47 GiB in fp32, which launch's host-memory check refuses on a 24 GiB machine).
+Before the meta build every rank initialised the whole fp32 model first.
+Usage: python bench/meta_build.py [--shape 0.4b|0.9b|1b]
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHAPES = {
-    "default": ("h=2048", "L=4", "f=8192", "a=16", "g=8", "V=32000"),
-    "big": ("h=4096", "L=3", "f=16384", "a=32", "g=8", "V=32000"),
+SHAPES = {  # model fields, then launch options
+    "0.4b": (("h=2048", "L=4", "f=8192", "a=16", "g=8", "V=32000"), ("--dtype", "fp32")),
+    "0.9b": (("h=2048", "L=16", "f=5632", "a=16", "g=8", "d=128", "V=32000"),
+             ("--dtype", "bf16", "--optimizer", "sgd_momentum")),
+    "1b": (("h=4096", "L=3", "f=16384", "a=32", "g=8", "V=32000"), ("--dtype", "fp32")),
 }
 
 
@@ -31,11 +35,11 @@ def states(rank: dict) -> int:
 
 
 def main() -> int:
-    shape = SHAPES["big" if "--big" in sys.argv else "default"]
+    name = sys.argv[sys.argv.index("--shape") + 1] if "--shape" in sys.argv else "0.4b"
+    shape, options = SHAPES[name]
     sets = [arg for s in shape for arg in ("--set", s)]
     cmd = [sys.executable, "-m", "tui.cli", "launch", "tiny", *sets, "--dp", "8", "--zero", "3",
-           "--seq", "16", "--gbs", "8", "--steps", "2", "--dtype", "fp32", "--device", "cpu",
-           "--json"]
+           "--seq", "16", "--gbs", "8", "--steps", "2", *options, "--device", "cpu", "--json"]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     events = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     done = next((e for e in events if e["event"] == "done"), None)
@@ -43,7 +47,7 @@ def main() -> int:
         print(f"run failed ({run.returncode}): {run.stderr.strip().splitlines()[-1:]}")
         return 1
     worst = 0.0
-    print(f"{' '.join(shape)}: dp 8, ZeRO-3, fp32")
+    print(f"{' '.join(shape)}: dp 8, ZeRO-3, {' '.join(options)}")
     for r in done["ranks"]:
         measured, predicted = r["measured_host_peak_bytes"], r["predicted_total_bytes"]
         ratio = measured / predicted

@@ -57,8 +57,9 @@ from planner.hardware import Hardware
 
 from planner.setup import Parallel, TrainSetup
 from planner.flops import FlopConventions, flops_report
-from planner.memory import (RECIPE_BYTES, Estimator, layer_activation_bytes,
-                            layer_activation_terms)
+from planner.activations import layer_activation_bytes, layer_activation_terms
+from planner.memory import Estimator
+from planner.states import RECIPE_BYTES
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -119,8 +119,9 @@ def explain_train_flops(cfg: ModelConfig, *, setup: TrainSetup, causal: bool = T
 
 def explain_model_states(cfg: ModelConfig, *, setup: TrainSetup, par: Parallel,
                          **_: Any) -> Explanation:
-    from planner.memory import (OPTIMIZER_STATE_BYTES, RECIPE_BYTES, STEP_COUNTER_BYTES,
-                                memory_report, runtime_counts, sharded_states)
+    from planner.memory import memory_report
+    from planner.states import (OPTIMIZER_STATE_BYTES, RECIPE_BYTES, STEP_COUNTER_BYTES,
+                                runtime_counts, sharded_states)
     from planner.tensors import stage_tensors
 
     if setup.optimizer == "adafactor":

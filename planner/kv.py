@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner.config import ConfigError, ModelConfig
-from planner.memory import ceil_div, kv_heads_per_rank
+from planner.activations import ceil_div, kv_heads_per_rank
 
 KV_BITS = {"fp32": 32, "bf16": 16, "fp16": 16, "fp8": 8, "int8": 8, "int4": 4}
 

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 from collections import Counter
 
+from planner.activations import ceil_div
 from planner.config import ModelConfig
 
 from planner.setup import Parallel
 
 Shape = tuple[int, ...]
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _norm(cfg: ModelConfig) -> list[Shape]:
@@ -81,7 +78,7 @@ def stage_tensors(cfg: ModelConfig, par: Parallel, stage: int, *,
     for moe, n in kinds.items():
         for shape in layer_tensors(cfg, t, moe=moe, runtime=runtime):
             out[shape] += n
-    vocab = (_ceil_div(cfg.vocab_size, t), cfg.hidden_size)
+    vocab = (ceil_div(cfg.vocab_size, t), cfg.hidden_size)
     if stage == 0:
         out[vocab] += 1
         if cfg.position == "learned":
@@ -119,9 +116,9 @@ def adafactor_elements(shape: Shape) -> int:
 def dim0_shard(shape: Shape, dp: int) -> int:
     """Elements of the largest dim-0 shard of a tensor split over dp ranks (FSDP2's
     ``Shard(0)``: ``ceil(rows/dp)`` rows on the first ranks)."""
-    return _ceil_div(shape[0], dp) * numel(shape[1:]) if shape else 1
+    return ceil_div(shape[0], dp) * numel(shape[1:]) if shape else 1
 
 
 def flat_shard(shape: Shape, dp: int) -> int:
     """Elements of the largest flat 1/dp slice of a tensor (llmplan's ZeRO-1)."""
-    return min(numel(shape), _ceil_div(numel(shape), dp))
+    return min(numel(shape), ceil_div(numel(shape), dp))

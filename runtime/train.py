@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import replace
 import os
-import resource
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from planner.config import ConfigError, LlmplanError
+from planner.config import ConfigError
 
 from planner.setup import TrainSetup
 from planner.planfile import plan_objects, read_plan
@@ -44,15 +43,6 @@ def lr_lambda(warmup: int, total: int, min_ratio: float):
     return f
 
 
-def steady_step_time_s(step_times: list[float | None]) -> float | None:
-    """Median of the steady-state steps: the first two (allocator growth, lazy init, gloo
-    connection set-up) are dropped when at least three others remain; ``None`` marks a step
-    that ran the memory meter."""
-    warm = step_times[2:] if sum(t is not None for t in step_times[2:]) >= 3 else step_times[1:]
-    timed = sorted(t for t in (warm or step_times) if t is not None)
-    return timed[len(timed) // 2] if timed else None
-
-
 def make_optimizer(name: str, groups: list[dict], *, lr: float, weight_decay: float):
     """The plan's optimizer from ``torch.optim``: AdamW (betas 0.9/0.95 as GPT-3 / Llama),
     Adafactor (Shazeer & Stern 2018; factored second moment, no first moment), SGD with
@@ -68,34 +58,6 @@ def make_optimizer(name: str, groups: list[dict], *, lr: float, weight_decay: fl
         return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay,
                                foreach=True)
     raise ConfigError(f"optimizer({name!r}) is not run by llmplan's runtime")
-
-
-def predictions(cfg, setup, par, hardware: str, rounds: int = 1) -> dict[str, Any]:
-    """What the planner says this run will use, with the ``runtime`` recipe; ``setup`` holds
-    one pipeline flush, run ``rounds`` times per step."""
-    from planner.cost import Cluster, CostEstimator
-    from planner.memory import memory_report
-    from presets import load_hardware
-
-    rsetup = replace(setup, recipe="runtime")
-    report = memory_report(cfg, rsetup, par)
-    out: dict[str, Any] = {"stages": [s.to_dict() for s in report.stages]}
-    try:
-        from presets import load_accuracy, load_cost_model
-
-        hw = load_hardware(hardware)
-        cost = CostEstimator(cfg, rsetup, Cluster(hardware=hw, gpus=par.world),
-                             load_cost_model(hardware))
-        out["step_time_s"] = cost.layout_step_time(par).total_s * rounds
-        accuracy = load_accuracy(hardware)
-        out["step_time_band_s"] = accuracy.time(out["step_time_s"]).to_dict()
-        out["step_time_band_source"] = accuracy.source
-        tokens = setup.seq_len * setup.micro_batch * setup.grad_accum * par.dp * rounds
-        out["tokens_per_s"] = tokens / out["step_time_s"]
-        out["peak_flops"] = hw.peak_flops(setup.dtype)
-    except LlmplanError:
-        pass
-    return out
 
 
 class Trainer:
@@ -272,13 +234,8 @@ def init_distributed(device_name: str):
     return device
 
 
-def run(plan_path: str) -> int:
-    import torch
-    import torch.distributed as dist
-
-    from runtime import checkpoint
-    from runtime.data import make_data
-    from runtime.parallel import build_mesh
+def load_run(plan_path: str):
+    """The run's plan, checked against the layout contract and the world it runs in."""
     from runtime.support import check_runtime_layout
 
     plan = read_plan(Path(plan_path))
@@ -289,57 +246,47 @@ def run(plan_path: str) -> int:
     if world != par.world:
         raise ConfigError(f"{world} processes for a layout of tp({par.tp}) x pp({par.pp}) x "
                           f"dp({par.dp}) = {par.world}")
-    cuda = opts["device"] == "cuda"
-    device = init_distributed(opts["device"])
-    rank = dist.get_rank()
-    say = events.emit if rank == 0 else (lambda ev: None)
-    import accelerate.utils  # noqa: F401  (imported before the baseline, like torch)
-    rss_baseline = peak_rss_bytes()
+    return plan, cfg, setup, par, opts
 
-    from accelerate.utils import set_seed  # the ecosystem's one call for python/numpy/torch seeds
 
-    set_seed(int(opts["seed"]))
-    trainer = Trainer(cfg, setup, par, opts, mesh=build_mesh(par, device.type), device=device)
-    build_peak = peak_rss_bytes() - rss_baseline  # the meta-device build: this rank's shard
-    steps = int(opts["steps"])
-    m, mbs, s = setup.grad_accum, setup.micro_batch, setup.seq_len
-    rounds, global_batch = trainer.rounds, trainer.global_batch
+def resume(trainer: Trainer, opts: dict[str, Any]) -> int:
+    """Load the latest checkpoint when resuming (into this layout, whatever layout wrote
+    it) and move the LR schedules to its step; the step to continue from."""
+    from runtime import checkpoint
 
-    start_step = 0
+    if not opts["resume"]:
+        return 0
     ckpt_dir = opts["ckpt_dir"]
-    if opts["resume"]:
-        latest = checkpoint.latest_step(ckpt_dir) if ckpt_dir else None
-        if latest is None:
-            raise ConfigError(f"--resume: no checkpoint in {ckpt_dir or '(no --ckpt-dir)'}")
-        checkpoint.load(ckpt_dir, latest, trainer.parts, trainer.optimizers)
-        start_step = latest
-        for sch in trainer.schedulers:
-            for _ in range(start_step):
-                sch.step()
+    latest = checkpoint.latest_step(ckpt_dir) if ckpt_dir else None
+    if latest is None:
+        raise ConfigError(f"--resume: no checkpoint in {ckpt_dir or '(no --ckpt-dir)'}")
+    checkpoint.load(ckpt_dir, latest, trainer.parts, trainer.optimizers)
+    for sch in trainer.schedulers:
+        for _ in range(latest):
+            sch.step()
+    return latest
 
-    hardware = plan.get("cluster", {}).get("hardware", "cpu")
-    # The planner's m is the micro-batches of one pipeline flush: those of one schedule call.
-    flush = replace(setup, grad_accum=m // rounds)
-    predicted = predictions(cfg, flush, par, hardware, rounds)
-    data = make_data(opts["data"] or None, cfg.vocab_size, s, int(opts["seed"]))
-    say(events.Start(
-        model=cfg.name, layout={f: getattr(par, f) for f in par.__slots__}, world=par.world,
-        device=device.type, steps=steps, start_step=start_step, global_batch=global_batch,
-        seq_len=s, micro_batch=mbs, grad_accum=m, recompute=setup.recompute, dtype=setup.dtype,
-        optimizer=setup.optimizer, recipe=setup.recipe, attention=setup.attention,
-        predicted_stages=predicted["stages"], predicted_step_time_s=predicted.get("step_time_s"),
-        predicted_tokens_per_s=predicted.get("tokens_per_s")))
 
-    fail_step = int(os.environ.get("LLMPLAN_FAIL_AT_STEP", "0"))  # fault injection (tests);
-    # -1: after the run's `done`
+def train_steps(trainer: Trainer, data, *, start_step: int, predicted: dict[str, Any], say,
+                rank: int) -> tuple[dict[str, int], list[float | None]]:
+    """The step loop: each step's event, checkpoints, the memory meter on one step; the
+    measured bytes and each step's time (None for the metered one)."""
+    import torch
+
+    from planner.flops import flops_report
+    from runtime import checkpoint
+    from runtime.report import peak_rss_bytes
+
+    opts, par, setup = trainer.opts, trainer.par, trainer.setup
+    cuda = trainer.device.type == "cuda"
+    steps, ckpt_dir, every = int(opts["steps"]), opts["ckpt_dir"], int(opts["ckpt_every"])
+    fail_step = int(os.environ.get("LLMPLAN_FAIL_AT_STEP", "0"))  # fault injection (tests)
     fail_rank = int(os.environ.get("LLMPLAN_FAIL_RANK", "1"))
+    model_flops = flops_report(trainer.cfg, setup.seq_len).train_flops_per_token
     measured: dict[str, int] = {}
     step_times: list[float | None] = []
-    from planner.flops import flops_report
-    model_flops = flops_report(cfg, s).train_flops_per_token
-
     for step in range(start_step + 1, steps + 1):
-        batch = data.global_batch(step, global_batch)
+        batch = data.global_batch(step, trainer.global_batch)
         measure = step == start_step + int(opts["measure_step"])
         if cuda:
             torch.cuda.synchronize()
@@ -351,9 +298,8 @@ def run(plan_path: str) -> int:
         dt = time.perf_counter() - t0
         measured.update(out["measured"])
         step_times.append(None if measure else dt)  # the metered step runs hooks: untimed
-        tokens_per_s = global_batch * s / dt
-        peak_mem = (torch.cuda.max_memory_allocated() if cuda
-                    else peak_rss_bytes())
+        tokens_per_s = trainer.global_batch * setup.seq_len / dt
+        peak_mem = torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()
         mfu = None
         if predicted.get("peak_flops"):
             mfu = model_flops * tokens_per_s / (par.world * predicted["peak_flops"])
@@ -363,74 +309,58 @@ def run(plan_path: str) -> int:
         if rank == fail_rank and step == fail_step:
             sys.stderr.write(f"llmplan: fault injection: rank {rank} exits at step {step}\n")
             os._exit(17)
-        every = int(opts["ckpt_every"])
         if ckpt_dir and ((every and step % every == 0) or step == steps):
             path = checkpoint.save(ckpt_dir, step, trainer.parts, trainer.optimizers)
             say(events.Checkpoint(step=step, path=path))
+    return measured, step_times
 
-    report(trainer, {**measured, "host_build_peak_bytes": build_peak}, predicted, step_times, say,
-           cuda=cuda, rss_baseline=rss_baseline)
+
+def run(plan_path: str) -> int:
+    """One training run on this rank: load and check the plan, build the layout from the
+    meta device, resume, say what the planner predicts, train, report measured next to
+    predicted."""
+    import torch.distributed as dist
+
+    from runtime.data import make_data
+    from runtime.parallel import build_mesh
+    from runtime.report import peak_rss_bytes, predictions, report
+
+    plan, cfg, setup, par, opts = load_run(plan_path)
+    device = init_distributed(opts["device"])
+    rank = dist.get_rank()
+    say = events.emit if rank == 0 else (lambda ev: None)
+    import accelerate.utils  # noqa: F401  (imported before the baseline, like torch)
+    rss_baseline = peak_rss_bytes()
+
+    from accelerate.utils import set_seed  # the ecosystem's one call for python/numpy/torch seeds
+
+    set_seed(int(opts["seed"]))
+    trainer = Trainer(cfg, setup, par, opts, mesh=build_mesh(par, device.type), device=device)
+    build_peak = peak_rss_bytes() - rss_baseline  # the meta-device build: this rank's shard
+    start_step = resume(trainer, opts)
+    # The planner's m is the micro-batches of one pipeline flush: those of one schedule call.
+    flush = replace(setup, grad_accum=setup.grad_accum // trainer.rounds)
+    predicted = predictions(cfg, flush, par, plan.get("cluster", {}).get("hardware", "cpu"),
+                            trainer.rounds)
+    data = make_data(opts["data"] or None, cfg.vocab_size, setup.seq_len, int(opts["seed"]))
+    say(events.Start(
+        model=cfg.name, layout={f: getattr(par, f) for f in par.__slots__}, world=par.world,
+        device=device.type, steps=int(opts["steps"]), start_step=start_step,
+        global_batch=trainer.global_batch, seq_len=setup.seq_len, micro_batch=setup.micro_batch,
+        grad_accum=setup.grad_accum, recompute=setup.recompute, dtype=setup.dtype,
+        optimizer=setup.optimizer, recipe=setup.recipe, attention=setup.attention,
+        predicted_stages=predicted["stages"], predicted_step_time_s=predicted.get("step_time_s"),
+        predicted_tokens_per_s=predicted.get("tokens_per_s")))
+    measured, step_times = train_steps(trainer, data, start_step=start_step,
+                                       predicted=predicted, say=say, rank=rank)
+    report(trainer, {**measured, "host_build_peak_bytes": build_peak}, predicted, step_times,
+           say, cuda=device.type == "cuda", rss_baseline=rss_baseline)
     dist.barrier()
-    if rank == fail_rank and fail_step < 0:  # fault injection: a rank dies in teardown
+    if rank == int(os.environ.get("LLMPLAN_FAIL_RANK", "1")) and \
+            int(os.environ.get("LLMPLAN_FAIL_AT_STEP", "0")) < 0:  # a rank dies in teardown
         os._exit(17)
     dist.destroy_process_group()
     return 0
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def report(trainer: Trainer, measured: dict[str, int], predicted: dict[str, Any],
-           step_times: list[float | None], say, *, cuda: bool, rss_baseline: int = 0) -> None:
-    """Measured next to predicted, per rank; the most loaded rank at the top level of ``done``."""
-    import torch
-    import torch.distributed as dist
-
-    rank = dist.get_rank()
-    mine = {"rank": rank, "stage": trainer.built.mesh["pp"].get_local_rank(), **measured}
-    if cuda:
-        mine["max_memory_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
-    else:  # on CPU the whole build and run is host memory above what imports took
-        mine["host_peak_bytes"] = max(0, peak_rss_bytes() - rss_baseline)
-    gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, mine)
-    if rank != 0:
-        return
-    from planner.memory import CATEGORIES as names
-
-    done: dict[str, Any] = {"steps": int(trainer.opts["steps"]), "ranks": []}
-    best = None
-    for r in gathered:
-        pred = predicted["stages"][r["stage"]]
-        entry = {"rank": r["rank"], "stage": r["stage"]}
-        for cat, key in names.items():
-            entry[f"predicted_{cat}_bytes"] = pred[key]
-            entry[f"measured_{cat}_bytes"] = r.get(f"{cat}_bytes")
-        # What saved-tensor hooks can see: the working set of a layer being recomputed
-        # lives inside torch.utils.checkpoint, so it is compared on CUDA (allocator peak).
-        entry["predicted_activations_bytes"] -= pred["activations_recompute_bytes"]
-        entry["predicted_total_bytes"] = pred["total_bytes"]
-        if "max_memory_allocated_bytes" in r:
-            entry["measured_max_allocated_bytes"] = r["max_memory_allocated_bytes"]
-        if "host_peak_bytes" in r:
-            entry["measured_host_peak_bytes"] = r["host_peak_bytes"]
-            entry["measured_host_build_peak_bytes"] = r["host_build_peak_bytes"]
-        done["ranks"].append(entry)
-        total = sum(entry[f"measured_{c}_bytes"] or 0 for c in names)
-        if best is None or total > best[0]:
-            best = (total, entry)
-    done.update({k: v for k, v in best[1].items() if k.startswith(("predicted_", "measured_"))})
-    median = steady_step_time_s(step_times)
-    tokens = trainer.global_batch * trainer.setup.seq_len
-    done["measured_step_time_s"] = median
-    done["predicted_step_time_s"] = predicted.get("step_time_s")
-    done["predicted_step_time_band_s"] = predicted.get("step_time_band_s")
-    done["predicted_step_time_band_source"] = predicted.get("step_time_band_source")
-    done["measured_tokens_per_s"] = tokens / median if median else None
-    done["predicted_tokens_per_s"] = predicted.get("tokens_per_s")
-    say(events.Done(**done))
 
 
 def main(argv: list[str] | None = None) -> int:

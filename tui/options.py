@@ -42,19 +42,21 @@ def model(spec: str, sets: list[str] | None):
     return load_model(spec, parse_overrides(sets))
 
 
-def training(*, seq: int, mbs: int, gbs: int, dtype: str, recipe: str, optimizer: str,
-             zero: int, dp: int, tp: int, pp: int, vpp: int, sp: bool, recompute: str,
-             attention: str, schedule: str, dropout: bool):
-    """(TrainSetup, Parallel) of the shared training flags; the batch split by the layout
-    contract's one rule (``planner.layout.micro_batches``)."""
+def training(values: dict):
+    """(TrainSetup, Parallel) of the shared training flags in a command's option values
+    (``locals()``: seq, mbs, gbs, dtype, recipe, optimizer, zero, dp, tp, pp, vpp, sp,
+    recompute, attention, schedule, dropout); the batch split by the layout contract's one
+    rule (``planner.layout.micro_batches``)."""
     from planner import layout
     from planner.setup import Parallel, TrainSetup
 
-    par = Parallel(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp, schedule=schedule)
-    m = layout.micro_batches(global_batch=gbs or mbs * dp, dp=dp, mbs=mbs)
-    setup = TrainSetup(seq_len=seq, micro_batch=mbs, grad_accum=m, dtype=dtype,
-                       recipe=recipe, optimizer=optimizer, recompute=recompute,
-                       attention=attention, dropout=dropout)
+    v = values
+    par = Parallel(tp=v["tp"], pp=v["pp"], vpp=v["vpp"], dp=v["dp"], zero=v["zero"], sp=v["sp"],
+                   schedule=v["schedule"])
+    m = layout.micro_batches(global_batch=v["gbs"] or v["mbs"] * v["dp"], dp=v["dp"], mbs=v["mbs"])
+    setup = TrainSetup(seq_len=v["seq"], micro_batch=v["mbs"], grad_accum=m, dtype=v["dtype"],
+                       recipe=v["recipe"], optimizer=v["optimizer"], recompute=v["recompute"],
+                       attention=v["attention"], dropout=v["dropout"])
     return setup, par
 
 

@@ -63,7 +63,7 @@ def test_measure_keeps_each_cases_median_round(monkeypatch):
 
 
 def test_steady_step_time_drops_warm_up_and_the_metered_step():
-    from runtime.train import steady_step_time_s
+    from runtime.report import steady_step_time_s
 
     assert steady_step_time_s([9.0, 5.0, None, 1.0, 2.0, 3.0]) == 2.0
     assert steady_step_time_s([9.0, 5.0, 1.0]) == 5.0   # too few steps: only the first is dropped

@@ -5,8 +5,9 @@ import pytest
 from planner.config import ModelConfig
 
 from planner.setup import Parallel, TrainSetup
-from planner.memory import (in_flight_layers, layer_activation_bytes, layer_activation_terms,
-                            memory_report, model_state_bytes)
+from planner.activations import in_flight_layers, layer_activation_bytes, layer_activation_terms
+from planner.memory import memory_report
+from planner.states import model_state_bytes
 from presets import load_model
 
 

@@ -90,14 +90,12 @@ def memory_cmd(
     set_: SetOpt = None, json_mode: JsonOpt = False,
 ) -> None:
     """Per-GPU training memory: weights, gradients, optimizer, activations, per pipeline stage."""
+    flags = dict(locals())
     from planner.accuracy import fmt_band
     from planner.memory import memory_report
 
     cfg = load(model, set_)
-    setup, par = options.training(
-        seq=seq, mbs=mbs, gbs=gbs, dtype=dtype, recipe=recipe, optimizer=optimizer, zero=zero,
-        dp=dp, tp=tp, pp=pp, vpp=vpp, sp=sp, recompute=recompute, attention=attention,
-        schedule=schedule, dropout=dropout)
+    setup, par = options.training(flags)
     rep = memory_report(cfg, setup, par)
     accuracy = options.accuracy(hardware)
     band = accuracy.memory(rep.per_gpu.total_bytes)
@@ -239,13 +237,11 @@ def explain_cmd(
     set_: SetOpt = None, json_mode: JsonOpt = False,
 ) -> None:
     """Show the formula behind a number, the values substituted, and the result."""
+    flags = dict(locals())
     from planner.explain import explain
 
     cfg = load(model, set_)
-    setup, par = options.training(
-        seq=seq, mbs=mbs, gbs=gbs, dtype=dtype, recipe=recipe, optimizer=optimizer, zero=zero,
-        dp=dp, tp=tp, pp=pp, vpp=vpp, sp=sp, recompute=recompute, attention=attention,
-        schedule=schedule, dropout=dropout)
+    setup, par = options.training(flags)
     exp = explain(quantity, cfg, setup=setup, par=par, causal=causal, kv_dtype=kv_dtype,
                   compute_flops=compute, fit=fit)
 
