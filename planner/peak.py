@@ -18,7 +18,8 @@ each the sum of what is alive in it:
 * ``backward_end`` (first stage): every gradient exists; the embedding's backward adds its
   own dense ``V h / t`` gradient, and with a tied head the two halves and their sum.
 * ``optimizer_step``: W + gradients + O + the optimizer's temporaries (``torch.optim``'s
-  foreach AdamW and SGD hold one fp32 tensor the size of the states they step).
+  foreach AdamW holds one fp32 tensor the size of what it steps; single-tensor SGD and
+  Adafactor one the size of their largest tensor).
 
 Gradients are carried into ``backward_start`` when the rank runs more micro-batches than it
 holds in flight (accumulation, or 1F1B's steady state), and always for recipes other than

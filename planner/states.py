@@ -111,13 +111,13 @@ def runtime_counts(tensors, *, zero: int, dp: int) -> TensorCounts:
 def runtime_states(tensors, *, optimizer: str, zero: int, dp: int) -> States:
     """What llmplan's runtime allocates for these tensors (``planner.tensors``): fp32 weights
     and gradients as :func:`runtime_counts` stores them; ``torch.optim`` states with a step
-    counter per tensor; foreach AdamW and SGD hold one fp32 temporary the size of what they
-    step, single-tensor Adafactor one the size of its largest tensor."""
+    counter per tensor; foreach AdamW holds one fp32 temporary the size of what it steps,
+    single-tensor SGD and Adafactor one the size of their largest tensor."""
     n = runtime_counts(tensors, zero=zero, dp=dp)
     if optimizer == "adamw":
         opt, temp = 8 * n.stepped + STEP_COUNTER_BYTES * n.tensors, 4 * n.stepped
-    elif optimizer == "sgd_momentum":
-        opt, temp = 4 * n.stepped, 4 * n.stepped
+    elif optimizer == "sgd_momentum":  # one tensor at a time: its weight-decayed gradient
+        opt, temp = 4 * n.stepped, 4 * n.largest
     elif optimizer == "adafactor":
         opt, temp = 4 * n.adafactor + STEP_COUNTER_BYTES * n.tensors, 4 * n.largest
     else:
