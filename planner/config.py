@@ -60,6 +60,8 @@ class ModelConfig:
     ``num_kv_heads`` and ``head_dim`` default to ``num_heads`` and ``hidden_size // num_heads``
     when left as 0. ``parallel_norms`` is the number of norms in a parallel block (1 for GPT-J,
     Falcon-7B, PaLM; 2 for GPT-NeoX and Falcon-40B); sequential blocks always have two.
+    ``embedding_multiplier`` scales the token embeddings (Gemma: sqrt(hidden), Gemma Team
+    2024 §2; a multiply that adds no parameter).
     """
 
     name: str = "custom"
@@ -81,6 +83,7 @@ class ModelConfig:
     parallel_norms: int = 1
     final_norm: bool = True
     embedding_norm: bool = False
+    embedding_multiplier: float = 1.0
     position: str = "rope"
     position_offset: int = 0
     rope_theta: float = 10_000.0
@@ -148,6 +151,7 @@ class ModelConfig:
             ("norm_eps", self.norm_eps),
             ("rope_theta", self.rope_theta),
             ("rope_scaling_factor", self.rope_scaling_factor),
+            ("embedding_multiplier", self.embedding_multiplier),
         ):
             if not value > 0:
                 raise ConfigError(f"{label}({value}) must be positive")

@@ -95,10 +95,16 @@ def _load_model_file(kind: str, path: Path, name: str, version: tuple[int, int])
 
 
 def load_model(spec: str, overrides: Mapping[str, str] | None = None) -> ModelConfig:
-    """Resolve a MODEL argument (preset name, .toml file, HF config.json) and apply overrides.
+    """Resolve a MODEL argument (preset name, .toml file, HF config.json or model folder) and
+    apply overrides.
     Files are cached by path and version, so an edited file is never read stale."""
     if spec.endswith(".json"):
         kind, path, name = "json", Path(spec), ""
+    elif Path(spec).is_dir():  # a Hugging Face model folder
+        path = Path(spec) / "config.json"
+        if not path.exists():
+            raise PresetError(f"{spec}: a model folder needs a config.json")
+        kind, name = "json", Path(spec).resolve().name
     elif spec.endswith(".toml"):
         kind, path, name = "toml", Path(spec), Path(spec).stem
     else:

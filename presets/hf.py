@@ -153,6 +153,8 @@ def _llama_like(f: _Fields, family: str) -> dict[str, Any]:
         window = None
     if window:
         out["sliding_window"] = f.int("sliding_window")
+    if family == "gemma":  # GemmaModel.forward: inputs_embeds * hidden_size ** 0.5
+        out["embedding_multiplier"] = h ** 0.5
     if family == "mixtral":
         out["num_experts"] = f.int("num_local_experts")
         out["experts_per_token"] = f.int("num_experts_per_tok")

@@ -26,12 +26,12 @@ from planner.planfile import read_plan
 from presets import default_hardware
 from runtime import events
 from runtime.runspec import check_generation
-from runtime.tokenizer import decode, encode
+from runtime.tokenizer import load_tokenizer
 
 GEN_DEFAULTS: dict[str, Any] = {
     "prompts": ["Hello"], "max_new_tokens": 32, "temperature": 0.0, "top_k": 0, "top_p": 1.0,
     "seed": 0, "device": "cpu", "dtype": "fp32", "checkpoint": "", "eos_token": -1,
-    "weights_seed": 0,
+    "weights_seed": 0, "weights": "", "tokenizer": "",
 }
 
 
@@ -114,6 +114,28 @@ def apply_tp_inference(model, tp_mesh) -> None:
     apply_tp(model, tp_mesh, sp=False, sharded_logits=False)
 
 
+def build_model(cfg: ModelConfig, *, tp: int, device: torch.device, opts: dict[str, Any]):
+    """The model on the meta device, split over tp ranks, then each rank's shard materialised:
+    read from a Hugging Face folder's ``weights`` or initialised as training does."""
+    from runtime.hf_weights import load_weights as load_hf
+    from runtime.init import init_weights
+    from runtime.model import Decoder
+
+    with torch.device("meta"):
+        model = Decoder(cfg)
+    if tp > 1:
+        from torch.distributed.device_mesh import init_device_mesh
+        apply_tp_inference(model, init_device_mesh(device.type, (tp,), mesh_dim_names=("tp",)))
+    model.to_empty(device=device)
+    model.tie_weights()
+    if opts["weights"]:
+        load_hf(model, str(opts["weights"]), cfg)
+    else:
+        init_weights(model, int(opts["weights_seed"]), tied=cfg.tie_embeddings)
+    model.reset_buffers()
+    return model
+
+
 def load_weights(model, ckpt_dir: str) -> int:
     """Model weights from a training checkpoint (any layout: DCP reshards on load)."""
     import torch.distributed.checkpoint as dcp
@@ -139,10 +161,12 @@ def load_weights(model, ckpt_dir: str) -> int:
 
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], *, max_new: int, caches: list[KVCache],
-             temperature: float, top_k: int, top_p: float, seed: int, eos: int,
+             temperature: float, top_k: int, top_p: float, seed: int, eos: list[int],
              on_tokens=None) -> dict[str, Any]:
-    """Prefill the right-padded batch, then decode one token per row per step."""
+    """Prefill the right-padded batch, then decode one token per row per step; a row stops
+    after any of the ``eos`` ids."""
     device = caches[0].k.device
+    stop = torch.tensor(eos, dtype=torch.long, device=device)
     b = len(prompts)
     lens = torch.tensor([len(p) for p in prompts], device=device)
     s = int(lens.max())
@@ -171,7 +195,7 @@ def generate(model, prompts: list[list[int]], *, max_new: int, caches: list[KVCa
                 out[i].append(int(nxt[i]))
         if on_tokens is not None:
             on_tokens(step, [int(t) for t in nxt])
-        finished |= nxt == eos
+        finished |= torch.isin(nxt, stop)
         if bool(finished.all()) or step == max_new - 1:
             break
         logits = _forward(model, nxt[:, None], pos[:, None], caches)
@@ -228,16 +252,16 @@ def run(plan_path: str) -> int:
     import torch.distributed as dist
 
     from planner.kv import kv_report
-    from runtime.init import init_weights
-    from runtime.model import Decoder
 
     plan = read_plan(Path(plan_path), required=("model",))
     cfg = ModelConfig.from_dict(plan["model"], where=f"{plan_path} [model]")
     opts = {**GEN_DEFAULTS, **plan.get("generate", {})}
     tp = int(os.environ.get("WORLD_SIZE", "1"))
     max_new = int(opts["max_new_tokens"])
-    check_generation(cfg, tp=tp, prompts=list(opts["prompts"]), max_new=max_new)
-    prompts = [encode(p) for p in opts["prompts"]]
+    tok = load_tokenizer(str(opts["tokenizer"]), model_vocab=cfg.vocab_size)
+    check_generation(cfg, tp=tp, prompts=list(opts["prompts"]), max_new=max_new, tokenizer=tok)
+    prompts = [tok.encode(p) for p in opts["prompts"]]
+    eos = [int(opts["eos_token"])] if int(opts["eos_token"]) >= 0 else list(tok.eos)
     cuda = opts["device"] == "cuda"
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
@@ -247,16 +271,9 @@ def run(plan_path: str) -> int:
     rank = dist.get_rank()
     say = events.emit if rank == 0 else (lambda ev: None)
     dtype = torch.bfloat16 if opts["dtype"] == "bf16" else torch.float32
-
-    model = Decoder(cfg)
-    init_weights(model, int(opts["weights_seed"]), tied=cfg.tie_embeddings)
-    step = None
-    if opts["checkpoint"]:
-        step = load_weights(model, opts["checkpoint"])
-    model.to(device=device, dtype=dtype).eval()
-    if tp > 1:
-        from torch.distributed.device_mesh import init_device_mesh
-        apply_tp_inference(model, init_device_mesh(device.type, (tp,), mesh_dim_names=("tp",)))
+    model = build_model(cfg, tp=tp, device=device, opts=opts)
+    step = load_weights(model, opts["checkpoint"]) if opts["checkpoint"] else None
+    model.to(dtype=dtype).eval()
 
     total = max(len(p) for p in prompts) + max_new
     # a ring buffer needs a slot per token a query can see: the window, else every token
@@ -278,13 +295,13 @@ def run(plan_path: str) -> int:
         torch.cuda.reset_peak_memory_stats()
 
     def on_tokens(i: int, toks: list[int]) -> None:
-        say(events.Token(index=i, tokens=toks, text=[decode([t]) for t in toks]))
+        say(events.Token(index=i, tokens=toks, text=[tok.decode([t]) for t in toks]))
 
     result = generate(model, prompts, max_new=max_new, caches=caches,
                       temperature=float(opts["temperature"]), top_k=int(opts["top_k"]),
                       top_p=float(opts["top_p"]), seed=int(opts["seed"]),
-                      eos=int(opts["eos_token"]), on_tokens=on_tokens)
-    texts = [decode(p) + decode(t) for p, t in zip(prompts, result["tokens"])]
+                      eos=eos, on_tokens=on_tokens)
+    texts = [tok.decode(p + t) for p, t in zip(prompts, result["tokens"])]
     peak = torch.cuda.max_memory_allocated() if cuda else None
     if peak is None:
         import resource

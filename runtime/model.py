@@ -343,6 +343,8 @@ class Decoder(nn.Module):
             positions = torch.arange(x.shape[1], device=x.device)[None]
         if self.tok_embeddings is not None:
             x = self.tok_embeddings(x)
+            if self.cfg.embedding_multiplier != 1.0:
+                x = x * self.cfg.embedding_multiplier
             if self.pos_embeddings is not None:
                 x = x + self.pos_embeddings(positions + self.cfg.position_offset)
             if self.pos_table is not None:

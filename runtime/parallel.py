@@ -118,10 +118,12 @@ def tied_embedding_group(mesh, par: Parallel):
 
 
 def build(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *, device: torch.device,
-          seed: int, mesh=None) -> Built:
+          seed: int, mesh=None, weights: str = "") -> Built:
     """The model parts this rank runs, parallelised, built on the meta device and then
     materialised shard by shard: no rank ever allocates the whole model, and the weights are
-    the same in every layout (``runtime.init``)."""
+    the same in every layout (``runtime.init``, or a Hugging Face folder's ``weights`` read
+    slice by slice, ``runtime.hf_weights``)."""
+    from runtime.hf_weights import load_weights
     from runtime.init import init_weights
     from runtime.tensor_parallel import apply_tp, replicated_kv_params, shard_embedding_grad
 
@@ -143,7 +145,10 @@ def build(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *, device: torch.d
         part.tie_weights()  # to_empty gives each module its own tensor
         if par.tp > 1 and not fsdp:  # FSDP reduce-scatters the gradient to its shard itself
             shard_embedding_grad(part)
-        init_weights(part, seed, tied=cfg.tie_embeddings)
+        if weights:
+            load_weights(part, weights, cfg)
+        else:
+            init_weights(part, seed, tied=cfg.tie_embeddings)
         part.reset_buffers()
     tied = tied_embedding_group(mesh, par) if cfg.tie_embeddings and par.pp > 1 else None
     summed = [p for part in parts for p in replicated_kv_params(part, par.tp)]

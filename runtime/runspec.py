@@ -232,6 +232,7 @@ def resolve(req: TrainRequest) -> Resolved:
     if toml.get("kind") == "inference":
         return _inference_plan(target, toml, req.device)
     from_plan = "layout" in toml
+    weights = ""
     if from_plan:
         base = read_plan(target)
         cfg, base_setup, base_par = plan_objects(base, where=req.target)
@@ -241,6 +242,7 @@ def resolve(req: TrainRequest) -> Resolved:
     else:
         base = {}
         cfg = load_model(req.target, parse_overrides(list(req.sets)))
+        weights = hf_weights(req.target, cfg)
         base_setup = TrainSetup(seq_len=min(256, cfg.max_context), dtype="fp32", recipe="runtime")
         base_par, hardware = Parallel(), ""
     asked = {"tp": req.tp, "pp": req.pp, "vpp": req.vpp, "dp": req.dp, "zero": req.zero,
@@ -282,7 +284,8 @@ def resolve(req: TrainRequest) -> Resolved:
             plan["cluster"][f"planned_{key}"] = base["cluster"][key]
     plan["run"] = {"steps": req.steps, "lr": req.lr, "seed": req.seed, "data": req.data,
                    "ckpt_dir": req.ckpt_dir, "ckpt_every": req.ckpt_every,
-                   "resume": req.resume, "device": device, "pp_rounds": req.pp_rounds}
+                   "resume": req.resume, "device": device, "pp_rounds": req.pp_rounds,
+                   "weights": weights}
     folder = _run_folder(req.run_dir, req.ckpt_dir, "llmplan-run-")
     plan_path = folder / "run.toml"
     # each node's agent runs the same file; the Slurm script is the planner's, not the run's
@@ -291,6 +294,19 @@ def resolve(req: TrainRequest) -> Resolved:
     spec = LaunchSpec(plan_path=plan_path, nproc_per_node=per_node, device=device,
                       nnodes=req.nnodes, rdzv_endpoint=req.rdzv_endpoint)
     return Resolved(spec=spec, plan=plan, overrides=said, cfg=cfg, setup=setup, par=par)
+
+
+def hf_weights(target: str, cfg: ModelConfig) -> str:
+    """A Hugging Face folder's weights ("" for a preset, a file, or a folder without
+    safetensors), every tensor the model needs checked before any process starts."""
+    from runtime.hf_checkpoint import has_weights
+
+    if not has_weights(target):
+        return ""
+    from runtime.hf_weights import check_folder
+
+    check_folder(target, cfg)
+    return str(Path(target).resolve())
 
 
 def _inference_plan(path: Path, plan: dict[str, Any], device: str) -> Resolved:
@@ -310,11 +326,13 @@ def _inference_plan(path: Path, plan: dict[str, Any], device: str) -> Resolved:
 
 
 # ---- generation ---------------------------------------------------------------------------
-def check_generation(cfg: ModelConfig, *, tp: int, prompts: list[str], max_new: int) -> None:
+def check_generation(cfg: ModelConfig, *, tp: int, prompts: list[str], max_new: int,
+                     tokenizer=None) -> None:
     """The layout contract's model and tensor-parallel rules for llmplan's runtime, then the
-    prompt lengths (byte tokens) against the context."""
-    from runtime.tokenizer import encode
+    prompt lengths (in ``tokenizer``'s tokens, bytes by default) against the context."""
+    from runtime.tokenizer import ByteTokenizer
 
+    encode = (tokenizer or ByteTokenizer()).encode
     _positive_int("--max-new-tokens", max_new)
     refused = layout.refusals([*layout.model_problems(cfg), *layout.tp_problems(cfg, tp)],
                               "llmplan")
@@ -340,8 +358,12 @@ def resolve_generation(req: GenerateRequest) -> Resolved:
     if req.dtype not in RUNTIME_DTYPES:
         raise ConfigError(f"--dtype {req.dtype!r}: use {' or '.join(RUNTIME_DTYPES)}")
     folder = Path(req.target)
-    checkpoint = ""
-    if folder.is_dir():
+    checkpoint = weights = tokenizer_dir = ""
+    if (folder / "config.json").exists():  # a Hugging Face model folder
+        cfg = load_model(req.target, parse_overrides(list(req.sets)))
+        weights = hf_weights(req.target, cfg)
+        tokenizer_dir = str(folder.resolve())
+    elif folder.is_dir():
         run_plan = folder / "run.toml"
         if not run_plan.exists() or not (folder / "latest").exists():
             raise ConfigError(f"{folder}: not a checkpoint folder (needs run.toml and latest)")
@@ -352,7 +374,11 @@ def resolve_generation(req: GenerateRequest) -> Resolved:
     texts = list(req.prompts) or ["Hello"]
     if req.batch:
         texts = [texts[i % len(texts)] for i in range(req.batch)]
-    check_generation(cfg, tp=req.tp, prompts=texts, max_new=req.max_new_tokens)
+    from runtime.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_dir, model_vocab=cfg.vocab_size)
+    check_generation(cfg, tp=req.tp, prompts=texts, max_new=req.max_new_tokens,
+                     tokenizer=tokenizer)
     device = _device(req.device)
     if device == "cuda":
         _cuda_ranks(req.tp)
@@ -361,7 +387,8 @@ def resolve_generation(req: GenerateRequest) -> Resolved:
             "generate": {"prompts": texts, "max_new_tokens": req.max_new_tokens,
                          "temperature": req.temperature, "top_k": req.top_k,
                          "top_p": req.top_p, "seed": req.seed, "device": device,
-                         "dtype": req.dtype, "checkpoint": checkpoint, "eos_token": req.eos}}
+                         "dtype": req.dtype, "checkpoint": checkpoint, "eos_token": req.eos,
+                         "weights": weights, "tokenizer": tokenizer_dir}}
     path = _run_folder(req.run_dir, "", "llmplan-gen-") / "generate.toml"
     write_plan(path, plan)
     spec = LaunchSpec(plan_path=path, nproc_per_node=req.tp, device=device,

@@ -1,11 +1,18 @@
-"""The byte-level tokenizer (standard library only): token i is byte i, vocab 256.
+"""Tokenizers: the byte-level one (standard library only: token i is byte i, vocab 256) for
+models without their own, and a model folder's ``tokenizer.json`` through the ``tokenizers``
+library (special tokens added as the file's post-processor says, as ``transformers`` does by
+default).
 
-Training on a text file (``runtime.data.ByteData``) and generation share it, so a model
-trained on bytes generates text again; a model with a larger vocabulary simply never sees
-ids of 256 and above from it.
+A model trained on bytes generates text again; a model with a larger vocabulary simply never
+sees ids of 256 and above from the byte tokenizer.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from planner.config import ConfigError
 
 BYTE_VOCAB = 256
 
@@ -17,3 +24,63 @@ def encode(text: str) -> list[int]:
 def decode(tokens: list[int]) -> str:
     """Bytes back to text; ids outside the byte range are dropped, broken UTF-8 replaced."""
     return bytes(t for t in tokens if 0 <= t < BYTE_VOCAB).decode("utf-8", errors="replace")
+
+
+class ByteTokenizer:
+    vocab_size = BYTE_VOCAB
+    eos: list[int] = []
+
+    def encode(self, text: str) -> list[int]:
+        return encode(text)
+
+    def decode(self, tokens: list[int]) -> str:
+        return decode(tokens)
+
+
+class FolderTokenizer:
+    """A model folder's ``tokenizer.json``; end-of-sequence ids from its
+    ``generation_config.json`` or ``config.json`` (``eos_token_id``, an id or a list)."""
+
+    def __init__(self, folder: Path) -> None:
+        from tokenizers import Tokenizer
+
+        path = folder / "tokenizer.json"
+        try:
+            self.inner = Tokenizer.from_file(str(path))
+        except Exception as err:  # the library raises its own exception type
+            raise ConfigError(f"{path}: not a tokenizer file ({' '.join(str(err).split())[:120]})"
+                              ) from None
+        self.vocab_size = self.inner.get_vocab_size(with_added_tokens=True)
+        self.eos = _eos_ids(folder)
+
+    def encode(self, text: str) -> list[int]:
+        return self.inner.encode(text).ids
+
+    def decode(self, tokens: list[int]) -> str:
+        return self.inner.decode(tokens, skip_special_tokens=True)
+
+
+def _eos_ids(folder: Path) -> list[int]:
+    for name in ("generation_config.json", "config.json"):
+        path = folder / name
+        if path.exists():
+            try:
+                value = json.loads(path.read_text()).get("eos_token_id")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(value, int) and not isinstance(value, bool):
+                return [value]
+            if isinstance(value, list) and all(isinstance(v, int) for v in value):
+                return list(value)
+    return []
+
+
+def load_tokenizer(folder: str = "", *, model_vocab: int | None = None):
+    """The folder's tokenizer when it has a ``tokenizer.json``, else the byte tokenizer; a
+    vocabulary larger than the model's is refused (its ids would index past the embedding)."""
+    path = Path(folder) if folder else None
+    tok = FolderTokenizer(path) if path and (path / "tokenizer.json").exists() else ByteTokenizer()
+    if model_vocab is not None and isinstance(tok, FolderTokenizer) and tok.vocab_size > model_vocab:
+        raise ConfigError(f"{path / 'tokenizer.json'}: vocabulary({tok.vocab_size}) exceeds the "
+                          f"model's vocab({model_vocab})")
+    return tok

@@ -30,6 +30,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "steps": 20, "lr": 3e-4, "warmup_steps": 2, "min_lr_ratio": 0.1, "seed": 0,
     "max_grad_norm": 1.0, "weight_decay": 0.1, "data": "", "ckpt_dir": "", "ckpt_every": 0,
     "resume": False, "device": "cpu", "measure_step": 2, "pp_rounds": 1,
+    "weights": "",
 }
 
 
@@ -74,7 +75,8 @@ class Trainer:
         from runtime.parallel import build
 
         self.cfg, self.setup, self.par, self.opts, self.device = cfg, setup, par, opts, device
-        self.built = build(cfg, setup, par, device=device, seed=int(opts["seed"]), mesh=mesh)
+        self.built = build(cfg, setup, par, device=device, seed=int(opts["seed"]), mesh=mesh,
+                           weights=str(opts["weights"]))
         self.parts = self.built.parts
         self.pp_group = self.built.mesh["pp"].get_group()
         self.dp_group = self.built.mesh["dp"].get_group()

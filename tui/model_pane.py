@@ -256,6 +256,6 @@ class ModelPane(Horizontal):
         with Vertical(id="model-left"):
             yield Select([(n, n) for n in preset_files("models")], id="preset", prompt="preset",
                          allow_blank=False, value=self.preset)
-            yield Input(placeholder="open a config.json or .toml path, Enter", id="open-path")
+            yield Input(placeholder="open a model folder, config.json or .toml, Enter", id="open-path")
             yield ModelForm(id="form")
         yield ResultsView(id="results")

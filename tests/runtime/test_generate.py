@@ -128,7 +128,7 @@ def test_generates_from_a_training_checkpoint_of_another_layout(tmp_path):
 
 @pytest.mark.parametrize(("args", "needle"), [
     (("tiny", "--prompt", "x" * 300), "exceeds the model's max context(256)"),
-    (("tiny", "--tp", "4", "--set", "g=2"), "tp(4) is wider than kv heads(2)"),
+    (("tiny", "--tp", "16"), "tp(16) does not divide query heads(4)"),
     (("llama-2-7b-not-a-dir",), "unknown model preset"),
 ])
 def test_bad_input_is_one_line(args, needle):

@@ -1,9 +1,9 @@
 """The layout matrix, sampled: layouts the contract accepts train like one process.
 
 For each tiny preset (llama-, mixtral-, gpt2- and falcon-style) a fixed, representative
-sample of the layouts that the layout contract accepts on 8 CPU processes trains 8 fp32 steps
-in one torchrun world (runtime.matrix); every step's loss and gradient norm must be within a
-relative 1e-4 of the single-process run. `make test-matrix` runs every accepted layout.
+sample of the layouts that the layout contract accepts trains 8 fp32 steps in one torchrun
+world of as many CPU processes as its widest layout (runtime.matrix); every step's loss and
+gradient norm must be within a relative 1e-4 of the single-process run. `make test-matrix` runs every accepted layout.
 """
 
 import pytest
@@ -16,18 +16,17 @@ def L(**k):
     return {"tp": 1, "pp": 1, "dp": 1, "zero": 0, "sp": False, "recompute": "none", "mbs": 4, **k}
 
 
-SAMPLE = {
-    "tiny": [L(tp=2, dp=2, zero=3, mbs=2), L(tp=2, dp=2, zero=2, mbs=2, recompute="selective"),
-             L(pp=2, dp=2, zero=1, mbs=2), L(tp=2, pp=2, sp=True, recompute="full"),
-             L(tp=2, pp=2, dp=2, zero=3, sp=True, mbs=2), L(tp=2, dp=2, zero=1, mbs=2)],
-    "tiny-moe": [L(tp=2), L(tp=2, dp=2, zero=3, sp=True, mbs=2), L(pp=2, dp=2, zero=2, mbs=2),
+SAMPLE = {  # 13 layouts: TP+FSDP with and without SP, TP x PP, ZeRO-1 under TP, every recompute
+    "tiny": [L(tp=2, dp=2, zero=3, mbs=2), L(pp=2, dp=2, zero=1, mbs=2),
+             L(tp=2, pp=2, sp=True, recompute="full"), L(tp=2, dp=2, zero=1, mbs=2)],
+    "tiny-moe": [L(tp=2, dp=2, zero=3, sp=True, mbs=2), L(pp=2, dp=2, zero=2, mbs=2),
                  L(tp=2, pp=2)],
-    "tiny-gpt2": [L(tp=2, dp=2, zero=3, mbs=2), L(pp=2, dp=2, zero=2, mbs=2),
-                  L(tp=2, sp=True, recompute="selective"), L(tp=2, pp=2, sp=True)],
-    "tiny-falcon": [L(pp=2, dp=2, zero=3, mbs=2), L(dp=2, zero=1, mbs=2, recompute="full"),
-                    L(pp=2, recompute="selective"),
-                    # multi-query under TP: the one kv head replicated on both ranks
-                    L(tp=2, dp=2, zero=3, mbs=2), L(tp=2, pp=2, sp=True)],
+    # tied embeddings under PP; learned positions under TP and PP
+    "tiny-gpt2": [L(tp=2, dp=2, zero=3, mbs=2), L(tp=2, sp=True, recompute="selective"),
+                  L(tp=2, pp=2, sp=True)],
+    # multi-query under TP: the one kv head replicated on both ranks; ALiBi under TP and PP
+    "tiny-falcon": [L(dp=2, zero=1, mbs=2, recompute="full"), L(tp=2, dp=2, zero=3, mbs=2),
+                    L(tp=2, pp=2, sp=True)],
 }
 
 
@@ -37,7 +36,10 @@ def test_sampled_layouts_match_single_process(model, tmp_path):
     accepted, _ = enumerate_layouts(cfg, seq=32, gbs=8)
     for entry in SAMPLE[model]:
         assert entry in accepted, entry  # the sample is drawn from what the contract accepts
-    rc, got, error = launch_matrix(cfg, [reference_layout(8), *SAMPLE[model]], folder=tmp_path)
+    # as many processes as the widest layout: a narrower one would run as identical replicas
+    nproc = max(e["tp"] * e["pp"] * e["dp"] for e in SAMPLE[model])
+    rc, got, error = launch_matrix(cfg, [reference_layout(8), *SAMPLE[model]], folder=tmp_path,
+                                   nproc=nproc)
     assert rc == 0, error
     reference, *layouts = got
     assert len(layouts) == len(SAMPLE[model])

@@ -157,16 +157,14 @@ def test_a_saved_plan_launches_unchanged(tmp_path):
 
 
 def test_zero1_shards_optimizer_states_and_its_checkpoints_reshard(tmp_path):
-    """ZeRO-1 keeps 1/dp of the Adam moments per rank, trains like one process, and its
-    checkpoint (saved as ordinary per-parameter state) resumes in ZeRO-1 and in tp2 + dp2."""
+    """ZeRO-1 trains like one process and its checkpoint (saved as ordinary per-parameter
+    state) resumes in ZeRO-1 and in tp2 + dp2 (its 1/dp optimizer bytes: the runtime memory
+    test's dp2-zero1-sharded-states case)."""
     common = ("tiny", "--steps", "6", "--seq", "32", "--gbs", "4", "--mbs", "1", "--dtype", "fp32")
     straight, _ = launch(*common)
     zero1 = ("--dp", "2", "--zero", "1")
     first, _ = launch(*common, *zero1, "--ckpt-dir", str(tmp_path), "--ckpt-every", "4",
                       check=False, env={"LLMPLAN_FAIL_AT_STEP": "5", "LLMPLAN_FAIL_RANK": "0"})
-    done_single, _ = launch("tiny", "--steps", "3", "--seq", "32", "--gbs", "4", "--dtype", "fp32",
-                            "--dp", "2")
-    plain = next(e for e in done_single if e["event"] == "done")["measured_optimizer_states_bytes"]
     assert (tmp_path / "latest").read_text().strip() == "4"
     before = {e["step"]: e for e in straight if e["event"] == "step"}
     for step, ev in {e["step"]: e for e in first if e["event"] == "step"}.items():
@@ -178,6 +176,3 @@ def test_zero1_shards_optimizer_states_and_its_checkpoints_reshard(tmp_path):
             assert step > 4
             assert ev["loss"] == pytest.approx(before[step]["loss"], rel=1e-4), layout
             assert ev["grad_norm"] == pytest.approx(before[step]["grad_norm"], rel=1e-4), layout
-    sharded, _ = launch("tiny", "--steps", "3", "--seq", "32", "--gbs", "4", "--dtype", "fp32", *zero1)
-    done = next(e for e in sharded if e["event"] == "done")
-    assert done["measured_optimizer_states_bytes"] == pytest.approx(plain / 2, rel=0.02)
