@@ -97,6 +97,8 @@ class Checkpoint(Event):
     KIND: ClassVar[str] = "checkpoint"
     step: int
     path: str
+    format: str = "dcp"
+    """dcp (a resumable distributed checkpoint) or hf (a Hugging Face folder)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,17 +7,27 @@ whole framing) so a corrupt file is one clear error before any rank starts. A ra
 parameter's rows and columns through ``safe_open(...).get_slice`` in contiguous runs: it never
 reads a tensor it does not hold, nor the rows of one it holds only a shard of. Which tensor and
 rows hold each runtime parameter is ``runtime.hf_names``.
+
+Writing: each writing rank saves its tensors as ``part-*.safetensors`` files of at most
+``SHARD_BYTES`` into a hidden temporary folder beside the output; rank 0 then names them
+``model-0000i-of-0000n.safetensors``, writes the index, ``config.json`` and the tokenizer, and
+renames the folder into place, so a failed save never leaves a half-written output folder.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import struct
 from pathlib import Path
 
 from planner.config import ConfigError
 
 INDEX = "model.safetensors.index.json"
+SHARD_BYTES = 2 * 1024**3
+COPIED = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+          "generation_config.json", "chat_template.jinja")
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
                "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
@@ -128,3 +138,67 @@ def _runs(indices: list[int]) -> list[tuple[int, int]]:
         else:
             out.append((i, i + 1))
     return out
+
+
+def staging(out: str | Path) -> Path:
+    out = Path(out)
+    return out.parent / f".{out.name}.partial"
+
+
+def check_output(out: str | Path, label: str = "--save-hf") -> None:
+    """Before anything runs: the output folder must not exist (nothing is overwritten)."""
+    out = Path(out)
+    if out.exists():
+        raise ConfigError(f"{label} {out}: already exists (nothing is overwritten)")
+    if not out.parent.is_dir():
+        raise ConfigError(f"{label} {out}: parent folder {out.parent} does not exist")
+
+
+class PartWriter:
+    """Tensors in, ``part-<label>-<k>.safetensors`` files of at most ``max_bytes`` out."""
+
+    def __init__(self, folder: Path, label: str, max_bytes: int = SHARD_BYTES) -> None:
+        self.folder, self.label, self.max_bytes = folder, label, max_bytes
+        self.pending: dict = {}
+        self.bytes = 0
+        self.count = 0
+
+    def add(self, name: str, tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        if self.pending and self.bytes + size > self.max_bytes:
+            self.flush()
+        self.pending[name] = tensor.contiguous()
+        self.bytes += size
+
+    def flush(self) -> None:
+        from safetensors.torch import save_file
+
+        if self.pending:
+            path = self.folder / f"part-{self.label}-{self.count:05d}.safetensors"
+            save_file(self.pending, str(path), metadata={"format": "pt"})
+            self.count += 1
+        self.pending, self.bytes = {}, 0
+
+
+def finish(tmp: Path, out: Path, *, config: dict, source: str = "") -> None:
+    """Name the parts, write the index, config.json and (from ``source``) the tokenizer and
+    generation settings, then move the folder into place."""
+    parts = sorted(tmp.glob("part-*.safetensors"))
+    n = len(parts)
+    weight_map: dict[str, str] = {}
+    total = 0
+    for i, part in enumerate(parts, start=1):
+        name = f"model-{i:05d}-of-{n:05d}.safetensors" if n > 1 else "model.safetensors"
+        for key, entry in read_header(part).items():
+            weight_map[key] = name
+            total += entry["data_offsets"][1] - entry["data_offsets"][0]
+        os.replace(part, tmp / name)
+    if n > 1:
+        (tmp / INDEX).write_text(json.dumps({"metadata": {"total_size": total},
+                                             "weight_map": dict(sorted(weight_map.items()))},
+                                            indent=2) + "\n")
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    for name in COPIED if source else ():
+        if (Path(source) / name).exists():
+            shutil.copyfile(Path(source) / name, tmp / name)
+    os.replace(tmp, out)

@@ -8,6 +8,11 @@ that ``runtime.hf_names`` names, so no rank reads more than it keeps.
 
 from __future__ import annotations
 
+import json
+import shutil
+import warnings
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -82,3 +87,114 @@ def load_weights(model: nn.Module, folder: str, cfg: ModelConfig) -> int:
         read += 1
     ckpt.close()
     return read
+
+
+def hf_config(cfg: ModelConfig, *, source: str, dtype: str) -> dict:
+    """The folder's config.json: the source folder's own (every field it had kept) or the
+    family's written from ``cfg`` (``presets.hf_export``), with the saved dtype."""
+    from presets.hf_export import to_hf_config
+
+    path = Path(source) / "config.json" if source else None
+    if path is not None and path.exists():
+        config = json.loads(path.read_text())
+        return {**config, "torch_dtype": dtype, "dtype": dtype}
+    return to_hf_config(cfg, dtype=dtype)
+
+
+@torch.no_grad()
+def save_hf(parts: list[nn.Module], cfg: ModelConfig, out: str, *, writer: bool, label: str,
+            dtype: torch.dtype, source: str = "", rank0: bool = True) -> None:
+    """Write ``parts`` (this rank's pipeline stages) as Hugging Face tensors.
+
+    Every rank walks its parameters in the same order and gathers each sharded one to full
+    (``DTensor.full_tensor``: a collective over that parameter's mesh); the ``writer`` rank of
+    each stage (dp and tp coordinate 0) maps them to the family's tensors, fused ones once all
+    their pieces are in, and writes them; then rank 0 names the files and moves the folder
+    into place (``runtime.hf_checkpoint.finish``)."""
+    import torch.distributed as dist
+
+    from runtime.hf_checkpoint import PartWriter, finish, staging
+
+    tmp = staging(out)
+    distributed = dist.is_initialized()
+    if rank0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    if distributed:
+        dist.barrier()
+    named = [(name, p, canonical_name(name, cfg.tie_embeddings)) for part in parts
+             for name, p in part.named_parameters()
+             if not (cfg.tie_embeddings and canonical_name(name, False) == "output.weight")]
+    where = pieces(cfg, [canon for _, _, canon in named])
+    expected: dict[str, int] = {}
+    for piece in where.values():
+        expected[piece.theirs] = expected.get(piece.theirs, 0) + 1
+    files = PartWriter(tmp, label)
+    pending: dict[str, list] = {}
+    for _, p, canon in named:
+        full = p.full_tensor() if hasattr(p, "full_tensor") else p.detach()
+        if not writer:
+            continue
+        piece = where[canon]
+        group = pending.setdefault(piece.theirs, [])
+        group.append((piece, full.to(dtype)))
+        if len(group) == expected[piece.theirs]:
+            files.add(piece.theirs, _assemble(pending.pop(piece.theirs)))
+    files.flush()
+    if distributed:
+        dist.barrier()
+    if rank0:
+        finish(tmp, Path(out),
+               config=hf_config(cfg, source=source, dtype=str(dtype).removeprefix("torch.")),
+               source=source)
+    if distributed:
+        dist.barrier()
+
+
+def _assemble(group: list) -> torch.Tensor:
+    """One checkpoint tensor from its pieces (ours transposed back, offset removed; a fused
+    projection's rows placed where the family's layout keeps them)."""
+    if len(group) == 1 and group[0][0].rows is None:
+        piece, t = group[0]
+        t = t - piece.offset if piece.offset else t
+        return t.T if piece.transposed else t
+    split = 1 if group[0][0].transposed else 0
+    size = sum(len(piece.rows) for piece, _ in group)
+    sample = group[0][1].T if group[0][0].transposed else group[0][1]
+    shape = list(sample.shape)
+    shape[split] = size
+    out = torch.empty(shape, dtype=sample.dtype)
+    for piece, t in group:
+        t = t.T if piece.transposed else t
+        out.index_copy_(split, piece.rows, t)
+    return out
+
+
+
+def export_checkpoint(ckpt_dir: str, out: str) -> dict:
+    """``llmplan export``: a training checkpoint (any layout; DCP reshards it into one
+    process) written as a Hugging Face folder; the source folder's config and tokenizer are
+    kept when the run started from one."""
+    from planner.planfile import read_plan
+    from runtime.checkpoint import latest_step
+    from runtime.generate import build_model, load_weights as load_dcp
+    from runtime.hf_checkpoint import check_output
+    from runtime.hf_names import check_family
+    from presets.hf_export import to_hf_config
+
+    check_output(out, "export")
+    run_plan = Path(ckpt_dir) / "run.toml"
+    if not run_plan.exists() or latest_step(ckpt_dir) is None:
+        raise ConfigError(f"{ckpt_dir}: not a checkpoint folder (needs run.toml and latest)")
+    plan = read_plan(run_plan)
+    cfg = ModelConfig.from_dict(plan["model"], where=str(run_plan))
+    check_family(cfg, f"export {out}")
+    to_hf_config(cfg)
+    model = build_model(cfg, tp=1, device=torch.device("cpu"),
+                        opts={"weights": "", "weights_seed": 0})
+    with warnings.catch_warnings():  # DCP says it loads in one process: that is the intent
+        warnings.simplefilter("ignore", UserWarning)
+        step = load_dcp(model, ckpt_dir)
+    source = str(plan.get("run", {}).get("weights", ""))
+    save_hf([model], cfg, out, writer=True, label="0", dtype=torch.float32, source=source)
+    return {"checkpoint": str(ckpt_dir), "step": step, "out": str(out), "model": cfg.name}

@@ -55,6 +55,7 @@ class TrainRequest:
     ckpt_dir: str = ""
     ckpt_every: int = 0
     resume: bool = False
+    save_hf: str = ""
     run_dir: str = ""
     nnodes: int = 1
     rdzv_endpoint: str = ""
@@ -170,6 +171,10 @@ def check_train_options(req: TrainRequest) -> None:
         path = Path(req.data)
         if not path.is_file() or not os.access(path, os.R_OK):
             raise ConfigError(f"--data {req.data}: no readable file there")
+    if req.save_hf:
+        from runtime.hf_checkpoint import check_output
+
+        check_output(req.save_hf)
     if req.ckpt_every and not req.ckpt_dir:
         raise ConfigError(f"--ckpt-every {req.ckpt_every} needs --ckpt-dir")
     if req.resume:
@@ -285,7 +290,7 @@ def resolve(req: TrainRequest) -> Resolved:
     plan["run"] = {"steps": req.steps, "lr": req.lr, "seed": req.seed, "data": req.data,
                    "ckpt_dir": req.ckpt_dir, "ckpt_every": req.ckpt_every,
                    "resume": req.resume, "device": device, "pp_rounds": req.pp_rounds,
-                   "weights": weights}
+                   "weights": weights, "save_hf": _exportable(req.save_hf, cfg)}
     folder = _run_folder(req.run_dir, req.ckpt_dir, "llmplan-run-")
     plan_path = folder / "run.toml"
     # each node's agent runs the same file; the Slurm script is the planner's, not the run's
@@ -294,6 +299,18 @@ def resolve(req: TrainRequest) -> Resolved:
     spec = LaunchSpec(plan_path=plan_path, nproc_per_node=per_node, device=device,
                       nnodes=req.nnodes, rdzv_endpoint=req.rdzv_endpoint)
     return Resolved(spec=spec, plan=plan, overrides=said, cfg=cfg, setup=setup, par=par)
+
+
+def _exportable(out: str, cfg: ModelConfig) -> str:
+    """``--save-hf``'s folder once the family's mapping and config.json can express ``cfg``."""
+    if not out:
+        return ""
+    from presets.hf_export import to_hf_config
+    from runtime.hf_names import check_family
+
+    check_family(cfg, f"--save-hf {out}")
+    to_hf_config(cfg)
+    return str(Path(out).resolve())
 
 
 def hf_weights(target: str, cfg: ModelConfig) -> str:

@@ -30,7 +30,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "steps": 20, "lr": 3e-4, "warmup_steps": 2, "min_lr_ratio": 0.1, "seed": 0,
     "max_grad_norm": 1.0, "weight_decay": 0.1, "data": "", "ckpt_dir": "", "ckpt_every": 0,
     "resume": False, "device": "cpu", "measure_step": 2, "pp_rounds": 1,
-    "weights": "",
+    "weights": "", "save_hf": "",
 }
 
 
@@ -320,6 +320,22 @@ def train_steps(trainer: Trainer, data, *, start_step: int, predicted: dict[str,
     return measured, step_times
 
 
+def save_final(trainer: Trainer, out: str, say) -> None:
+    """The trained model as a Hugging Face folder (``runtime.hf_weights.save_hf``): each
+    pipeline stage written by its (dp 0, tp 0) rank, in the run's parameter dtype."""
+    import torch
+
+    mesh = trainer.built.mesh
+    writer = mesh["dp"].get_local_rank() == 0 and mesh["tp"].get_local_rank() == 0
+    from runtime.hf_weights import save_hf
+
+    save_hf(trainer.parts, trainer.cfg, out, writer=writer,
+            label="-".join(str(s) for s in trainer.built.stages),
+            dtype=next(trainer.parts[0].parameters()).dtype if trainer.parts else torch.float32,
+            source=str(trainer.opts["weights"]), rank0=torch.distributed.get_rank() == 0)
+    say(events.Checkpoint(step=int(trainer.opts["steps"]), path=out, format="hf"))
+
+
 def run(plan_path: str) -> int:
     """One training run on this rank: load and check the plan, build the layout from the
     meta device, resume, say what the planner predicts, train, report measured next to
@@ -358,6 +374,8 @@ def run(plan_path: str) -> int:
         predicted_tokens_per_s=predicted.get("tokens_per_s")))
     measured, step_times = train_steps(trainer, data, start_step=start_step,
                                        predicted=predicted, say=say, rank=rank)
+    if opts["save_hf"]:
+        save_final(trainer, str(opts["save_hf"]), say)
     report(trainer, {**measured, "host_build_peak_bytes": build_peak}, predicted, step_times,
            say, cuda=device.type == "cuda", rss_baseline=rss_baseline)
     dist.barrier()

@@ -42,6 +42,7 @@ def launch_cmd(
     ckpt_dir: Annotated[str, typer.Option("--ckpt-dir", help="Checkpoint folder.")] = "",
     ckpt_every: Annotated[int, typer.Option("--ckpt-every", help="Save every N steps.")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint.")] = False,
+    save_hf: Annotated[str, typer.Option("--save-hf", help="At the end, write the model as a Hugging Face folder here (must not exist).")] = "",
     run_dir: Annotated[str, typer.Option("--run-dir", help="Where the run's plan is written.")] = "",
     nnodes: Annotated[int, typer.Option(help="Nodes (multi-node needs --rdzv-endpoint).")] = 1,
     rdzv_endpoint: Annotated[str, typer.Option("--rdzv-endpoint", help="host:port of the c10d store.")] = "",
@@ -226,4 +227,17 @@ def generate_cmd(
     _finish(follow(resolved, json_mode, on_event))
 
 
-COMMANDS = {"launch": launch_cmd, "generate": generate_cmd}
+def export_cmd(
+    ckpt_dir: Annotated[str, typer.Argument(help="A checkpoint folder written by `llmplan launch --ckpt-dir`.")],
+    out_dir: Annotated[str, typer.Argument(help="The Hugging Face folder to write (must not exist).")],
+    json_mode: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Write a training checkpoint as a Hugging Face folder (config.json, safetensors, tokenizer)."""
+    from runtime.hf_weights import export_checkpoint
+
+    data = export_checkpoint(ckpt_dir, out_dir)
+    output.render(json_mode, data, lambda: output.show(
+        f"{data['model']} step {data['step']} -> {data['out']}"))
+
+
+COMMANDS = {"launch": launch_cmd, "generate": generate_cmd, "export": export_cmd}
