@@ -14,7 +14,7 @@ import os
 import tempfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from planner import layout
 from planner.config import ConfigError, ModelConfig
@@ -56,6 +56,7 @@ class TrainRequest:
     ckpt_every: int = 0
     resume: bool = False
     save_hf: str = ""
+    sft: bool = False
     run_dir: str = ""
     nnodes: int = 1
     rdzv_endpoint: str = ""
@@ -168,9 +169,11 @@ def check_train_options(req: TrainRequest) -> None:
     if req.device not in DEVICES:
         raise ConfigError(f"--device {req.device!r}: use {', '.join(DEVICES)}")
     if req.data:
-        path = Path(req.data)
-        if not path.is_file() or not os.access(path, os.R_OK):
-            raise ConfigError(f"--data {req.data}: no readable file there")
+        from runtime.dataset import data_files
+
+        data_files(req.data)
+    if req.sft and not req.data:
+        raise ConfigError("--sft needs --data (prompt/completion or chat messages)")
     if req.save_hf:
         from runtime.hf_checkpoint import check_output
 
@@ -229,8 +232,9 @@ def _run_folder(run_dir: str, fallback: str, prefix: str) -> Path:
     return folder
 
 
-def resolve(req: TrainRequest) -> Resolved:
-    """A training request (or an inference plan file) -> the run, its plan written."""
+def resolve(req: TrainRequest, *, progress: Callable[[int, int], None] | None = None) -> Resolved:
+    """A training request (or an inference plan file) -> the run, its plan written; a
+    ``--data`` set is tokenised here, once (``progress(bytes done, bytes in all)``)."""
     check_train_options(req)
     target = Path(req.target)
     toml = read_plan(target, required=()) if req.target.endswith(".toml") and target.exists() else {}
@@ -287,7 +291,9 @@ def resolve(req: TrainRequest) -> Resolved:
     for key in ("gpus", "gpus_per_node", "nodes"):  # what the plan was made for, reported
         if key in base.get("cluster", {}):
             plan["cluster"][f"planned_{key}"] = base["cluster"][key]
-    plan["run"] = {"steps": req.steps, "lr": req.lr, "seed": req.seed, "data": req.data,
+    plan["run"] = {"steps": req.steps, "lr": req.lr, "seed": req.seed,
+                   "data": _prepared(req, cfg, weights, progress), "data_source": req.data,
+                   "sft": req.sft,
                    "ckpt_dir": req.ckpt_dir, "ckpt_every": req.ckpt_every,
                    "resume": req.resume, "device": device, "pp_rounds": req.pp_rounds,
                    "weights": weights, "save_hf": _exportable(req.save_hf, cfg)}
@@ -299,6 +305,20 @@ def resolve(req: TrainRequest) -> Resolved:
     spec = LaunchSpec(plan_path=plan_path, nproc_per_node=per_node, device=device,
                       nnodes=req.nnodes, rdzv_endpoint=req.rdzv_endpoint)
     return Resolved(spec=spec, plan=plan, overrides=said, cfg=cfg, setup=setup, par=par)
+
+
+def _prepared(req: TrainRequest, cfg: ModelConfig, weights: str, progress) -> str:
+    """``--data`` tokenised with the model folder's tokenizer (bytes for a preset) and
+    cached; the prepared stream's prefix, or "" for synthetic data."""
+    if not req.data:
+        return ""
+    from runtime.dataset import prepare
+    from runtime.tokenizer import load_tokenizer
+
+    folder = weights or (req.target if (Path(req.target) / "config.json").exists() else "")
+    tokenizer = load_tokenizer(folder, model_vocab=cfg.vocab_size)
+    return prepare(req.data, tokenizer, vocab_size=cfg.vocab_size, sft=req.sft,
+                   progress=progress)
 
 
 def _exportable(out: str, cfg: ModelConfig) -> str:

@@ -29,8 +29,10 @@ def decode(tokens: list[int]) -> str:
 class ByteTokenizer:
     vocab_size = BYTE_VOCAB
     eos: list[int] = []
+    path = ""
+    chat_template = ""
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, special: bool = True) -> list[int]:
         return encode(text)
 
     def decode(self, tokens: list[int]) -> str:
@@ -52,12 +54,47 @@ class FolderTokenizer:
                               ) from None
         self.vocab_size = self.inner.get_vocab_size(with_added_tokens=True)
         self.eos = _eos_ids(folder)
+        self.path = str(path)
+        settings = _json(folder / "tokenizer_config.json")
+        template = folder / "chat_template.jinja"
+        self.chat_template = (template.read_text() if template.exists()
+                              else settings.get("chat_template") or "")
+        self.specials = {k: _token_text(settings.get(k)) for k in ("bos_token", "eos_token")}
 
-    def encode(self, text: str) -> list[int]:
-        return self.inner.encode(text).ids
+    def encode(self, text: str, special: bool = True) -> list[int]:
+        """Token ids; ``special``: the file's post-processor adds its tokens (BOS)."""
+        return self.inner.encode(text, add_special_tokens=special).ids
+
+    def render_chat(self, messages: list[dict], *, add_generation_prompt: bool) -> str:
+        """The chat template rendered as ``transformers``' ``apply_chat_template`` does
+        (a sandboxed Jinja environment, trim_blocks and lstrip_blocks, raise_exception)."""
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message: str):
+            raise ConfigError(f"chat template: {message}")
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = raise_exception
+        return env.from_string(self.chat_template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, **self.specials)
 
     def decode(self, tokens: list[int]) -> str:
         return self.inner.decode(tokens, skip_special_tokens=True)
+
+
+def _json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _token_text(value) -> str:
+    """A special token as tokenizer_config.json writes it: a string or {"content": ...}."""
+    if isinstance(value, dict):
+        return str(value.get("content", ""))
+    return value if isinstance(value, str) else ""
 
 
 def _eos_ids(folder: Path) -> list[int]:

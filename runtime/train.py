@@ -93,6 +93,7 @@ class Trainer:
         self.per_call = setup.grad_accum // self.rounds if par.pp > 1 else 1
         self.global_batch = setup.micro_batch * setup.grad_accum * par.dp
         self.schedule = self._pipeline_schedule() if par.pp > 1 else None
+        self.loss_scale = 1.0  # set per step from the global batch's label count
 
     def make(self, groups: list[dict]):
         return make_optimizer(self.setup.optimizer, groups, lr=self.opts["lr"],
@@ -106,9 +107,16 @@ class Trainer:
         return self.make(param_groups(part))
 
     def loss_fn(self, out, target):
+        """This micro-batch's share of the global batch's mean loss over its label tokens:
+        summed cross-entropy times dp / (labels in the global batch), so that the micro-batch
+        sum on every rank, averaged over dp (as gradients are), is that mean; masked labels
+        (``runtime.dataset.IGNORE``: prompt tokens under SFT) count nowhere."""
         import torch.nn.functional as F
 
-        return F.cross_entropy(out.flatten(0, 1).float(), target.flatten(0, 1)) / self.setup.grad_accum
+        from runtime.dataset import IGNORE
+
+        return F.cross_entropy(out.flatten(0, 1).float(), target.flatten(0, 1),
+                               ignore_index=IGNORE, reduction="sum") * self.loss_scale
 
     def _pipeline_schedule(self):
         from torch.distributed.pipelining import (PipelineStage, Schedule1F1B, ScheduleGPipe,
@@ -173,9 +181,18 @@ class Trainer:
         from runtime.parallel import allreduce_grads, clip_grad_norm_, clip_params, sync_tied_grads
         from runtime.tensor_parallel import sum_replicated_grads
 
+        from runtime.dataset import IGNORE
+
         par = self.par
-        local = local_slice(batch, self.dp_rank, par.dp).to(self.device)
+        tokens, mask = batch if isinstance(batch, tuple) else (batch, None)
+        local = local_slice(tokens, self.dp_rank, par.dp).to(self.device)
         x, y = local[:, :-1].contiguous(), local[:, 1:].contiguous()
+        labels = tokens[:, 1:].numel()
+        if mask is not None:  # a prepared dataset: only its label tokens count
+            labels = int(mask[:, 1:].sum())
+            keep = local_slice(mask, self.dp_rank, par.dp)[:, 1:].to(self.device)
+            y = y.masked_fill(~keep, IGNORE)
+        self.loss_scale = par.dp / max(labels, 1)
         for o in self.optimizers:
             o.zero_grad(set_to_none=True)
         measured: dict[str, int] = {}

@@ -56,8 +56,10 @@ def build_hf_model(family: str, *, seed: int = 0):
     import transformers
 
     cls_name, fields = CONFIGS[family]
+    # no pad token: transformers would freeze its embedding row (padding_idx), which a
+    # training run updates
     config = getattr(transformers, cls_name)(**fields, bos_token_id=0, eos_token_id=0,
-                                             pad_token_id=0)
+                                             pad_token_id=None)
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config).float().eval()
     with torch.no_grad():

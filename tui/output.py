@@ -44,6 +44,18 @@ def warn(message: str) -> None:
     sys.stderr.write(f"llmplan: {message}\n")
 
 
+def progress(label: str):
+    """A progress line on stderr, redrawn in place: ``callback(done, total)`` in bytes."""
+    def update(done: int, total: int) -> None:
+        share = done / total if total else 1.0
+        bar = "#" * int(share * 30)
+        sys.stderr.write(f"\rllmplan: {label} [{bar:<30}] {share:4.0%} of {fmt_bytes(total)}")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+    return update
+
+
 def fmt_int(n: int) -> str:
     return f"{n:,}"
 

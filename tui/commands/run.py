@@ -38,7 +38,8 @@ def launch_cmd(
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 20,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-4,
     seed: Annotated[int, typer.Option(help="Seed for init and data.")] = 0,
-    data: Annotated[str, typer.Option(help="A local text file (byte-level tokens).")] = "",
+    data: Annotated[str, typer.Option(help="Local .txt/.jsonl/.parquet file or folder, tokenised with the model folder's tokenizer (bytes for presets).")] = "",
+    sft: Annotated[bool, typer.Option("--sft", help="Train on completions / assistant turns only (prompt tokens masked).")] = False,
     ckpt_dir: Annotated[str, typer.Option("--ckpt-dir", help="Checkpoint folder.")] = "",
     ckpt_every: Annotated[int, typer.Option("--ckpt-every", help="Save every N steps.")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint.")] = False,
@@ -54,7 +55,7 @@ def launch_cmd(
     options = dict(locals())  # exactly the options given, before any other name is bound
     from runtime.runspec import resolve
 
-    resolved = resolve(train_request(options))
+    resolved = resolve(train_request(options), progress=None if json_mode else output.progress("tokenising"))
     for said in resolved.overrides:
         output.warn(said)
     if dry_run:

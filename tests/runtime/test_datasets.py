@@ -1,0 +1,109 @@
+"""Real data: JSONL / text files tokenised with the model folder's tokenizer, packed with EOS
+between documents; under --sft only completion tokens count. The oracle for the loss is
+``transformers`` on windows built here from ``tokenizers`` directly: a step whose global
+batch holds every window once has the same mean whatever the shuffle."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import ROOT, launch
+from hf_models import write_hf_folder
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data") / "llama"
+    return folder, write_hf_folder("llama", folder)
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMPLAN_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def examples(n: int = 12):
+    return [{"prompt": f"the fox {i} jumps over ", "completion": f"the lazy dog {i % 5}."}
+            for i in range(n)]
+
+
+def expected_windows(folder, rows, seq: int, sft: bool):
+    """The packed stream built from the tokenizer file alone."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    eos = json.loads((folder / "config.json").read_text())["eos_token_id"]
+    ids, mask = [], []
+    for row in rows:
+        p = tok.encode(row["prompt"]).ids
+        c = tok.encode(row["completion"], add_special_tokens=False).ids
+        ids += p + c + [eos]
+        mask += [not sft] * len(p) + [True] * (len(c) + 1)
+    n = (len(ids) - 1) // seq
+    t = torch.tensor(ids[:n * seq + 1])
+    m = torch.tensor(mask[:n * seq + 1])
+    windows = torch.stack([t[i * seq:i * seq + seq + 1] for i in range(n)])
+    labels = torch.stack([m[i * seq:i * seq + seq + 1] for i in range(n)])
+    return windows, labels
+
+
+@pytest.mark.parametrize("sft", [True, False], ids=["sft", "all-tokens"])
+def test_the_loss_counts_exactly_the_label_tokens(llama, tmp_path, sft):
+    folder, hf = llama
+    seq = 16
+    rows = next(examples(k) for k in range(12, 24)  # an even window count: dp 2 splits it
+                if expected_windows(folder, examples(k), seq, sft)[0].shape[0] % 2 == 0)
+    windows, labels = expected_windows(folder, rows, seq, sft)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    events, _ = launch(str(folder), "--data", str(data), *(["--sft"] if sft else []),
+                       "--steps", "1", "--seq", str(seq), "--gbs", str(windows.shape[0]),
+                       "--dp", "2", "--dtype", "fp32")
+    step = next(e for e in events if e["event"] == "step")
+    hf.zero_grad()
+    logits = hf(windows[:, :-1]).logits
+    y = windows[:, 1:].masked_fill(~labels[:, 1:], -100)
+    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)
+    loss.backward()
+    norm = torch.nn.utils.get_total_norm([p.grad for p in hf.parameters() if p.grad is not None])
+    assert step["loss"] == pytest.approx(float(loss.detach()), rel=1e-5)
+    assert step["grad_norm"] == pytest.approx(float(norm), rel=1e-4)
+    if sft:
+        assert int(labels[:, 1:].sum()) < labels[:, 1:].numel() // 2  # most tokens masked
+
+
+def test_resume_continues_at_the_exact_next_sample_of_real_data(tmp_path):
+    data = tmp_path / "text.jsonl"
+    data.write_text("".join(json.dumps({"text": f"document {i}: " + "abc " * (i % 7)}) + "\n"
+                            for i in range(40)))
+    common = ("tiny", "--data", str(data), "--steps", "6", "--seq", "32", "--gbs", "4",
+              "--dtype", "fp32", "--lr", "3e-3")
+    straight, _ = launch(*common)
+    ckpt = tmp_path / "ckpt"
+    killed, _ = launch(*common, "--ckpt-dir", str(ckpt), "--ckpt-every", "3", check=False,
+                       env={"LLMPLAN_FAIL_AT_STEP": "4", "LLMPLAN_FAIL_RANK": "0"})
+    resumed, _ = launch(*common, "--ckpt-dir", str(ckpt), "--resume")
+    want = {e["step"]: e["loss"] for e in straight if e["event"] == "step"}
+    got = {e["step"]: e["loss"] for e in resumed if e["event"] == "step"}
+    assert sorted(got) == [4, 5, 6]
+    for s, loss in got.items():
+        assert loss == pytest.approx(want[s], rel=1e-5)
+    assert want[6] < want[1]  # real text is learnable
+
+
+@pytest.mark.parametrize(("lines", "needle"), [
+    ([{"text": "fine"}, {"txt": "typo"}], "line 2: no 'text', 'prompt' + 'completion' or 'messages' field"),
+    ([{"messages": [{"role": "user", "content": "hi"}]}], "need the model folder's chat_template"),
+])
+def test_bad_data_is_one_line(tmp_path, lines, needle):
+    data = tmp_path / "bad.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    proc = subprocess.run([sys.executable, "-m", "tui.cli", "launch", "tiny", "--data", str(data),
+                           "--device", "cpu", "--json"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and needle in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stdout == ""
