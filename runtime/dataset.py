@@ -30,17 +30,17 @@ CACHE_VERSION = 1
 IGNORE = -100  # the label cross_entropy skips
 
 
-def data_files(path: str) -> list[Path]:
+def data_files(path: str, flag: str = "--data") -> list[Path]:
     root = Path(path)
     if root.is_dir():
         files = sorted(p for p in root.rglob("*") if p.suffix in SUFFIXES and p.is_file())
         if not files:
-            raise ConfigError(f"--data {path}: no .txt, .jsonl, .json or .parquet files in it")
+            raise ConfigError(f"{flag} {path}: no .txt, .jsonl, .json or .parquet files in it")
         return files
     if not root.is_file() or not os.access(root, os.R_OK):
-        raise ConfigError(f"--data {path}: no readable file there")
+        raise ConfigError(f"{flag} {path}: no readable file there")
     if root.suffix not in SUFFIXES:
-        raise ConfigError(f"--data {path}: unknown format {root.suffix or '(no suffix)'} "
+        raise ConfigError(f"{flag} {path}: unknown format {root.suffix or '(no suffix)'} "
                           "(use .txt, .jsonl, .json, .parquet or a folder of them)")
     return [root]
 
@@ -169,6 +169,13 @@ class PackedData:
                               f"seq({seq_len}) + 1")
         self._perms: dict[int, object] = {}
 
+    @staticmethod
+    def count(prefix: str, seq_len: int) -> int:
+        """Windows of seq + 1 tokens a prepared stream holds (read from its header only)."""
+        import numpy as np
+
+        return max(0, (len(np.load(f"{prefix}.tokens.npy", mmap_mode="r")) - 1) // seq_len)
+
     def _perm(self, epoch: int):
         import torch
 
@@ -177,24 +184,23 @@ class PackedData:
             self._perms = {epoch: torch.randperm(self.windows, generator=gen)}
         return self._perms[epoch]
 
+    def ordered_batch(self, index: int, batch: int):
+        """Windows index * batch ... (index + 1) * batch in file order (held-out evaluation)."""
+        return self._rows(range(index * batch, (index + 1) * batch))
+
     def global_batch(self, step: int, batch: int):
         """(tokens, mask) of shape (batch, seq + 1): the mask says which tokens are labels."""
+        return self._rows(int(self._perm(k // self.windows)[k % self.windows])
+                          for k in range((step - 1) * batch, step * batch))
+
+    def _rows(self, windows):
         import numpy as np
         import torch
 
         rows_t, rows_m = [], []
-        for k in range((step - 1) * batch, step * batch):
-            w = int(self._perm(k // self.windows)[k % self.windows])
+        for w in windows:
             lo, hi = w * self.s, w * self.s + self.s + 1
             rows_t.append(np.asarray(self.tokens[lo:hi], dtype=np.int64))
             rows_m.append(np.asarray(self.mask[lo:hi]))
         return torch.from_numpy(np.stack(rows_t)), torch.from_numpy(np.stack(rows_m))
-
-
-def describe(prefix: str) -> dict:
-    """Token and label counts of a prepared stream (for the start event)."""
-    import numpy as np
-
-    mask = np.load(f"{prefix}.mask.npy", mmap_mode="r")
-    return {"tokens": int(len(mask)), "label_tokens": int(mask.sum())}
 

@@ -90,6 +90,9 @@ class Eval(Event):
     KIND: ClassVar[str] = "eval"
     step: int
     loss: float
+    """Held-out mean loss over ``tokens`` label tokens."""
+    perplexity: float | None = None
+    tokens: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -114,7 +114,8 @@ def run(plan_path: str) -> int:
 
     from runtime.data import make_data
     from runtime.support import check_runtime_layout
-    from runtime.train import RUN_DEFAULTS, Trainer, init_distributed
+    from runtime.train import RUN_DEFAULTS, init_distributed
+    from runtime.trainer import Trainer
 
     plan = read_plan(Path(plan_path), required=("model", "run", "layouts"))
     cfg = ModelConfig.from_dict(plan["model"], where=f"{plan_path} [model]")

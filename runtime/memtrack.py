@@ -44,7 +44,7 @@ def measure(cfg, setup, *, dp: int = 1, zero: int = 0) -> dict[str, Any]:
 
     from runtime.model import Decoder
     from runtime.parallel import apply_fsdp, apply_recompute
-    from runtime.train import make_optimizer, param_groups
+    from runtime.trainer import make_optimizer, param_groups
 
     fsdp = zero >= 2 and dp > 1
     mesh = None
@@ -56,7 +56,7 @@ def measure(cfg, setup, *, dp: int = 1, zero: int = 0) -> dict[str, Any]:
         dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=dp)
         mesh = init_device_mesh("cpu", (dp,), mesh_dim_names=("dp",))
     m, b, s = setup.grad_accum, setup.micro_batch, setup.seq_len
-    autocast = setup.dtype == "bf16" and not fsdp  # as runtime.train.Trainer.contexts
+    autocast = setup.dtype == "bf16" and not fsdp  # as runtime.trainer.Trainer.contexts
     with FakeTensorMode():
         if fsdp:  # as runtime.parallel.build: shard on the meta device, then materialise
             with torch.device("meta"):

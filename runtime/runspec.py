@@ -57,6 +57,8 @@ class TrainRequest:
     resume: bool = False
     save_hf: str = ""
     sft: bool = False
+    eval_data: str = ""
+    eval_every: int = 0
     run_dir: str = ""
     nnodes: int = 1
     rdzv_endpoint: str = ""
@@ -172,6 +174,13 @@ def check_train_options(req: TrainRequest) -> None:
         from runtime.dataset import data_files
 
         data_files(req.data)
+    _positive_int("--eval-every", req.eval_every, minimum=0)
+    if req.eval_every and not req.eval_data:
+        raise ConfigError(f"--eval-every {req.eval_every} needs --eval-data")
+    if req.eval_data:
+        from runtime.dataset import data_files
+
+        data_files(req.eval_data, flag="--eval-data")
     if req.sft and not req.data:
         raise ConfigError("--sft needs --data (prompt/completion or chat messages)")
     if req.save_hf:
@@ -292,8 +301,11 @@ def resolve(req: TrainRequest, *, progress: Callable[[int, int], None] | None = 
         if key in base.get("cluster", {}):
             plan["cluster"][f"planned_{key}"] = base["cluster"][key]
     plan["run"] = {"steps": req.steps, "lr": req.lr, "seed": req.seed,
-                   "data": _prepared(req, cfg, weights, progress), "data_source": req.data,
-                   "sft": req.sft,
+                   "data": _prepared(req.data, req, cfg, weights, progress),
+                   "data_source": req.data, "sft": req.sft,
+                   "eval_data": _held_out(req, cfg, weights, progress, setup.seq_len,
+                                          global_batch),
+                   "eval_every": req.eval_every,
                    "ckpt_dir": req.ckpt_dir, "ckpt_every": req.ckpt_every,
                    "resume": req.resume, "device": device, "pp_rounds": req.pp_rounds,
                    "weights": weights, "save_hf": _exportable(req.save_hf, cfg)}
@@ -307,18 +319,31 @@ def resolve(req: TrainRequest, *, progress: Callable[[int, int], None] | None = 
     return Resolved(spec=spec, plan=plan, overrides=said, cfg=cfg, setup=setup, par=par)
 
 
-def _prepared(req: TrainRequest, cfg: ModelConfig, weights: str, progress) -> str:
-    """``--data`` tokenised with the model folder's tokenizer (bytes for a preset) and
-    cached; the prepared stream's prefix, or "" for synthetic data."""
-    if not req.data:
+def _prepared(path: str, req: TrainRequest, cfg: ModelConfig, weights: str, progress) -> str:
+    """A data set tokenised with the model folder's tokenizer (bytes for a preset) and
+    cached; the prepared stream's prefix, or "" for none (synthetic data)."""
+    if not path:
         return ""
     from runtime.dataset import prepare
     from runtime.tokenizer import load_tokenizer
 
     folder = weights or (req.target if (Path(req.target) / "config.json").exists() else "")
     tokenizer = load_tokenizer(folder, model_vocab=cfg.vocab_size)
-    return prepare(req.data, tokenizer, vocab_size=cfg.vocab_size, sft=req.sft,
-                   progress=progress)
+    return prepare(path, tokenizer, vocab_size=cfg.vocab_size, sft=req.sft, progress=progress)
+
+
+def _held_out(req: TrainRequest, cfg: ModelConfig, weights: str, progress, seq: int,
+              global_batch: int) -> str:
+    """``--eval-data`` prepared like the training data; it must fill one global batch."""
+    prefix = _prepared(req.eval_data, req, cfg, weights, progress)
+    if prefix:
+        from runtime.dataset import PackedData
+
+        windows = PackedData.count(prefix, seq)
+        if windows < global_batch:
+            raise ConfigError(f"--eval-data {req.eval_data}: {windows} windows of seq({seq}) "
+                              f"+ 1 tokens, fewer than the global batch({global_batch})")
+    return prefix
 
 
 def _exportable(out: str, cfg: ModelConfig) -> str:

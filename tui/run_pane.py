@@ -24,13 +24,16 @@ class RunState:
     losses: list[float] | None = None
     tokens_per_s: list[float] | None = None
     mfu: list[float] | None = None
+    eval_losses: list[float] | None = None
     status: str = "idle"
     comparison: list[tuple[str, str, str, str]] | None = None
 
     def apply(self, ev: events.Event) -> "RunState":
         losses, tps, mfu = list(self.losses or []), list(self.tokens_per_s or []), list(self.mfu or [])
+        held = list(self.eval_losses or [])
         out = RunState(steps=self.steps, done_steps=self.done_steps, losses=losses,
-                       tokens_per_s=tps, mfu=mfu, status=self.status, comparison=self.comparison)
+                       tokens_per_s=tps, mfu=mfu, eval_losses=held, status=self.status,
+                       comparison=self.comparison)
         if isinstance(ev, events.Start):
             out.steps = ev.steps
             out.done_steps = ev.start_step
@@ -40,6 +43,8 @@ class RunState:
             losses.append(ev.loss)
             tps.append(ev.tokens_per_s)
             mfu.append(ev.mfu or 0.0)
+        elif isinstance(ev, events.Eval):
+            held.append(ev.loss)
         elif isinstance(ev, events.Done):
             out.status = "done"
             out.done_steps = out.steps
@@ -85,6 +90,9 @@ class RunPane(Vertical):
             with Vertical():
                 yield Static("MFU", classes="spark-label")
                 yield Sparkline([], id="mfu-spark")
+            with Vertical():
+                yield Static("held-out loss", classes="spark-label")
+                yield Sparkline([], id="eval-spark")
         yield DataTable(id="comparison", show_cursor=False)
         yield Log(id="run-log", max_lines=5000)
 
@@ -108,6 +116,7 @@ class RunPane(Vertical):
         self.query_one("#loss-spark", Sparkline).data = state.losses or []
         self.query_one("#tps-spark", Sparkline).data = state.tokens_per_s or []
         self.query_one("#mfu-spark", Sparkline).data = state.mfu or []
+        self.query_one("#eval-spark", Sparkline).data = state.eval_losses or []
         table = self.query_one("#comparison", DataTable)
         table.clear()
         for row in state.comparison or []:

@@ -4,6 +4,7 @@ between documents; under --sft only completion tokens count. The oracle for the 
 batch holds every window once has the same mean whatever the shuffle."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -107,3 +108,81 @@ def test_bad_data_is_one_line(tmp_path, lines, needle):
                           timeout=120)
     assert proc.returncode == 2 and needle in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stdout == ""
+
+
+def test_held_out_loss_is_transformers_loss_on_the_eval_windows(llama, tmp_path):
+    """Evaluated after one step at lr 1e-30 (an update below fp32 resolution), the model is
+    still the folder's; under pp2 this is the schedule's forward-only path."""
+    folder, hf = llama
+    rows = examples(16)
+    train, held = tmp_path / "train.jsonl", tmp_path / "held.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    held.write_text("".join(json.dumps(r) + "\n" for r in rows[::-1]))
+    windows, labels = expected_windows(folder, rows[::-1], 16, False)
+    gbs = 4
+    events, _ = launch(str(folder), "--data", str(train), "--eval-data", str(held),
+                       "--eval-every", "1", "--steps", "1", "--lr", "1e-30", "--seq", "16",
+                       "--gbs", str(gbs), "--pp", "2", "--dtype", "fp32")
+    ev = next(e for e in events if e["event"] == "eval")
+    used = min(8, windows.shape[0] // gbs) * gbs  # the first eval_batches global batches
+    w, m = windows[:used], labels[:used]
+    with torch.no_grad():
+        logits = hf(w[:, :-1]).logits
+    y = w[:, 1:].masked_fill(~m[:, 1:], -100)
+    loss = float(F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100))
+    assert ev["step"] == 1 and ev["tokens"] == int(m[:, 1:].sum())
+    assert ev["loss"] == pytest.approx(loss, rel=1e-5)
+    assert ev["perplexity"] == pytest.approx(math.exp(loss), rel=1e-5)
+
+
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + "
+          "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}"
+          "{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def test_chat_messages_train_only_the_assistant_turns(llama, tmp_path):
+    """The template rendered by transformers' own apply_chat_template is the oracle."""
+    import transformers
+
+    folder, hf = llama
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": CHATML}))
+    try:
+        talks = [[{"role": "system", "content": "be brief"},
+                  {"role": "user", "content": f"what is {i} plus {i}?"},
+                  {"role": "assistant", "content": f"{2 * i}."},
+                  {"role": "user", "content": "and the fox?"},
+                  {"role": "assistant", "content": "it jumps."}] for i in range(6)]
+        data = tmp_path / "chat.jsonl"
+        data.write_text("".join(json.dumps({"messages": t}) + "\n" for t in talks))
+        tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"),
+                                                   chat_template=CHATML)
+        ids, mask = [], []
+        for talk in talks:
+            done, first = "", True
+            for n, m in enumerate(talk):
+                if m["role"] != "assistant":
+                    continue
+                before = tok.apply_chat_template(talk[:n], tokenize=False, add_generation_prompt=True)
+                full = tok.apply_chat_template(talk[:n + 1], tokenize=False)
+                for text, trained in ((before[len(done):], False), (full[len(before):], True)):
+                    piece = tok(text, add_special_tokens=first)["input_ids"]
+                    first = False
+                    ids += piece
+                    mask += [trained] * len(piece)
+                done = full
+            ids, mask = ids + [0], mask + [True]  # EOS between conversations
+        seq = 16
+        t, m = torch.tensor(ids), torch.tensor(mask)
+        total = (len(ids) - 1) // seq  # every window in one step: the shuffle cannot matter
+        events, _ = launch(str(folder), "--data", str(data), "--sft", "--steps", "1", "--seq",
+                           str(seq), "--gbs", str(total), "--dtype", "fp32")
+        step = next(e for e in events if e["event"] == "step")
+        windows = torch.stack([t[i * seq:i * seq + seq + 1] for i in range(total)])
+        labels = torch.stack([m[i * seq:i * seq + seq + 1] for i in range(total)])
+        with torch.no_grad():
+            logits = hf(windows[:, :-1]).logits
+        y = windows[:, 1:].masked_fill(~labels[:, 1:], -100)
+        loss = float(F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100))
+        assert step["loss"] == pytest.approx(loss, rel=1e-5)
+    finally:
+        (folder / "tokenizer_config.json").unlink()

@@ -40,6 +40,8 @@ def launch_cmd(
     seed: Annotated[int, typer.Option(help="Seed for init and data.")] = 0,
     data: Annotated[str, typer.Option(help="Local .txt/.jsonl/.parquet file or folder, tokenised with the model folder's tokenizer (bytes for presets).")] = "",
     sft: Annotated[bool, typer.Option("--sft", help="Train on completions / assistant turns only (prompt tokens masked).")] = False,
+    eval_data: Annotated[str, typer.Option("--eval-data", help="Held-out data (same formats as --data): eval events with loss and perplexity.")] = "",
+    eval_every: Annotated[int, typer.Option("--eval-every", help="Evaluate every N steps (and at the end).")] = 0,
     ckpt_dir: Annotated[str, typer.Option("--ckpt-dir", help="Checkpoint folder.")] = "",
     ckpt_every: Annotated[int, typer.Option("--ckpt-every", help="Save every N steps.")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint.")] = False,
@@ -124,8 +126,12 @@ def _print_training(resolved) -> Callable[[Any], None]:
             sys.stdout.write(f"step {ev.step:>5}  loss {ev.loss:.4f}  grad norm "
                              f"{ev.grad_norm:.3f}  {ev.tokens_per_s:,.0f} tok/s{mfu}\n")
             sys.stdout.flush()
+        elif isinstance(ev, events.Eval):
+            sys.stdout.write(f"eval {ev.step:>5}  loss {ev.loss:.4f}  perplexity "
+                             f"{ev.perplexity:,.2f}  ({ev.tokens:,} tokens)\n")
         elif isinstance(ev, events.Checkpoint):
-            sys.stdout.write(f"checkpoint at step {ev.step}: {ev.path}\n")
+            kind = "Hugging Face folder" if ev.format == "hf" else "checkpoint"
+            sys.stdout.write(f"{kind} at step {ev.step}: {ev.path}\n")
         elif isinstance(ev, events.Done):
             output.show(output.table("Predicted vs measured (most loaded rank)",
                                      ["quantity", "predicted", "measured", "error"],
