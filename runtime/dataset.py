@@ -64,7 +64,7 @@ def _key(files: list[Path], tokenizer_file: str, sft: bool) -> str:
     return h.hexdigest()[:24]
 
 
-def _documents(path: Path, tokenizer):
+def documents(path: Path, tokenizer):
     """Each document of one file as ([(text, trained)] segments, fraction of the file read);
     line numbers in errors."""
     from datasets import disable_progress_bars, load_dataset
@@ -133,7 +133,7 @@ def prepare(path: str, tokenizer, *, vocab_size: int, sft: bool,
     seen = 0
     for path_i in files:
         size = path_i.stat().st_size
-        for n, (segments, done) in enumerate(_documents(path_i, tokenizer)):
+        for n, (segments, done) in enumerate(documents(path_i, tokenizer)):
             for k, (text, trained) in enumerate(segments):  # specials (BOS) once, at the start
                 piece = tokenizer.encode(text, special=k == 0) if text else []
                 ids += piece

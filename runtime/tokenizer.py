@@ -60,6 +60,9 @@ class FolderTokenizer:
         self.chat_template = (template.read_text() if template.exists()
                               else settings.get("chat_template") or "")
         self.specials = {k: _token_text(settings.get(k)) for k in ("bos_token", "eos_token")}
+        if not self.eos and self.specials["eos_token"]:  # a folder with no eos_token_id
+            found = self.inner.token_to_id(self.specials["eos_token"])
+            self.eos = [found] if found is not None else []
 
     def encode(self, text: str, special: bool = True) -> list[int]:
         """Token ids; ``special``: the file's post-processor adds its tokens (BOS)."""

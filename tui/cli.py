@@ -26,7 +26,7 @@ COMMAND_MODULES = {
     "flops": "calculate", "memory": "calculate", "kv": "calculate", "chinchilla": "calculate",
     "explain": "calculate",
     "plan": "plan",
-    "launch": "run", "generate": "run", "export": "run",
+    "launch": "run", "generate": "run", "export": "run", "tokenizer": "data",
     "calibrate": "calibrate", "validate": "calibrate",
 }
 """Command name -> its module in ``tui.commands`` (the order ``--help`` lists them in)."""

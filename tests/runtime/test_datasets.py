@@ -186,3 +186,55 @@ def test_chat_messages_train_only_the_assistant_turns(llama, tmp_path):
         assert step["loss"] == pytest.approx(loss, rel=1e-5)
     finally:
         (folder / "tokenizer_config.json").unlink()
+
+
+def test_parquet_folders_and_jsonl_give_the_same_stream(llama, tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from runtime.dataset import prepare
+    from runtime.tokenizer import load_tokenizer
+
+    folder, _ = llama
+    rows = examples(10)
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows[:4]), parts / "0.parquet")
+    (parts / "1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[4:]))
+    tok = load_tokenizer(str(folder), model_vocab=320)
+    one = prepare(str(tmp_path / "a.jsonl"), tok, vocab_size=320, sft=True)
+    two = prepare(str(parts), tok, vocab_size=320, sft=True)
+    assert one != two  # different files, different cache entries
+    for suffix in ("tokens", "mask"):
+        assert np.array_equal(np.load(f"{one}.{suffix}.npy"), np.load(f"{two}.{suffix}.npy"))
+    windows, labels = expected_windows(folder, rows, 16, True)
+    stream = np.load(f"{one}.tokens.npy")
+    assert np.array_equal(stream[:windows.shape[0] * 16 + 1],
+                          torch.cat([windows[:, :-1].flatten(), windows[-1:, -1]]).numpy())
+
+
+def test_a_trained_tokenizer_serves_a_folder_without_one(tmp_path):
+    from tokenizers import Tokenizer
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 100)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    config = {"model_type": "llama", "vocab_size": 300, "hidden_size": 32,
+              "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+              "max_position_embeddings": 64}
+    (folder / "config.json").write_text(json.dumps(config))
+    proc = subprocess.run([sys.executable, "-m", "tui.cli", "tokenizer", "train", str(corpus),
+                           "--vocab", "290", "--out", str(folder), "--json"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    made = json.loads(proc.stdout)
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    assert made["vocab_size"] == tok.get_vocab_size() <= 290
+    ids = tok.encode("the lazy fox").ids
+    assert tok.decode(ids) == "the lazy fox" and len(ids) < len("the lazy fox")  # merges learnt
+    events, _ = launch(str(folder), "--data", str(corpus), "--steps", "3", "--seq", "16",
+                       "--gbs", "2", "--lr", "3e-3", "--dtype", "fp32")
+    assert [e["step"] for e in events if e["event"] == "step"] == [1, 2, 3]

@@ -44,9 +44,16 @@ def test_a_folder_trained_in_a_layout_is_saved_as_the_trained_model(tmp_path):
     source = tmp_path / "llama"
     write_hf_folder("llama", source, shard="40KB")
     out, ckpt = tmp_path / "out", tmp_path / "ckpt"
-    events, _ = launch(str(source), "--tp", "2", "--dp", "2", "--zero", "3", "--steps", "3",
-                       "--seq", "16", "--gbs", "4", "--dtype", "fp32", "--save-hf", str(out),
-                       "--ckpt-dir", str(ckpt), "--ckpt-every", "3")
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"add {i % 7} and {i % 5}: ",
+                                        "completion": f"{i % 7 + i % 5}."}) + "\n"
+                            for i in range(64)))
+    events, _ = launch(str(source), "--data", str(data), "--sft", "--tp", "2", "--dp", "2",
+                       "--zero", "3", "--steps", "8", "--seq", "16", "--gbs", "4", "--lr", "3e-3",
+                       "--dtype", "fp32", "--save-hf", str(out), "--ckpt-dir", str(ckpt),
+                       "--ckpt-every", "8", env={"LLMPLAN_CACHE_DIR": str(tmp_path / "cache")})
+    losses = [e["loss"] for e in events if e["event"] == "step"]
+    assert losses[-1] < losses[0]  # the completions are learnable
     assert any(e["event"] == "checkpoint" and e["format"] == "hf" for e in events)
     assert not list(tmp_path.glob(".*partial"))
     assert {"config.json", "tokenizer.json", "generation_config.json"} <= {p.name for p in out.iterdir()}
