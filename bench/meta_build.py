@@ -9,7 +9,10 @@ from fp32 masters, SGD with momentum: its 3.3 GiB fp32 model no rank ever holds;
 ``1b`` (h=4096 L=3 f=16384: its 243 M-parameter layers gathered whole on each rank need
 about 47 GiB in fp32, which launch's host-memory check refuses on a 24 GiB machine).
 Before the meta build every rank initialised the whole fp32 model first.
-Usage: python bench/meta_build.py [--shape 0.4b|0.9b|1b]
+``--shape hf-0.5b`` loads a Hugging Face folder instead (a 0.5 B-parameter Llama written once
+by ``transformers`` with random weights into .bench/, 2 GiB of fp32 safetensors): each rank
+reads only its own rows, so its peak is its shard, not the checkpoint.
+Usage: python bench/meta_build.py [--shape 0.4b|0.9b|1b|hf-0.5b]
 """
 
 from __future__ import annotations
@@ -26,7 +29,24 @@ SHAPES = {  # model fields, then launch options
              ("--dtype", "bf16", "--optimizer", "sgd_momentum")),
     "0.4b-bf16": (("h=2048", "L=4", "f=8192", "a=16", "g=8", "V=32000"), ("--dtype", "bf16")),
     "1b": (("h=4096", "L=3", "f=16384", "a=32", "g=8", "V=32000"), ("--dtype", "fp32")),
+    "hf-0.5b": ((), ("--dtype", "fp32")),
 }
+HF_FOLDER = ROOT / ".bench" / "hf-llama-0.5b"
+
+
+def hf_folder() -> Path:
+    """The 0.5 B Llama folder (written once; ``transformers`` is a test dependency)."""
+    if not (HF_FOLDER / "model.safetensors.index.json").exists():
+        import torch
+        import transformers
+
+        config = transformers.LlamaConfig(vocab_size=32000, hidden_size=1536, num_hidden_layers=16,
+                                          num_attention_heads=12, num_key_value_heads=4,
+                                          intermediate_size=4096, max_position_embeddings=512)
+        with torch.no_grad():
+            model = transformers.LlamaForCausalLM(config)
+        model.save_pretrained(HF_FOLDER, max_shard_size="500MB")
+    return HF_FOLDER
 
 
 def states(rank: dict) -> int:
@@ -39,7 +59,8 @@ def main() -> int:
     name = sys.argv[sys.argv.index("--shape") + 1] if "--shape" in sys.argv else "0.4b"
     shape, options = SHAPES[name]
     sets = [arg for s in shape for arg in ("--set", s)]
-    cmd = [sys.executable, "-m", "tui.cli", "launch", "tiny", *sets, "--dp", "8", "--zero", "3",
+    target = str(hf_folder()) if name.startswith("hf-") else "tiny"
+    cmd = [sys.executable, "-m", "tui.cli", "launch", target, *sets, "--dp", "8", "--zero", "3",
            "--seq", "16", "--gbs", "8", "--steps", "2", *options, "--device", "cpu", "--json"]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     events = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
@@ -48,7 +69,7 @@ def main() -> int:
         print(f"run failed ({run.returncode}): {run.stderr.strip().splitlines()[-1:]}")
         return 1
     worst = 0.0
-    print(f"{' '.join(shape)}: dp 8, ZeRO-3, {' '.join(options)}")
+    print(f"{' '.join(shape) or target}: dp 8, ZeRO-3, {' '.join(options)}")
     for r in done["ranks"]:
         measured, predicted = r["measured_host_peak_bytes"], r["predicted_total_bytes"]
         ratio = measured / predicted

@@ -58,9 +58,10 @@ def test_greedy_generation_equals_transformers(folders, family):
     caches = [KVCache(1, cfg.num_kv_heads, len(prompt) + 16, cfg.head_dim,
                       window=cfg.sliding_window, dtype=torch.float32, device=torch.device("cpu"))
               for _ in range(cfg.num_layers)]
+    eos = load_tokenizer(str(folder)).eos  # both stop at the folder's EOS
     got = generate(ours, [prompt], max_new=16, caches=caches, temperature=0.0, top_k=0,
-                   top_p=1.0, seed=0, eos=[-1])["tokens"][0]
-    want = hf.generate(torch.tensor([prompt]), max_new_tokens=16, min_new_tokens=16,
+                   top_p=1.0, seed=0, eos=eos)["tokens"][0]
+    want = hf.generate(torch.tensor([prompt]), max_new_tokens=16,
                        do_sample=False)[0, len(prompt):].tolist()
     assert got == want
 

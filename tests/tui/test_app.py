@@ -283,3 +283,21 @@ async def test_the_plan_screen_and_the_cli_rank_the_same_best_layout(tmp_path):
     plan = read_plan(out)
     assert plan["cluster"] == {"hardware": "h100-sxm", "gpus": 64, "gpus_per_node": 8, "nodes": 8}
     assert (tmp_path / "plan.slurm").exists()
+
+
+async def test_opening_a_hugging_face_folder_shows_its_exact_parameters(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(FIXTURES.parent))
+    from hf_models import write_hf_folder
+
+    hf = write_hf_folder("qwen2", tmp_path / "qwen2-small")
+    app = PlanApp(save_settings=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        app.query_one("#open-path").value = str(tmp_path / "qwen2-small")
+        await pilot.click("#open-path")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert f"{sum(p.numel() for p in hf.parameters()):,}" in text(app, "#params-headline")
+        assert "qwen2-small" in app.sub_title
