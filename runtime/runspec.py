@@ -21,6 +21,7 @@ from planner.config import ConfigError, ModelConfig
 from planner.setup import Parallel, TrainSetup
 from planner.planfile import plan_dict, plan_objects, read_plan, write_plan
 from presets import default_hardware, load_model, parse_overrides
+from runtime import inputs
 from runtime.launch import LaunchSpec, torchrun_command
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -260,7 +261,7 @@ def resolve(req: TrainRequest, *, progress: Callable[[int, int], None] | None = 
     else:
         base = {}
         cfg = load_model(req.target, parse_overrides(list(req.sets)))
-        weights = hf_weights(req.target, cfg)
+        weights = inputs.hf_weights(req.target, cfg)
         base_setup = TrainSetup(seq_len=min(256, cfg.max_context), dtype="fp32", recipe="runtime")
         base_par, hardware = Parallel(), ""
     asked = {"tp": req.tp, "pp": req.pp, "vpp": req.vpp, "dp": req.dp, "zero": req.zero,
@@ -301,14 +302,14 @@ def resolve(req: TrainRequest, *, progress: Callable[[int, int], None] | None = 
         if key in base.get("cluster", {}):
             plan["cluster"][f"planned_{key}"] = base["cluster"][key]
     plan["run"] = {"steps": req.steps, "lr": req.lr, "seed": req.seed,
-                   "data": _prepared(req.data, req, cfg, weights, progress),
+                   "data": inputs.prepared(req.data, req, cfg, weights, progress),
                    "data_source": req.data, "sft": req.sft,
-                   "eval_data": _held_out(req, cfg, weights, progress, setup.seq_len,
-                                          global_batch),
+                   "eval_data": inputs.held_out(req, cfg, weights, progress, setup.seq_len,
+                                                global_batch),
                    "eval_every": req.eval_every,
                    "ckpt_dir": req.ckpt_dir, "ckpt_every": req.ckpt_every,
                    "resume": req.resume, "device": device, "pp_rounds": req.pp_rounds,
-                   "weights": weights, "save_hf": _exportable(req.save_hf, cfg)}
+                   "weights": weights, "save_hf": inputs.exportable(req.save_hf, cfg)}
     folder = _run_folder(req.run_dir, req.ckpt_dir, "llmplan-run-")
     plan_path = folder / "run.toml"
     # each node's agent runs the same file; the Slurm script is the planner's, not the run's
@@ -317,58 +318,6 @@ def resolve(req: TrainRequest, *, progress: Callable[[int, int], None] | None = 
     spec = LaunchSpec(plan_path=plan_path, nproc_per_node=per_node, device=device,
                       nnodes=req.nnodes, rdzv_endpoint=req.rdzv_endpoint)
     return Resolved(spec=spec, plan=plan, overrides=said, cfg=cfg, setup=setup, par=par)
-
-
-def _prepared(path: str, req: TrainRequest, cfg: ModelConfig, weights: str, progress) -> str:
-    """A data set tokenised with the model folder's tokenizer (bytes for a preset) and
-    cached; the prepared stream's prefix, or "" for none (synthetic data)."""
-    if not path:
-        return ""
-    from runtime.dataset import prepare
-    from runtime.tokenizer import load_tokenizer
-
-    folder = weights or (req.target if (Path(req.target) / "config.json").exists() else "")
-    tokenizer = load_tokenizer(folder, model_vocab=cfg.vocab_size)
-    return prepare(path, tokenizer, vocab_size=cfg.vocab_size, sft=req.sft, progress=progress)
-
-
-def _held_out(req: TrainRequest, cfg: ModelConfig, weights: str, progress, seq: int,
-              global_batch: int) -> str:
-    """``--eval-data`` prepared like the training data; it must fill one global batch."""
-    prefix = _prepared(req.eval_data, req, cfg, weights, progress)
-    if prefix:
-        from runtime.dataset import PackedData
-
-        windows = PackedData.count(prefix, seq)
-        if windows < global_batch:
-            raise ConfigError(f"--eval-data {req.eval_data}: {windows} windows of seq({seq}) "
-                              f"+ 1 tokens, fewer than the global batch({global_batch})")
-    return prefix
-
-
-def _exportable(out: str, cfg: ModelConfig) -> str:
-    """``--save-hf``'s folder once the family's mapping and config.json can express ``cfg``."""
-    if not out:
-        return ""
-    from presets.hf_export import to_hf_config
-    from runtime.hf_names import check_family
-
-    check_family(cfg, f"--save-hf {out}")
-    to_hf_config(cfg)
-    return str(Path(out).resolve())
-
-
-def hf_weights(target: str, cfg: ModelConfig) -> str:
-    """A Hugging Face folder's weights ("" for a preset, a file, or a folder without
-    safetensors), every tensor the model needs checked before any process starts."""
-    from runtime.hf_checkpoint import has_weights
-
-    if not has_weights(target):
-        return ""
-    from runtime.hf_weights import check_folder
-
-    check_folder(target, cfg)
-    return str(Path(target).resolve())
 
 
 def _inference_plan(path: Path, plan: dict[str, Any], device: str) -> Resolved:
@@ -423,7 +372,7 @@ def resolve_generation(req: GenerateRequest) -> Resolved:
     checkpoint = weights = tokenizer_dir = ""
     if (folder / "config.json").exists():  # a Hugging Face model folder
         cfg = load_model(req.target, parse_overrides(list(req.sets)))
-        weights = hf_weights(req.target, cfg)
+        weights = inputs.hf_weights(req.target, cfg)
         tokenizer_dir = str(folder.resolve())
     elif folder.is_dir():
         run_plan = folder / "run.toml"

@@ -1,0 +1,66 @@
+"""Where a run's weights and data come from, resolved before any process starts: a Hugging
+Face folder's weights (every tensor checked), ``--data`` / ``--eval-data`` tokenised and
+cached (``runtime.dataset``), the ``--save-hf`` folder's family checked expressible.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from planner.config import ConfigError, ModelConfig
+
+if TYPE_CHECKING:
+    from runtime.runspec import TrainRequest
+
+
+def prepared(path: str, req: TrainRequest, cfg: ModelConfig, weights: str, progress) -> str:
+    """A data set tokenised with the model folder's tokenizer (bytes for a preset) and
+    cached; the prepared stream's prefix, or "" for none (synthetic data)."""
+    if not path:
+        return ""
+    from runtime.dataset import prepare
+    from runtime.tokenizer import load_tokenizer
+
+    folder = weights or (req.target if (Path(req.target) / "config.json").exists() else "")
+    tokenizer = load_tokenizer(folder, model_vocab=cfg.vocab_size)
+    return prepare(path, tokenizer, vocab_size=cfg.vocab_size, sft=req.sft, progress=progress)
+
+
+def held_out(req: TrainRequest, cfg: ModelConfig, weights: str, progress, seq: int,
+              global_batch: int) -> str:
+    """``--eval-data`` prepared like the training data; it must fill one global batch."""
+    prefix = prepared(req.eval_data, req, cfg, weights, progress)
+    if prefix:
+        from runtime.dataset import PackedData
+
+        windows = PackedData.count(prefix, seq)
+        if windows < global_batch:
+            raise ConfigError(f"--eval-data {req.eval_data}: {windows} windows of seq({seq}) "
+                              f"+ 1 tokens, fewer than the global batch({global_batch})")
+    return prefix
+
+
+def exportable(out: str, cfg: ModelConfig) -> str:
+    """``--save-hf``'s folder once the family's mapping and config.json can express ``cfg``."""
+    if not out:
+        return ""
+    from presets.hf_export import to_hf_config
+    from runtime.hf_names import check_family
+
+    check_family(cfg, f"--save-hf {out}")
+    to_hf_config(cfg)
+    return str(Path(out).resolve())
+
+
+def hf_weights(target: str, cfg: ModelConfig) -> str:
+    """A Hugging Face folder's weights ("" for a preset, a file, or a folder without
+    safetensors), every tensor the model needs checked before any process starts."""
+    from runtime.hf_checkpoint import has_weights
+
+    if not has_weights(target):
+        return ""
+    from runtime.hf_weights import check_folder
+
+    check_folder(target, cfg)
+    return str(Path(target).resolve())
