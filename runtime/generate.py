@@ -26,12 +26,12 @@ from planner.planfile import read_plan
 from presets import default_hardware
 from runtime import events
 from runtime.runspec import check_generation
-from runtime.tokenizer import load_tokenizer
+from runtime.tokenizer import load_tokenizer, prompt_ids
 
 GEN_DEFAULTS: dict[str, Any] = {
     "prompts": ["Hello"], "max_new_tokens": 32, "temperature": 0.0, "top_k": 0, "top_p": 1.0,
     "seed": 0, "device": "cpu", "dtype": "fp32", "checkpoint": "", "eos_token": -1,
-    "weights_seed": 0, "weights": "", "tokenizer": "",
+    "weights_seed": 0, "weights": "", "tokenizer": "", "chat": False,
 }
 
 
@@ -259,8 +259,10 @@ def run(plan_path: str) -> int:
     tp = int(os.environ.get("WORLD_SIZE", "1"))
     max_new = int(opts["max_new_tokens"])
     tok = load_tokenizer(str(opts["tokenizer"]), model_vocab=cfg.vocab_size)
-    check_generation(cfg, tp=tp, prompts=list(opts["prompts"]), max_new=max_new, tokenizer=tok)
-    prompts = [tok.encode(p) for p in opts["prompts"]]
+    chat = bool(opts["chat"])
+    check_generation(cfg, tp=tp, prompts=list(opts["prompts"]), max_new=max_new, tokenizer=tok,
+                     chat=chat)
+    prompts = [prompt_ids(tok, p, chat=chat) for p in opts["prompts"]]
     eos = [int(opts["eos_token"])] if int(opts["eos_token"]) >= 0 else list(tok.eos)
     cuda = opts["device"] == "cuda"
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

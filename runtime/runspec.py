@@ -82,6 +82,7 @@ class GenerateRequest:
     device: str = "auto"
     dtype: str = "fp32"
     eos: int = -1
+    chat: bool = False
     run_dir: str = ""
     sets: tuple[str, ...] = ()
 
@@ -338,12 +339,13 @@ def _inference_plan(path: Path, plan: dict[str, Any], device: str) -> Resolved:
 
 # ---- generation ---------------------------------------------------------------------------
 def check_generation(cfg: ModelConfig, *, tp: int, prompts: list[str], max_new: int,
-                     tokenizer=None) -> None:
+                     tokenizer=None, chat: bool = False) -> None:
     """The layout contract's model and tensor-parallel rules for llmplan's runtime, then the
     prompt lengths (in ``tokenizer``'s tokens, bytes by default) against the context."""
-    from runtime.tokenizer import ByteTokenizer
+    from runtime.tokenizer import ByteTokenizer, prompt_ids
 
-    encode = (tokenizer or ByteTokenizer()).encode
+    def encode(text: str) -> list[int]:
+        return prompt_ids(tokenizer or ByteTokenizer(), text, chat=chat)
     _positive_int("--max-new-tokens", max_new)
     refused = layout.refusals([*layout.model_problems(cfg), *layout.tp_problems(cfg, tp)],
                               "llmplan")
@@ -389,7 +391,7 @@ def resolve_generation(req: GenerateRequest) -> Resolved:
 
     tokenizer = load_tokenizer(tokenizer_dir, model_vocab=cfg.vocab_size)
     check_generation(cfg, tp=req.tp, prompts=texts, max_new=req.max_new_tokens,
-                     tokenizer=tokenizer)
+                     tokenizer=tokenizer, chat=req.chat)
     device = _device(req.device)
     if device == "cuda":
         _cuda_ranks(req.tp)
@@ -399,7 +401,7 @@ def resolve_generation(req: GenerateRequest) -> Resolved:
                          "temperature": req.temperature, "top_k": req.top_k,
                          "top_p": req.top_p, "seed": req.seed, "device": device,
                          "dtype": req.dtype, "checkpoint": checkpoint, "eos_token": req.eos,
-                         "weights": weights, "tokenizer": tokenizer_dir}}
+                         "weights": weights, "tokenizer": tokenizer_dir, "chat": req.chat}}
     path = _run_folder(req.run_dir, "", "llmplan-gen-") / "generate.toml"
     write_plan(path, plan)
     spec = LaunchSpec(plan_path=path, nproc_per_node=req.tp, device=device,

@@ -85,6 +85,19 @@ class FolderTokenizer:
         return self.inner.decode(tokens, skip_special_tokens=True)
 
 
+def prompt_ids(tokenizer, text: str, *, chat: bool = False) -> list[int]:
+    """A prompt's token ids; with ``chat`` the text is one user turn rendered by the chat
+    template with the assistant's opening (``add_generation_prompt``), tokenised without
+    further special tokens, as ``apply_chat_template(..., tokenize=True)`` does."""
+    if not chat:
+        return tokenizer.encode(text)
+    if not getattr(tokenizer, "chat_template", ""):
+        raise ConfigError("--chat needs a model folder with a chat_template (tokenizer_config.json)")
+    rendered = tokenizer.render_chat([{"role": "user", "content": text}],
+                                     add_generation_prompt=True)
+    return tokenizer.encode(rendered, special=False)
+
+
 def _json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text()) if path.exists() else {}

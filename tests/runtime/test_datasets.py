@@ -238,3 +238,29 @@ def test_a_trained_tokenizer_serves_a_folder_without_one(tmp_path):
     events, _ = launch(str(folder), "--data", str(corpus), "--steps", "3", "--seq", "16",
                        "--gbs", "2", "--lr", "3e-3", "--dtype", "fp32")
     assert [e["step"] for e in events if e["event"] == "step"] == [1, 2, 3]
+
+
+def test_generate_chat_prompts_through_the_template(llama, tmp_path):
+    import transformers
+
+    folder, hf = llama
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": CHATML}))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "tui.cli", "generate", str(folder), "--chat",
+                               "--prompt", "what is the fox?", "--max-new-tokens", "8",
+                               "--device", "cpu", "--json"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        done = json.loads(proc.stdout.strip().splitlines()[-1])
+        tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"),
+                                                   chat_template=CHATML)
+        ids = tok.apply_chat_template([{"role": "user", "content": "what is the fox?"}],
+                                      add_generation_prompt=True, tokenize=True)
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+        want = hf.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)
+        assert done["tokens"] == [want[0, len(ids):].tolist()]
+    finally:
+        (folder / "tokenizer_config.json").unlink()
+    err = subprocess.run([sys.executable, "-m", "tui.cli", "generate", str(folder), "--chat",
+                          "--device", "cpu"], cwd=ROOT, capture_output=True, text=True).stderr
+    assert "--chat needs a model folder with a chat_template" in err and err.count("\n") == 1

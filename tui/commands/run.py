@@ -182,7 +182,8 @@ def generate_cmd(
     tp: Annotated[int, typer.Option(help="Tensor-parallel processes / GPUs.")] = 1,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     dtype: Annotated[str, typer.Option(help="fp32 or bf16.")] = "fp32",
-    eos: Annotated[int, typer.Option(help="Stop a sequence at this token id (-1: never).")] = -1,
+    eos: Annotated[int, typer.Option(help="Stop a sequence at this token id (-1: the model folder's EOS, else never).")] = -1,
+    chat: Annotated[bool, typer.Option("--chat", help="Each prompt is a user turn in the folder's chat template.")] = False,
     run_dir: Annotated[str, typer.Option("--run-dir", help="Where the generation plan is written.")] = "",
     set_: SetOpt = None,
     json_mode: Annotated[bool, typer.Option("--json", help="Print the JSON-lines event stream.")] = False,
@@ -203,7 +204,8 @@ def generate_cmd(
     resolved = resolve_generation(GenerateRequest(
         target=target, prompts=tuple(texts or ["Hello"]), max_new_tokens=max_new_tokens,
         temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, batch=batch, tp=tp,
-        device=device, dtype=dtype, eos=eos, run_dir=run_dir, sets=tuple(set_ or ())))
+        device=device, dtype=dtype, eos=eos, chat=chat, run_dir=run_dir,
+        sets=tuple(set_ or ())))
     single = len(resolved.plan["generate"]["prompts"]) == 1
     if single and not json_mode:
         sys.stdout.write(resolved.plan["generate"]["prompts"][0])
