@@ -64,3 +64,20 @@ def hf_weights(target: str, cfg: ModelConfig) -> str:
 
     check_folder(target, cfg)
     return str(Path(target).resolve())
+
+
+def folder_dtype(target: str) -> str | None:
+    """The runtime dtype a Hugging Face folder's weights are stored in (config.json's
+    ``torch_dtype`` / ``dtype``): bf16 for 16-bit checkpoints, fp32 for fp32 ones, None for
+    anything else (a preset, a file, a folder that does not say)."""
+    import json
+
+    path = Path(target) / "config.json"
+    if not path.exists():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    stored = config.get("torch_dtype") or config.get("dtype") if isinstance(config, dict) else None
+    return {"bfloat16": "bf16", "float16": "bf16", "float32": "fp32"}.get(stored)

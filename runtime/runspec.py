@@ -80,7 +80,8 @@ class GenerateRequest:
     batch: int = 0
     tp: int = 1
     device: str = "auto"
-    dtype: str = "fp32"
+    dtype: str = "auto"
+    """fp32, bf16, or auto: a Hugging Face folder's stored dtype, else fp32."""
     eos: int = -1
     chat: bool = False
     run_dir: str = ""
@@ -263,7 +264,9 @@ def resolve(req: TrainRequest, *, progress: Callable[[int, int], None] | None = 
         base = {}
         cfg = load_model(req.target, parse_overrides(list(req.sets)))
         weights = inputs.hf_weights(req.target, cfg)
-        base_setup = TrainSetup(seq_len=min(256, cfg.max_context), dtype="fp32", recipe="runtime")
+        # a Hugging Face folder's weights keep their dtype unless --dtype says otherwise
+        base_setup = TrainSetup(seq_len=min(256, cfg.max_context),
+                                dtype=inputs.folder_dtype(req.target) or "fp32", recipe="runtime")
         base_par, hardware = Parallel(), ""
     asked = {"tp": req.tp, "pp": req.pp, "vpp": req.vpp, "dp": req.dp, "zero": req.zero,
              "sp": req.sp}
@@ -368,8 +371,8 @@ def resolve_generation(req: GenerateRequest) -> Resolved:
     _positive_int("--seed", req.seed, minimum=0)
     _finite("--temperature", req.temperature, low_open=False)
     _finite("--top-p", req.top_p, high=1.0)
-    if req.dtype not in RUNTIME_DTYPES:
-        raise ConfigError(f"--dtype {req.dtype!r}: use {' or '.join(RUNTIME_DTYPES)}")
+    if req.dtype not in (*RUNTIME_DTYPES, "auto"):
+        raise ConfigError(f"--dtype {req.dtype!r}: use {', '.join(RUNTIME_DTYPES)} or auto")
     folder = Path(req.target)
     checkpoint = weights = tokenizer_dir = ""
     if (folder / "config.json").exists():  # a Hugging Face model folder
@@ -400,7 +403,9 @@ def resolve_generation(req: GenerateRequest) -> Resolved:
             "generate": {"prompts": texts, "max_new_tokens": req.max_new_tokens,
                          "temperature": req.temperature, "top_k": req.top_k,
                          "top_p": req.top_p, "seed": req.seed, "device": device,
-                         "dtype": req.dtype, "checkpoint": checkpoint, "eos_token": req.eos,
+                         "dtype": (inputs.folder_dtype(req.target) or "fp32")
+                         if req.dtype == "auto" else req.dtype,
+                         "checkpoint": checkpoint, "eos_token": req.eos,
                          "weights": weights, "tokenizer": tokenizer_dir, "chat": req.chat}}
     path = _run_folder(req.run_dir, "", "llmplan-gen-") / "generate.toml"
     write_plan(path, plan)

@@ -70,3 +70,20 @@ def test_an_unsupported_family(folder):
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "t5"}))
     assert "unknown architecture model_type='t5'" in refused("launch", str(folder))
+
+
+def test_a_16_bit_folder_keeps_its_dtype_unless_told(tmp_path):
+    from hf_models import build_hf_model
+
+    folder = tmp_path / "bf16"
+    build_hf_model("llama").to(torch.bfloat16).save_pretrained(folder)
+
+    def dry(*extra):
+        proc = subprocess.run([sys.executable, "-m", "tui.cli", "launch", str(folder), "--dry-run",
+                               "--json", "--device", "cpu", *extra], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    assert dry()["setup"]["dtype"] == "bf16"
+    assert dry("--dtype", "fp32")["setup"]["dtype"] == "fp32"
