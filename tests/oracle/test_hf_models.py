@@ -119,3 +119,17 @@ def test_planner_commands_take_a_folder(folders):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["total"] == sum(p.numel() for p in hf.parameters())
+
+
+@pytest.mark.parametrize("family", ["bloom", "gemma"])  # fused ALiBi heads; 1 + w norms, MQA
+def test_logits_under_tp_and_pp_equal_transformers(folders, family, tmp_path):
+    from runtime.logits import launch_logits
+    from runtime.runspec import TrainRequest
+
+    folder, hf = folders[family]
+    tokens = torch.randint(0, 320, (4, 12), generator=torch.Generator().manual_seed(5))
+    got = launch_logits(TrainRequest(target=str(folder), tp=2, pp=2, seq=12, gbs=4,
+                                     dtype="fp32", device="cpu"), tokens, tmp_path)
+    with torch.no_grad():
+        want = hf(tokens).logits
+    assert float((got - want).abs().max()) <= 1e-4
