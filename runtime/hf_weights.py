@@ -170,7 +170,6 @@ def _assemble(group: list) -> torch.Tensor:
     return out
 
 
-
 def export_checkpoint(ckpt_dir: str, out: str) -> dict:
     """``llmplan export``: a training checkpoint (any layout; DCP reshards it into one
     process) written as a Hugging Face folder; the source folder's config and tokenizer are
