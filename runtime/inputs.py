@@ -14,30 +14,23 @@ if TYPE_CHECKING:
     from runtime.runspec import TrainRequest
 
 
-def prepared(path: str, req: TrainRequest, cfg: ModelConfig, weights: str, progress) -> str:
+def prepared(path: str, req: TrainRequest, cfg: ModelConfig, weights: str, progress, *,
+             seq: int, least: int = 1, flag: str = "--data") -> str:
     """A data set tokenised with the model folder's tokenizer (bytes for a preset) and
-    cached; the prepared stream's prefix, or "" for none (synthetic data)."""
+    cached; the prepared stream's prefix ("" for none: synthetic data). It must hold at
+    least ``least`` windows of seq + 1 tokens."""
     if not path:
         return ""
-    from runtime.dataset import prepare
+    from runtime.dataset import PackedData, prepare
     from runtime.tokenizer import load_tokenizer
 
     folder = weights or (req.target if (Path(req.target) / "config.json").exists() else "")
     tokenizer = load_tokenizer(folder, model_vocab=cfg.vocab_size)
-    return prepare(path, tokenizer, vocab_size=cfg.vocab_size, sft=req.sft, progress=progress)
-
-
-def held_out(req: TrainRequest, cfg: ModelConfig, weights: str, progress, seq: int,
-              global_batch: int) -> str:
-    """``--eval-data`` prepared like the training data; it must fill one global batch."""
-    prefix = prepared(req.eval_data, req, cfg, weights, progress)
-    if prefix:
-        from runtime.dataset import PackedData
-
-        windows = PackedData.count(prefix, seq)
-        if windows < global_batch:
-            raise ConfigError(f"--eval-data {req.eval_data}: {windows} windows of seq({seq}) "
-                              f"+ 1 tokens, fewer than the global batch({global_batch})")
+    prefix = prepare(path, tokenizer, vocab_size=cfg.vocab_size, sft=req.sft, progress=progress)
+    windows = PackedData.count(prefix, seq)
+    if windows < least:
+        raise ConfigError(f"{flag} {path}: {windows} windows of seq({seq}) + 1 tokens, fewer "
+                          f"than {least}{' (the global batch)' if least > 1 else ''}")
     return prefix
 
 

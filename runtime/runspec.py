@@ -306,10 +306,13 @@ def resolve(req: TrainRequest, *, progress: Callable[[int, int], None] | None = 
         if key in base.get("cluster", {}):
             plan["cluster"][f"planned_{key}"] = base["cluster"][key]
     plan["run"] = {"steps": req.steps, "lr": req.lr, "seed": req.seed,
-                   "data": inputs.prepared(req.data, req, cfg, weights, progress),
+                   "data": inputs.prepared(req.data, req, cfg, weights, progress,
+                                           seq=setup.seq_len),
                    "data_source": req.data, "sft": req.sft,
-                   "eval_data": inputs.held_out(req, cfg, weights, progress, setup.seq_len,
-                                                global_batch),
+                   # held-out data must fill one global batch
+                   "eval_data": inputs.prepared(req.eval_data, req, cfg, weights, progress,
+                                                seq=setup.seq_len, least=global_batch,
+                                                flag="--eval-data"),
                    "eval_every": req.eval_every,
                    "ckpt_dir": req.ckpt_dir, "ckpt_every": req.ckpt_every,
                    "resume": req.resume, "device": device, "pp_rounds": req.pp_rounds,
