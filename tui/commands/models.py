@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -57,17 +57,35 @@ def presets_cmd(
     output.render(json_mode, data, human)
 
 
-def params_cmd(model: ModelArg, set_: SetOpt = None, json_mode: JsonOpt = False) -> None:
-    """Exact parameter count with a breakdown (total, active per token, non-embedding)."""
-    params_report(model, set_, json_mode)
+def params_cmd(
+    model: ModelArg,
+    set_: SetOpt = None,
+    method: Annotated[str, typer.Option(help="full, or lora (adds the adapters' trainable count).")] = "full",
+    lora_rank: Annotated[int, typer.Option("--lora-rank", help="LoRA rank r.")] = 16,
+    lora_targets: Annotated[Optional[list[str]], typer.Option("--lora-targets", help="Module names as peft names them (comma-separated or repeated; default: every attention and MLP projection).")] = None,
+    json_mode: JsonOpt = False,
+) -> None:
+    """Exact parameter count with a breakdown (total, active per token, non-embedding) and,
+    with --method lora, the adapters' trainable parameters."""
+    params_report(model, set_, json_mode, method=method, lora_rank=lora_rank,
+                  lora_targets=lora_targets)
 
 
-def params_report(model: str, sets: list[str] | None, json_mode: bool) -> None:
+def params_report(model: str, sets: list[str] | None, json_mode: bool, *, method: str = "full",
+                  lora_rank: int = 16, lora_targets: list[str] | None = None) -> None:
     from planner.params import count_params
 
     cfg = load(model, sets)
     counts = count_params(cfg)
-    data = {"model": cfg.name, **counts.to_dict()}
+    data = {"model": cfg.name, **counts.to_dict(), "method": method, "trainable": counts.total}
+    if method == "lora":
+        from planner.lora import default_targets, lora_parameters
+
+        targets = tuple(t.strip() for arg in lora_targets or [] for t in arg.split(",") if t.strip())
+        data.update(trainable=lora_parameters(cfg, rank=lora_rank, targets=targets or None),
+                    lora_rank=lora_rank, lora_targets=list(targets or default_targets(cfg)))
+    elif method != "full":
+        raise LlmplanError(f"--method {method!r}: params counts full or lora")
 
     def human() -> None:
         rows = [(name, output.fmt_int(n), f"{100 * n / counts.total:.2f}%")
@@ -77,6 +95,10 @@ def params_report(model: str, sets: list[str] | None, json_mode: bool) -> None:
                   f"{100 * counts.active / counts.total:.2f}%"),
                  ("non-embedding", output.fmt_int(counts.non_embedding),
                   f"{100 * counts.non_embedding / counts.total:.2f}%")]
+        if method == "lora":
+            rows.append((f"trainable (LoRA r={lora_rank}: {', '.join(data['lora_targets'])})",
+                         output.fmt_int(data["trainable"]),
+                         f"{100 * data['trainable'] / counts.total:.2f}%"))
         output.show(output.table(f"Parameters of {cfg.name} ({output.fmt_count(counts.total)})",
                                  ["component", "parameters", "share"], rows))
 
