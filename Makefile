@@ -19,7 +19,7 @@ run: $(STAMP)
 	$(BIN)/llmplan
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -q -p no:cacheprovider
+	$(BIN)/python -m pytest -n 2 --dist worksteal -q -p no:cacheprovider
 
 # Every layout the contract accepts, for four tiny model families, against one process.
 test-matrix: $(STAMP)
