@@ -45,6 +45,8 @@ class Problem:
     message: str
     runtime_only: bool = False
     """True: another framework (Megatron-LM, DeepSpeed) runs this layout; llmplan's does not."""
+    detail: str = ""
+    """The rule alone, without the runtime it is said of (exports name their framework)."""
 
     def applies(self, runtime: str) -> bool:
         """Whether this problem refuses the layout for ``runtime`` ("llmplan" or "any")."""
@@ -53,7 +55,7 @@ class Problem:
 
 def _runtime(key: str, message: str) -> Problem:
     return Problem(key=key, message=f"{message} (llmplan's runtime; --runtime any plans it for "
-                                    "other frameworks)", runtime_only=True)
+                                    "other frameworks)", runtime_only=True, detail=message)
 
 
 def model_problems(cfg: ModelConfig) -> list[Problem]:

@@ -46,16 +46,23 @@ def candidate_plan(cfg: ModelConfig, result: "SearchResult", cand: "Candidate") 
     layout, the searched cluster, and the prediction it was ranked by."""
     from planner.memory import memory_report
 
-    setup = replace(result.setup, micro_batch=cand.mbs, grad_accum=cand.grad_accum,
-                    recompute=cand.recompute)
-    par = Parallel(tp=cand.tp, pp=cand.pp, vpp=cand.vpp, dp=cand.dp, zero=cand.zero, sp=cand.sp,
-                   schedule=cand.schedule)
+    setup, par = candidate_layout(result, cand)
     summary = {k: v for k, v in cand.to_dict(result.world).items() if k != "step"}
     prediction = {**summary, **cand.step.to_dict(),
                   "stages": memory_report(cfg, setup, par).to_dict()["stages"]}
     cluster = result.cluster
     return plan_dict(cfg=cfg, setup=setup, par=par, hardware=cluster.hardware.name,
                      gpus=cluster.gpus, gpus_per_node=cluster.gpus_per_node, prediction=prediction)
+
+
+def candidate_layout(result: "SearchResult", cand: "Candidate") -> tuple[TrainSetup, Parallel]:
+    """The setup (the search's, with the candidate's micro-batch, accumulation and recompute)
+    and the layout of one ranked candidate."""
+    setup = replace(result.setup, micro_batch=cand.mbs, grad_accum=cand.grad_accum,
+                    recompute=cand.recompute)
+    par = Parallel(tp=cand.tp, pp=cand.pp, vpp=cand.vpp, dp=cand.dp, zero=cand.zero, sp=cand.sp,
+                   schedule=cand.schedule)
+    return setup, par
 
 
 def write_plan(path: Path, plan: Mapping[str, Any]) -> list[Path]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from planner import layout
-from planner.config import ModelConfig
+from planner.config import ConfigError, ModelConfig
 from planner.setup import TrainSetup, default_schedule
 from planner.cost import Cluster, CostEstimator, CostModel, StepTime
 from planner.memory import Estimator
@@ -32,10 +32,43 @@ SPS = (False, True)
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SearchSpace:
+    """The values each dimension takes. ``tps``, ``pps``, ``dps`` and ``vpps`` left empty
+    mean every divisor of the cluster (vpp: 1..max_vpp); a given tuple pins the dimension
+    (``plan --tp 8`` is ``tps=(8,)``), and with every dimension pinned the search evaluates
+    one layout."""
+
     max_vpp: int = 4
     micro_batches: tuple[int, ...] = (1, 2, 4, 8)
     zeros: tuple[int, ...] = ZEROS
     recomputes: tuple[str, ...] = RECOMPUTES
+    sps: tuple[bool, ...] = SPS
+    tps: tuple[int, ...] = ()
+    pps: tuple[int, ...] = ()
+    dps: tuple[int, ...] = ()
+    vpps: tuple[int, ...] = ()
+
+    def check(self, gpus: int) -> None:
+        """A pinned size that cannot split ``gpus`` is a ConfigError naming the numbers."""
+        for label, values in (("tp", self.tps), ("pp", self.pps), ("dp", self.dps)):
+            for v in values:
+                if v < 1 or gpus % v:
+                    raise ConfigError(f"{label}({v}) does not divide gpus({gpus})")
+        if len(self.tps) == len(self.pps) == len(self.dps) == 1:
+            product = self.tps[0] * self.pps[0] * self.dps[0]
+            if product != gpus:
+                raise ConfigError(f"tp({self.tps[0]}) x pp({self.pps[0]}) x dp({self.dps[0]}) "
+                                  f"= {product} is not the cluster's {gpus} GPUs")
+
+    def tensor_sizes(self, gpus: int) -> list[int]:
+        return [t for t in divisors(gpus) if not self.tps or t in self.tps]
+
+    def pipeline_sizes(self, gpus: int, tp: int) -> list[int]:
+        """The pp values searched beside ``tp`` (dp = gpus / (tp pp) must be allowed too)."""
+        return [p for p in divisors(gpus // tp) if (not self.pps or p in self.pps)
+                and (not self.dps or gpus // (tp * p) in self.dps)]
+
+    def virtual_stages(self) -> tuple[int, ...]:
+        return self.vpps or tuple(range(1, self.max_vpp + 1))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -153,11 +186,12 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
     feasible: list[Candidate] = []
     closest: Candidate | None = None
     evaluated = 0
-    vpps = range(1, space.max_vpp + 1)
+    space.check(N)
+    vpps = space.virtual_stages()
     n_mbs, n_rc = len(space.micro_batches), len(space.recomputes)
     per_zero = n_mbs * n_rc
     per_sp = len(space.zeros) * per_zero
-    per_vpp = len(SPS) * per_sp
+    per_vpp = len(space.sps) * per_sp
     per_pp = len(vpps) * per_vpp
     tokens_per_step = global_batch * seq
 
@@ -170,11 +204,11 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
 
     key, base_notes = refused(layout.model_problems(cfg) + layout.setup_problems(setup))
     if key:
-        rejected[key] = sum(len(divisors(N // tp)) for tp in divisors(N)) * per_pp
+        rejected[key] = sum(len(space.pipeline_sizes(N, tp)) for tp in space.tensor_sizes(N)) * per_pp
         return SearchResult(candidates=[], rejected=rejected, evaluated=0, usable_bytes=usable,
                             world=N, cluster=cluster, setup=setup)
-    for tp in divisors(N):
-        pps = divisors(N // tp)
+    for tp in space.tensor_sizes(N):
+        pps = space.pipeline_sizes(N, tp)
         if tp > cluster.gpus_per_node:
             rejected["tp_crosses_node"] += len(pps) * per_pp
             continue
@@ -190,7 +224,7 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
                     rejected[key] += per_vpp
                     continue
                 schedule = default_schedule(vpp)
-                for sp in SPS:
+                for sp in space.sps:
                     key, _ = refused(layout.sp_problems(tp, sp, seq))
                     if key:
                         rejected[key] += per_sp

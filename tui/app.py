@@ -315,15 +315,45 @@ class PlanApp(App):
             return
         from planner.planfile import candidate_plan, write_plan
 
-        table = self.query_one("#plan-pane", PlanPane).query_one("#layouts")
-        index = getattr(table, "cursor_row", 0) or 0
-        chosen = result.candidates[min(index, len(result.candidates) - 1)]
+        chosen = self.highlighted_layout(result)
         try:
             written = write_plan(Path(event.path), candidate_plan(self.spec, result, chosen))
         except OSError as err:
             self.notify(f"{event.path}: {err.strerror}", severity="error")
             return
         self.notify("wrote " + ", ".join(str(p) for p in written), title="plan saved")
+
+    def highlighted_layout(self, result: SearchResult):
+        table = self.query_one("#plan-pane", PlanPane).query_one("#layouts")
+        index = getattr(table, "cursor_row", 0) or 0
+        return result.candidates[min(index, len(result.candidates) - 1)]
+
+    @on(PlanPane.ExportRequested)
+    def _export(self, event: PlanPane.ExportRequested) -> None:
+        """The highlighted layout in ``event.framework``'s own config file; a layout that
+        framework cannot express is refused with the reason (nothing is written)."""
+        result = self.search_result
+        if result is None or result.best is None or self.spec is None or self.choices is None:
+            self.notify("search first: there is no layout to export", severity="warning")
+            return
+        from planner import exports
+
+        c = self.highlighted_layout(result)
+        command = (f"llmplan plan {self.spec.name} --hardware {result.cluster.hardware.name} "
+                   f"--gpus {result.world} --gbs {c.mbs * c.grad_accum * c.dp} "
+                   f"--seq {result.setup.seq_len} --tp {c.tp} --pp {c.pp} --vpp {c.vpp} "
+                   f"--dp {c.dp} --zero {c.zero} --{'sp' if c.sp else 'no-sp'} "
+                   f"--recompute {c.recompute} --mbs {c.mbs} --export {event.framework}")
+        job = exports.job_of(self.spec, result, c, command=command)
+        try:
+            path = exports.export(event.framework, job, Path(event.folder))
+        except LlmplanError as err:
+            self.notify(str(err), severity="error", title="not expressible")
+            return
+        except OSError as err:
+            self.notify(f"{event.folder}: {err.strerror}", severity="error")
+            return
+        self.notify(f"wrote {path}", title=f"{event.framework} config")
 
     # ---- run ----------------------------------------------------------------------------
     def action_launch(self) -> None:

@@ -66,3 +66,25 @@ def accuracy(hardware: str):
     from presets import load_accuracy
 
     return load_accuracy(hardware) if hardware else DEFAULT_ACCURACY
+
+
+def command_line(ctx) -> str:
+    """The running command (``ctx``: its ``typer.Context``) as a user would type it:
+    ``llmplan plan MODEL`` and each option whose value is not the default (written into
+    exported files so they say how to reproduce them)."""
+    import shlex
+
+    words = ["llmplan", *ctx.command_path.split()[1:]]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value == param.default or value in ([], ()):
+            continue
+        if param.param_type_name == "argument":
+            words.append(str(value))
+        elif getattr(param, "is_flag", False):
+            words.append(param.opts[0] if value or not param.secondary_opts
+                         else param.secondary_opts[0])
+        else:
+            for one in value if isinstance(value, (list, tuple)) else [value]:
+                words += [param.opts[0], str(one)]
+    return shlex.join(words)

@@ -9,9 +9,10 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.reactive import reactive
-from textual.widgets import Button, DataTable, Input, Label, Static
+from textual.widgets import Button, DataTable, Input, Label, Select, Static
 
 from planner.accuracy import DEFAULT_ACCURACY, Accuracy, fmt_band
+from planner.exports import FRAMEWORKS
 from planner.search import SearchResult
 
 
@@ -34,6 +35,12 @@ class PlanPane(Vertical):
     class SaveRequested(Message):
         path: str
 
+    @dataclass
+    class ExportRequested(Message):
+        """Write the highlighted layout's config for ``framework`` into ``folder``."""
+        framework: str
+        folder: str
+
     result: reactive[SearchResult | None] = reactive(None, init=False)
     """The latest search (pushed down by the app)."""
     accuracy: reactive[Accuracy] = reactive(DEFAULT_ACCURACY, init=False)
@@ -52,6 +59,10 @@ class PlanPane(Vertical):
         with Horizontal(id="save-row"):
             yield Input("plan.toml", id="save-path", compact=True)
             yield Button("Save plan", id="save", compact=True)
+            yield Select([(name, name) for name in FRAMEWORKS], value="torchtitan",
+                         allow_blank=False, id="export-framework", compact=True)
+            yield Input(".", id="export-dir", compact=True)
+            yield Button("Export", id="export", compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#layouts", DataTable).add_columns(
@@ -78,6 +89,12 @@ class PlanPane(Vertical):
     @on(Button.Pressed, "#save")
     def _save(self) -> None:
         self.post_message(self.SaveRequested(self.query_one("#save-path", Input).value))
+
+    @on(Button.Pressed, "#export")
+    def _export(self) -> None:
+        self.post_message(self.ExportRequested(
+            str(self.query_one("#export-framework", Select).value),
+            self.query_one("#export-dir", Input).value))
 
     def watch_result(self, result: SearchResult | None) -> None:
         table = self.query_one("#layouts", DataTable)

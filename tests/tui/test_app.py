@@ -98,6 +98,15 @@ async def test_plan_screen_searches_ranks_and_saves(tmp_path):
         from planner.planfile import plan_objects, read_plan
         cfg, setup, par = plan_objects(read_plan(out))
         assert (cfg.name, par.tp, par.pp, par.dp) == ("llama-3-8b", best.tp, best.pp, best.dp)
+        app.query_one("#export-framework").value = "megatron"
+        app.query_one("#export-dir").value = str(tmp_path / "megatron")
+        app.query_one("#export").press()
+        await pilot.pause()
+    from export_readers import megatron_layout, megatron_read
+    written = (tmp_path / "megatron" / "megatron_args.sh").read_text()
+    got = megatron_layout(megatron_read(written))
+    assert (got["tp"], got["pp"], got["zero"], got["mbs"]) == (best.tp, best.pp, best.zero, best.mbs)
+    assert f"--tp {best.tp} --pp {best.pp}" in written  # the command that reproduces it
 
 
 async def test_run_screen_replays_a_canned_event_stream():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any, Optional
 
 import typer
@@ -12,7 +13,31 @@ from tui.options import AttentionOpt, DtypeOpt, GbsOpt, JsonOpt, ModelArg, Optim
 from tui.options import model as load
 
 
+def pinned_space(*, max_vpp: int, tp: int | None, pp: int | None, vpp: int | None,
+                 dp: int | None, zero: int | None, sp: bool | None, recompute: str | None,
+                 mbs: int | None):
+    """The search space with each given dimension pinned to its value."""
+    from planner.search import SearchSpace
+    from planner.setup import RECOMPUTES
+
+    if recompute is not None and recompute not in RECOMPUTES:
+        raise LlmplanError(f"recompute({recompute!r}) is not one of {', '.join(RECOMPUTES)}")
+    if zero is not None and zero not in (0, 1, 2, 3):
+        raise LlmplanError(f"zero({zero}) must be 0, 1, 2 or 3")
+    for label, value in (("vpp", vpp), ("mbs", mbs)):
+        if value is not None and value < 1:
+            raise LlmplanError(f"{label}({value}) must be a positive integer")
+    base = SearchSpace(max_vpp=max_vpp)
+    return replace(base, tps=(tp,) if tp else (), pps=(pp,) if pp else (),
+                   dps=(dp,) if dp else (), vpps=(vpp,) if vpp else (),
+                   zeros=(zero,) if zero is not None else base.zeros,
+                   sps=(sp,) if sp is not None else base.sps,
+                   recomputes=(recompute,) if recompute else base.recomputes,
+                   micro_batches=(mbs,) if mbs else base.micro_batches)
+
+
 def plan_cmd(
+    ctx: typer.Context,
     model: ModelArg,
     hardware: Annotated[str, typer.Option("--hardware", help="Hardware preset.")] = "h100-sxm",
     gpus: Annotated[int, typer.Option(help="Accelerators in the cluster.")] = 8,
@@ -26,16 +51,27 @@ def plan_cmd(
     tokens: Annotated[float, typer.Option(help="Token budget: adds time and GPU-hours.")] = 0.0,
     top: Annotated[int, typer.Option(help="Layouts to show.")] = 5,
     runtime: Annotated[str, typer.Option(help="llmplan: only layouts llmplan's runtime runs; any: also those other frameworks run (marked).")] = "llmplan",
-    out: Annotated[Optional[str], typer.Option("--out", help="Write the best layout as a plan file.")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", help="Write the best layout as a plan file (with --export: the folder for both files).")] = None,
+    export: Annotated[Optional[str], typer.Option("--export", help="accelerate, torchtitan, deepspeed or megatron: rank only layouts that framework runs and write its config for the best.")] = None,
+    tp: Annotated[Optional[int], typer.Option("--tp", help="Pin tensor parallel.")] = None,
+    pp: Annotated[Optional[int], typer.Option("--pp", help="Pin pipeline parallel.")] = None,
+    vpp: Annotated[Optional[int], typer.Option("--vpp", help="Pin virtual stages.")] = None,
+    dp: Annotated[Optional[int], typer.Option("--dp", help="Pin data parallel.")] = None,
+    zero: Annotated[Optional[int], typer.Option("--zero", help="Pin the ZeRO stage.")] = None,
+    sp: Annotated[Optional[bool], typer.Option("--sp/--no-sp", help="Pin sequence parallel.")] = None,
+    recompute: Annotated[Optional[str], typer.Option("--recompute", help="Pin recompute: none, selective, full.")] = None,
+    mbs: Annotated[Optional[int], typer.Option("--mbs", help="Pin the micro-batch.")] = None,
     set_: SetOpt = None, json_mode: JsonOpt = False,
 ) -> None:
-    """The fastest tensor x pipeline x data (ZeRO) layouts that fit a cluster."""
+    """The fastest tensor x pipeline x data (ZeRO) layouts that fit a cluster; any dimension
+    given is pinned and the search covers the rest."""
     from pathlib import Path
 
     from planner.accuracy import fmt_band
     from planner.setup import TrainSetup
     from planner.cost import cluster_of
-    from planner.search import SearchSpace, search
+    from planner import exports
+    from planner.search import search
     from presets import load_cost_model, load_hardware
 
     cfg = load(model, set_)
@@ -47,14 +83,28 @@ def plan_cmd(
             raise LlmplanError(f"gbs-tokens({gbs_tokens:.0f}) is not a multiple of seq({seq})")
         gbs = int(gbs_tokens // seq)
     setup = TrainSetup(seq_len=seq, dtype=dtype, recipe=recipe, optimizer=optimizer,
-                       attention=attention)
+                       attention=attention, recompute=recompute or "none")
+    space = pinned_space(max_vpp=max_vpp, tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp,
+                         recompute=recompute, mbs=mbs)
+    framework = exports.framework(export) if export else None
     result = search(cfg, cluster, setup, global_batch=gbs, model=load_cost_model(hardware),
-                    space=SearchSpace(max_vpp=max_vpp), runtime=runtime)
+                    space=space, runtime="any" if framework else runtime)
     world = cluster.gpus
     accuracy = options.accuracy(hardware)
+    command = options.command_line(ctx)
+    refused: dict[str, int] = {}
+    if framework:
+        ranked, counts = exports.expressible(export, cfg, result, command=command)
+        if result.candidates and not ranked:
+            reason, n = counts.most_common(1)[0]
+            many = f" (all {len(result.candidates)} layouts that fit; first reason)" if n > 1 else ""
+            raise LlmplanError(f"--export {export}: {reason}{many}")
+        result = replace(result, candidates=ranked)
+        refused = dict(counts)
 
-    def with_budget(c: Any) -> dict[str, Any]:
+    def with_budget(c: Any, fits: bool = True) -> dict[str, Any]:
         d = c.to_dict(world)
+        d.update(fits=fits, overshoot_bytes=max(0, c.memory_per_gpu_bytes - result.usable_bytes))
         d.update(step_time_band_s=accuracy.time(c.step_time_s).to_dict(),
                  memory_band_bytes=accuracy.memory(c.memory_per_gpu_bytes).to_dict(),
                  tokens_per_s_band=accuracy.rate(c.tokens_per_s).to_dict())
@@ -73,17 +123,23 @@ def plan_cmd(
         "rejected": {k: v for k, v in result.rejected.items() if v},
         "pareto": [with_budget(c) for c in result.pareto()],
         "runner_up": result.runner_up_reason(),
-        "closest": with_budget(result.closest) if result.closest else None,
+        "closest": with_budget(result.closest, fits=False) if result.closest else None,
         "suggestions": result.suggestions, "accuracy": accuracy.to_dict(),
     }
     written: list[str] = []
-    if out and result.best:
+    if (out or framework) and result.best:
         from planner.planfile import candidate_plan, write_plan
 
-        written = [str(p) for p in write_plan(Path(out), candidate_plan(cfg, result, result.best))]
+        plan_path = Path(out or ".") / "plan.toml" if framework else Path(out)
+        written = [str(p) for p in write_plan(plan_path, candidate_plan(cfg, result, result.best))]
+        if framework:
+            job = exports.job_of(cfg, result, result.best, command=command)
+            written.insert(0, str(exports.export(export, job, Path(out or "."))))
+            data["export"] = {"framework": export, "settings": exports.settings(export, job),
+                              "refused": refused}
         data["written"] = written
-    elif out:
-        output.warn("no feasible layout: no plan file written")
+    elif out or framework:
+        output.warn("no feasible layout: nothing written")
 
     def human() -> None:
         cols = ["#", "tp", "pp", "v", "dp", "z", "sp", "recomp", "b", "m", "GiB", "step s",
@@ -111,8 +167,12 @@ def plan_cmd(
             notes.append(f"{tokens:.3g} tokens: {fmt_band(days, '{:,.1f}'.format, ' days')}, "
                          f"{d['gpu_hours']:,.0f} GPU-hours")
         marked = [(i + 1, c) for i, c in enumerate(result.candidates[:top]) if not c.launchable]
-        notes.extend(f"#{i}* not launchable by llmplan: {'; '.join(c.not_launchable)}"
-                     for i, c in marked)
+        if not framework:
+            notes.extend(f"#{i}* not launchable by llmplan: {'; '.join(c.not_launchable)}"
+                         for i, c in marked)
+        if refused:
+            notes.append(f"{sum(refused.values()):,} layouts that fit are not expressible in "
+                         f"{export}: " + "; ".join(f"{n:,} {why}" for why, n in refused.items()))
         if data["runner_up"]:
             notes.append(data["runner_up"])
         notes.extend(result.suggestions)
