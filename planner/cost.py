@@ -12,8 +12,13 @@ For one optimizer step with m micro-batches of b sequences per data-parallel ran
   dimensions (tokens, h, ffn/t) and ``efficiency(g) = e_max * g / (g + g_half)``: small GEMMs
   run far below peak (as the "maximum achievable matmul FLOPS" measured per GPU, Bekman's ML Engineering,
   compute/accelerator/benchmarks).
+* The attention core (scores and weighted values) runs as batched GEMMs of (s x d) by
+  (d x s): the same shape rule on g = (s d s)^(1/3), under its own ceiling
+  (``attention_efficiency``; flash kernels and the softmax between reach less of peak).
 * Elementwise work (norms, activations, softmax, dropout, residuals) is memory bound:
-  ``traffic_factor x`` the layer's activation bytes moved at HBM bandwidth.
+  ``traffic_factor x`` the layer's activation bytes moved at HBM bandwidth; fused kernels
+  (Megatron, Transformer Engine, torch.compile) move fewer bytes than eager PyTorch's one
+  kernel per op (``eager``: ``eager_elementwise_traffic``).
 * TP (Megatron): 2 all-reduces per layer forward, 2 backward, 2 more under full recompute, of
   ``s*b*h`` activations (SP replaces each by a reduce-scatter + all-gather of equal volume),
   plus the vocab-parallel embedding and cross-entropy.
@@ -68,7 +73,10 @@ class CostModel:
 
     matmul_efficiency: float = 0.75    # achievable fraction of dense peak for large GEMMs
     matmul_half_dim: float = 256.0     # geometric-mean GEMM dimension at half that efficiency
+    attention_efficiency: float = 0.0  # ceiling for the attention core's batched GEMMs (0: matmul's)
     elementwise_traffic: float = 4.0   # x activation bytes moved per layer (fwd + bwd)
+    eager_elementwise_traffic: float = 0.0  # the same for unfused (eager PyTorch) kernels (0: as fused)
+    eager: bool = False                # element-wise ops run as separate eager kernels
     hbm_efficiency: float = 0.8        # achieved fraction of HBM bandwidth
     link_efficiency: float = 0.8       # achieved fraction of link bandwidth (NCCL bus bw)
     overlap_dp: bool = True            # DP/ZeRO traffic hides behind backward compute
@@ -132,12 +140,25 @@ def cluster_of(hardware: Hardware, *, gpus: int, nodes: int = 0) -> Cluster:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class StepTime:
+    """One step's time: the six parts that add up to it (``*_comm_s`` are the exposed part
+    of each communication kind) and, beside them, what each part is made of (compute by
+    kind, each communication's total before overlap, the per-step overheads)."""
+
     compute_s: float
     bubble_s: float
     tp_comm_s: float
     dp_comm_s: float
     pp_comm_s: float
     optimizer_s: float
+    matmul_s: float = 0.0
+    attention_s: float = 0.0
+    elementwise_s: float = 0.0
+    overhead_s: float = 0.0
+    tp_comm_total_s: float = 0.0
+    dp_comm_total_s: float = 0.0
+    pp_comm_total_s: float = 0.0
+    other_s: float = 0.0
+    """Per-step framework time (within ``optimizer_s``): step and FSDP overheads."""
 
     @property
     def total_s(self) -> float:
@@ -149,6 +170,24 @@ class StepTime:
                 "tp_comm_s": self.tp_comm_s, "dp_comm_s": self.dp_comm_s,
                 "pp_comm_s": self.pp_comm_s, "optimizer_s": self.optimizer_s,
                 "total_s": self.total_s}
+
+    def breakdown(self) -> dict[str, object]:
+        """Compute by kind, each communication kind total and exposed, bubble, optimizer
+        update, other (``plan --json``'s ``breakdown``; the TUI's plan detail)."""
+        return {
+            "compute": {"matmul_s": self.matmul_s, "attention_s": self.attention_s,
+                        "elementwise_s": self.elementwise_s, "overhead_s": self.overhead_s,
+                        "total_s": self.compute_s},
+            "communication": {
+                kind: {"total_s": total, "exposed_s": exposed}
+                for kind, total, exposed in (("tp", self.tp_comm_total_s, self.tp_comm_s),
+                                             ("dp", self.dp_comm_total_s, self.dp_comm_s),
+                                             ("pp", self.pp_comm_total_s, self.pp_comm_s))},
+            "bubble_s": self.bubble_s,
+            "optimizer_s": self.optimizer_s - self.other_s,
+            "other_s": self.other_s,
+            "total_s": self.total_s,
+        }
 
 
 def allreduce_s(nbytes: float, n: int, bw_bytes_s: float, latency_s: float) -> float:
@@ -200,6 +239,7 @@ class CostEstimator:
                       for r in ("none", "selective", "full")}
         fwd = self.flops["none"].forward
         self.head_fwd_per_token = fwd.lm_head + fwd.embedding
+        self.attention_fwd_per_token = fwd.attention_core
         self._elementwise: dict[tuple[int, bool], float] = {}
 
     def with_model(self, model: CostModel) -> "CostEstimator":
@@ -215,7 +255,8 @@ class CostEstimator:
                        hw.intra_node_latency_us * 1e-6 * model.latency_scale)
         other.inter = (cluster.inter_node_bandwidth_gbps * 1e9 * model.link_efficiency,
                        hw.inter_node_latency_us * 1e-6 * model.latency_scale)
-        if model.elementwise_traffic != self.model.elementwise_traffic:
+        if (model.elementwise_traffic, model.eager_elementwise_traffic, model.eager) != (
+                self.model.elementwise_traffic, self.model.eager_elementwise_traffic, self.model.eager):
             other._elementwise = {}
         return other
 
@@ -237,6 +278,17 @@ class CostEstimator:
         g = (tokens * cfg.hidden_size * max(ffn, 1)) ** (1 / 3)
         return self.model.matmul_efficiency * g / (g + self.model.matmul_half_dim)
 
+    def attention_efficiency(self) -> float:
+        """The attention core's efficiency: per head, the scores and the weighted values are
+        GEMMs of (s x d) by (d x s) and (s x s) by (s x d), so the same shape rule applies
+        to g = (s d s)^(1/3) (sequence length and head dim), under its own ceiling (flash
+        kernels and softmax reach less of peak than large linears; the matmul ceiling when
+        unset)."""
+        s, d = self.setup.seq_len, self.cfg.head_dim
+        g = (s * d * s) ** (1 / 3)
+        ceiling = self.model.attention_efficiency or self.model.matmul_efficiency
+        return ceiling * g / (g + self.model.matmul_half_dim)
+
     def link(self, group_span: int) -> tuple[float, float]:
         """(bytes/s, latency s) for a group whose ranks span ``group_span`` consecutive ranks."""
         return self.intra if group_span <= self.cluster.gpus_per_node else self.inter
@@ -246,8 +298,9 @@ class CostEstimator:
         hit = self._elementwise.get(key)
         if hit is None:
             terms = layer_activation_terms(self.cfg, self.memory.unit, tp, moe=self.cfg.is_moe)
-            hit = self.model.elementwise_traffic * layer_activation_bytes(
-                terms, tp=tp, sp=sp, recompute="none")
+            m = self.model
+            traffic = (m.eager_elementwise_traffic or m.elementwise_traffic) if m.eager else m.elementwise_traffic
+            hit = traffic * layer_activation_bytes(terms, tp=tp, sp=sp, recompute="none")
             self._elementwise[key] = hit
         return hit
 
@@ -258,16 +311,22 @@ class CostEstimator:
         tokens_mb = s * mbs
         rep = self.flops[recompute]
         layers_hfu = rep.hardware_flops_per_token - 3 * self.head_fwd_per_token
-        stage_flops = (layers_hfu / pp + 3 * self.head_fwd_per_token) * tokens_mb / tp
-        matmul_s = stage_flops / (self.peak * self.efficiency(tokens_mb, tp))
+        # the attention core: 3 passes (forward, input and weight-side gradients of the two
+        # batched GEMMs), a 4th when recompute redoes it (full and selective both do)
+        attn_hfu = (4 if recompute != "none" else 3) * self.attention_fwd_per_token
+        gemm_flops = ((layers_hfu - attn_hfu) / pp + 3 * self.head_fwd_per_token) * tokens_mb / tp
+        matmul_s = gemm_flops / (self.peak * self.efficiency(tokens_mb, tp))
+        attention_s = attn_hfu / pp * tokens_mb / tp / (self.peak * self.attention_efficiency())
         layers = cfg.num_layers // pp
         passes = 1.5 if recompute == "full" else 1.0  # elementwise work redone by recompute
-        elementwise_s = layers * passes * self.elementwise_bytes_per_layer(tp, sp) * mbs / self.hbm
+        memory_s = layers * passes * self.elementwise_bytes_per_layer(tp, sp) * mbs / self.hbm
         # framework time per layer, and DTensor's dispatch on top of it under TP
         per_layer_s = model.layer_overhead_s
         if tp > 1:
             per_layer_s += model.tp_layer_overhead_s + (model.sp_layer_overhead_s if sp else 0.0)
-        elementwise_s += layers * passes * per_layer_s
+        overhead_s = layers * passes * per_layer_s
+        elementwise_s = memory_s + overhead_s
+        gemm_s = matmul_s + attention_s
 
         tp_s = 0.0
         if tp > 1:
@@ -281,10 +340,11 @@ class CostEstimator:
             # head's input gradient on the last stage, the embedding's output on the first
             vocab_calls = 4 + (1 if pp == 1 else 0)
             tp_s = layers * per_layer + vocab_calls * model.collective_call_s
-            if model.overlap_tp:
-                tp_s = max(0.0, tp_s - matmul_s / 3)
-        t_mb = matmul_s + elementwise_s + tp_s
-        compute = m * (matmul_s + elementwise_s)
+        tp_raw = tp_s
+        if model.overlap_tp:
+            tp_s = max(0.0, tp_s - gemm_s / 3)
+        t_mb = gemm_s + elementwise_s + tp_s
+        compute = m * (gemm_s + elementwise_s)
         tp_total = m * tp_s
         bubble = (pp - 1) / vpp * t_mb
 
@@ -295,7 +355,7 @@ class CostEstimator:
             # per tick: activations forward and gradients back, one call each
             pp_s = (m * vpp + pp - 1) * (lat + 2 * p2p_bytes / bw + 2 * model.collective_call_s)
 
-        dp_s = 0.0
+        dp_s = dp_raw = 0.0
         if dp > 1:
             bw, lat = self.link(tp * dp)
             # gradients travel in the recipe's gradient dtype, gathered weights in the
@@ -312,19 +372,24 @@ class CostEstimator:
                     # llmplan's ZeRO-1 all-reduces the gradients, then all-gathers the
                     # updated fp32 slices (runtime.zero1): 1.5x a reduce-scatter + gather
                     dp_s += allgather_s(params_per_rank * RECIPE_BYTES["runtime"][0], dp, bw, lat)
-                hidden = (2 / 3) * (matmul_s + elementwise_s) if model.overlap_dp else 0.0
+                hidden = (2 / 3) * (gemm_s + elementwise_s) if model.overlap_dp else 0.0
             calls = dp_calls(zero, m, layers, grad_bytes)
+            dp_raw = dp_s + calls * model.collective_call_s
             dp_s = max(0.0, dp_s - hidden) + calls * model.collective_call_s
 
         # AdamW-style update: read + write master, states and weights, read grads, once.
         opt_params = -(-params_per_rank // dp) if zero >= 1 else params_per_rank
         fsdp = dp > 1 and zero >= 2
-        optimizer_s = (2 * 16 * opt_params / self.hbm + model.step_overhead_s
-                       + (model.fsdp_step_overhead_s if fsdp else 0.0))
+        other_s = model.step_overhead_s + (model.fsdp_step_overhead_s if fsdp else 0.0)
+        optimizer_s = 2 * 16 * opt_params / self.hbm + other_s
         # ranks on one CPU host beyond its cores time-share them: every part of the step
         # stretches (accelerators run one rank each: host terms never apply to them)
         cpu = self.cluster.hardware.kind == "cpu"
         share = max(1.0, self.cluster.gpus / model.host_cores) if cpu and model.host_cores else 1.0
         return StepTime(compute_s=share * compute, bubble_s=share * bubble,
                         tp_comm_s=share * tp_total, dp_comm_s=share * dp_s,
-                        pp_comm_s=share * pp_s, optimizer_s=share * optimizer_s)
+                        pp_comm_s=share * pp_s, optimizer_s=share * optimizer_s,
+                        matmul_s=share * m * matmul_s, attention_s=share * m * attention_s,
+                        elementwise_s=share * m * memory_s, overhead_s=share * m * overhead_s,
+                        tp_comm_total_s=share * m * tp_raw, dp_comm_total_s=share * dp_raw,
+                        pp_comm_total_s=share * pp_s, other_s=share * other_s)

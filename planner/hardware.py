@@ -38,6 +38,16 @@ class Hardware:
     kind: str = "accelerator"
     """"accelerator" (one rank per device) or "cpu" (ranks are host processes sharing cores:
     only this kind takes the host terms a CPU calibration fits)."""
+    mamf_tflops_bf16: float = 0.0
+    """Maximum achievable matmul FLOP/s measured for bf16 (the best large GEMM; 0: not
+    measured): the ceiling of the cost model's shape-dependent matmul efficiency."""
+    family: str = ""
+    """The chip the cost model's fitted constants are shared across (a100, h100: every
+    memory size and form factor of one architecture); empty: the preset's own name."""
+
+    @property
+    def chip(self) -> str:
+        return self.family or self.name
 
     def __post_init__(self) -> None:
         if self.kind not in HARDWARE_KINDS:

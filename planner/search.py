@@ -47,6 +47,31 @@ class SearchSpace:
     dps: tuple[int, ...] = ()
     vpps: tuple[int, ...] = ()
 
+    @classmethod
+    def pinned(cls, *, max_vpp: int = 4, tp: int | None = None, pp: int | None = None,
+               vpp: int | None = None, dp: int | None = None, zero: int | None = None,
+               sp: bool | None = None, recompute: str | None = None,
+               mbs: int | None = None) -> "SearchSpace":
+        """The full space with each given dimension pinned to its value (``plan --tp ...``,
+        a published run's stated layout); values outside a dimension's range are one-line
+        errors."""
+        from planner.setup import RECOMPUTES
+
+        if recompute is not None and recompute not in RECOMPUTES:
+            raise ConfigError(f"recompute({recompute!r}) is not one of {', '.join(RECOMPUTES)}")
+        if zero is not None and zero not in ZEROS:
+            raise ConfigError(f"zero({zero}) must be 0, 1, 2 or 3")
+        for label, value in (("tp", tp), ("pp", pp), ("dp", dp), ("vpp", vpp), ("mbs", mbs)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{label}({value}) must be a positive integer")
+        base = cls(max_vpp=max_vpp)
+        return cls(max_vpp=max_vpp, tps=(tp,) if tp else (), pps=(pp,) if pp else (),
+                   dps=(dp,) if dp else (), vpps=(vpp,) if vpp else (),
+                   zeros=(zero,) if zero is not None else base.zeros,
+                   sps=(sp,) if sp is not None else base.sps,
+                   recomputes=(recompute,) if recompute else base.recomputes,
+                   micro_batches=(mbs,) if mbs else base.micro_batches)
+
     def check(self, gpus: int) -> None:
         """A pinned size that cannot split ``gpus`` is a ConfigError naming the numbers."""
         for label, values in (("tp", self.tps), ("pp", self.pps), ("dp", self.dps)):
@@ -89,6 +114,8 @@ class Candidate:
     tokens_per_s: float
     mfu: float
     hfu_tflops_per_gpu: float
+    hfu: float = 0.0
+    """Hardware FLOPs (recompute counted) per second over the dense peak."""
     not_launchable: tuple[str, ...] = ()
     """Why llmplan's runtime does not run this layout (``--runtime any`` only); empty when it does."""
 
@@ -116,8 +143,9 @@ class Candidate:
                 "memory_stage": self.memory_stage, "margin_bytes": self.margin_bytes,
                 "step_time_s": self.step_time_s, "tokens_per_s": self.tokens_per_s,
                 "tokens_per_s_per_gpu": self.tokens_per_s / world, "mfu": self.mfu,
-                "hfu_tflops_per_gpu": self.hfu_tflops_per_gpu, "launchable": self.launchable,
-                "not_launchable": list(self.not_launchable), "step": self.step.to_dict()}
+                "hfu_tflops_per_gpu": self.hfu_tflops_per_gpu, "hfu": self.hfu,
+                "launchable": self.launchable, "not_launchable": list(self.not_launchable),
+                "step": self.step.to_dict(), "breakdown": self.step.breakdown()}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -258,6 +286,7 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
                                                       sp=sp, recompute=recompute, mbs=mbs, m=m,
                                                       params_per_rank=params)
                                 total_s = step.total_s
+                                hfu_flops = cost.flops[recompute].hardware_flops_per_token
                                 tps = tokens_per_step / total_s
                                 cand = Candidate(
                                     tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp,
@@ -265,8 +294,8 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
                                     memory_per_gpu_bytes=need, memory_stage=stage,
                                     margin_bytes=usable - need, step=step, tokens_per_s=tps,
                                     mfu=model_flops * tps / (N * peak),
-                                    hfu_tflops_per_gpu=cost.flops[recompute].hardware_flops_per_token
-                                    * tps / N / 1e12, not_launchable=notes)
+                                    hfu_tflops_per_gpu=hfu_flops * tps / N / 1e12,
+                                    hfu=hfu_flops * tps / (N * peak), not_launchable=notes)
                                 if fits:
                                     feasible.append(cand)
                                 else:

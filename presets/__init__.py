@@ -131,8 +131,24 @@ def load_hardware(name: str) -> Hardware:
 @lru_cache(maxsize=64)
 def _load_hardware_file(path: Path, version: tuple[int, int]) -> Hardware:
     data = _read_toml(path)
-    table = data.get("hardware", data)
+    table = {k: v for k, v in data.get("hardware", data).items() if k not in FITTED_TABLES}
     return Hardware.from_dict({"name": path.stem, **table}, where=str(path))
+
+
+FITTED_TABLES = ("cost_model", "accuracy")
+"""Tables a hardware preset may carry beside its fields: the cost-model constants fitted to
+published runs of its chip and the held-out error they leave (``llmplan validate
+--published --write``), each with its provenance."""
+
+
+def preset_fit(hardware: str) -> dict[str, Any]:
+    """The ``[cost_model]`` and ``[accuracy]`` tables of a hardware preset ({} without)."""
+    files = preset_files("hardware")
+    path = Path(hardware) if hardware.endswith(".toml") else files.get(hardware)
+    if path is None or not path.exists():
+        return {}
+    data = _read_toml(path)
+    return {k: data[k] for k in FITTED_TABLES if isinstance(data.get(k), dict)}
 
 
 def _suggest(name: str, files: Mapping[str, Path]) -> str:
@@ -192,7 +208,7 @@ def load_accuracy(hardware: str):
     (written by `llmplan calibrate` / `llmplan validate`), else the reference default."""
     from planner.accuracy import DEFAULT_ACCURACY, Accuracy
 
-    record = load_profile(hardware).get("accuracy", {})
+    record = load_profile(hardware).get("accuracy") or preset_fit(hardware).get("accuracy", {})
     if "step_time_ratio" not in record:
         return DEFAULT_ACCURACY
     try:
@@ -201,14 +217,37 @@ def load_accuracy(hardware: str):
         raise PresetError(f"{profile_path(hardware)}: accuracy: {err}") from None
 
 
-def load_cost_model(hardware: str):
-    """The planner's cost model for ``hardware``: calibrated constants when a profile exists."""
+def load_cost_model(hardware: str, *, fused: bool = False):
+    """The planner's cost model for ``hardware``: the constants a calibration on this machine
+    fitted (its profile), else those fitted to published runs of its chip (the preset's
+    ``[cost_model]``), else the uncalibrated defaults. Element-wise work runs as eager
+    PyTorch kernels (llmplan's runtime, torchtitan and accelerate without compile) unless
+    ``fused`` (Megatron-LM's fused kernels)."""
     from planner.cost import CostModel
 
-    profile = load_profile(hardware)
-    fitted = profile.get("cost_model", {})
-    known = {k: v for k, v in fitted.items() if k in CostModel.__dataclass_fields__}
+    fitted = load_profile(hardware).get("cost_model") or preset_fit(hardware).get("cost_model", {})
+    known = {k: v for k, v in fitted.items() if k in CostModel.__dataclass_fields__}  # not provenance
     try:
-        return CostModel(**known)
+        return CostModel(**known).replace(eager=not fused)
     except TypeError as err:
         raise PresetError(f"{profile_path(hardware)}: {err}") from None
+
+
+def write_fit(chip: str, peak_tflops_bf16: float, cost_model: Mapping[str, Any],
+              accuracy: Mapping[str, Any], provenance: str) -> list[Path]:
+    """Write the constants fitted to published runs of ``chip`` (and the held-out error they
+    leave) into every built-in hardware preset of that chip with the same bf16 peak (the
+    fitted efficiencies are fractions of it), keeping each file's other fields."""
+    import tomlkit  # deferred: only this writer needs it
+
+    written = []
+    for path in sorted((BUILTIN_DIR / "hardware").glob("*.toml")):
+        hw = _load_hardware_file(path, _file_version(path))
+        if hw.chip != chip or hw.peak_tflops_bf16 != peak_tflops_bf16:
+            continue
+        doc = tomlkit.parse(path.read_text())
+        doc["cost_model"] = {"provenance": provenance, **cost_model}
+        doc["accuracy"] = dict(accuracy)
+        path.write_text(tomlkit.dumps(doc))
+        written.append(path)
+    return written

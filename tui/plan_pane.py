@@ -135,6 +135,12 @@ class PlanPane(Vertical):
         step = c.step.to_dict()
         parts = "  ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v * 1e3:,.1f} ms"
                           for k, v in step.items() if k != "total_s")
+        b = c.step.breakdown()
+        kinds = "  ".join(f"{k.removesuffix('_s')} {v * 1e3:,.1f}" for k, v in b["compute"].items()
+                          if k != "total_s")
+        comm = "  ".join(f"{kind} {v['exposed_s'] * 1e3:,.1f} of {v['total_s'] * 1e3:,.1f}"
+                         for kind, v in b["communication"].items() if v["total_s"])
+        parts += f"\ncompute ms: {kinds}" + (f"; comm ms exposed of total: {comm}" if comm else "")
         why = result.runner_up_reason() if index == 0 else ""
         acc = self.accuracy
         step_band = fmt_band(acc.time(c.step_time_s), "{:.3f}".format, " s")

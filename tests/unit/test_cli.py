@@ -168,3 +168,34 @@ def test_plan_with_no_feasible_layout_is_not_an_error():
     data = json.loads(llmplan("plan", "llama-3.1-405b", "--gpus", "8", "--gbs", "64",
                               "--seq", "8192", "--json").stdout)
     assert data["candidates"] == [] and data["closest"] and data["suggestions"]
+
+
+def test_plan_returns_a_pinned_layout_with_its_breakdown():
+    args = ["plan", "llama-3-70b", "--hardware", "h100-sxm", "--gpus", "1024", "--gbs", "1024",
+            "--seq", "4096", "--tp", "8", "--pp", "8", "--dp", "16", "--mbs", "1",
+            "--recompute", "selective", "--sp", "--json"]
+    data = json.loads(llmplan(*args).stdout)
+    for c in data["candidates"]:
+        assert (c["tp"], c["pp"], c["dp"], c["mbs"], c["recompute"], c["sp"]) == \
+            (8, 8, 16, 1, "selective", True)
+    best = data["candidates"][0]
+    assert best["fits"] and best["overshoot_bytes"] == 0
+    for key in ("step_time_s", "tokens_per_s", "mfu", "hfu", "memory_per_gpu_bytes"):
+        assert best[key] > 0
+    b = best["breakdown"]
+    assert set(b["compute"]) == {"matmul_s", "attention_s", "elementwise_s", "overhead_s", "total_s"}
+    assert set(b["communication"]) == {"tp", "dp", "pp"}
+    assert b["total_s"] == best["step_time_s"]
+    assert data["nearest_published"] and all(r["source"] for r in data["nearest_published"])
+
+
+def test_a_pinned_layout_that_does_not_fit_comes_back_with_its_overshoot():
+    data = json.loads(llmplan("plan", "llama-3.1-405b", "--hardware", "h100-sxm", "--gpus", "64",
+                              "--gbs", "64", "--seq", "8192", "--tp", "8", "--pp", "1", "--dp",
+                              "8", "--zero", "0", "--vpp", "1", "--no-sp", "--recompute", "none",
+                              "--mbs", "1", "--json").stdout)
+    assert data["evaluated"] == 1 and len(data["candidates"]) == 1
+    c = data["candidates"][0]
+    assert (c["tp"], c["pp"], c["dp"], c["zero"]) == (8, 1, 8, 0)
+    assert c["fits"] is False
+    assert c["overshoot_bytes"] == c["memory_per_gpu_bytes"] - data["usable_bytes_per_gpu"] > 0

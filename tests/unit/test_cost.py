@@ -83,3 +83,35 @@ def test_host_terms_never_stretch_an_accelerator():
     cpu_fitted = CostModel(overlap_dp=False, host_cores=2)
     assert step(estimator(8, model=cpu_fitted), dp=8).total_s == pytest.approx(
         step(estimator(8), dp=8).total_s)
+
+
+@pytest.mark.parametrize(("pp", "vpp", "m"), [(2, 1, 8), (4, 1, 16), (4, 2, 8), (8, 4, 32)])
+def test_bubble_fraction_is_p_minus_1_over_v_m(pp, vpp, m):
+    # Narayanan et al. 2021 §2.2.1-2.2.2: 1F1B idles (p - 1) / m of the ideal time, the
+    # interleaved schedule (p - 1) / (v m)
+    t = step(estimator(pp), pp=pp, vpp=vpp, m=m, params_per_rank=8_000_000_000 // pp)
+    assert t.bubble_s / t.compute_s == pytest.approx((pp - 1) / (vpp * m))
+
+
+@pytest.mark.parametrize("n", [2, 4, 8, 64])
+def test_ring_bytes_per_rank(n):
+    # a ring all-reduce moves 2 (n - 1) / n of the buffer through each rank's link, a
+    # reduce-scatter or all-gather (n - 1) / n (Patarasuk & Yuan 2009; NCCL's bus bandwidth)
+    nbytes, bw = 1e9, 1e11
+    assert allreduce_s(nbytes, n, bw, 0.0) * bw / nbytes == pytest.approx(2 * (n - 1) / n)
+    assert allgather_s(nbytes, n, bw, 0.0) * bw / nbytes == pytest.approx((n - 1) / n)
+
+
+def test_breakdown_parts_add_up_and_exposed_never_exceeds_total():
+    est = estimator(64, model=CostModel(overlap_tp=True))
+    t = step(est, tp=8, pp=2, dp=4, zero=1, sp=True, recompute="selective",
+             params_per_rank=8_000_000_000 // 16)
+    b = t.breakdown()
+    compute = b["compute"]
+    assert compute["matmul_s"] + compute["attention_s"] + compute["elementwise_s"] + \
+        compute["overhead_s"] == pytest.approx(compute["total_s"]) == pytest.approx(t.compute_s)
+    for kind, comm in b["communication"].items():
+        assert 0 <= comm["exposed_s"] <= comm["total_s"] + 1e-15, kind
+    assert b["communication"]["tp"]["exposed_s"] < b["communication"]["tp"]["total_s"]  # overlapped
+    assert b["bubble_s"] + b["optimizer_s"] + b["other_s"] + compute["total_s"] + sum(
+        c["exposed_s"] for c in b["communication"].values()) == pytest.approx(t.total_s)

@@ -56,9 +56,18 @@ def validate_cmd(
     out: Annotated[str, typer.Option(help="Folder for validation.md and validation.json.")] = ".",
     rounds: RoundsOpt = 1,
     cases: Annotated[Optional[list[str]], typer.Option("--case", help="Run only these cases (repeatable; default: all).")] = None,
+    published: Annotated[bool, typer.Option("--published", help="Check the cost model against published GPU runs (presets/runs), each held out of the fit.")] = False,
+    write: Annotated[bool, typer.Option("--write", help="With --published: write the fitted constants and held-out error into the hardware presets.")] = False,
     json_mode: JsonOpt = False,
 ) -> None:
-    """The accuracy table: planner vs real runs; exits 1 if a memory error exceeds 10%."""
+    """The accuracy table: planner vs real runs; exits 1 if a memory error exceeds 10%.
+    With --published: predicted vs measured step time of published GPU runs, leave-one-out."""
+    if published:
+        return _published(write=write, json_mode=json_mode)
+    if write:
+        from planner.config import LlmplanError
+
+        raise LlmplanError("--write needs --published")
     from presets import default_hardware
     from runtime import calibration as cal
 
@@ -76,6 +85,61 @@ def validate_cmd(
         output.warn(f"memory error {data['worst_memory_error']:.1%} exceeds "
                     f"{cal.MEMORY_GATE:.0%}")
         raise typer.Exit(1)
+
+
+def _published(*, write: bool, json_mode: bool) -> None:
+    from planner.cost import CostModel
+    from planner.published_fit import report
+    from presets import write_fit
+    from presets.runs import load_runs
+
+    runs, extra = load_runs(), load_runs(held_out=True)
+    data = report(runs, extra, CostModel(), progress=lambda line: output.warn(f"fitting without {line}"))
+    if write:
+        written = []
+        for chip, info in data["chips"].items():
+            peak = next(r.hardware.peak_tflops_bf16 for r in runs if r.hardware.chip == chip)
+            n = info["runs"]
+            source = (f"held-out error of {n} published runs on {chip} (llmplan validate "
+                      f"--published: each predicted by constants fitted without it)")
+            accuracy = {"step_time_ratio": list(info["step_time_ratio"]),
+                        "memory_ratio": [0.90, 1.10], "source": source, "runs": n}
+            provenance = (f"fitted to {n} published runs on {chip} (presets/runs: "
+                          + ", ".join(r.name for r in runs if r.hardware.chip == chip) + ")")
+            written += [str(p) for p in write_fit(chip, peak, info["constants"], accuracy, provenance)]
+        data["written"] = written
+
+    def human() -> None:
+        rows = [(r["name"], r["chip"], r["gpus"], _layout(r["layout"]),
+                 f"{r['measured_step_time_s']:.3f}", f"{r['predicted_step_time_s']:.3f}",
+                 f"{r['error']:+.1%}", "yes" if r["planner_best_faster"] else "NO")
+                for r in data["runs"]]
+        cols = ["run", "chip", "GPUs", "layout (searched where unstated)", "measured s",
+                "predicted s", "error", "own best >= as fast"]
+        s = data["summary"]
+        held = data["held_out_set"]
+        extra = [(r["name"], r["chip"], r["gpus"], _layout(r["layout"]), f"{r['measured_step_time_s']:.3f}",
+                  f"{r['predicted_step_time_s']:.3f}", f"{r['error']:+.1%}",
+                  "yes" if r["planner_best_faster"] else "NO") for r in held["runs"]]
+        lines = [f"held-out (leave-one-out) median |error| {s['median_abs_error']:.1%}, worst "
+                 f"{s['worst_abs_error']:.1%} over {s['runs']} runs (goal: 10% / 25%)"]
+        lines += [f"{chip}: median {c['median_abs_error']:.1%}, worst {c['worst_abs_error']:.1%}; "
+                  + ", ".join(f"{k} {v:.4g}" for k, v in c["constants"].items())
+                  for chip, c in data["chips"].items()]
+        lines += [f"not evaluable: {x['name']}: {x['reason']}" for x in held["not_evaluable"]]
+        lines += [f"miss: {m}" for m in data["misses"]]
+        lines += [f"wrote {p}" for p in data.get("written", [])]
+        output.show(output.table("Published runs, each predicted by constants fitted without it",
+                                 cols, rows),
+                    output.table("Own held-out set (never fitted; constants fitted to every run of the chip)",
+                                 cols, extra), *lines)
+
+    output.render(json_mode, data, human)
+
+
+def _layout(d: dict[str, Any]) -> str:
+    return (f"tp{d['tp']} pp{d['pp']} v{d['vpp']} dp{d['dp']} z{d['zero']}"
+            f"{' sp' if d['sp'] else ''} {d['recompute']} b{d['mbs']}")
 
 
 COMMANDS = {"calibrate": calibrate_cmd, "validate": validate_cmd}

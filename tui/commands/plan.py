@@ -13,27 +13,17 @@ from tui.options import AttentionOpt, DtypeOpt, GbsOpt, JsonOpt, ModelArg, Optim
 from tui.options import model as load
 
 
-def pinned_space(*, max_vpp: int, tp: int | None, pp: int | None, vpp: int | None,
-                 dp: int | None, zero: int | None, sp: bool | None, recompute: str | None,
-                 mbs: int | None):
-    """The search space with each given dimension pinned to its value."""
-    from planner.search import SearchSpace
-    from planner.setup import RECOMPUTES
+def nearest_runs(cfg, cluster, seq: int) -> list[dict[str, Any]]:
+    """The published runs nearest to the job (same chip first): what this estimate was
+    checked against."""
+    from planner.params import count_params
+    from planner.published_fit import nearest
+    from presets.runs import load_runs
 
-    if recompute is not None and recompute not in RECOMPUTES:
-        raise LlmplanError(f"recompute({recompute!r}) is not one of {', '.join(RECOMPUTES)}")
-    if zero is not None and zero not in (0, 1, 2, 3):
-        raise LlmplanError(f"zero({zero}) must be 0, 1, 2 or 3")
-    for label, value in (("vpp", vpp), ("mbs", mbs)):
-        if value is not None and value < 1:
-            raise LlmplanError(f"{label}({value}) must be a positive integer")
-    base = SearchSpace(max_vpp=max_vpp)
-    return replace(base, tps=(tp,) if tp else (), pps=(pp,) if pp else (),
-                   dps=(dp,) if dp else (), vpps=(vpp,) if vpp else (),
-                   zeros=(zero,) if zero is not None else base.zeros,
-                   sps=(sp,) if sp is not None else base.sps,
-                   recomputes=(recompute,) if recompute else base.recomputes,
-                   micro_batches=(mbs,) if mbs else base.micro_batches)
+    runs = nearest(load_runs(), chip=cluster.hardware.chip, params=count_params(cfg).total,
+                   gpus=cluster.gpus, seq=seq)
+    return [{"name": r.name, "hardware": r.hardware.name, "gpus": r.gpus,
+             "model": r.cfg.name, "seq_len": r.seq_len, "source": r.source} for r in runs]
 
 
 def plan_cmd(
@@ -71,7 +61,7 @@ def plan_cmd(
     from planner.setup import TrainSetup
     from planner.cost import cluster_of
     from planner import exports
-    from planner.search import search
+    from planner.search import SearchSpace, search
     from presets import load_cost_model, load_hardware
 
     cfg = load(model, set_)
@@ -84,10 +74,11 @@ def plan_cmd(
         gbs = int(gbs_tokens // seq)
     setup = TrainSetup(seq_len=seq, dtype=dtype, recipe=recipe, optimizer=optimizer,
                        attention=attention, recompute=recompute or "none")
-    space = pinned_space(max_vpp=max_vpp, tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp,
-                         recompute=recompute, mbs=mbs)
+    space = SearchSpace.pinned(max_vpp=max_vpp, tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero,
+                               sp=sp, recompute=recompute, mbs=mbs)
     framework = exports.framework(export) if export else None
-    result = search(cfg, cluster, setup, global_batch=gbs, model=load_cost_model(hardware),
+    cost_model = load_cost_model(hardware, fused=export == "megatron")
+    result = search(cfg, cluster, setup, global_batch=gbs, model=cost_model,
                     space=space, runtime="any" if framework else runtime)
     world = cluster.gpus
     accuracy = options.accuracy(hardware)
@@ -125,7 +116,11 @@ def plan_cmd(
         "runner_up": result.runner_up_reason(),
         "closest": with_budget(result.closest, fits=False) if result.closest else None,
         "suggestions": result.suggestions, "accuracy": accuracy.to_dict(),
+        "nearest_published": nearest_runs(cfg, cluster, seq),
     }
+    pinned = any(v is not None for v in (tp, pp, vpp, dp, zero, sp, recompute, mbs))
+    if pinned and not data["candidates"] and result.closest is not None:
+        data["candidates"] = [data["closest"]]  # the pinned layout, returned though it does not fit
     written: list[str] = []
     if (out or framework) and result.best:
         from planner.planfile import candidate_plan, write_plan
@@ -178,6 +173,9 @@ def plan_cmd(
         notes.extend(result.suggestions)
         if not result.candidates:
             notes.insert(0, "no layout fits")
+        if data["nearest_published"]:
+            notes.append("nearest published runs: " + "; ".join(
+                f"{r['name']} ({r['gpus']} x {r['hardware']})" for r in data["nearest_published"]))
         notes.extend(f"wrote {w}" for w in written)
         renderables.extend(notes)
         output.show(*renderables)
