@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # The CPU build CI runs; on a CUDA machine: make TORCH_SPEC='torch==2.11.0' ...
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: run test test-matrix bench clean
+.PHONY: run test test-matrix validate-published bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 # Every layout the contract accepts, for four tiny model families, against one process.
 test-matrix: $(STAMP)
 	$(BIN)/python bench/layout_matrix.py
+
+# The cost model against every published GPU run, each held out of its own fit (~2 min).
+validate-published: $(STAMP)
+	$(BIN)/llmplan validate --published
 
 bench: $(STAMP)
 	$(BIN)/python bench/cli_startup.py

@@ -19,6 +19,11 @@ grep '"done"' "$out/llama-1b-full.jsonl" | cut -c1-600
 $PY bench/train_throughput.py --device cuda --steps 12 | tee "$out/throughput.txt"
 # The CUDA-only tests (marked gpu; skipped on CPU machines)
 $PY -m pytest -q -m gpu tests/gpu -p no:cacheprovider | tee "$out/gpu-tests.txt" || true
-# The accuracy table (issue: closed loop): every validation case this machine can run (one
-# rank per GPU), planner vs measured step time and memory; validation.md/json land in $out.
+# The profile lands beside the results ($OUT comes back): a short calibration sweep fits the
+# cost model to this GPU (the same profile format as a CPU calibration), then the accuracy
+# table (every validation case this machine can run, one rank per GPU) checks it;
+# validation.md/json land in $out.
+export LLMPLAN_CONFIG_DIR="$out/config"
+$PY -m tui.cli calibrate --device cuda --hardware "${HARDWARE:-h200}" --rounds 1 \
+    --budget-minutes 3 | tee "$out/calibrate.txt"
 $PY -m tui.cli validate --device cuda --hardware "${HARDWARE:-h200}" --out "$out" | tee "$out/validate.txt"

@@ -23,6 +23,7 @@ from planner.accuracy import Accuracy
 from planner.config import ModelConfig
 from planner.setup import Parallel, TrainSetup
 from planner.cost import Cluster, CostEstimator, CostModel
+from planner.published_fit import nelder_mead
 from planner.memory import CATEGORIES
 
 BASE: dict[str, Any] = {"target": "tiny", "steps": 12, "seq": 64, "dtype": "fp32"}
@@ -196,37 +197,6 @@ def estimator(case: Case, model: CostModel, hardware) -> CostEstimator:
 
 def predict_step_s(case: Case, model: CostModel, hardware) -> float:
     return estimator(case, model, hardware).layout_step_time(case.par).total_s
-
-
-def nelder_mead(f: Callable[[list[float]], float], x0: list[float], *, steps: int = 400,
-                scale: float = 1.0) -> list[float]:
-    """Minimise f from x0 (the simplex method of Nelder & Mead 1965, standard coefficients)."""
-    n = len(x0)
-    simplex = [list(x0)] + [[x + (scale if i == j else 0.0) for j, x in enumerate(x0)] for i in range(n)]
-    values = [f(p) for p in simplex]
-    for _ in range(steps):
-        order = sorted(range(n + 1), key=lambda i: values[i])
-        simplex, values = [simplex[i] for i in order], [values[i] for i in order]
-        centroid = [sum(p[j] for p in simplex[:-1]) / n for j in range(n)]
-        worst = simplex[-1]
-        reflect = [c + (c - w) for c, w in zip(centroid, worst)]
-        fr = f(reflect)
-        if fr < values[0]:
-            expand = [c + 2 * (c - w) for c, w in zip(centroid, worst)]
-            fe = f(expand)
-            simplex[-1], values[-1] = (expand, fe) if fe < fr else (reflect, fr)
-        elif fr < values[-2]:
-            simplex[-1], values[-1] = reflect, fr
-        else:
-            contract = [c + 0.5 * (w - c) for c, w in zip(centroid, worst)]
-            fc = f(contract)
-            if fc < values[-1]:
-                simplex[-1], values[-1] = contract, fc
-            else:
-                best = simplex[0]
-                simplex = [best] + [[b + 0.5 * (x - b) for b, x in zip(best, p)] for p in simplex[1:]]
-                values = [values[0]] + [f(p) for p in simplex[1:]]
-    return simplex[min(range(n + 1), key=lambda i: values[i])]
 
 
 FITTED = ("matmul_efficiency", "layer_overhead_s", "step_overhead_s",
