@@ -182,12 +182,42 @@ def derive_chinchilla_optimum():
     return sympy.simplify(solution), (C, E, A, B, alpha, beta)
 
 
+def explain_decode_roofline(cfg: ModelConfig, *, par: Parallel, hardware: Any = None,
+                            batch: int = 1, context: int = 2048, kv_dtype: str = "bf16",
+                            weight_bits: int = 16, **_: Any) -> Explanation:
+    """One decode step's bandwidth roofline: the weights on a GPU and the batch's cache read
+    once per generated token, over the HBM bandwidth (planner.serving)."""
+    from planner.activations import kv_heads_per_rank
+    from planner.kv import KV_BITS, cached_tokens, kv_bytes_per_token
+    from planner.serving import ServeEstimator, weight_bytes_per_gpu
+
+    if hardware is None:
+        raise ConfigError("decode_roofline_s needs --hardware")
+    W, L, g, d, kb, c, b, B = _symbols("W L g_r d b_kv c b B_hbm")
+    expr = (W + 2 * L * g * d * kb * c * b) / B
+    tp = par.tp
+    w = weight_bytes_per_gpu(cfg, weight_bits=weight_bits, tp=tp)
+    tokens = cached_tokens(cfg, context)
+    kv = kv_bytes_per_token(cfg, kv_dtype, tp) * tokens * batch
+    values = {W: w, L: cfg.num_layers, g: kv_heads_per_rank(cfg, tp) if tp > 1 else cfg.num_kv_heads,
+              d: cfg.head_dim, kb: KV_BITS[kv_dtype] / 8, c: tokens, b: batch,
+              B: hardware.hbm_bandwidth_gbps * 1e9}
+    planner_value = ServeEstimator(cfg, hardware).decode_roofline_s(weights_bytes=w, kv_bytes=kv)
+    return _build("decode_roofline_s",
+                  f"seconds per decode step at batch {batch}, context {tokens}, {weight_bits}-bit "
+                  f"weights, tp {tp}, before the achieved fraction of bandwidth",
+                  expr, values, planner_value,
+                  "memory-bound decode: every weight and the cache read once per step "
+                  "(Pope et al. 2022, Efficiently Scaling Transformer Inference, §2)")
+
+
 QUANTITIES: dict[str, Callable[..., Explanation]] = {
     "params": explain_params,
     "kv_bytes_per_token": explain_kv,
     "train_flops_per_token": explain_train_flops,
     "model_states_bytes": explain_model_states,
     "chinchilla_params": explain_chinchilla,
+    "decode_roofline_s": explain_decode_roofline,
 }
 
 

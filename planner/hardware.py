@@ -41,6 +41,8 @@ class Hardware:
     mamf_tflops_bf16: float = 0.0
     """Maximum achievable matmul FLOP/s measured for bf16 (the best large GEMM; 0: not
     measured): the ceiling of the cost model's shape-dependent matmul efficiency."""
+    price_per_gpu_hour_usd: float = 0.0
+    """An hourly price per accelerator (a user's own preset; 0: none): serving costs."""
     family: str = ""
     """The chip the cost model's fitted constants are shared across (a100, h100: every
     memory size and form factor of one architecture); empty: the preset's own name."""

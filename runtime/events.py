@@ -70,6 +70,8 @@ class GenerationStart(Event):
     predicted_kv_cache_bytes: int
     predicted_weights_bytes: int
     predicted_decode_tokens_per_s: float
+    predicted_ttft_s: float | None = None
+    predicted_tpot_s: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -172,7 +174,11 @@ class GenerationDone(Event):
     ttft_s: float
     prefill_tokens_per_s: float
     decode_tokens_per_s: float | None = None
+    tpot_s: float | None = None
+    """Measured seconds per decode step (each sequence's time per output token)."""
     predicted_decode_tokens_per_s: float
+    predicted_ttft_s: float | None = None
+    predicted_tpot_s: float | None = None
     predicted_kv_cache_bytes: int
     measured_kv_cache_bytes: int
     peak_memory_bytes: int

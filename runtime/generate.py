@@ -206,7 +206,8 @@ def generate(model, prompts: list[list[int]], *, max_new: int, caches: list[KVCa
     decode_s = time.perf_counter() - decode_start
     return {"tokens": out, "ttft_s": ttft,
             "prefill_tokens_per_s": float(lens.sum()) / ttft,
-            "decode_tokens_per_s": decoded * b / decode_s if decoded else None}
+            "decode_tokens_per_s": decoded * b / decode_s if decoded else None,
+            "tpot_s": decode_s / decoded if decoded else None}
 
 
 def _forward(model, tokens, positions, caches):
@@ -231,21 +232,22 @@ class _Layer:
         return self.cache.update(self.positions, k, v)
 
 
-def roofline(cfg: ModelConfig, *, hardware: str, tp: int, batch: int, context: int,
-             dtype: str) -> dict[str, float]:
-    """Decode is bound by memory bandwidth (every weight and the cache read once per token),
-    prefill by compute."""
-    from planner.flops import decode_flops_per_token
-    from planner.kv import kv_bytes_per_token, weight_bytes_per_rank
-    from presets import load_hardware
+def predicted(cfg: ModelConfig, *, hardware: str, tp: int, batch: int, prompt: int,
+              max_new: int, dtype: str) -> dict[str, float]:
+    """The serving model's times for this very generation (``planner.serving``): the batch's
+    prefill, and a decode step at the batch's mean context, with its weight bytes."""
+    from planner.kv import cached_tokens, kv_bytes_per_token
+    from planner.serving import ServeEstimator, weight_bytes_per_gpu
+    from presets import load_cost_model, load_hardware
 
-    hw = load_hardware(hardware)
+    est = ServeEstimator(cfg, load_hardware(hardware), load_cost_model(hardware), dtype=dtype)
     bits = 32 if dtype == "fp32" else 16
-    weights = weight_bytes_per_rank(cfg, weight_bits=bits, tp=tp)
-    kv = kv_bytes_per_token(cfg, "fp32" if dtype == "fp32" else "bf16", tp) * context * batch
-    step_s = max((weights + kv) / (hw.hbm_bandwidth_gbps * 1e9),
-                 decode_flops_per_token(cfg, context) * batch / tp / hw.peak_flops(dtype))
-    return {"weights_bytes": weights, "predicted_decode_tokens_per_s": batch / step_s}
+    weights = weight_bytes_per_gpu(cfg, weight_bits=bits, tp=tp)
+    context = prompt + max_new // 2
+    kv = kv_bytes_per_token(cfg, "fp32" if dtype == "fp32" else "bf16", tp) * cached_tokens(cfg, context) * batch
+    tpot = est.decode_step_s(batch, context, tp=tp, weights_bytes=weights, kv_bytes=kv)
+    return {"weights_bytes": weights, "ttft_s": est.prefill_s(prompt, tp=tp, weights_bytes=weights, batch=batch),
+            "tpot_s": tpot, "decode_tokens_per_s": batch / tpot}
 
 
 def run(plan_path: str) -> int:
@@ -286,13 +288,14 @@ def run(plan_path: str) -> int:
     kv_dtype = "fp32" if opts["dtype"] == "fp32" else "bf16"
     predicted_kv = kv_report(cfg, seq_len=total, batch=len(prompts), kv_dtype=kv_dtype, tp=tp).total_bytes
     hardware = plan.get("cluster", {}).get("hardware") or default_hardware(device.type)
-    roof = roofline(cfg, hardware=hardware, tp=tp, batch=len(prompts), context=total,
-                    dtype=opts["dtype"])
+    roof = predicted(cfg, hardware=hardware, tp=tp, batch=len(prompts),
+                     prompt=max(len(p) for p in prompts), max_new=max_new, dtype=opts["dtype"])
     say(events.GenerationStart(
         model=cfg.name, world=tp, device=device.type, checkpoint_step=step, batch=len(prompts),
         max_new_tokens=max_new, predicted_kv_cache_bytes=predicted_kv,
         predicted_weights_bytes=roof["weights_bytes"],
-        predicted_decode_tokens_per_s=roof["predicted_decode_tokens_per_s"]))
+        predicted_decode_tokens_per_s=roof["decode_tokens_per_s"],
+        predicted_ttft_s=roof["ttft_s"], predicted_tpot_s=roof["tpot_s"]))
     if cuda:
         torch.cuda.reset_peak_memory_stats()
 
@@ -311,8 +314,9 @@ def run(plan_path: str) -> int:
     say(events.GenerationDone(
         tokens=result["tokens"], texts=texts, text=texts[0] if len(texts) == 1 else None,
         ttft_s=result["ttft_s"], prefill_tokens_per_s=result["prefill_tokens_per_s"],
-        decode_tokens_per_s=result["decode_tokens_per_s"],
-        predicted_decode_tokens_per_s=roof["predicted_decode_tokens_per_s"],
+        decode_tokens_per_s=result["decode_tokens_per_s"], tpot_s=result["tpot_s"],
+        predicted_decode_tokens_per_s=roof["decode_tokens_per_s"],
+        predicted_ttft_s=roof["ttft_s"], predicted_tpot_s=roof["tpot_s"],
         predicted_kv_cache_bytes=predicted_kv,
         measured_kv_cache_bytes=sum(c.nbytes() for c in caches), peak_memory_bytes=int(peak)))
     dist.barrier()

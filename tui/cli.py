@@ -1,7 +1,7 @@
 """The ``llmplan`` command line (Typer): the app, its error rule, and where each command lives.
 
-Commands are grouped by topic in ``tui/commands/`` (models, calculate, plan, run,
-calibrate); each parses its options, calls one library function and renders the result.
+Commands are grouped by topic in ``tui/commands/`` (models, calculate, plan, serve, run,
+calibrate, data); each parses its options, calls one library function and renders the result.
 Every calculation takes ``--json`` (data on stdout, diagnostics on stderr); bad input exits
 2 with one line naming the problem. Heavy modules (rich, textual, torch, sympy) are imported
 inside the commands that need them, and only the invoked command's module is imported, so
@@ -25,7 +25,7 @@ COMMAND_MODULES = {
     "presets": "models", "params": "models",
     "flops": "calculate", "memory": "calculate", "kv": "calculate", "chinchilla": "calculate",
     "explain": "calculate",
-    "plan": "plan",
+    "plan": "plan", "serve-plan": "serve",
     "launch": "run", "generate": "run", "export": "run", "tokenizer": "data",
     "calibrate": "calibrate", "validate": "calibrate",
 }

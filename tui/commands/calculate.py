@@ -223,7 +223,7 @@ def chinchilla_cmd(
 
 
 def explain_cmd(
-    quantity: Annotated[str, typer.Argument(help="params, kv_bytes_per_token, train_flops_per_token, model_states_bytes, chinchilla_params.")],
+    quantity: Annotated[str, typer.Argument(help="params, kv_bytes_per_token, train_flops_per_token, model_states_bytes, chinchilla_params, decode_roofline_s.")],
     model: ModelArg,
     seq: SeqOpt = 2048, mbs: MbsOpt = 1, gbs: GbsOpt = 0, dtype: DtypeOpt = "bf16",
     recipe: RecipeOpt = "mixed", optimizer: OptimOpt = "adamw", zero: ZeroOpt = 0,
@@ -234,16 +234,23 @@ def explain_cmd(
     kv_dtype: Annotated[str, typer.Option("--kv-dtype")] = "bf16",
     compute: Annotated[float, typer.Option(help="For chinchilla_params.")] = 5.76e23,
     fit: Annotated[str, typer.Option(help="For chinchilla_params: hoffmann or epoch.")] = "hoffmann",
+    hardware: Annotated[str, typer.Option("--hardware", help="For decode_roofline_s.")] = "h100-sxm",
+    batch: Annotated[int, typer.Option("--batch", help="For decode_roofline_s: sequences decoding.")] = 1,
+    weight_bits: Annotated[int, typer.Option("--weight-bits", help="For decode_roofline_s: 16, 8 or 4.")] = 16,
     set_: SetOpt = None, json_mode: JsonOpt = False,
 ) -> None:
-    """Show the formula behind a number, the values substituted, and the result."""
+    """Show the formula behind a number, the values substituted, and the result (for
+    decode_roofline_s, --seq is the context)."""
     flags = dict(locals())
     from planner.explain import explain
 
     cfg = load(model, set_)
     setup, par = options.training(flags)
+    from presets import load_hardware
+
     exp = explain(quantity, cfg, setup=setup, par=par, causal=causal, kv_dtype=kv_dtype,
-                  compute_flops=compute, fit=fit)
+                  compute_flops=compute, fit=fit, hardware=load_hardware(hardware), batch=batch,
+                  context=seq, weight_bits=weight_bits)
 
     def human() -> None:
         from rich.panel import Panel

@@ -221,13 +221,18 @@ def generate_cmd(
             else:
                 for i, text in enumerate(ev.texts):
                     sys.stdout.write(f"[{i}] {text}\n")
-            rows = [("time to first token", f"{ev.ttft_s * 1e3:,.1f} ms"),
-                    ("prefill", f"{ev.prefill_tokens_per_s:,.0f} tok/s"),
-                    ("decode (measured)", f"{(ev.decode_tokens_per_s or 0):,.0f} tok/s"),
-                    ("decode (roofline)", f"{ev.predicted_decode_tokens_per_s:,.0f} tok/s"),
-                    ("KV cache predicted", output.fmt_bytes(ev.predicted_kv_cache_bytes)),
-                    ("KV cache allocated", output.fmt_bytes(ev.measured_kv_cache_bytes))]
-            output.show(output.table("Generation", ["quantity", "value"], rows))
+            def ms(x):
+                return f"{x * 1e3:,.2f} ms" if x is not None else "-"
+
+            rows = [("time to first token", ms(ev.predicted_ttft_s), ms(ev.ttft_s)),
+                    ("time per output token", ms(ev.predicted_tpot_s), ms(ev.tpot_s)),
+                    ("decode, all sequences", f"{ev.predicted_decode_tokens_per_s:,.0f} tok/s",
+                     f"{(ev.decode_tokens_per_s or 0):,.0f} tok/s"),
+                    ("prefill", "", f"{ev.prefill_tokens_per_s:,.0f} tok/s"),
+                    ("KV cache", output.fmt_bytes(ev.predicted_kv_cache_bytes),
+                     output.fmt_bytes(ev.measured_kv_cache_bytes))]
+            output.show(output.table("Generation (predicted: planner.serving, as serve-plan)",
+                                     ["quantity", "predicted", "measured"], rows))
         elif isinstance(ev, events.Error):
             if single:
                 sys.stdout.write("\n")
