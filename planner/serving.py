@@ -4,9 +4,9 @@ that meet a latency target on a set of GPUs, ranked by throughput.
 For one replica of ``t`` GPUs serving ``b`` sequences of ``P`` prompt and ``O`` output tokens:
 
 * Weights per GPU at ``w`` bits: linear weights at w bits with their quantisation constants
-  (int8: a bf16 scale per output row; int4: a bf16 scale and zero per 128 inputs, torchao's
-  weight-only layouts), every other parameter (embeddings, tied heads, norms, biases) in
-  bf16; split over t like the 16-bit weights (``planner.memory``).
+  (int8: a float32 scale and an int8 zero point per output row, torchao 0.18's
+  ``Int8WeightOnlyConfig``; int4: a bf16 scale and zero per 128 inputs, its int4 weight-only
+  layout), every other parameter (embeddings, tied heads, norms, biases) in bf16; split over t like the 16-bit weights (``planner.memory``).
 * KV cache per GPU: ``kv_bytes_per_token x min(P + O, window) x b`` (``planner.kv``);
   ``max_concurrency`` is how many sequences fit beside the weights.
 * Prefill (TTFT) is compute bound: ``prefill_flops(P) / t`` at the shape-dependent matmul
@@ -54,8 +54,8 @@ def quantised_weight_bytes(cfg: ModelConfig, weight_bits: int) -> int:
         return weight_bits // 8 * total
     linears = [m for m in linear_modules(cfg) if not (m.name == "lm_head" and cfg.tie_embeddings)]
     quantised = sum(m.in_features * m.out_features * m.count for m in linears)
-    if weight_bits == 8:
-        constants = sum(2 * m.out_features * m.count for m in linears)
+    if weight_bits == 8:  # a float32 scale and an int8 zero point per row (torchao Int8Tensor)
+        constants = sum(5 * m.out_features * m.count for m in linears)
     else:
         constants = sum(4 * math.ceil(m.in_features / INT4_GROUP) * m.out_features * m.count
                         for m in linears)

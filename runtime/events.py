@@ -182,6 +182,11 @@ class GenerationDone(Event):
     predicted_kv_cache_bytes: int
     measured_kv_cache_bytes: int
     peak_memory_bytes: int
+    predicted_weights_bytes: int | None = None
+    measured_weights_bytes: int | None = None
+    """Bytes of the weights as held (quantised tensors counted by their components)."""
+    quantisation_logit_max_abs_diff: float | None = None
+    """Quantised weights: the largest change of the prompts' next-token logits from bf16."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -31,7 +31,7 @@ from runtime.tokenizer import load_tokenizer, prompt_ids
 GEN_DEFAULTS: dict[str, Any] = {
     "prompts": ["Hello"], "max_new_tokens": 32, "temperature": 0.0, "top_k": 0, "top_p": 1.0,
     "seed": 0, "device": "cpu", "dtype": "fp32", "checkpoint": "", "eos_token": -1,
-    "weights_seed": 0, "weights": "", "tokenizer": "", "chat": False,
+    "weights_seed": 0, "weights": "", "tokenizer": "", "chat": False, "weight_bits": 16,
 }
 
 
@@ -232,8 +232,47 @@ class _Layer:
         return self.cache.update(self.positions, k, v)
 
 
+def quantise_int8(model, cfg: ModelConfig) -> None:
+    """Int8 weight-only linears (torchao's ``Int8WeightOnlyConfig``: int8 rows, a float32
+    scale and an int8 zero point per output row), every other weight as it is; a head tied
+    to the embedding stays with it."""
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    def linear(module, fqn: str) -> bool:
+        return isinstance(module, torch.nn.Linear) and not (cfg.tie_embeddings and fqn.endswith("output"))
+
+    quantize_(model, Int8WeightOnlyConfig(), filter_fn=linear)
+
+
+@torch.no_grad()
+def prompt_logits(model, prompts: list[list[int]], device) -> torch.Tensor:
+    """Each prompt's next-token logits (float32), one prompt at a time, without a cache."""
+    rows = []
+    for p in prompts:
+        logits = model(torch.tensor([p], device=device))
+        logits = logits.to_local() if hasattr(logits, "to_local") else logits
+        rows.append(logits[0, -1].float())
+    return torch.stack(rows)
+
+
+def weights_nbytes(model) -> int:
+    """Bytes the parameters hold, a quantised tensor by the tensors it is made of."""
+    def nbytes(t) -> int:
+        if hasattr(t, "__tensor_flatten__"):
+            names, _ = t.__tensor_flatten__()
+            return sum(nbytes(getattr(t, n)) for n in names)
+        return t.numel() * t.element_size()
+
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += nbytes(p.data if not hasattr(p, "__tensor_flatten__") else p)
+    return total
+
+
 def predicted(cfg: ModelConfig, *, hardware: str, tp: int, batch: int, prompt: int,
-              max_new: int, dtype: str) -> dict[str, float]:
+              max_new: int, dtype: str, weight_bits: int = 16) -> dict[str, float]:
     """The serving model's times for this very generation (``planner.serving``): the batch's
     prefill, and a decode step at the batch's mean context, with its weight bytes."""
     from planner.kv import cached_tokens, kv_bytes_per_token
@@ -241,7 +280,7 @@ def predicted(cfg: ModelConfig, *, hardware: str, tp: int, batch: int, prompt: i
     from presets import load_cost_model, load_hardware
 
     est = ServeEstimator(cfg, load_hardware(hardware), load_cost_model(hardware), dtype=dtype)
-    bits = 32 if dtype == "fp32" else 16
+    bits = 32 if dtype == "fp32" else weight_bits
     weights = weight_bytes_per_gpu(cfg, weight_bits=bits, tp=tp)
     context = prompt + max_new // 2
     kv = kv_bytes_per_token(cfg, "fp32" if dtype == "fp32" else "bf16", tp) * cached_tokens(cfg, context) * batch
@@ -278,6 +317,12 @@ def run(plan_path: str) -> int:
     model = build_model(cfg, tp=tp, device=device, opts=opts)
     step = load_weights(model, opts["checkpoint"]) if opts["checkpoint"] else None
     model.to(dtype=dtype).eval()
+    weight_bits = int(opts["weight_bits"])
+    logit_diff = None
+    if weight_bits == 8:  # its accuracy cost: the prompts' next-token logits before and after
+        reference = prompt_logits(model, prompts, device)
+        quantise_int8(model, cfg)
+        logit_diff = float((prompt_logits(model, prompts, device) - reference).abs().max())
 
     total = max(len(p) for p in prompts) + max_new
     # a ring buffer needs a slot per token a query can see: the window, else every token
@@ -289,7 +334,8 @@ def run(plan_path: str) -> int:
     predicted_kv = kv_report(cfg, seq_len=total, batch=len(prompts), kv_dtype=kv_dtype, tp=tp).total_bytes
     hardware = plan.get("cluster", {}).get("hardware") or default_hardware(device.type)
     roof = predicted(cfg, hardware=hardware, tp=tp, batch=len(prompts),
-                     prompt=max(len(p) for p in prompts), max_new=max_new, dtype=opts["dtype"])
+                     prompt=max(len(p) for p in prompts), max_new=max_new, dtype=opts["dtype"],
+                     weight_bits=weight_bits)
     say(events.GenerationStart(
         model=cfg.name, world=tp, device=device.type, checkpoint_step=step, batch=len(prompts),
         max_new_tokens=max_new, predicted_kv_cache_bytes=predicted_kv,
@@ -318,7 +364,9 @@ def run(plan_path: str) -> int:
         predicted_decode_tokens_per_s=roof["decode_tokens_per_s"],
         predicted_ttft_s=roof["ttft_s"], predicted_tpot_s=roof["tpot_s"],
         predicted_kv_cache_bytes=predicted_kv,
-        measured_kv_cache_bytes=sum(c.nbytes() for c in caches), peak_memory_bytes=int(peak)))
+        measured_kv_cache_bytes=sum(c.nbytes() for c in caches), peak_memory_bytes=int(peak),
+        predicted_weights_bytes=roof["weights_bytes"], measured_weights_bytes=weights_nbytes(model),
+        quantisation_logit_max_abs_diff=logit_diff))
     dist.barrier()
     dist.destroy_process_group()
     return 0

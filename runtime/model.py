@@ -352,6 +352,8 @@ class Decoder(nn.Module):
             if self.embedding_norm is not None:
                 x = self.embedding_norm(x)
         cos, sin = self.rope(positions)
+        if cos is not None and cos.dtype != x.dtype:  # computed in fp32, applied in the
+            cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # compute dtype (as transformers does)
         for name, layer in self.layers.items():
             cache = kv_caches[int(name)] if kv_caches is not None else None
             x = layer(x, cos, sin, cache, positions)

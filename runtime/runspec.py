@@ -84,6 +84,8 @@ class GenerateRequest:
     """fp32, bf16, or auto: a Hugging Face folder's stored dtype, else fp32."""
     eos: int = -1
     chat: bool = False
+    weight_bits: int = 16
+    """16 (the model's dtype) or 8: int8 weight-only linears (torchao), bf16 elsewhere."""
     run_dir: str = ""
     sets: tuple[str, ...] = ()
 
@@ -401,13 +403,21 @@ def resolve_generation(req: GenerateRequest) -> Resolved:
     device = _device(req.device)
     if device == "cuda":
         _cuda_ranks(req.tp)
+    dtype = (inputs.folder_dtype(req.target) or "fp32") if req.dtype == "auto" else req.dtype
+    if req.weight_bits not in (16, 8):
+        raise ConfigError(f"--weight-bits({req.weight_bits}) is not one of 16, 8 for generate "
+                          "(int4 weight-only needs CUDA kernels)")
+    if req.weight_bits == 8 and cfg.is_moe:
+        raise ConfigError("--weight-bits 8 covers dense models (experts are not nn.Linear modules)")
+    if req.weight_bits == 8 and (req.tp > 1 or dtype != "bf16"):
+        raise ConfigError(f"--weight-bits 8 runs with tp 1 and --dtype bf16 (got tp({req.tp}), "
+                          f"dtype({dtype})): torchao's int8 weights are whole tensors beside bf16 ones")
     plan = {"version": 1, "kind": "inference", "model": cfg.to_dict(),
             "cluster": {"hardware": default_hardware(device), "gpus": req.tp},
             "generate": {"prompts": texts, "max_new_tokens": req.max_new_tokens,
                          "temperature": req.temperature, "top_k": req.top_k,
                          "top_p": req.top_p, "seed": req.seed, "device": device,
-                         "dtype": (inputs.folder_dtype(req.target) or "fp32")
-                         if req.dtype == "auto" else req.dtype,
+                         "dtype": dtype, "weight_bits": req.weight_bits,
                          "checkpoint": checkpoint, "eos_token": req.eos,
                          "weights": weights, "tokenizer": tokenizer_dir, "chat": req.chat}}
     path = _run_folder(req.run_dir, "", "llmplan-gen-") / "generate.toml"

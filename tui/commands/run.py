@@ -184,6 +184,7 @@ def generate_cmd(
     dtype: Annotated[str, typer.Option(help="fp32, bf16, or auto (a model folder's stored dtype, else fp32).")] = "auto",
     eos: Annotated[int, typer.Option(help="Stop a sequence at this token id (-1: the model folder's EOS, else never).")] = -1,
     chat: Annotated[bool, typer.Option("--chat", help="Each prompt is a user turn in the folder's chat template.")] = False,
+    weight_bits: Annotated[int, typer.Option("--weight-bits", help="16, or 8: int8 weight-only linears (torchao; tp 1, bf16).")] = 16,
     run_dir: Annotated[str, typer.Option("--run-dir", help="Where the generation plan is written.")] = "",
     set_: SetOpt = None,
     json_mode: Annotated[bool, typer.Option("--json", help="Print the JSON-lines event stream.")] = False,
@@ -204,7 +205,7 @@ def generate_cmd(
     resolved = resolve_generation(GenerateRequest(
         target=target, prompts=tuple(texts or ["Hello"]), max_new_tokens=max_new_tokens,
         temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, batch=batch, tp=tp,
-        device=device, dtype=dtype, eos=eos, chat=chat, run_dir=run_dir,
+        device=device, dtype=dtype, eos=eos, chat=chat, weight_bits=weight_bits, run_dir=run_dir,
         sets=tuple(set_ or ())))
     single = len(resolved.plan["generate"]["prompts"]) == 1
     if single and not json_mode:
@@ -230,7 +231,12 @@ def generate_cmd(
                      f"{(ev.decode_tokens_per_s or 0):,.0f} tok/s"),
                     ("prefill", "", f"{ev.prefill_tokens_per_s:,.0f} tok/s"),
                     ("KV cache", output.fmt_bytes(ev.predicted_kv_cache_bytes),
-                     output.fmt_bytes(ev.measured_kv_cache_bytes))]
+                     output.fmt_bytes(ev.measured_kv_cache_bytes)),
+                    ("weights", output.fmt_bytes(ev.predicted_weights_bytes or 0),
+                     output.fmt_bytes(ev.measured_weights_bytes or 0))]
+            if ev.quantisation_logit_max_abs_diff is not None:
+                rows.append(("logits vs bf16 (max |diff|)", "",
+                             f"{ev.quantisation_logit_max_abs_diff:.4g}"))
             output.show(output.table("Generation (predicted: planner.serving, as serve-plan)",
                                      ["quantity", "predicted", "measured"], rows))
         elif isinstance(ev, events.Error):
