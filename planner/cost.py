@@ -89,6 +89,7 @@ class CostModel:
     sp_layer_overhead_s: float = 0.0   # + per layer per micro-batch under SP (sharded norms)
     fsdp_step_overhead_s: float = 0.0  # + per step under FSDP (hooks, DTensor optimizer)
     collective_call_s: float = 0.0     # fixed cost of each collective call on the issuing rank
+    infer_layer_overhead_s: float = 0.0  # per layer per forward of generation (op dispatch)
     host_cores: int = 0                # CPU hosts: ranks beyond this many cores time-share
     latency_scale: float = 1.0         # x the preset's per-step collective latencies
 

@@ -154,9 +154,19 @@ class ServeEstimator:
         return m.matmul_efficiency * g / (g + m.matmul_half_dim)
 
     def tp_s(self, tokens: int, tp: int) -> float:
-        """Two all-reduces of ``tokens x h`` bf16 activations per layer."""
+        """Two all-reduces of ``tokens x h`` bf16 activations per layer, each also paying the
+        fixed cost of a collective call."""
+        if tp == 1:
+            return 0.0
         bw, lat = self.link
-        return 2 * self.cfg.num_layers * allreduce_s(tokens * self.cfg.hidden_size * 2, tp, bw, lat)
+        calls = 2 * self.cfg.num_layers
+        return calls * (allreduce_s(tokens * self.cfg.hidden_size * 2, tp, bw, lat)
+                        + self.model.collective_call_s)
+
+    def overhead_s(self) -> float:
+        """Framework time of one forward (op dispatch per layer): what dominates a small
+        model on a CPU host, calibrated by ``validate --serving``."""
+        return self.cfg.num_layers * self.model.infer_layer_overhead_s
 
     def prefill_s(self, prompt: int, *, tp: int, weights_bytes: int, batch: int = 1) -> float:
         """``batch`` prompts of ``prompt`` tokens prefilled together."""
@@ -166,7 +176,7 @@ class ServeEstimator:
         compute = prefill_flops(self.cfg, prompt, batch) / tp / (
             self.peak * self.matmul_efficiency(tokens, tp))
         read = weights_bytes / (self.hbm * self.model.hbm_efficiency)
-        return max(compute, read) + self.tp_s(tokens, tp)
+        return max(compute, read) + self.tp_s(tokens, tp) + self.overhead_s()
 
     def decode_roofline_s(self, *, weights_bytes: int, kv_bytes: int) -> float:
         """Bytes one decode step moves over the HBM bandwidth: the bandwidth roofline."""
@@ -179,7 +189,7 @@ class ServeEstimator:
         memory = self.decode_roofline_s(weights_bytes=weights_bytes, kv_bytes=kv_bytes) / self.model.hbm_efficiency
         compute = decode_flops_per_token(self.cfg, context) * batch / tp / (
             self.peak * self.matmul_efficiency(batch, tp))
-        return max(memory, compute) + self.tp_s(batch, tp)
+        return max(memory, compute) + self.tp_s(batch, tp) + self.overhead_s()
 
 
 def batches(limit: int) -> list[int]:

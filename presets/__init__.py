@@ -217,15 +217,19 @@ def load_accuracy(hardware: str):
         raise PresetError(f"{profile_path(hardware)}: accuracy: {err}") from None
 
 
-def load_cost_model(hardware: str, *, fused: bool = False):
+def load_cost_model(hardware: str, *, fused: bool = False, serving: bool = False):
     """The planner's cost model for ``hardware``: the constants a calibration on this machine
     fitted (its profile), else those fitted to published runs of its chip (the preset's
     ``[cost_model]``), else the uncalibrated defaults. Element-wise work runs as eager
     PyTorch kernels (llmplan's runtime, torchtitan and accelerate without compile) unless
-    ``fused`` (Megatron-LM's fused kernels)."""
+    ``fused`` (Megatron-LM's fused kernels). ``serving``: with the constants ``validate
+    --serving`` fitted for generation on this machine (its profile's ``[serving]``) on top."""
     from planner.cost import CostModel
 
-    fitted = load_profile(hardware).get("cost_model") or preset_fit(hardware).get("cost_model", {})
+    profile = load_profile(hardware)
+    fitted = dict(profile.get("cost_model") or preset_fit(hardware).get("cost_model", {}))
+    if serving:
+        fitted.update(profile.get("serving", {}))
     known = {k: v for k, v in fitted.items() if k in CostModel.__dataclass_fields__}  # not provenance
     try:
         return CostModel(**known).replace(eager=not fused)

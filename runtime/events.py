@@ -185,6 +185,8 @@ class GenerationDone(Event):
     predicted_weights_bytes: int | None = None
     measured_weights_bytes: int | None = None
     """Bytes of the weights as held (quantised tensors counted by their components)."""
+    prompt_tokens: int | None = None
+    """The longest prompt's tokens (what the predictions are for)."""
     quantisation_logit_max_abs_diff: float | None = None
     """Quantised weights: the largest change of the prompts' next-token logits from bf16."""
 

@@ -279,7 +279,8 @@ def predicted(cfg: ModelConfig, *, hardware: str, tp: int, batch: int, prompt: i
     from planner.serving import ServeEstimator, weight_bytes_per_gpu
     from presets import load_cost_model, load_hardware
 
-    est = ServeEstimator(cfg, load_hardware(hardware), load_cost_model(hardware), dtype=dtype)
+    est = ServeEstimator(cfg, load_hardware(hardware), load_cost_model(hardware, serving=True),
+                         dtype=dtype)
     bits = 32 if dtype == "fp32" else weight_bits
     weights = weight_bytes_per_gpu(cfg, weight_bits=bits, tp=tp)
     context = prompt + max_new // 2
@@ -366,7 +367,7 @@ def run(plan_path: str) -> int:
         predicted_kv_cache_bytes=predicted_kv,
         measured_kv_cache_bytes=sum(c.nbytes() for c in caches), peak_memory_bytes=int(peak),
         predicted_weights_bytes=roof["weights_bytes"], measured_weights_bytes=weights_nbytes(model),
-        quantisation_logit_max_abs_diff=logit_diff))
+        prompt_tokens=max(len(p) for p in prompts), quantisation_logit_max_abs_diff=logit_diff))
     dist.barrier()
     dist.destroy_process_group()
     return 0

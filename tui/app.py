@@ -16,7 +16,6 @@ from pathlib import Path
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.command import Hit, Hits, Provider
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.reactive import reactive
@@ -32,30 +31,15 @@ from tui import settings as user_settings
 from tui.compare_pane import ComparePane, comparison_rows
 from tui.model_pane import ModelForm, ModelPane, ResultsView
 from tui.plan_pane import ClusterInputs, PlanPane
+from tui.plan_actions import export_plan, save_plan
+from tui.serve_pane import ServePane
+from planner.serving import ServeResult
 from tui.results import Choices, Results, compute
+from tui.palette import PresetCommands
 from tui.run_pane import RunPane, RunState
 
 DEFAULT_PRESET = "llama-3-8b"
 DEFAULT_HARDWARE = "h100-sxm"
-
-
-class PresetCommands(Provider):
-    """Command palette: every model preset, and every accelerator."""
-
-    async def search(self, query: str) -> Hits:
-        app = self.app
-        assert isinstance(app, PlanApp)
-        matcher = self.matcher(query)
-        for name in preset_files("models"):
-            score = matcher.match(f"model {name}")
-            if score > 0:
-                yield Hit(score, matcher.highlight(f"model {name}"), partial(app.choose_preset, name),
-                          help="load this model preset")
-        for name in preset_files("hardware"):
-            score = matcher.match(f"accelerator {name}")
-            if score > 0:
-                yield Hit(score, matcher.highlight(f"accelerator {name}"),
-                          partial(app.choose_hardware, name), help="plan for this accelerator")
 
 
 @dataclass
@@ -80,6 +64,7 @@ class PlanApp(App):
         Binding("f2", "show_tab('plan')", "Plan", id="tab-plan"),
         Binding("f3", "show_tab('run')", "Run", id="tab-run"),
         Binding("f4", "show_tab('compare')", "Compare", id="tab-compare"),
+        Binding("f5", "show_tab('serve')", "Serve", id="tab-serve"),
         Binding("ctrl+r", "search", "Search layouts", id="search"),
         Binding("ctrl+s", "save_plan", "Save plan", id="save-plan"),
         Binding("ctrl+l", "launch", "Launch", id="launch"),
@@ -94,6 +79,8 @@ class PlanApp(App):
     """Everything the model screen shows, recomputed on every change."""
     search_result: reactive[SearchResult | None] = reactive(None, init=False)
     """The latest layout search."""
+    serve_result: reactive[ServeResult | None] = reactive(None, init=False)
+    """The latest serving plan."""
     run_state: reactive[RunState] = reactive(RunState, init=False)
     """The latest run, as its events described it."""
     explanation: reactive[str] = reactive("", init=False)
@@ -137,6 +124,8 @@ class PlanApp(App):
             with TabPane("Compare", id="compare"):
                 other = "llama-2-7b" if self.start_preset != "llama-2-7b" else "llama-3-8b"
                 yield ComparePane(self.start_preset, other, id="compare-pane")
+            with TabPane("Serve", id="serve"):
+                yield ServePane(id="serve-pane").data_bind(result=PlanApp.serve_result)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -290,6 +279,17 @@ class PlanApp(App):
         return search(spec, cluster, TrainSetup(seq_len=choices.seq_len), global_batch=inputs.gbs,
                       model=load_cost_model(choices.hardware.name))
 
+    @on(ServePane.ServeRequested)
+    def _serve(self, event: ServePane.ServeRequested) -> None:
+        if self.spec is not None and self.choices is not None:
+            self.run_serve(self.spec, self.choices, event.inputs)
+
+    @work(thread=True, exclusive=True, group="serve", exit_on_error=False)
+    def run_serve(self, spec: ModelConfig, choices: Choices, inputs) -> ServeResult:
+        from tui.serve_pane import serve
+
+        return serve(spec, choices.hardware, choices.gpus, inputs)
+
     @on(Worker.StateChanged)
     def _worker(self, event: Worker.StateChanged) -> None:
         worker = event.worker
@@ -298,6 +298,11 @@ class PlanApp(App):
                 self.explanation = worker.result
             elif worker.state == WorkerState.ERROR:
                 self.explanation = f"[red]{worker.error}[/red]"
+        if worker.group == "serve":
+            if worker.state == WorkerState.SUCCESS:
+                self.serve_result = worker.result
+            elif worker.state == WorkerState.ERROR:
+                self.notify(str(worker.error), severity="error", title="serve plan failed")
         if worker.group == "search":
             if worker.state == WorkerState.SUCCESS:
                 self.search_result = worker.result
@@ -309,51 +314,28 @@ class PlanApp(App):
 
     @on(PlanPane.SaveRequested)
     def _save(self, event: PlanPane.SaveRequested) -> None:
-        result = self.search_result
-        if result is None or result.best is None or self.spec is None or self.choices is None:
-            self.notify("search first: there is no layout to save", severity="warning")
-            return
-        from planner.planfile import candidate_plan, write_plan
-
-        chosen = self.highlighted_layout(result)
-        try:
-            written = write_plan(Path(event.path), candidate_plan(self.spec, result, chosen))
-        except OSError as err:
-            self.notify(f"{event.path}: {err.strerror}", severity="error")
-            return
-        self.notify("wrote " + ", ".join(str(p) for p in written), title="plan saved")
-
-    def highlighted_layout(self, result: SearchResult):
-        table = self.query_one("#plan-pane", PlanPane).query_one("#layouts")
-        index = getattr(table, "cursor_row", 0) or 0
-        return result.candidates[min(index, len(result.candidates) - 1)]
+        self._write(save_plan, event.path)
 
     @on(PlanPane.ExportRequested)
     def _export(self, event: PlanPane.ExportRequested) -> None:
-        """The highlighted layout in ``event.framework``'s own config file; a layout that
-        framework cannot express is refused with the reason (nothing is written)."""
-        result = self.search_result
-        if result is None or result.best is None or self.spec is None or self.choices is None:
-            self.notify("search first: there is no layout to export", severity="warning")
-            return
-        from planner import exports
+        self._write(partial(export_plan, framework=event.framework), event.folder)
 
-        c = self.highlighted_layout(result)
-        command = (f"llmplan plan {self.spec.name} --hardware {result.cluster.hardware.name} "
-                   f"--gpus {result.world} --gbs {c.mbs * c.grad_accum * c.dp} "
-                   f"--seq {result.setup.seq_len} --tp {c.tp} --pp {c.pp} --vpp {c.vpp} "
-                   f"--dp {c.dp} --zero {c.zero} --{'sp' if c.sp else 'no-sp'} "
-                   f"--recompute {c.recompute} --mbs {c.mbs} --export {event.framework}")
-        job = exports.job_of(self.spec, result, c, command=command)
+    def _write(self, writer, where: str) -> None:
+        """The highlighted layout written by ``writer``; one notification either way."""
+        result = self.search_result
+        if result is None or result.best is None or self.spec is None:
+            self.notify("search first: there is no layout to write", severity="warning")
+            return
+        table = self.query_one("#plan-pane", PlanPane).query_one("#layouts")
+        index = min(getattr(table, "cursor_row", 0) or 0, len(result.candidates) - 1)
         try:
-            path = exports.export(event.framework, job, Path(event.folder))
+            title, message = writer(self.spec, result, result.candidates[index], Path(where))
         except LlmplanError as err:
-            self.notify(str(err), severity="error", title="not expressible")
-            return
+            self.notify(str(err), severity="error", title="not written")
         except OSError as err:
-            self.notify(f"{event.folder}: {err.strerror}", severity="error")
-            return
-        self.notify(f"wrote {path}", title=f"{event.framework} config")
+            self.notify(f"{where}: {err.strerror}", severity="error")
+        else:
+            self.notify(message, title=title)
 
     # ---- run ----------------------------------------------------------------------------
     def action_launch(self) -> None:

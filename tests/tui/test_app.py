@@ -311,3 +311,31 @@ async def test_opening_a_hugging_face_folder_shows_its_exact_parameters(tmp_path
         await pilot.pause()
         assert f"{sum(p.numel() for p in hf.parameters()):,}" in text(app, "#params-headline")
         assert "qwen2-small" in app.sub_title
+
+
+async def test_serve_screen_ranks_the_serving_layouts_serve_plan_ranks():
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    cli = json.loads(subprocess.run(
+        [sys.executable, "-m", "tui.cli", "serve-plan", "llama-3-8b", "--hardware", "h100-sxm",
+         "--gpus", "8", "--prompt-tokens", "1024", "--output-tokens", "256", "--tpot-ms", "30",
+         "--json"], cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+    app = PlanApp(preset="llama-3-8b", save_settings=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        app.choose_hardware("h100-sxm")
+        app.query_one("#top-gpus").value = "8"
+        await pilot.pause()
+        await pilot.press("f5")
+        app.query_one("#serve-search").press()
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        best = app.serve_result.candidates[0].to_dict()
+        for key in ("tp", "replicas", "weight_bits", "batch", "tokens_per_s", "tpot_s"):
+            assert best[key] == cli["candidates"][0][key], key
+        assert app.query_one("#serve-table").row_count > 0
+        assert "meet the targets" in text(app, "#serve-status")

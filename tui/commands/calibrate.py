@@ -57,6 +57,7 @@ def validate_cmd(
     rounds: RoundsOpt = 1,
     cases: Annotated[Optional[list[str]], typer.Option("--case", help="Run only these cases (repeatable; default: all).")] = None,
     published: Annotated[bool, typer.Option("--published", help="Check the cost model against published GPU runs (presets/runs), each held out of the fit.")] = False,
+    serving: Annotated[bool, typer.Option("--serving", help="Generation runs here (batch, TP, two models) against the serving model; fit and save its constants.")] = False,
     write: Annotated[bool, typer.Option("--write", help="With --published: write the fitted constants and held-out error into the hardware presets.")] = False,
     json_mode: JsonOpt = False,
 ) -> None:
@@ -64,6 +65,8 @@ def validate_cmd(
     With --published: predicted vs measured step time of published GPU runs, leave-one-out."""
     if published:
         return _published(write=write, json_mode=json_mode)
+    if serving:
+        return _serving(device=device, hardware=hardware, json_mode=json_mode)
     if write:
         from planner.config import LlmplanError
 
@@ -135,6 +138,30 @@ def _published(*, write: bool, json_mode: bool) -> None:
                                  cols, extra), *lines)
 
     output.render(json_mode, data, human)
+
+
+def _serving(*, device: str, hardware: str, json_mode: bool) -> None:
+    from presets import default_hardware
+    from runtime.serving_validation import validate_serving
+
+    hardware = hardware or default_hardware(device)
+    data = validate_serving(device=device, hardware=hardware, progress=output.warn)
+
+    def table(title: str, rows: list[dict[str, Any]]) -> Any:
+        return output.table(title, ["case", "TTFT predicted", "TTFT measured", "error",
+                                    "TPOT predicted", "TPOT measured", "error"],
+                            [(r["case"] + (" (held out)" if r["case"] in data["held_out"] else ""),
+                              f"{r['predicted_ttft_s'] * 1e3:,.2f} ms", f"{r['measured_ttft_s'] * 1e3:,.2f} ms",
+                              f"{r['ttft_error']:+.1%}", f"{r['predicted_tpot_s'] * 1e3:,.2f} ms",
+                              f"{r['measured_tpot_s'] * 1e3:,.2f} ms", f"{r['tpot_error']:+.1%}")
+                             for r in rows])
+
+    output.render(json_mode, data, lambda: output.show(
+        table(f"Generation on {device} ({hardware}), before fitting", data["before"]),
+        table("After fitting (held-out cases judge it)", data["after"]),
+        f"worst held-out error {data['worst_held_out_error']:.1%} (goal 20%); constants "
+        + ", ".join(f"{k} {v:.4g}" for k, v in data["constants"].items())
+        + f"; saved in {data['profile']}"))
 
 
 def _layout(d: dict[str, Any]) -> str:

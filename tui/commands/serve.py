@@ -40,7 +40,8 @@ def serve_plan_cmd(
                    ttft_s=ttft_ms / 1e3, tpot_s=tpot_ms / 1e3, rate_qps=rate,
                    concurrency=concurrency, price_per_gpu_hour=price or hw.price_per_gpu_hour_usd)
     result = serve_plan(cfg, hw, gpus=gpus, job=job, weight_bits=tuple(weight_bits or WEIGHT_BITS),
-                        kv_dtypes=tuple(kv_dtype or ("bf16",)), model=load_cost_model(hardware))
+                        kv_dtypes=tuple(kv_dtype or ("bf16",)),
+                        model=load_cost_model(hardware, serving=True))
     data: dict[str, Any] = {
         "model": cfg.name, "hardware": hardware, "gpus": gpus, "prompt_tokens": prompt_tokens,
         "output_tokens": output_tokens,

@@ -1,0 +1,125 @@
+"""``llmplan validate --serving``: generation runs on this machine against the serving model.
+
+A sweep of ``llmplan generate`` runs (``tiny`` over batch and TP, and GPT-2's 124M shape)
+measures time to first token and time per output token; the serving model
+(``planner.serving``) predicts both for the same layout. Fitted, in log space, to the fit
+cases: the achieved fraction of memory bandwidth (decode), the matmul ceiling (prefill), the
+per-layer framework time of a forward and the fixed cost of a collective call; the held-out
+cases (a batch or model the fit did not see) judge it. The constants go into the hardware
+profile beside the training calibration's. Standard library only: torch runs in the
+launched processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from typing import Any, Callable
+
+BASE = {"prompt": "the quick brown fox jumps over the lazy dog " * 6, "max_new": 16}
+FIT_CASES: dict[str, dict[str, Any]] = {
+    "tiny-b1": {"model": "tiny", "batch": 1},
+    "tiny-b8": {"model": "tiny", "batch": 8},
+    "tiny-tp2-b1": {"model": "tiny", "batch": 1, "tp": 2},
+    "gpt2-b1": {"model": "gpt2", "batch": 1},
+}
+HELD_OUT: dict[str, dict[str, Any]] = {
+    "tiny-b4": {"model": "tiny", "batch": 4},
+    "tiny-tp2-b4": {"model": "tiny", "batch": 4, "tp": 2},
+    "gpt2-b4": {"model": "gpt2", "batch": 4},
+}
+FITTED = ("hbm_efficiency", "matmul_efficiency", "infer_layer_overhead_s", "collective_call_s")
+
+
+def run_case(case: dict[str, Any], device: str) -> dict[str, Any]:
+    """One generation, its ``done`` event (measured and predicted times)."""
+    cmd = [sys.executable, "-m", "tui.cli", "generate", case["model"], "--prompt", BASE["prompt"],
+           "--max-new-tokens", str(BASE["max_new"]), "--batch", str(case["batch"]),
+           "--tp", str(case.get("tp", 1)), "--device", device, "--dtype", "fp32", "--eos", "-1",
+           "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = [json.loads(line) for line in proc.stdout.splitlines() if '"done"' in line]
+    if proc.returncode or not done:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"generate {case}: {tail[0]}")
+    return done[0]
+
+
+def predict(case: dict[str, Any], model, hardware, prompt_tokens: int) -> tuple[float, float]:
+    """(ttft, tpot) of the serving model for this case, from the same formulas generate uses."""
+    from planner.kv import cached_tokens, kv_bytes_per_token
+    from planner.serving import ServeEstimator, weight_bytes_per_gpu
+    from presets import load_model
+
+    cfg = load_model(case["model"])
+    tp, b = case.get("tp", 1), case["batch"]
+    est = ServeEstimator(cfg, hardware, model, dtype="fp32")
+    w = weight_bytes_per_gpu(cfg, weight_bits=32, tp=tp)
+    context = prompt_tokens + BASE["max_new"] // 2
+    kv = kv_bytes_per_token(cfg, "fp32", tp) * cached_tokens(cfg, context) * b
+    return (est.prefill_s(prompt_tokens, tp=tp, weights_bytes=w, batch=b),
+            est.decode_step_s(b, context, tp=tp, weights_bytes=w, kv_bytes=kv))
+
+
+def rows_of(results: dict[str, dict[str, Any]], cases: dict[str, dict[str, Any]], model,
+            hardware) -> list[dict[str, Any]]:
+    rows = []
+    for name, done in results.items():
+        ttft, tpot = predict(cases[name], model, hardware, done["prompt_tokens"])
+        rows.append({"case": name, "predicted_ttft_s": ttft, "measured_ttft_s": done["ttft_s"],
+                     "predicted_tpot_s": tpot, "measured_tpot_s": done["tpot_s"],
+                     "ttft_error": ttft / done["ttft_s"] - 1, "tpot_error": tpot / done["tpot_s"] - 1})
+    return rows
+
+
+def fit(results: dict[str, dict[str, Any]], cases, base, hardware):
+    """The constants :data:`FITTED` minimising the squared log error of TTFT and TPOT."""
+    from planner.published_fit import nelder_mead
+
+    def model_from(x: list[float]):
+        values = {n: math.exp(v) for n, v in zip(FITTED, x)}
+        for n in ("hbm_efficiency", "matmul_efficiency"):
+            values[n] = min(1.0, values[n])
+        return base.replace(**values)
+
+    def loss(x: list[float]) -> float:
+        rows = rows_of(results, cases, model_from(x), hardware)
+        return sum(math.log(1 + r["ttft_error"]) ** 2 + math.log(1 + r["tpot_error"]) ** 2 for r in rows)
+
+    start = [math.log(v) for v in (0.5, 0.1, 1e-4, 1e-3)]
+    best = nelder_mead(loss, start, steps=600, scale=1.0)
+    for scale in (0.3, 0.05):
+        best = nelder_mead(loss, best, steps=300, scale=scale)
+    return model_from(best)
+
+
+def validate_serving(*, device: str, hardware: str,
+                     progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Run the sweep, fit on the fit cases, report every case before and after (held-out
+    cases apart), and save the constants in the hardware's profile."""
+    from presets import load_cost_model, load_hardware, load_profile, profile_path
+    from planner.tomlio import write_toml
+
+    hw = load_hardware(hardware)
+    base = load_cost_model(hardware, serving=True)
+    every = {**FIT_CASES, **HELD_OUT}
+    results = {}
+    for i, (name, case) in enumerate(every.items()):
+        progress(f"generate {name} ({i + 1}/{len(every)})")
+        results[name] = run_case(case, device)
+    fitted_on = {k: v for k, v in results.items() if k in FIT_CASES}
+    model = fit(fitted_on, every, base, hw)
+    before, after = rows_of(results, every, base, hw), rows_of(results, every, model, hw)
+    held = [r for r in after if r["case"] in HELD_OUT]
+    worst = max(max(abs(r["ttft_error"]), abs(r["tpot_error"])) for r in held)
+    profile = load_profile(hardware)
+    profile["hardware"] = hardware
+    profile["serving"] = {n: getattr(model, n) for n in FITTED}
+    path = write_toml(profile_path(hardware), profile)
+    return {"hardware": hardware, "device": device, "before": before, "after": after,
+            "held_out": sorted(HELD_OUT), "worst_held_out_error": worst,
+            "constants": profile["serving"], "profile": str(path)}
