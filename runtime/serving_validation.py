@@ -19,7 +19,7 @@ import subprocess
 import sys
 from typing import Any, Callable
 
-BASE = {"prompt": "the quick brown fox jumps over the lazy dog " * 6, "max_new": 16}
+BASE = {"prompt": "the quick brown fox jumps over the lazy dog " * 3, "max_new": 16}
 FIT_CASES: dict[str, dict[str, Any]] = {
     "tiny-b1": {"model": "tiny", "batch": 1},
     "tiny-b8": {"model": "tiny", "batch": 8},
@@ -45,7 +45,9 @@ def run_case(case: dict[str, Any], device: str) -> dict[str, Any]:
     done = [json.loads(line) for line in proc.stdout.splitlines() if '"done"' in line]
     if proc.returncode or not done:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"generate {case}: {tail[0]}")
+        from planner.config import LlmplanError
+
+        raise LlmplanError(f"generate {case}: {tail[0]}")
     return done[0]
 
 
