@@ -205,6 +205,24 @@ def allgather_s(nbytes: float, n: int, bw_bytes_s: float, latency_s: float) -> f
     return (n - 1) * latency_s + (n - 1) / n * nbytes / bw_bytes_s
 
 
+def gemm_efficiency(ceiling: float, half_dim: float, *dims: int) -> float:
+    """The fraction of dense peak a GEMM of these dimensions reaches: ``ceiling x g / (g +
+    half_dim)`` with g their geometric mean (small GEMMs fall far below peak; the ceiling is
+    the chip's maximum achievable matmul FLOP/s over its peak where measured)."""
+    g = 1.0
+    for d in dims:
+        g *= max(d, 1)
+    g **= 1 / len(dims)
+    return ceiling * g / (g + half_dim)
+
+
+def linear_efficiency(cfg: ModelConfig, model: "CostModel", tokens: int, tp: int) -> float:
+    """A layer's linears over ``tokens`` tokens on one of tp ranks: (tokens, h, f / tp)."""
+    ffn = (cfg.moe_ffn_hidden_size if cfg.is_moe else cfg.ffn_hidden_size) // tp
+    return gemm_efficiency(model.matmul_efficiency, model.matmul_half_dim, tokens,
+                           cfg.hidden_size, ffn)
+
+
 DP_BUCKET_BYTES = 25 * 2**20  # replicated DP reduces gradients in buckets (DDP's default)
 
 
@@ -274,10 +292,7 @@ class CostEstimator:
         return self.flops["none"].train_flops_per_token
 
     def efficiency(self, tokens: int, tp: int) -> float:
-        cfg = self.cfg
-        ffn = (cfg.moe_ffn_hidden_size if cfg.is_moe else cfg.ffn_hidden_size) // tp
-        g = (tokens * cfg.hidden_size * max(ffn, 1)) ** (1 / 3)
-        return self.model.matmul_efficiency * g / (g + self.model.matmul_half_dim)
+        return linear_efficiency(self.cfg, self.model, tokens, tp)
 
     def attention_efficiency(self) -> float:
         """The attention core's efficiency: per head, the scores and the weighted values are
@@ -286,9 +301,8 @@ class CostEstimator:
         kernels and softmax reach less of peak than large linears; the matmul ceiling when
         unset)."""
         s, d = self.setup.seq_len, self.cfg.head_dim
-        g = (s * d * s) ** (1 / 3)
         ceiling = self.model.attention_efficiency or self.model.matmul_efficiency
-        return ceiling * g / (g + self.model.matmul_half_dim)
+        return gemm_efficiency(ceiling, self.model.matmul_half_dim, s, d, s)
 
     def link(self, group_span: int) -> tuple[float, float]:
         """(bytes/s, latency s) for a group whose ranks span ``group_span`` consecutive ranks."""

@@ -34,7 +34,7 @@ import math
 from dataclasses import dataclass
 
 from planner.config import ConfigError, ModelConfig
-from planner.cost import CostModel, allreduce_s
+from planner.cost import CostModel, allreduce_s, linear_efficiency
 from planner.hardware import Hardware
 
 WEIGHT_BITS = (16, 8, 4)
@@ -148,10 +148,7 @@ class ServeEstimator:
                      hardware.intra_node_latency_us * 1e-6 * model.latency_scale)
 
     def matmul_efficiency(self, tokens: int, tp: int) -> float:
-        cfg, m = self.cfg, self.model
-        ffn = (cfg.moe_ffn_hidden_size if cfg.is_moe else cfg.ffn_hidden_size) // tp
-        g = (tokens * cfg.hidden_size * max(ffn, 1)) ** (1 / 3)
-        return m.matmul_efficiency * g / (g + m.matmul_half_dim)
+        return linear_efficiency(self.cfg, self.model, tokens, tp)
 
     def tp_s(self, tokens: int, tp: int) -> float:
         """Two all-reduces of ``tokens x h`` bf16 activations per layer, each also paying the

@@ -258,6 +258,8 @@ def prompt_logits(model, prompts: list[list[int]], device) -> torch.Tensor:
 def weights_nbytes(model) -> int:
     """Bytes the parameters hold, a quantised tensor by the tensors it is made of."""
     def nbytes(t) -> int:
+        if hasattr(t, "to_local"):  # a tensor-parallel shard: this rank's part
+            t = t.to_local()
         if hasattr(t, "__tensor_flatten__"):
             names, _ = t.__tensor_flatten__()
             return sum(nbytes(getattr(t, n)) for n in names)
@@ -267,7 +269,7 @@ def weights_nbytes(model) -> int:
     for p in model.parameters():
         if id(p) not in seen:
             seen.add(id(p))
-            total += nbytes(p.data if not hasattr(p, "__tensor_flatten__") else p)
+            total += nbytes(p)
     return total
 
 
