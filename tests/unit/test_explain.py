@@ -4,7 +4,7 @@ import pytest
 
 from planner.setup import Parallel, TrainSetup
 from planner.explain import QUANTITIES, explain
-from presets import load_model
+from presets import load_hardware, load_model
 
 
 @pytest.mark.parametrize("name", ["llama-3-8b", "gpt2", "qwen2.5-7b", "opt-1.3b", "bloom-560m",
@@ -13,7 +13,8 @@ from presets import load_model
 def test_explanations_agree_with_the_planner(name, quantity):
     cfg = load_model(name)
     exp = explain(quantity, cfg, setup=TrainSetup(seq_len=2048, grad_accum=2),
-                  par=Parallel(dp=8, zero=2, tp=2 if name != "falcon-40b" else 8))
+                  par=Parallel(dp=8, zero=2, tp=2 if name != "falcon-40b" else 8),
+                  hardware=load_hardware("h100-sxm"))
     assert exp.matches, (exp.result, exp.planner_value)
     assert exp.formula and exp.values
 
