@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # The CPU build CI runs; on a CUDA machine: make TORCH_SPEC='torch==2.11.0' ...
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: run test test-matrix validate-published bench clean
+.PHONY: run test test-extended test-matrix validate-published bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,11 @@ run: $(STAMP)
 	$(BIN)/llmplan
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist worksteal -q -p no:cacheprovider
+	$(BIN)/python -m pytest -n 2 --dist worksteal -q -p no:cacheprovider -m "not extended"
+
+# What the suite samples, in full: more families and cases of the heaviest runtime checks.
+test-extended: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist worksteal -q -p no:cacheprovider -m extended
 
 # Every layout the contract accepts, for four tiny model families, against one process.
 test-matrix: $(STAMP)

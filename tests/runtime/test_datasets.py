@@ -52,7 +52,8 @@ def expected_windows(folder, rows, seq: int, sft: bool):
     return windows, labels
 
 
-@pytest.mark.parametrize("sft", [True, False], ids=["sft", "all-tokens"])
+@pytest.mark.parametrize("sft", [True, pytest.param(False, marks=pytest.mark.extended)],
+                         ids=["sft", "all-tokens"])
 def test_the_loss_counts_exactly_the_label_tokens(llama, tmp_path, sft):
     folder, hf = llama
     seq = 16

@@ -137,6 +137,7 @@ def test_bad_input_is_one_line(args, needle):
     assert proc.returncode == 2 and needle in proc.stderr and proc.stderr.count("\n") == 1
 
 
+@pytest.mark.extended
 def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
     from helpers import launch
     launch("tiny", "--steps", "1", "--seq", "32", "--gbs", "1", "--mbs", "1", "--dtype", "fp32",

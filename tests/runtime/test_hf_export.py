@@ -64,7 +64,8 @@ def test_a_folder_trained_in_a_layout_is_saved_as_the_trained_model(tmp_path):
 
 
 @pytest.mark.parametrize(("model", "layout"), [
-    ("tiny-moe", ("--dp", "2", "--zero", "3")),  # experts, config.json written by llmplan
+    pytest.param("tiny-moe", ("--dp", "2", "--zero", "3"),  # experts, config.json written by llmplan
+                 marks=pytest.mark.extended),
     ("tiny-gpt2", ("--pp", "2", "--tp", "2")),   # tied head over stages, Conv1D transposed
 ])
 def test_export_of_a_preset_checkpoint_loads_in_transformers(tmp_path, model, layout):

@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from helpers import ROOT
 from hf_models import write_hf_folder
 
@@ -29,6 +31,7 @@ def generate(folder, *extra):
     return next(json.loads(line) for line in proc.stdout.splitlines() if '"done"' in line)
 
 
+@pytest.mark.extended  # bench/quantised_generation.py runs five seeds
 def test_int8_weights_keep_the_greedy_tokens_and_their_bytes_are_the_planners(tmp_path):
     folder = tmp_path / "llama"
     write_hf_folder("llama", folder, seed=STABLE_SEED)
