@@ -82,7 +82,8 @@ def hf_loss_and_grad_norm(hf, vocab: int, seq: int, batch: int):
 @pytest.mark.parametrize(("family", "layout"), [
     ("mixtral", ("--tp", "2", "--pp", "2")),          # experts under TP, sharded index
     ("gpt2", ("--tp", "2", "--pp", "2", "--sp")),      # Conv1D, tied head across stages
-    ("falcon", ("--tp", "2", "--dp", "2", "--zero", "3")),  # fused multi-query under TP + FSDP
+    pytest.param("falcon", ("--tp", "2", "--dp", "2", "--zero", "3"),  # fused MQA, TP + FSDP
+                 marks=pytest.mark.extended),
 ])
 def test_a_loaded_folder_trains_like_transformers_in_any_layout(folders, family, layout):
     folder, hf = folders[family]

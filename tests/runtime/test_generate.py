@@ -112,6 +112,7 @@ def test_greedy_tokens_are_identical_for_tp1_and_tp2_and_cache_bytes_are_exact()
     assert windowed["measured_kv_cache_bytes"] == windowed["predicted_kv_cache_bytes"] == 2 * 4 * 2 * 16 * 4 * 8 * 2
 
 
+@pytest.mark.extended
 def test_same_seed_repeats_the_same_text():
     args = ("tiny", "--prompt", "x", "--max-new-tokens", "10", "--temperature", "1.0",
             "--top-p", "0.9", "--seed", "3")

@@ -30,8 +30,9 @@ SAMPLE = {  # 13 layouts: TP+FSDP with and without SP, TP x PP, ZeRO-1 under TP,
 }
 
 
-@pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.extended) if m == "tiny-moe" else m
-                                   for m in SAMPLE])  # MoE under TP, FSDP and PP: test-extended
+@pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.extended)
+                                   if m in ("tiny-moe", "tiny-falcon") else m
+                                   for m in SAMPLE])  # MoE and MQA/ALiBi: test-extended
 def test_sampled_layouts_match_single_process(model, tmp_path):
     cfg = load_model(model)
     accepted, _ = enumerate_layouts(cfg, seq=32, gbs=8)

@@ -17,12 +17,13 @@ from planner.memory import CATEGORIES
     ("--dp", "2", "--zero", "2", "--optimizer", "sgd_momentum"),
     ("--dp", "2", "--zero", "1"),
     ("--pp", "2"),
-    ("--pp", "2", "--vpp", "2", "--gbs", "8"),
+    pytest.param(("--pp", "2", "--vpp", "2", "--gbs", "8"), marks=pytest.mark.extended),
     ("--tp", "2", "--sp"),
     ("--recompute", "selective"),
     ("--recompute", "full"),
-    ("--optimizer", "adafactor"),
-    ("--set", "num_experts=4", "--set", "experts_per_token=2", "--tp", "2"),
+    pytest.param(("--optimizer", "adafactor"), marks=pytest.mark.extended),
+    pytest.param(("--set", "num_experts=4", "--set", "experts_per_token=2", "--tp", "2"),
+                 marks=pytest.mark.extended),
 ], ids=["single", "dp2-zero3", "dp2-zero2-sgd", "dp2-zero1-sharded-states", "pp2",
         "pp2-interleaved", "tp2-sp", "selective", "full", "adafactor", "moe-tp2"])
 def test_measured_memory_is_the_runtime_recipe(layout):
