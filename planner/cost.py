@@ -223,6 +223,15 @@ def linear_efficiency(cfg: ModelConfig, model: "CostModel", tokens: int, tp: int
                            cfg.hidden_size, ffn)
 
 
+def attention_efficiency(cfg: ModelConfig, model: "CostModel", seq_len: int) -> float:
+    """The attention core's efficiency: per head, the scores and the weighted values are GEMMs
+    of (s x d) by (d x s) and (s x s) by (s x d), so the same shape rule applies to g = (s d
+    s)^(1/3) (sequence length and head dim), under its own ceiling (flash kernels and softmax
+    reach less of peak than large linears; the matmul ceiling when unset)."""
+    ceiling = model.attention_efficiency or model.matmul_efficiency
+    return gemm_efficiency(ceiling, model.matmul_half_dim, seq_len, cfg.head_dim, seq_len)
+
+
 DP_BUCKET_BYTES = 25 * 2**20  # replicated DP reduces gradients in buckets (DDP's default)
 
 
@@ -295,14 +304,7 @@ class CostEstimator:
         return linear_efficiency(self.cfg, self.model, tokens, tp)
 
     def attention_efficiency(self) -> float:
-        """The attention core's efficiency: per head, the scores and the weighted values are
-        GEMMs of (s x d) by (d x s) and (s x s) by (s x d), so the same shape rule applies
-        to g = (s d s)^(1/3) (sequence length and head dim), under its own ceiling (flash
-        kernels and softmax reach less of peak than large linears; the matmul ceiling when
-        unset)."""
-        s, d = self.setup.seq_len, self.cfg.head_dim
-        ceiling = self.model.attention_efficiency or self.model.matmul_efficiency
-        return gemm_efficiency(ceiling, self.model.matmul_half_dim, s, d, s)
+        return attention_efficiency(self.cfg, self.model, self.setup.seq_len)
 
     def link(self, group_span: int) -> tuple[float, float]:
         """(bytes/s, latency s) for a group whose ranks span ``group_span`` consecutive ranks."""

@@ -34,7 +34,7 @@ import math
 from dataclasses import dataclass
 
 from planner.config import ConfigError, ModelConfig
-from planner.cost import CostModel, allreduce_s, linear_efficiency
+from planner.cost import CostModel, allreduce_s, attention_efficiency, linear_efficiency
 from planner.hardware import Hardware
 
 WEIGHT_BITS = (16, 8, 4)
@@ -166,14 +166,23 @@ class ServeEstimator:
         return self.cfg.num_layers * self.model.infer_layer_overhead_s
 
     def prefill_s(self, prompt: int, *, tp: int, weights_bytes: int, batch: int = 1) -> float:
-        """``batch`` prompts of ``prompt`` tokens prefilled together."""
-        from planner.flops import prefill_flops
+        """``batch`` prompts of ``prompt`` tokens prefilled together: the linears at the shape
+        rule's efficiency for all their tokens, the attention core at its own (as training's
+        cost model splits them)."""
+        from planner.flops import FlopConventions, forward_flops_per_token
 
         tokens = prompt * batch
-        compute = prefill_flops(self.cfg, prompt, batch) / tp / (
-            self.peak * self.matmul_efficiency(tokens, tp))
+        fwd = forward_flops_per_token(self.cfg, prompt, FlopConventions(causal=True))
+        linears = (fwd.total - fwd.attention_core) * tokens / (self.peak * self.matmul_efficiency(tokens, tp))
+        core = fwd.attention_core * tokens / (self.peak * attention_efficiency(self.cfg, self.model, prompt))
+        compute = (linears + core) / tp
         read = weights_bytes / (self.hbm * self.model.hbm_efficiency)
-        return max(compute, read) + self.tp_s(tokens, tp) + self.overhead_s()
+        return self.roofline_s(read, compute) + self.tp_s(tokens, tp) + self.overhead_s()
+
+    @staticmethod
+    def roofline_s(read_s: float, compute_s: float) -> float:
+        """Reading the weights overlaps computing with them: the longer of the two."""
+        return max(read_s, compute_s)
 
     def decode_roofline_s(self, *, weights_bytes: int, kv_bytes: int) -> float:
         """Bytes one decode step moves over the HBM bandwidth: the bandwidth roofline."""
@@ -186,7 +195,7 @@ class ServeEstimator:
         memory = self.decode_roofline_s(weights_bytes=weights_bytes, kv_bytes=kv_bytes) / self.model.hbm_efficiency
         compute = decode_flops_per_token(self.cfg, context) * batch / tp / (
             self.peak * self.matmul_efficiency(batch, tp))
-        return max(memory, compute) + self.tp_s(batch, tp) + self.overhead_s()
+        return self.roofline_s(memory, compute) + self.tp_s(batch, tp) + self.overhead_s()
 
 
 def batches(limit: int) -> list[int]:

@@ -172,6 +172,9 @@ class GenerationDone(Event):
     text: str | None = None
     """The one sequence's text when a single prompt was generated."""
     ttft_s: float
+    """Measured time to first token, after an untimed warm-up on the same shapes."""
+    warmup_s: float | None = None
+    """The warm-up prefill and decode step (a cold start's first-call cost)."""
     prefill_tokens_per_s: float
     decode_tokens_per_s: float | None = None
     tpot_s: float | None = None

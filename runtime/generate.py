@@ -49,6 +49,10 @@ class KVCache:
     def nbytes(self) -> int:
         return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
 
+    def clear(self) -> None:
+        """Empty every slot (a slot with position -1 is never attended)."""
+        self.pos.fill_(-1)
+
     def allowed(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """(b, 1, q, k) mask: a real key at or before the query, within the window."""
         qp, kp = q_pos[:, :, None], k_pos[:, None, :]
@@ -164,7 +168,9 @@ def generate(model, prompts: list[list[int]], *, max_new: int, caches: list[KVCa
              temperature: float, top_k: int, top_p: float, seed: int, eos: list[int],
              on_tokens=None) -> dict[str, Any]:
     """Prefill the right-padded batch, then decode one token per row per step; a row stops
-    after any of the ``eos`` ids."""
+    after any of the ``eos`` ids. Timed after one untimed warm-up prefill and decode step on
+    the same shapes (first calls allocate and pick kernels; a serving engine's steady state
+    does not pay that), whose duration is reported as ``warmup_s``."""
     device = caches[0].k.device
     stop = torch.tensor(eos, dtype=torch.long, device=device)
     b = len(prompts)
@@ -177,6 +183,14 @@ def generate(model, prompts: list[list[int]], *, max_new: int, caches: list[KVCa
     positions = torch.where(positions < lens[:, None], positions, -1)
     gen = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    start = time.perf_counter()
+    warm = _forward(model, tokens, positions, caches)[torch.arange(b, device=device), lens - 1]
+    _forward(model, warm.argmax(-1)[:, None], lens[:, None], caches)
+    sync()
+    for cache in caches:
+        cache.clear()
+    warmup_s = time.perf_counter() - start
 
     start = time.perf_counter()
     logits = _forward(model, tokens, positions, caches)
@@ -204,7 +218,7 @@ def generate(model, prompts: list[list[int]], *, max_new: int, caches: list[KVCa
         decoded += 1
     sync()
     decode_s = time.perf_counter() - decode_start
-    return {"tokens": out, "ttft_s": ttft,
+    return {"tokens": out, "ttft_s": ttft, "warmup_s": warmup_s,
             "prefill_tokens_per_s": float(lens.sum()) / ttft,
             "decode_tokens_per_s": decoded * b / decode_s if decoded else None,
             "tpot_s": decode_s / decoded if decoded else None}
@@ -362,7 +376,7 @@ def run(plan_path: str) -> int:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     say(events.GenerationDone(
         tokens=result["tokens"], texts=texts, text=texts[0] if len(texts) == 1 else None,
-        ttft_s=result["ttft_s"], prefill_tokens_per_s=result["prefill_tokens_per_s"],
+        ttft_s=result["ttft_s"], warmup_s=result["warmup_s"], prefill_tokens_per_s=result["prefill_tokens_per_s"],
         decode_tokens_per_s=result["decode_tokens_per_s"], tpot_s=result["tpot_s"],
         predicted_decode_tokens_per_s=roof["decode_tokens_per_s"],
         predicted_ttft_s=roof["ttft_s"], predicted_tpot_s=roof["tpot_s"],
