@@ -173,16 +173,11 @@ class ServeEstimator:
 
         tokens = prompt * batch
         fwd = forward_flops_per_token(self.cfg, prompt, FlopConventions(causal=True))
-        linears = (fwd.total - fwd.attention_core) * tokens / (self.peak * self.matmul_efficiency(tokens, tp))
-        core = fwd.attention_core * tokens / (self.peak * attention_efficiency(self.cfg, self.model, prompt))
-        compute = (linears + core) / tp
+        linears = (fwd.total - fwd.attention_core) / self.matmul_efficiency(tokens, tp)
+        core = fwd.attention_core / attention_efficiency(self.cfg, self.model, prompt)
+        compute = (linears + core) * tokens / tp / self.peak
         read = weights_bytes / (self.hbm * self.model.hbm_efficiency)
-        return self.roofline_s(read, compute) + self.tp_s(tokens, tp) + self.overhead_s()
-
-    @staticmethod
-    def roofline_s(read_s: float, compute_s: float) -> float:
-        """Reading the weights overlaps computing with them: the longer of the two."""
-        return max(read_s, compute_s)
+        return max(compute, read) + self.tp_s(tokens, tp) + self.overhead_s()
 
     def decode_roofline_s(self, *, weights_bytes: int, kv_bytes: int) -> float:
         """Bytes one decode step moves over the HBM bandwidth: the bandwidth roofline."""
@@ -195,7 +190,7 @@ class ServeEstimator:
         memory = self.decode_roofline_s(weights_bytes=weights_bytes, kv_bytes=kv_bytes) / self.model.hbm_efficiency
         compute = decode_flops_per_token(self.cfg, context) * batch / tp / (
             self.peak * self.matmul_efficiency(batch, tp))
-        return self.roofline_s(memory, compute) + self.tp_s(batch, tp) + self.overhead_s()
+        return max(memory, compute) + self.tp_s(batch, tp) + self.overhead_s()
 
 
 def batches(limit: int) -> list[int]:
