@@ -230,6 +230,7 @@ def generate_cmd(
                     ("decode, all sequences", f"{ev.predicted_decode_tokens_per_s:,.0f} tok/s",
                      f"{(ev.decode_tokens_per_s or 0):,.0f} tok/s"),
                     ("prefill", "", f"{ev.prefill_tokens_per_s:,.0f} tok/s"),
+                    ("warm-up before timing", "", ms(ev.warmup_s)),
                     ("KV cache", output.fmt_bytes(ev.predicted_kv_cache_bytes),
                      output.fmt_bytes(ev.measured_kv_cache_bytes)),
                     ("weights", output.fmt_bytes(ev.predicted_weights_bytes or 0),
