@@ -43,7 +43,11 @@ def quantised_weight_bytes(out_features: int, in_features: int, *, bits: int,
         blocks = _ceil_div(n, NF4_BLOCK)
         constants = blocks + 4 * _ceil_div(blocks, NF4_DQ_BLOCK) if double_quant else 4 * blocks
         return _ceil_div(n, 2) + constants
-    raise ConfigError(f"--base-bits({bits}) must be one of {', '.join(map(str, BASE_BITS))}")
+    raise _bits_error(bits)
+
+
+def _bits_error(bits: int) -> ConfigError:
+    return ConfigError(f"--base-bits({bits}) must be one of {', '.join(map(str, BASE_BITS))}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -68,24 +72,22 @@ class FrozenBase:
 
 def frozen_base(cfg: ModelConfig, *, bits: int, double_quant: bool = False) -> FrozenBase:
     """The whole frozen model's bytes with its block linears at ``bits``."""
-    from planner.lora import linear_modules
-    from planner.params import count_params
+    from planner.lora import held_bytes, linear_modules
 
     if double_quant and bits != 4:
         raise ConfigError(f"--double-quant quantises NF4's constants: it needs --base-bits 4, "
                           f"not {bits}")
     linears = [m for m in linear_modules(cfg) if m.name != "lm_head"]
-    quantised = sum(m.in_features * m.out_features * m.count for m in linears)
-    qbytes = sum(quantised_weight_bytes(m.out_features, m.in_features, bits=bits,
-                                        double_quant=double_quant) * m.count for m in linears)
+    quantised, qbytes, kept = held_bytes(cfg, linears, lambda m: quantised_weight_bytes(
+        m.out_features, m.in_features, bits=bits, double_quant=double_quant))
     return FrozenBase(bits=bits, double_quant=double_quant, quantised_params=quantised,
-                      quantised_bytes=qbytes, kept_params=count_params(cfg).total - quantised)
+                      quantised_bytes=qbytes, kept_params=kept)
 
 
 def check_method_bits(method: str, bits: int) -> None:
     """LoRA adapts a 16- or 8-bit base; QLoRA is LoRA on a 4-bit NormalFloat base."""
     if bits not in BASE_BITS:
-        raise ConfigError(f"--base-bits({bits}) must be one of {', '.join(map(str, BASE_BITS))}")
+        raise _bits_error(bits)
     if method == "lora" and bits == 4:
         raise ConfigError("--base-bits 4 is QLoRA: use --method qlora (--method lora keeps a "
                           "16- or 8-bit base)")

@@ -64,6 +64,16 @@ def linear_modules(cfg: ModelConfig) -> list[Linear]:
     return out
 
 
+def held_bytes(cfg: ModelConfig, linears: list[Linear], weight_bytes) -> tuple[int, int, int]:
+    """A model whose ``linears`` are held as ``weight_bytes(module)`` bytes each, everything
+    else at 16 bits: (the linears' weights, their bytes, every other parameter)."""
+    from planner.params import count_params
+
+    quantised = sum(m.in_features * m.out_features * m.count for m in linears)
+    qbytes = sum(weight_bytes(m) * m.count for m in linears)
+    return quantised, qbytes, count_params(cfg).total - quantised
+
+
 def default_targets(cfg: ModelConfig) -> tuple[str, ...]:
     """Every attention and MLP projection (peft's "all-linear" without the LM head)."""
     names: list[str] = []

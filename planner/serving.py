@@ -44,22 +44,23 @@ INT4_GROUP = 128
 
 def quantised_weight_bytes(cfg: ModelConfig, weight_bits: int) -> int:
     """All weights at ``weight_bits`` (the linears; everything else bf16), whole model."""
-    from planner.lora import linear_modules
+    from planner.lora import held_bytes, linear_modules
     from planner.params import count_params
 
     if weight_bits not in (*WEIGHT_BITS, 32):
         raise ConfigError(f"--weight-bits({weight_bits}) is not one of 16, 8, 4")
-    total = count_params(cfg).total
     if weight_bits in (16, 32):
-        return weight_bits // 8 * total
+        return weight_bits // 8 * count_params(cfg).total
     linears = [m for m in linear_modules(cfg) if not (m.name == "lm_head" and cfg.tie_embeddings)]
-    quantised = sum(m.in_features * m.out_features * m.count for m in linears)
-    if weight_bits == 8:  # a float32 scale and an int8 zero point per row (torchao Int8Tensor)
-        constants = sum(5 * m.out_features * m.count for m in linears)
-    else:
-        constants = sum(4 * math.ceil(m.in_features / INT4_GROUP) * m.out_features * m.count
-                        for m in linears)
-    return quantised * weight_bits // 8 + constants + 2 * (total - quantised)
+
+    def weight_bytes(m) -> int:
+        codes = m.in_features * m.out_features * weight_bits // 8
+        if weight_bits == 8:  # a float32 scale and an int8 zero point per row (torchao Int8Tensor)
+            return codes + 5 * m.out_features
+        return codes + 4 * math.ceil(m.in_features / INT4_GROUP) * m.out_features
+
+    _, qbytes, kept = held_bytes(cfg, linears, weight_bytes)
+    return qbytes + 2 * kept
 
 
 def weight_bytes_per_gpu(cfg: ModelConfig, *, weight_bits: int, tp: int) -> int:

@@ -376,7 +376,8 @@ def run(plan_path: str) -> int:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     say(events.GenerationDone(
         tokens=result["tokens"], texts=texts, text=texts[0] if len(texts) == 1 else None,
-        ttft_s=result["ttft_s"], warmup_s=result["warmup_s"], prefill_tokens_per_s=result["prefill_tokens_per_s"],
+        ttft_s=result["ttft_s"], warmup_s=result["warmup_s"],
+        prefill_tokens_per_s=result["prefill_tokens_per_s"],
         decode_tokens_per_s=result["decode_tokens_per_s"], tpot_s=result["tpot_s"],
         predicted_decode_tokens_per_s=roof["decode_tokens_per_s"],
         predicted_ttft_s=roof["ttft_s"], predicted_tpot_s=roof["tpot_s"],

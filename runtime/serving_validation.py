@@ -7,9 +7,9 @@ cases: the achieved fraction of memory bandwidth (decode), the matmul ceiling (p
 GEMM size at half that ceiling, the per-layer framework time of a forward, the fixed cost of
 a collective call and the attention core's own ceiling (small heads reach little); the
 held-out cases (a batch or model the fit did not see) judge it. Each case runs twice and
-keeps its faster TTFT and TPOT (timing noise on a shared host only adds). The constants go into the hardware
-profile beside the training calibration's. Standard library only: torch runs in the
-launched processes.
+keeps its faster TTFT and TPOT (timing noise on a shared host only adds). The constants go
+into the hardware profile beside the training calibration's. Standard library only: torch
+runs in the launched processes.
 """
 
 from __future__ import annotations
