@@ -150,12 +150,14 @@ def rope_table_bytes(cfg: ModelConfig, seq_len: int) -> int:
 
 
 def tail_bytes(cfg: ModelConfig, setup: TrainSetup, tp: int, sp: bool, *,
-               autocast: bool = False) -> float:
+               autocast: bool = False, frozen_head: bool = False) -> float:
     """The last stage, per sequence of a micro-batch: the final norm's input (fp32 under
-    autocast), the LM head's input and the fp32 log-probabilities of the cross-entropy."""
+    autocast), the LM head's input and the fp32 log-probabilities of the cross-entropy. A
+    frozen head saves no input (autograd keeps a matmul's input only for its weight's
+    gradient)."""
     s, B, h = setup.seq_len, setup.activation_bytes, cfg.hidden_size
     norm_in = (4 if autocast else B) * s * h / (tp if sp else 1) if cfg.final_norm else 0.0
-    head_in = B * s * h / (tp if sp else 1)
+    head_in = 0.0 if frozen_head else B * s * h / (tp if sp else 1)
     return norm_in + head_in + 4 * s * ceil_div(cfg.vocab_size, tp)
 
 

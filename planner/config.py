@@ -284,8 +284,12 @@ def field_types() -> dict[str, type]:
 
 def check_type(key: str, value: Any, expected: Any, *, where: str) -> Any:
     """Accept ``value`` for a field of type ``expected`` (ints are allowed for floats)."""
-    if isinstance(expected, types.UnionType):  # pragma: no cover - no optional fields today
+    if isinstance(expected, types.UnionType):  # an optional field: its declared type
         expected = expected.__args__[0]
+    if typing.get_origin(expected) is tuple:  # names: a TOML / JSON list of strings
+        if not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
+            raise ConfigError(f"{where}: {key}({value!r}) must be a list of names")
+        return tuple(value)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected is int and isinstance(value, bool):

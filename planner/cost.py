@@ -263,10 +263,11 @@ class CostEstimator:
         self.inter = (cluster.inter_node_bandwidth_gbps * 1e9 * model.link_efficiency,
                       hw.inter_node_latency_us * 1e-6 * model.latency_scale)
         conv = FlopConventions(causal=True)
-        self.flops = {r: flops_report(cfg, setup.seq_len, conv, recompute=r)
+        self.flops = {r: flops_report(cfg, setup.seq_len, conv, recompute=r,
+                                      adapters=setup.adapters)
                       for r in ("none", "selective", "full")}
         fwd = self.flops["none"].forward
-        self.head_fwd_per_token = fwd.lm_head + fwd.embedding
+        self.head_train_per_token = self.flops["none"].head_train_flops_per_token
         self.attention_fwd_per_token = fwd.attention_core
         self._elementwise: dict[tuple[int, bool], float] = {}
 
@@ -326,17 +327,23 @@ class CostEstimator:
         cfg, setup, model = self.cfg, self.setup, self.model
         s = setup.seq_len
         tokens_mb = s * mbs
+        # what the step trains, reduces and updates: every parameter, or the adapters over
+        # a frozen base (gathered as held under ZeRO-3)
+        adapters = self.memory.adapters
+        trained = params_per_rank if adapters is None else adapters.trainable
         rep = self.flops[recompute]
-        layers_hfu = rep.hardware_flops_per_token - 3 * self.head_fwd_per_token
+        layers_hfu = rep.hardware_flops_per_token - self.head_train_per_token
         # the attention core: 3 passes (forward, input and weight-side gradients of the two
         # batched GEMMs), a 4th when recompute redoes it (full and selective both do)
         attn_hfu = (4 if recompute != "none" else 3) * self.attention_fwd_per_token
-        gemm_flops = ((layers_hfu - attn_hfu) / pp + 3 * self.head_fwd_per_token) * tokens_mb / tp
+        gemm_flops = ((layers_hfu - attn_hfu) / pp + self.head_train_per_token) * tokens_mb / tp
         matmul_s = gemm_flops / (self.peak * self.efficiency(tokens_mb, tp))
         attention_s = attn_hfu / pp * tokens_mb / tp / (self.peak * self.attention_efficiency())
         layers = cfg.num_layers // pp
         passes = 1.5 if recompute == "full" else 1.0  # elementwise work redone by recompute
         memory_s = layers * passes * self.elementwise_bytes_per_layer(tp, sp) * mbs / self.hbm
+        if adapters is not None:  # a quantised base is dequantised in every pass
+            memory_s += adapters.dequantise_traffic_bytes / self.hbm
         # framework time per layer, and DTensor's dispatch on top of it under TP
         per_layer_s = model.layer_overhead_s
         if tp > 1:
@@ -377,8 +384,9 @@ class CostEstimator:
             bw, lat = self.link(tp * dp)
             # gradients travel in the recipe's gradient dtype, gathered weights in the
             # compute dtype
-            grad_bytes = params_per_rank * RECIPE_BYTES[setup.recipe][1]
-            weight_bytes = params_per_rank * self.memory.compute_w_bytes
+            grad_bytes = trained * RECIPE_BYTES[setup.recipe][1]
+            weight_bytes = params_per_rank * self.memory.compute_w_bytes if adapters is None \
+                else adapters.base_bytes + trained * self.memory.compute_w_bytes
             if zero >= 3:
                 gathers = 2 * m * allgather_s(weight_bytes, dp, bw, lat)
                 dp_s = gathers + allgather_s(grad_bytes, dp, bw, lat)
@@ -395,7 +403,7 @@ class CostEstimator:
             dp_s = max(0.0, dp_s - hidden) + calls * model.collective_call_s
 
         # AdamW-style update: read + write master, states and weights, read grads, once.
-        opt_params = -(-params_per_rank // dp) if zero >= 1 else params_per_rank
+        opt_params = -(-trained // dp) if zero >= 1 else trained
         fsdp = dp > 1 and zero >= 2
         other_s = model.step_overhead_s + (model.fsdp_step_overhead_s if fsdp else 0.0)
         optimizer_s = 2 * 16 * opt_params / self.hbm + other_s

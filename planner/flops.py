@@ -137,6 +137,10 @@ class FlopsReport:
     hardware_flops_per_token: float
     six_n_flops_per_token: float
     palm_flops_per_token: float
+    head_train_flops_per_token: float = 0.0
+    """Of ``train_flops_per_token``: the LM head and embedding (3 x forward, 2 x frozen)."""
+    adapter_forward_flops_per_token: float = 0.0
+    """Adapter fine-tuning: the adapters' forward (``planner.finetune``), in the forward."""
 
     def conventions(self) -> dict[str, float]:
         return {"six_n": self.six_n_flops_per_token, "palm": self.palm_flops_per_token,
@@ -144,17 +148,39 @@ class FlopsReport:
 
 
 def flops_report(cfg: ModelConfig, seq_len: int, conv: FlopConventions = FlopConventions(),
-                 *, recompute: str = "none") -> FlopsReport:
-    """Training FLOPs per token: exact (MFU), with recompute (HFU), 6N and PaLM."""
+                 *, recompute: str = "none", adapters=None) -> FlopsReport:
+    """Training FLOPs per token: exact (MFU), with recompute (HFU), 6N and PaLM. With
+    ``adapters`` (``planner.finetune.Adapters``) the base is frozen: its linears cost 2 x
+    forward (no weight gradient), a frozen embedding lookup 1 x, the attention core and the
+    adapters 3 x, less the first layer's skipped input gradient; 6N and PaLM stay the
+    conventions for training every weight."""
     fwd = forward_flops_per_token(cfg, seq_len, conv)
     counts = count_params(cfg)
-    train = 3 * fwd.total
+    head = fwd.lm_head + fwd.embedding
+    if adapters is None:
+        lora, train, head_train = 0.0, 3 * fwd.total, 3 * head
+    else:
+        from planner.finetune import (adapter_forward_flops_per_token,
+                                      skipped_input_gradient_flops_per_token)
+
+        lora = adapter_forward_flops_per_token(cfg, adapters)
+        frozen = fwd.total - fwd.attention_core - fwd.embedding
+        train = 2 * frozen + fwd.embedding + 3 * fwd.attention_core + 3 * lora \
+            - skipped_input_gradient_flops_per_token(
+                cfg, adapters, keys=attended_keys(seq_len, causal=conv.causal,
+                                                  window=cfg.sliding_window))
+        head_train = 2 * fwd.lm_head + fwd.embedding
+    recomputed = recompute_flops_per_token(fwd, recompute)
+    if recompute == "full":
+        recomputed += lora
     return FlopsReport(
         seq_len=seq_len,
         forward=fwd,
-        forward_flops_per_token=fwd.total,
+        forward_flops_per_token=fwd.total + lora,
         train_flops_per_token=train,
-        hardware_flops_per_token=train + recompute_flops_per_token(fwd, recompute),
+        hardware_flops_per_token=train + recomputed,
+        head_train_flops_per_token=head_train,
+        adapter_forward_flops_per_token=lora,
         six_n_flops_per_token=6.0 * counts.active,
         # The input embedding is a lookup, not a matmul, unless tied to the LM head
         # (torchtitan's reading of PaLM App. B; PaLM itself ties them).

@@ -58,11 +58,13 @@ class FrozenBase:
     """Weights of the linears held at ``bits``."""
     quantised_bytes: int
     kept_params: int
-    """Everything else (embedding, LM head, norms, biases), at 16 bits."""
+    """Everything else (embedding, LM head, norms, biases), in the compute dtype."""
+    dtype_bytes: int = 2
+    """Bytes of the compute dtype: 2 (bf16 / fp16), 4 for an fp32 run."""
 
     @property
     def bytes(self) -> int:
-        return self.quantised_bytes + 2 * self.kept_params
+        return self.quantised_bytes + self.dtype_bytes * self.kept_params
 
     def to_dict(self) -> dict[str, int | bool]:
         return {"base_bits": self.bits, "double_quant": self.double_quant,
@@ -70,18 +72,25 @@ class FrozenBase:
                 "kept_16bit_params": self.kept_params, "frozen_base_bytes": self.bytes}
 
 
-def frozen_base(cfg: ModelConfig, *, bits: int, double_quant: bool = False) -> FrozenBase:
-    """The whole frozen model's bytes with its block linears at ``bits``."""
+def frozen_base(cfg: ModelConfig, *, bits: int, double_quant: bool = False,
+                dtype_bytes: int = 2) -> FrozenBase:
+    """The whole frozen model's bytes with its block linears at ``bits`` (16: the compute
+    dtype's ``dtype_bytes``) and everything else in the compute dtype."""
     from planner.lora import held_bytes, linear_modules
 
     if double_quant and bits != 4:
         raise ConfigError(f"--double-quant quantises NF4's constants: it needs --base-bits 4, "
                           f"not {bits}")
     linears = [m for m in linear_modules(cfg) if m.name != "lm_head"]
-    quantised, qbytes, kept = held_bytes(cfg, linears, lambda m: quantised_weight_bytes(
-        m.out_features, m.in_features, bits=bits, double_quant=double_quant))
+    def held(m) -> int:
+        if bits == 16:
+            return dtype_bytes * m.out_features * m.in_features
+        return quantised_weight_bytes(m.out_features, m.in_features, bits=bits,
+                                      double_quant=double_quant)
+
+    quantised, qbytes, kept = held_bytes(cfg, linears, held)
     return FrozenBase(bits=bits, double_quant=double_quant, quantised_params=quantised,
-                      quantised_bytes=qbytes, kept_params=kept)
+                      quantised_bytes=qbytes, kept_params=kept, dtype_bytes=dtype_bytes)
 
 
 def check_method_bits(method: str, bits: int) -> None:

@@ -30,7 +30,8 @@ RUNTIME_OPTIMIZERS = ("adamw", "adafactor", "sgd_momentum")
 """Optimizers llmplan's runtime trains with (``torch.optim``)."""
 
 KEYS = (
-    "runtime_position", "runtime_optimizer", "tp_crosses_node", "tp_divisibility",
+    "runtime_position", "runtime_optimizer", "runtime_adapters", "adapter_layout",
+    "tp_crosses_node", "tp_divisibility",
     "runtime_tp_vocab", "vpp_without_pp", "pp_layers", "schedule",
     "sp_without_tp", "sp_seq", "zero_without_dp", "runtime_sharded_adafactor",
     "batch_divisibility", "interleaved_microbatches", "runtime_pp_microbatches",
@@ -69,9 +70,25 @@ def model_problems(cfg: ModelConfig) -> list[Problem]:
 def setup_problems(setup: TrainSetup) -> list[Problem]:
     """What llmplan's runtime cannot train with, whatever the layout: 8-bit Adam needs
     bitsandbytes' CUDA kernels, which this runtime does not depend on."""
+    out = []
     if setup.optimizer not in RUNTIME_OPTIMIZERS:
-        return [_runtime("runtime_optimizer", f"optimizer({setup.optimizer}) is not run; "
-                         f"supported: {', '.join(RUNTIME_OPTIMIZERS)}")]
+        out.append(_runtime("runtime_optimizer", f"optimizer({setup.optimizer}) is not run; "
+                            f"supported: {', '.join(RUNTIME_OPTIMIZERS)}"))
+    if setup.adapters is not None:
+        out.append(_runtime("runtime_adapters",
+                            f"--method {setup.adapters.method} is not trained yet"))
+    return out
+
+
+def adapter_problems(setup: TrainSetup, tp: int, pp: int) -> list[Problem]:
+    """Adapter fine-tuning is planned over dp x ZeRO (FSDP over the frozen base, as
+    QLoRA + FSDP runs it): how adapters split over tensor or pipeline ranks is not
+    modelled, so such layouts are refused rather than estimated wrong."""
+    a = setup.adapters
+    if a is not None and (tp > 1 or pp > 1):
+        return [Problem(key="adapter_layout",
+                        message=f"--method {a.method} is planned over dp x ZeRO: tp({tp}) "
+                                f"and pp({pp}) must be 1")]
     return []
 
 
@@ -185,7 +202,8 @@ def problems(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *,
              rounds: int = 1) -> list[Problem]:
     """Every problem of one layout, universal and runtime-only."""
     gbs = setup.micro_batch * setup.grad_accum * par.dp
-    return [*model_problems(cfg), *setup_problems(setup), *tp_problems(cfg, par.tp),
+    return [*model_problems(cfg), *setup_problems(setup),
+            *adapter_problems(setup, par.tp, par.pp), *tp_problems(cfg, par.tp),
             *pp_problems(cfg, par.pp, par.vpp),
             *schedule_problems(par.pp, par.vpp, par.schedule),
             *sp_problems(par.tp, par.sp, setup.seq_len),

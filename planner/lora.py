@@ -22,6 +22,9 @@ class Linear:
     out_features: int
     count: int
     """How many modules of the whole model carry this name and shape."""
+    part: str = "attention"
+    """Where it sits: "attention", "mlp" (dense layers' MLP), "expert" (each routed expert of
+    an MoE layer) or "head"."""
 
 
 def linear_modules(cfg: ModelConfig) -> list[Linear]:
@@ -34,33 +37,32 @@ def linear_modules(cfg: ModelConfig) -> list[Linear]:
     if fam in ("gpt2",):
         out = [Linear(name="c_attn", in_features=h, out_features=q + 2 * kv, count=L),
                Linear(name="c_proj", in_features=q, out_features=h, count=L),
-               Linear(name="c_fc", in_features=h, out_features=f, count=L),
-               Linear(name="c_proj", in_features=f, out_features=h, count=L)]
+               Linear(name="c_fc", in_features=h, out_features=f, count=L, part="mlp"),
+               Linear(name="c_proj", in_features=f, out_features=h, count=L, part="mlp")]
     elif fam in ("gpt_neox", "bloom", "falcon"):
         out = [Linear(name="query_key_value", in_features=h, out_features=q + 2 * kv, count=L),
                Linear(name="dense", in_features=q, out_features=h, count=L),
-               Linear(name="dense_h_to_4h", in_features=h, out_features=f, count=L),
-               Linear(name="dense_4h_to_h", in_features=f, out_features=h, count=L)]
+               Linear(name="dense_h_to_4h", in_features=h, out_features=f, count=L, part="mlp"),
+               Linear(name="dense_4h_to_h", in_features=f, out_features=h, count=L, part="mlp")]
     elif fam == "opt":
         out = [Linear(name=n, in_features=h, out_features=w, count=L)
                for n, w in (("q_proj", q), ("k_proj", kv), ("v_proj", kv))]
         out += [Linear(name="out_proj", in_features=q, out_features=h, count=L),
-                Linear(name="fc1", in_features=h, out_features=f, count=L),
-                Linear(name="fc2", in_features=f, out_features=h, count=L)]
+                Linear(name="fc1", in_features=h, out_features=f, count=L, part="mlp"),
+                Linear(name="fc2", in_features=f, out_features=h, count=L, part="mlp")]
     else:  # Llama and the families that share its module names
         out = [Linear(name=n, in_features=h, out_features=w, count=L)
                for n, w in (("q_proj", q), ("k_proj", kv), ("v_proj", kv))]
         out.append(Linear(name="o_proj", in_features=q, out_features=h, count=L))
         if dense:
-            out += [Linear(name="gate_proj", in_features=h, out_features=f, count=dense),
-                    Linear(name="up_proj", in_features=h, out_features=f, count=dense),
-                    Linear(name="down_proj", in_features=f, out_features=h, count=dense)]
+            out += [Linear(name=n, in_features=i, out_features=o, count=dense, part="mlp")
+                    for n, i, o in (("gate_proj", h, f), ("up_proj", h, f), ("down_proj", f, h))]
         if moe:
             fe, experts = cfg.moe_ffn_hidden_size, cfg.num_experts
-            out += [Linear(name="w1", in_features=h, out_features=fe, count=moe * experts),
-                    Linear(name="w3", in_features=h, out_features=fe, count=moe * experts),
-                    Linear(name="w2", in_features=fe, out_features=h, count=moe * experts)]
-    out.append(Linear(name="lm_head", in_features=h, out_features=V, count=1))
+            out += [Linear(name=n, in_features=i, out_features=o, count=moe * experts,
+                           part="expert")
+                    for n, i, o in (("w1", h, fe), ("w3", h, fe), ("w2", fe, h))]
+    out.append(Linear(name="lm_head", in_features=h, out_features=V, count=1, part="head"))
     return out
 
 

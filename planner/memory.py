@@ -18,7 +18,7 @@ from planner import layout
 from planner.activations import (ceil_div, carries_gradients, in_flight_layers,
                                  kv_heads_per_rank, layer_activation_bytes,
                                  layer_activation_terms, rope_table_bytes, tail_bytes)
-from planner.config import ModelConfig
+from planner.config import ConfigError, ModelConfig
 from planner.setup import Parallel, TrainSetup
 from planner.params import norm_params
 from planner.peak import PHASES, StepBytes
@@ -110,6 +110,7 @@ class StageMemory:
     total_bytes: int
     peak_phase: str = "backward_start"
     activations_recompute_bytes: int = 0  # of activations: only while a layer is recomputed
+    frozen_base_bytes: int = 0  # adapter fine-tuning: the frozen base (weights: the adapters)
     phases: dict[str, int] = field(default_factory=dict)
     at_peak: dict[str, int] = field(default_factory=dict)
     """What ``total_bytes`` is made of: weights, optimizer states and the gradients,
@@ -120,6 +121,7 @@ class StageMemory:
                 "gradients_bytes": self.gradients_bytes, "optimizer_bytes": self.optimizer_bytes,
                 "activations_bytes": self.activations_bytes,
                 "activations_recompute_bytes": self.activations_recompute_bytes,
+                "frozen_base_bytes": self.frozen_base_bytes,
                 "transient_bytes": self.transient_bytes, "total_bytes": self.total_bytes,
                 "peak_phase": self.peak_phase, "phases_bytes": dict(self.phases),
                 "at_peak_bytes": dict(self.at_peak)}
@@ -161,6 +163,16 @@ class Estimator:
         self._states: dict[tuple, States] = {}
         self._fixed: dict[tuple, dict] = {}
         self.rope_tables = rope_table_bytes(cfg, setup.seq_len)  # one pair per forward
+        self.adapters = None
+        if setup.adapters is not None:
+            from planner.finetune import adapter_memory
+
+            if self.runtime:
+                raise ConfigError(f"--method {setup.adapters.method} with --recipe runtime: "
+                                  "llmplan's runtime does not train adapters yet")
+            self.adapters = adapter_memory(cfg, setup.adapters, seq_len=setup.seq_len,
+                                           act_bytes=setup.activation_bytes,
+                                           dtype_bytes=self.compute_w_bytes)
 
     def autocast(self, dp: int, zero: int) -> bool:
         """llmplan's runtime casts to bf16 by autocast unless FSDP's mixed precision does."""
@@ -184,6 +196,10 @@ class Estimator:
                                               sp_keeps_gathered=gathered) for k in kinds)
             running = max(layer_activation_bytes(k, tp=tp, sp=sp, recompute="none",
                                                  sp_keeps_gathered=gathered) for k in kinds)
+            if self.adapters is not None:  # what the adapters save (tp = 1)
+                extra = max(self.adapters.layer_activation_bytes.values())
+                kept += 0 if recompute == "full" else extra
+                running += extra
             hit = (layer_params_per_rank(cfg, tp, moe=cfg.is_moe), kept, running)
             self._tp[key] = hit
         return hit
@@ -203,7 +219,13 @@ class Estimator:
             cfg, setup = self.cfg, self.setup
             params = self.stage_params(tp, pp, vpp)[stage]
             par = Parallel(tp=tp, pp=pp, vpp=vpp)
-            if self.runtime:
+            if self.adapters is not None:  # the frozen base as held, states for adapters
+                a = self.adapters
+                w, g, o = model_state_bytes(a.trainable, recipe=setup.recipe,
+                                            optimizer=setup.optimizer, zero=zero, dp=dp)
+                base = ceil_div(a.base_bytes, dp) if zero >= 3 else a.base_bytes
+                hit = States(params=params, weights=w, gradients=g, optimizer=o, frozen=base)
+            elif self.runtime:
                 hit = runtime_states(T.stage_tensors(cfg, par, stage, runtime=True),
                                      optimizer=setup.optimizer, zero=zero, dp=dp)
             else:
@@ -221,7 +243,10 @@ class Estimator:
     def tail(self, tp: int, sp: bool, autocast: bool) -> float:
         key = (tp, sp, autocast)
         if key not in self._tail:
-            self._tail[key] = tail_bytes(self.cfg, self.unit, tp, sp, autocast=autocast)
+            a = self.adapters
+            self._tail[key] = tail_bytes(self.cfg, self.unit, tp, sp, autocast=autocast,
+                                         frozen_head=a is not None and not a.head_adapted) \
+                + (a.head_activation_bytes if a is not None else 0)
         return self._tail[key]
 
     def fixed(self, *, tp: int, pp: int, vpp: int, dp: int, zero: int, stage: int) -> dict:
@@ -242,9 +267,11 @@ class Estimator:
         fsdp = zero >= 2 and dp > 1
         c = self.compute_w_bytes
         tied_here = cfg.tie_embeddings and pp == 1
-        out = dict(weights=st.weights, gradients=st.gradients, optimizer=st.optimizer,
+        out = dict(weights=st.weights + st.frozen, gradients=st.gradients, optimizer=st.optimizer,
                    optimizer_temp=st.optimizer_temp, head_grad=0, embedding_end=0,
                    unsharded_start=0, unsharded_block=0, unsharded_end=0, partial_block=0)
+        if self.adapters is not None:
+            return self._fixed.setdefault(key, self.adapter_fixed(out, dp=dp, zero=zero))
         if last:
             out["head_grad"] = vocab_rows * (c if fsdp and self.runtime else grad_b)
         root = st.params - n_layers * layer_params  # embedding, final norm, head
@@ -284,6 +311,22 @@ class Estimator:
         self._fixed[key] = out
         return out
 
+    def adapter_fixed(self, out: dict, *, dp: int, zero: int) -> dict:
+        """:meth:`fixed` for adapters over a frozen base: the head and embedding have no
+        gradient (an adapted head: its adapters' only); ZeRO-3 gathers the running and the
+        prefetched layer as held and holds a layer's adapter gradients during its backward;
+        a quantised base dequantises one weight at a time (``planner.finetune``)."""
+        a, cfg = self.adapters, self.cfg
+        grad_b = RECIPE_BYTES[self.setup.recipe][1]
+        out["head_grad"] = a.head_adapter_params * grad_b
+        out["block_temp"] = a.dequantised_bytes
+        if zero >= 3 and dp > 1:
+            layer = max(a.layer_base_bytes.values())
+            layer_adapters = (a.trainable - a.head_adapter_params) // cfg.num_layers
+            out.update(unsharded_start=min(2, cfg.num_layers) * layer,
+                       unsharded_block=layer_adapters * grad_b)
+        return out
+
     def step_bytes(self, *, tp: int, pp: int, vpp: int, dp: int, zero: int, sp: bool,
                    recompute: str, mbs: int, m: int, schedule: str, stage: int) -> StepBytes:
         """What one rank of pipeline stage ``stage`` holds, by kind, for the timeline. The
@@ -311,7 +354,7 @@ class Estimator:
             head_grad=fixed["head_grad"], embedding_end=fixed["embedding_end"],
             unsharded_start=fixed["unsharded_start"],
             unsharded_block=fixed["unsharded_block"] + (0 if carry else fixed["partial_block"]),
-            unsharded_end=fixed["unsharded_end"])
+            unsharded_end=fixed["unsharded_end"], block_temp=fixed.get("block_temp", 0))
 
     def stage_memory(self, *, tp: int, pp: int, vpp: int, dp: int, zero: int, sp: bool,
                      recompute: str, mbs: int, m: int, schedule: str, stage: int) -> StageMemory:
@@ -322,14 +365,17 @@ class Estimator:
         peak, phase = step.peak()
         grads, acts, temps = step.parts()[PHASES.index(phase)]
         most_acts = max(step.activations, step.activations - step.tail + step.running_extra)
+        st = self.states(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, stage=stage)
+        at_peak = {"weights": step.weights - st.frozen}
+        if st.frozen:
+            at_peak["frozen_base"] = st.frozen
         return StageMemory(
-            stage=stage, params=self.states(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero,
-                                            stage=stage).params,
-            weights_bytes=step.weights, gradients_bytes=step.gradients,
+            stage=stage, params=st.params, frozen_base_bytes=st.frozen,
+            weights_bytes=step.weights - st.frozen, gradients_bytes=step.gradients,
             optimizer_bytes=step.optimizer, activations_bytes=most_acts,
             activations_recompute_bytes=most_acts - step.activations,
             transient_bytes=temps, total_bytes=peak, peak_phase=phase, phases=phases,
-            at_peak={"weights": step.weights, "optimizer": step.optimizer, "gradients": grads,
+            at_peak={**at_peak, "optimizer": step.optimizer, "gradients": grads,
                      "activations": acts, "temporaries": temps})
 
     def peak_bytes(self, *, tp: int, pp: int, vpp: int, dp: int, zero: int, sp: bool,

@@ -14,7 +14,8 @@ each the sum of what is alive in it:
   bytes: ``F.cross_entropy`` on fp32 logits).
 * ``after_loss``: the loss's temporaries and the logits are freed; the LM head's weight
   gradient exists (on a tied head, held by autograd until the embedding's half arrives);
-  the first recomputed layer's working set is allocated (full or selective recompute).
+  the first recomputed layer's working set is allocated (full or selective recompute); a
+  quantised frozen base dequantises one weight for a block's input gradient (QLoRA).
 * ``backward_end`` (first stage): every gradient exists; the embedding's backward adds its
   own dense ``V h / t`` gradient, and with a tied head the two halves and their sum.
 * ``optimizer_step``: W + gradients + O + the optimizer's temporaries (``torch.optim``'s
@@ -62,6 +63,7 @@ class StepBytes:
     unsharded_start: int = 0  # FSDP: gathered parameters at the turn (root unit + blocks)
     unsharded_block: int = 0  # FSDP: + a block's gradients and reduce-scatter input
     unsharded_end: int = 0    # FSDP: the root unit and its gradients at the end
+    block_temp: int = 0       # a quantised base: one weight dequantised in a block's backward
 
     def parts(self) -> tuple[tuple[int, int, int], ...]:
         """(gradients, activations, temporaries) alive in each phase of :data:`PHASES`,
@@ -70,7 +72,7 @@ class StepBytes:
         return (
             (carried, self.activations, self.loss_temp + self.unsharded_start),
             (carried, self.activations - self.tail + self.running_extra,
-             self.head_grad + self.unsharded_start + self.unsharded_block),
+             self.head_grad + self.unsharded_start + self.unsharded_block + self.block_temp),
             (self.gradients, 0, self.embedding_end + self.unsharded_end),
             (self.gradients, 0, self.optimizer_temp),
         )

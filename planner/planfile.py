@@ -32,12 +32,24 @@ def plan_dict(*, cfg: ModelConfig, setup: TrainSetup, par: Parallel, hardware: s
         "version": PLAN_VERSION,
         "kind": kind,
         "model": cfg.to_dict(),
-        "setup": {f.name: getattr(setup, f.name) for f in fields(setup)},
+        "setup": setup_dict(setup),
         "layout": {f.name: getattr(par, f.name) for f in fields(par)},
         "cluster": {"hardware": hardware, "gpus": gpus, "gpus_per_node": gpus_per_node,
                     "nodes": max(1, gpus // gpus_per_node)},
         "prediction": dict(prediction),
     }
+
+
+def setup_dict(setup: TrainSetup) -> dict[str, Any]:
+    """A setup as a plan's [setup] table: its fields, the adapters (when there are any) as
+    their own sub-table."""
+    out: dict[str, Any] = {f.name: getattr(setup, f.name) for f in fields(setup)
+                           if f.name != "adapters"}
+    if setup.adapters is not None:
+        out["adapters"] = {f.name: (list(v) if isinstance(v, tuple) else v)
+                           for f in fields(setup.adapters)
+                           for v in [getattr(setup.adapters, f.name)]}
+    return out
 
 
 def candidate_plan(cfg: ModelConfig, result: "SearchResult", cand: "Candidate") -> dict[str, Any]:
@@ -88,7 +100,12 @@ def read_plan(path: Path, required: tuple[str, ...] = PLAN_TABLES) -> dict[str, 
 def plan_objects(data: Mapping[str, Any], where: str = "plan") -> tuple[ModelConfig, TrainSetup, Parallel]:
     """The typed model, setup and layout of a plan (validated, errors name the numbers)."""
     cfg = ModelConfig.from_dict(data["model"], where=f"{where} [model]")
-    setup = _typed(TrainSetup, data["setup"], f"{where} [setup]")
+    table = dict(data["setup"])
+    if isinstance(table.get("adapters"), dict):
+        from planner.finetune import Adapters
+
+        table["adapters"] = _typed(Adapters, table["adapters"], f"{where} [setup.adapters]")
+    setup = _typed(TrainSetup, table, f"{where} [setup]")
     par = _typed(Parallel, data["layout"], f"{where} [layout]")
     layout.check(cfg, setup, par, runtime="any")
     return cfg, setup, par

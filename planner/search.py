@@ -240,14 +240,16 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
         if tp > cluster.gpus_per_node:
             rejected["tp_crosses_node"] += len(pps) * per_pp
             continue
-        key, tp_notes = refused(layout.tp_problems(cfg, tp))
+        key, tp_notes = refused(layout.tp_problems(cfg, tp)
+                                + layout.adapter_problems(setup, tp, 1))
         if key:
             rejected[key] += len(pps) * per_pp
             continue
         for pp in pps:
             dp = N // (tp * pp)
             for vpp in vpps:
-                key, _ = refused(layout.pp_problems(cfg, pp, vpp))
+                key, _ = refused(layout.pp_problems(cfg, pp, vpp)
+                                 + layout.adapter_problems(setup, 1, pp))
                 if key:
                     rejected[key] += per_vpp
                     continue

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner.config import ConfigError
+from planner.finetune import Adapters
 
 
 DTYPES = ("bf16", "fp16", "fp32")
@@ -35,6 +36,8 @@ class TrainSetup:
     recompute: str = "none"
     attention: str = "flash"
     dropout: bool = False
+    adapters: Adapters | None = None
+    """LoRA / QLoRA over a frozen base (``planner.finetune``); None trains every parameter."""
 
     def __post_init__(self) -> None:
         for label, value in (("seq", self.seq_len), ("micro-batch", self.micro_batch),
@@ -48,6 +51,8 @@ class TrainSetup:
                                       ("attention", self.attention, ATTENTIONS)):
             if value not in allowed:
                 raise ConfigError(f"{label}({value!r}) is not one of {', '.join(allowed)}")
+        if self.adapters is not None and not isinstance(self.adapters, Adapters):
+            raise ConfigError(f"adapters({self.adapters!r}) must be planner.finetune.Adapters")
         if self.recipe == "fp32" and self.dtype != "fp32":
             raise ConfigError(f"recipe('fp32') needs dtype fp32, not {self.dtype}")
 

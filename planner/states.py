@@ -74,6 +74,8 @@ class States:
     gradients: int
     optimizer: int
     optimizer_temp: int = 0
+    frozen: int = 0
+    """A frozen base's weights as held (adapter fine-tuning; ``weights`` are the adapters')."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -33,6 +33,13 @@ ScheduleOpt = Annotated[str, typer.Option("--schedule", help="1f1b, gpipe or int
 DropoutOpt = Annotated[bool, typer.Option("--dropout/--no-dropout", help="Dropout masks (Korthikanti's setting).")]
 HardwareOpt = Annotated[str, typer.Option("--hardware", help="Hardware preset (e.g. h100-sxm).")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, or cuda on a CUDA machine.")]
+MethodOpt = Annotated[str, typer.Option("--method", help="full, lora or qlora (adapters over a frozen base).")]
+LoraRankOpt = Annotated[int, typer.Option("--lora-rank", help="LoRA rank r.")]
+LoraAlphaOpt = Annotated[float, typer.Option("--lora-alpha", help="LoRA alpha (B A is scaled by alpha / r).")]
+LoraTargetsOpt = Annotated[Optional[list[str]], typer.Option("--lora-targets", help="Module names as peft names them (comma-separated or repeated; default: every attention and MLP projection).")]
+LoraDropoutOpt = Annotated[float, typer.Option("--lora-dropout", help="Dropout on the adapters' input.")]
+BaseBitsOpt = Annotated[Optional[int], typer.Option("--base-bits", help="Bits of the frozen base: 16 or 8 with lora, 4 (NF4) with qlora.")]
+DoubleQuantOpt = Annotated[bool, typer.Option("--double-quant", help="QLoRA: quantise NF4's absmax constants to 8 bits (Dettmers et al. 2023).")]
 
 
 def model(spec: str, sets: list[str] | None):
@@ -45,7 +52,8 @@ def model(spec: str, sets: list[str] | None):
 def training(values: dict):
     """(TrainSetup, Parallel) of the shared training flags in a command's option values
     (``locals()``: seq, mbs, gbs, dtype, recipe, optimizer, zero, dp, tp, pp, vpp, sp,
-    recompute, attention, schedule, dropout); the batch split by the layout contract's one
+    recompute, attention, schedule, dropout, and the fine-tuning flags where the command has
+    them); the batch split by the layout contract's one
     rule (``planner.layout.micro_batches``)."""
     from planner import layout
     from planner.setup import Parallel, TrainSetup
@@ -56,8 +64,23 @@ def training(values: dict):
     m = layout.micro_batches(global_batch=v["gbs"] or v["mbs"] * v["dp"], dp=v["dp"], mbs=v["mbs"])
     setup = TrainSetup(seq_len=v["seq"], micro_batch=v["mbs"], grad_accum=m, dtype=v["dtype"],
                        recipe=v["recipe"], optimizer=v["optimizer"], recompute=v["recompute"],
-                       attention=v["attention"], dropout=v["dropout"])
+                       attention=v["attention"], dropout=v["dropout"],
+                       adapters=adapters(v) if "method" in v else None)
     return setup, par
+
+
+def adapters(values: dict):
+    """The Adapters (None for full training) of the shared fine-tuning flags in a command's
+    option values: method, lora_rank, lora_alpha, lora_targets, lora_dropout, base_bits,
+    double_quant."""
+    from planner.finetune import adapters_for
+
+    v = values
+    targets = tuple(t.strip() for arg in v.get("lora_targets") or [] for t in arg.split(",")
+                    if t.strip())
+    return adapters_for(v["method"], rank=v["lora_rank"], alpha=v["lora_alpha"],
+                        targets=targets, dropout=v["lora_dropout"], base_bits=v["base_bits"],
+                        double_quant=v["double_quant"])
 
 
 def accuracy(hardware: str):

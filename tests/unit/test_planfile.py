@@ -43,8 +43,30 @@ def test_a_plan_with_every_field_reads_back_equal(tmp_path):
     got_cfg, setup, par = plan_objects(back)
     assert got_cfg == cfg
     assert (setup.optimizer, setup.attention, setup.dropout) == ("sgd_momentum", "eager", True)
-    assert set(back["setup"]) == set(TrainSetup.__dataclass_fields__)
+    # every field; adapters, absent here, are a sub-table (the next test)
+    assert set(back["setup"]) == set(TrainSetup.__dataclass_fields__) - {"adapters"}
     assert set(back["layout"]) == set(Parallel.__dataclass_fields__)
+
+
+def test_a_plan_with_adapters_reads_back_equal(tmp_path):
+    from planner.finetune import Adapters
+
+    cfg = load_model("tiny")
+    adapters = Adapters(method="qlora", rank=8, alpha=16.0, targets=("q_proj", "v_proj"),
+                        dropout=0.05, base_bits=4, double_quant=True)
+    result = search(cfg, cluster_of(load_hardware("cpu"), gpus=4),
+                    TrainSetup(seq_len=64, adapters=adapters), global_batch=8, runtime="any")
+    path = tmp_path / "plan.toml"
+    write_plan(path, candidate_plan(cfg, result, result.best))
+    _, setup, _ = plan_objects(read_plan(path))
+    assert setup.adapters == adapters
+    bad = read_plan(path)
+    bad["setup"]["adapters"]["targets"] = "q_proj"
+    import pytest
+    from planner.config import ConfigError
+    with pytest.raises(ConfigError, match=r"\[setup.adapters\]: targets\('q_proj'\) must be a "
+                                          "list of names"):
+        plan_objects(bad)
 
 
 def test_launch_dry_run_shows_the_plans_fields_unchanged(tmp_path):

@@ -9,9 +9,12 @@ import typer
 
 from planner.config import LlmplanError
 from tui import options, output
-from tui.options import (AttentionOpt, DpOpt, DropoutOpt, DtypeOpt, GbsOpt, HardwareOpt,
-                         JsonOpt, MbsOpt, ModelArg, OptimOpt, PpOpt, RecipeOpt, RecomputeOpt,
-                         ScheduleOpt, SeqOpt, SetOpt, SpOpt, TpOpt, VppOpt, ZeroOpt)
+from planner.finetune import DEFAULT_ALPHA, DEFAULT_RANK
+from tui.options import (AttentionOpt, BaseBitsOpt, DoubleQuantOpt, DpOpt, DropoutOpt,
+                         DtypeOpt, GbsOpt, HardwareOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt,
+                         LoraRankOpt, LoraTargetsOpt, MbsOpt, MethodOpt, ModelArg, OptimOpt,
+                         PpOpt, RecipeOpt, RecomputeOpt, ScheduleOpt, SeqOpt, SetOpt, SpOpt,
+                         TpOpt, VppOpt, ZeroOpt)
 from tui.options import model as load
 
 
@@ -25,18 +28,25 @@ def flops_cmd(
     hardware: HardwareOpt = "",
     gpus: Annotated[int, typer.Option(help="Accelerators, for time to train.")] = 0,
     mfu: Annotated[float, typer.Option(help="Model FLOPs utilisation, for time to train.")] = 0.4,
+    method: MethodOpt = "full", lora_rank: LoraRankOpt = DEFAULT_RANK,
+    lora_alpha: LoraAlphaOpt = DEFAULT_ALPHA, lora_targets: LoraTargetsOpt = None,
+    lora_dropout: LoraDropoutOpt = 0.0, base_bits: BaseBitsOpt = None,
+    double_quant: DoubleQuantOpt = False,
     set_: SetOpt = None,
     json_mode: JsonOpt = False,
 ) -> None:
-    """FLOPs per token (exact, 6N, PaLM), inference prefill/decode, total and time to train."""
+    """FLOPs per token (exact, 6N, PaLM), inference prefill/decode, total and time to train;
+    with --method lora or qlora, of adapters over a frozen base (no weight gradient for it)."""
     from planner import flops as F
     from planner.setup import RECOMPUTES
 
+    flags = dict(locals())
     if recompute not in RECOMPUTES:
         raise LlmplanError(f"recompute({recompute!r}) is not one of {', '.join(RECOMPUTES)}")
     cfg = load(model, set_)
+    adapters = options.adapters(flags)
     conv = F.FlopConventions(causal=causal, count_embedding=count_embedding)
-    rep = F.flops_report(cfg, seq, conv, recompute=recompute)
+    rep = F.flops_report(cfg, seq, conv, recompute=recompute, adapters=adapters)
     data: dict[str, Any] = {
         "model": cfg.name, "seq_len": seq, "causal": causal,
         "forward_flops_per_token": rep.forward_flops_per_token,
@@ -47,6 +57,13 @@ def flops_cmd(
         "prefill_flops": F.prefill_flops(cfg, seq),
         "decode_flops_per_token": F.decode_flops_per_token(cfg, seq),
     }
+    if adapters is not None:
+        from planner.finetune import dequantised_weights_per_micro_batch, summary
+
+        data.update(summary(cfg, adapters),
+                    adapter_forward_flops_per_token=rep.adapter_forward_flops_per_token,
+                    dequantised_weights_per_micro_batch=dequantised_weights_per_micro_batch(
+                        cfg, adapters))
     if tokens:
         total = rep.train_flops_per_token * tokens
         data["tokens"] = tokens
@@ -59,11 +76,15 @@ def flops_cmd(
                         gpu_hours=seconds * gpus / 3600)
 
     def human() -> None:
-        rows = [("exact (MFU)", output.fmt_flops(rep.train_flops_per_token)),
+        exact = "exact (MFU)" if adapters is None else \
+            f"exact, {adapters.method}: frozen base (MFU)"
+        rows = [(exact, output.fmt_flops(rep.train_flops_per_token)),
                 ("with recompute (HFU)", output.fmt_flops(rep.hardware_flops_per_token)),
                 ("6N (Kaplan)", output.fmt_flops(rep.six_n_flops_per_token)),
                 ("PaLM 6N' + 12Lads", output.fmt_flops(rep.palm_flops_per_token))]
         fwd = [(k, output.fmt_flops(v)) for k, v in rep.forward.to_dict().items() if v]
+        if rep.adapter_forward_flops_per_token:
+            fwd.append(("adapters", output.fmt_flops(rep.adapter_forward_flops_per_token)))
         extra = [("prefill of one sequence", output.fmt_flops(data["prefill_flops"])),
                  (f"decode per token at context {seq}", output.fmt_flops(data["decode_flops_per_token"]))]
         if tokens:
@@ -87,9 +108,14 @@ def memory_cmd(
     dp: DpOpt = 1, tp: TpOpt = 1, pp: PpOpt = 1, vpp: VppOpt = 1, sp: SpOpt = False,
     recompute: RecomputeOpt = "none", attention: AttentionOpt = "flash",
     schedule: ScheduleOpt = "", dropout: DropoutOpt = False, hardware: HardwareOpt = "",
+    method: MethodOpt = "full", lora_rank: LoraRankOpt = DEFAULT_RANK,
+    lora_alpha: LoraAlphaOpt = DEFAULT_ALPHA, lora_targets: LoraTargetsOpt = None,
+    lora_dropout: LoraDropoutOpt = 0.0, base_bits: BaseBitsOpt = None,
+    double_quant: DoubleQuantOpt = False,
     set_: SetOpt = None, json_mode: JsonOpt = False,
 ) -> None:
-    """Per-GPU training memory: weights, gradients, optimizer, activations, per pipeline stage."""
+    """Per-GPU training memory: weights, gradients, optimizer, activations, per pipeline
+    stage; with --method lora or qlora, of adapters over a frozen base."""
     flags = dict(locals())
     from planner.accuracy import fmt_band
     from planner.memory import memory_report
@@ -101,6 +127,10 @@ def memory_cmd(
     band = accuracy.memory(rep.per_gpu.total_bytes)
     data: dict[str, Any] = {"model": cfg.name, "world": par.world, **rep.to_dict(),
                             "per_gpu_band_bytes": band.to_dict(), "accuracy": accuracy.to_dict()}
+    if setup.adapters is not None:
+        from planner.finetune import summary
+
+        data.update(summary(cfg, setup.adapters, dtype_bytes=setup.activation_bytes))
     capacity = None
     if hardware:
         from presets import load_hardware
@@ -109,9 +139,12 @@ def memory_cmd(
                     fits=rep.per_gpu.total_bytes <= capacity)
 
     def human() -> None:
-        cols = ["stage", "params", "weights", "grads", "optim", "activ", "temp", "peak", "at"]
+        based = setup.adapters is not None
+        cols = ["stage", "params", *(["base", "adapters"] if based else ["weights"]), "grads",
+                "optim", "activ", "temp", "peak", "at"]
         gib = output.gib
-        rows = [(st.stage, output.fmt_count(st.params), gib(st.weights_bytes),
+        rows = [(st.stage, output.fmt_count(st.params),
+                 *([gib(st.frozen_base_bytes)] if based else []), gib(st.weights_bytes),
                  gib(st.gradients_bytes), gib(st.optimizer_bytes), gib(st.activations_bytes),
                  gib(st.transient_bytes), gib(st.total_bytes), output.PHASES[st.peak_phase])
                 for st in rep.stages]
@@ -123,7 +156,8 @@ def memory_cmd(
             caption += f"; {hardware} holds {output.fmt_gib(capacity)}: {verdict}"
         output.show(output.table(
             f"Per-GPU memory, {cfg.name}: tp={tp} pp={pp} dp={dp} zero={zero} sp={sp} "
-            f"s={seq} b={mbs} m={setup.grad_accum} {recipe}/{optimizer} recompute={recompute}",
+            f"s={seq} b={mbs} m={setup.grad_accum} {recipe}/{optimizer} recompute={recompute}"
+            + (f" {method} r={lora_rank} base {setup.adapters.base_bits}-bit" if based else ""),
             cols, rows, caption=caption))
 
     output.render(json_mode, data, human)

@@ -9,7 +9,10 @@ import typer
 
 from planner.config import LlmplanError
 from tui import options, output
-from tui.options import AttentionOpt, DtypeOpt, GbsOpt, JsonOpt, ModelArg, OptimOpt, RecipeOpt, SeqOpt, SetOpt
+from planner.finetune import DEFAULT_ALPHA, DEFAULT_RANK
+from tui.options import (AttentionOpt, BaseBitsOpt, DoubleQuantOpt, DtypeOpt, GbsOpt, JsonOpt,
+                         LoraAlphaOpt, LoraDropoutOpt, LoraRankOpt, LoraTargetsOpt, MethodOpt,
+                         ModelArg, OptimOpt, RecipeOpt, SeqOpt, SetOpt)
 from tui.options import model as load
 
 
@@ -51,10 +54,16 @@ def plan_cmd(
     sp: Annotated[Optional[bool], typer.Option("--sp/--no-sp", help="Pin sequence parallel.")] = None,
     recompute: Annotated[Optional[str], typer.Option("--recompute", help="Pin recompute: none, selective, full.")] = None,
     mbs: Annotated[Optional[int], typer.Option("--mbs", help="Pin the micro-batch.")] = None,
+    method: MethodOpt = "full", lora_rank: LoraRankOpt = DEFAULT_RANK,
+    lora_alpha: LoraAlphaOpt = DEFAULT_ALPHA, lora_targets: LoraTargetsOpt = None,
+    lora_dropout: LoraDropoutOpt = 0.0, base_bits: BaseBitsOpt = None,
+    double_quant: DoubleQuantOpt = False,
     set_: SetOpt = None, json_mode: JsonOpt = False,
 ) -> None:
     """The fastest tensor x pipeline x data (ZeRO) layouts that fit a cluster; any dimension
-    given is pinned and the search covers the rest."""
+    given is pinned and the search covers the rest; --method lora or qlora plans adapters
+    over a frozen base."""
+    flags = dict(locals())
     from pathlib import Path
 
     from planner.accuracy import fmt_band
@@ -73,7 +82,8 @@ def plan_cmd(
             raise LlmplanError(f"gbs-tokens({gbs_tokens:.0f}) is not a multiple of seq({seq})")
         gbs = int(gbs_tokens // seq)
     setup = TrainSetup(seq_len=seq, dtype=dtype, recipe=recipe, optimizer=optimizer,
-                       attention=attention, recompute=recompute or "none")
+                       attention=attention, recompute=recompute or "none",
+                       adapters=options.adapters(flags))
     space = SearchSpace.pinned(max_vpp=max_vpp, tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero,
                                sp=sp, recompute=recompute, mbs=mbs)
     framework = exports.framework(export) if export else None

@@ -1,0 +1,105 @@
+"""Adapter fine-tuning in ``memory``, ``flops`` and ``plan``: the frozen base to the byte,
+states for the adapters only (ZeRO paper's 2 + 2 + 12 bytes a trained parameter, sharded),
+the dequantised weight of a quantised base, and the one-line refusals."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ROOT
+
+# Llama-2-7B (Touvron et al. 2023, Table 1): h 4096, f 11008, 32 layers, vocab 32000
+H, F, L, V = 4096, 11008, 32, 32000
+LINEAR = L * (4 * H * H + 3 * H * F)
+KEPT = 2 * V * H + (2 * L + 1) * H
+NF4 = LINEAR // 2 + 4 * LINEAR // 64          # QLoRA §3: 4 bits + an fp32 absmax per 64
+R64 = 64 * L * (4 * (H + H) + 3 * (H + F))    # r (in + out) on q, k, v, o, gate, up, down
+
+
+def cli(command, *args):
+    return subprocess.run([sys.executable, "-m", "tui.cli", command, *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def memory(*args):
+    out = cli("memory", "llama-2-7b", "--method", "qlora", "--lora-rank", "64", "--seq", "512",
+              *args, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_qlora_memory_holds_the_nf4_base_and_states_for_the_adapters_only():
+    data = memory()
+    st = data["per_gpu"]
+    assert data["frozen_base_bytes"] == st["frozen_base_bytes"] == NF4 + 2 * KEPT
+    assert data["trainable"] == R64
+    # bf16 adapter weights and gradients, fp32 master + Adam moments (ZeRO paper §3)
+    assert (st["weights_bytes"], st["gradients_bytes"], st["optimizer_bytes"]) == \
+        (2 * R64, 2 * R64, 12 * R64)
+    # a block's input gradient dequantises one weight at a time, the largest h x f in bf16:
+    # the one difference from the same adapters over a 16-bit base, besides the base itself
+    lora = json.loads(cli("memory", "llama-2-7b", "--method", "lora", "--lora-rank", "64",
+                          "--seq", "512", "--json").stdout)["per_gpu"]
+    for phase, extra in (("backward_start", 0), ("after_loss", 2 * H * F)):
+        assert st["phases_bytes"][phase] - st["frozen_base_bytes"] == \
+            lora["phases_bytes"][phase] - lora["frozen_base_bytes"] + extra
+    full = json.loads(cli("memory", "llama-2-7b", "--seq", "512", "--json").stdout)["per_gpu"]
+    assert st["total_bytes"] < full["total_bytes"] / 10
+
+
+def test_zero3_shards_the_frozen_base_and_the_adapter_states():
+    one, eight = memory()["per_gpu"], memory("--dp", "8", "--zero", "3")["per_gpu"]
+    assert eight["frozen_base_bytes"] == -(-(NF4 + 2 * KEPT) // 8)
+    assert eight["optimizer_bytes"] == 12 * -(-R64 // 8)
+    assert eight["gradients_bytes"] == 2 * -(-R64 // 8)
+    assert eight["activations_bytes"] == one["activations_bytes"]
+
+
+def test_lora_flops_drop_the_frozen_weight_gradient():
+    # 2 x forward for the frozen linears, 3 x for the adapters: about 4N + 6N_lora (the
+    # exact count is checked against FlopCounterMode on peft in tests/oracle)
+    full = json.loads(cli("flops", "llama-2-7b", "--seq", "2048", "--json").stdout)
+    lora = json.loads(cli("flops", "llama-2-7b", "--seq", "2048", "--method", "lora",
+                          "--lora-rank", "64", "--json").stdout)
+    fwd = full["forward_breakdown"]
+    linears = sum(v for k, v in fwd.items() if k not in ("scores", "attn_values"))
+    # no weight gradient for the base's linears; the adapters' 3 passes; the first layer's
+    # q, k, v (and their adapters' A) need no input gradient
+    skipped = 2 * H * 3 * H + 3 * 2 * 64 * H
+    assert lora["train_flops_per_token"] == \
+        full["train_flops_per_token"] - linears + 3 * 2 * R64 - skipped
+    assert 0.66 < lora["train_flops_per_token"] / full["train_flops_per_token"] < 0.71
+    assert lora["adapter_forward_flops_per_token"] == 2 * R64
+    qlora = json.loads(cli("flops", "llama-2-7b", "--method", "qlora", "--json").stdout)
+    assert qlora["dequantised_weights_per_micro_batch"] == 2 * LINEAR
+
+
+def test_plan_qlora_searches_dp_and_zero_and_fits_where_full_training_does_not():
+    def plan(*args):
+        out = cli("plan", "llama-2-7b", "--hardware", "rtx-4090", "--gpus", "1", "--gbs", "8",
+                  "--seq", "1024", "--runtime", "any", "--json", *args)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    assert not plan()["candidates"]
+    q = plan("--method", "qlora")
+    assert q["candidates"] and all(c["tp"] == c["pp"] == 1 for c in q["candidates"])
+    multi = json.loads(cli("plan", "llama-2-7b", "--gpus", "8", "--gbs", "64", "--seq", "1024",
+                           "--runtime", "any", "--method", "lora", "--json").stdout)
+    assert multi["rejected"]["adapter_layout"] > 0
+    assert {c["dp"] for c in multi["candidates"]} == {8}
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--lora-rank", "0"), "--lora-rank(0) must be a positive integer"),
+    (("--lora-targets", "q_proj,wq"), "LoRA target(s) wq not in llama-2-7b"),
+    (("--base-bits", "4"), "--base-bits 4 is QLoRA"),
+    (("--lora-dropout", "1.5"), "--lora-dropout(1.5) must be in [0, 1)"),
+    (("--tp", "2"), "--method lora is planned over dp x ZeRO: tp(2) and pp(1) must be 1"),
+])
+def test_bad_adapter_input_is_one_line_exit_2(args, needle):
+    out = cli("memory", "llama-2-7b", "--method", "lora", *args)
+    assert out.returncode == 2
+    assert needle in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
