@@ -261,6 +261,9 @@ class AdapterMemory:
     head_adapted: bool
     head_adapter_params: int
     dequantised_bytes: int
+    tensors: dict[tuple[int, ...], int]
+    """Shape -> count of the adapter tensors (A: r x in, B: out x r), as the runtime holds
+    them (``planner.states.runtime_states``)."""
     dequantise_traffic_bytes: int
     """Per micro-batch, HBM traffic of dequantising a quantised base: each weight twice
     (forward, input gradient), reading its held bytes and writing then reading its
@@ -278,8 +281,12 @@ def adapter_memory(cfg: ModelConfig, adapters: Adapters, *, seq_len: int, act_by
                        dtype_bytes=dtype_bytes)
     traffic = 0 if adapters.base_bits == 16 else \
         2 * (base.quantised_bytes + 2 * dtype_bytes * base.quantised_params)
+    tensors: dict[tuple[int, ...], int] = {}
+    for m in adapted(cfg, adapters):
+        for shape in ((adapters.rank, m.in_features), (m.out_features, adapters.rank)):
+            tensors[shape] = tensors.get(shape, 0) + m.count
     return AdapterMemory(
-        trainable=trainable_params(cfg, adapters),
+        trainable=trainable_params(cfg, adapters), tensors=tensors,
         base_bytes=base.bytes, dequantise_traffic_bytes=traffic,
         layer_activation_bytes={moe: layer_adapter_activation_bytes(
             cfg, adapters, seq_len=seq_len, act_bytes=act_bytes, moe=moe) for moe in kinds},

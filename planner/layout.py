@@ -67,17 +67,41 @@ def model_problems(cfg: ModelConfig) -> list[Problem]:
     return []
 
 
-def setup_problems(setup: TrainSetup) -> list[Problem]:
+def setup_problems(setup: TrainSetup, cfg: ModelConfig) -> list[Problem]:
     """What llmplan's runtime cannot train with, whatever the layout: 8-bit Adam needs
     bitsandbytes' CUDA kernels, which this runtime does not depend on."""
     out = []
     if setup.optimizer not in RUNTIME_OPTIMIZERS:
         out.append(_runtime("runtime_optimizer", f"optimizer({setup.optimizer}) is not run; "
                             f"supported: {', '.join(RUNTIME_OPTIMIZERS)}"))
-    if setup.adapters is not None:
-        out.append(_runtime("runtime_adapters",
-                            f"--method {setup.adapters.method} is not trained yet"))
+    out.extend(runtime_adapter_problems(cfg, setup))
     return out
+
+
+RUNTIME_FUSED_TARGETS = {"gpt2": ("c_attn", "c_proj", "c_fc"), "gpt_neox": ("query_key_value",),
+                         "bloom": ("query_key_value",), "falcon": ("query_key_value",)}
+"""LoRA targets whose checkpoint tensor the runtime splits (fused q/k/v) or transposes
+(GPT-2's Conv1D): peft adapts the fused tensor as one, the runtime's separate projections
+cannot carry that adapter."""
+
+
+def runtime_adapter_problems(cfg: ModelConfig, setup: TrainSetup) -> list[Problem]:
+    """What llmplan's runtime trains of adapters: LoRA over a 16-bit (or fp32) base, on
+    projections its checkpoint holds one to one."""
+    a = setup.adapters
+    if a is None:
+        return []
+    if a.base_bits != 16:
+        return [_runtime("runtime_adapters", f"a {a.base_bits}-bit frozen base is not trained "
+                                             "(LoRA over a 16-bit base is)")]
+    from planner.lora import default_targets
+
+    fused = [t for t in a.targets or default_targets(cfg)
+             if t in RUNTIME_FUSED_TARGETS.get(cfg.family, ())]
+    if fused:
+        return [_runtime("runtime_adapters", f"LoRA on {cfg.family}'s {', '.join(fused)} is not "
+                                             "trained (its checkpoint fuses or transposes them)")]
+    return []
 
 
 def adapter_problems(setup: TrainSetup, tp: int, pp: int) -> list[Problem]:
@@ -202,7 +226,7 @@ def problems(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *,
              rounds: int = 1) -> list[Problem]:
     """Every problem of one layout, universal and runtime-only."""
     gbs = setup.micro_batch * setup.grad_accum * par.dp
-    return [*model_problems(cfg), *setup_problems(setup),
+    return [*model_problems(cfg), *setup_problems(setup, cfg),
             *adapter_problems(setup, par.tp, par.pp), *tp_problems(cfg, par.tp),
             *pp_problems(cfg, par.pp, par.vpp),
             *schedule_problems(par.pp, par.vpp, par.schedule),

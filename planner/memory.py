@@ -18,7 +18,7 @@ from planner import layout
 from planner.activations import (ceil_div, carries_gradients, in_flight_layers,
                                  kv_heads_per_rank, layer_activation_bytes,
                                  layer_activation_terms, rope_table_bytes, tail_bytes)
-from planner.config import ConfigError, ModelConfig
+from planner.config import ModelConfig
 from planner.setup import Parallel, TrainSetup
 from planner.params import norm_params
 from planner.peak import PHASES, StepBytes
@@ -28,6 +28,7 @@ from planner import tensors as T
 
 CATEGORIES = {
     "parameters": "weights_bytes",
+    "frozen_base": "frozen_base_bytes",
     "gradients": "gradients_bytes",
     "optimizer_states": "optimizer_bytes",
     "activations": "activations_bytes",
@@ -167,9 +168,6 @@ class Estimator:
         if setup.adapters is not None:
             from planner.finetune import adapter_memory
 
-            if self.runtime:
-                raise ConfigError(f"--method {setup.adapters.method} with --recipe runtime: "
-                                  "llmplan's runtime does not train adapters yet")
             self.adapters = adapter_memory(cfg, setup.adapters, seq_len=setup.seq_len,
                                            act_bytes=setup.activation_bytes,
                                            dtype_bytes=self.compute_w_bytes)
@@ -219,7 +217,15 @@ class Estimator:
             cfg, setup = self.cfg, self.setup
             params = self.stage_params(tp, pp, vpp)[stage]
             par = Parallel(tp=tp, pp=pp, vpp=vpp)
-            if self.adapters is not None:  # the frozen base as held, states for adapters
+            if self.adapters is not None and self.runtime:  # fp32 base, tensor by tensor
+                base = runtime_states(T.stage_tensors(cfg, par, stage, runtime=True),
+                                      optimizer=setup.optimizer, zero=zero, dp=dp).weights
+                ad = runtime_states(self.adapters.tensors, optimizer=setup.optimizer,
+                                    zero=zero, dp=dp)
+                hit = States(params=params, weights=ad.weights, gradients=ad.gradients,
+                             optimizer=ad.optimizer, optimizer_temp=ad.optimizer_temp,
+                             frozen=base)
+            elif self.adapters is not None:  # the frozen base as held, states for adapters
                 a = self.adapters
                 w, g, o = model_state_bytes(a.trainable, recipe=setup.recipe,
                                             optimizer=setup.optimizer, zero=zero, dp=dp)
@@ -271,7 +277,9 @@ class Estimator:
                    optimizer_temp=st.optimizer_temp, head_grad=0, embedding_end=0,
                    unsharded_start=0, unsharded_block=0, unsharded_end=0, partial_block=0)
         if self.adapters is not None:
-            return self._fixed.setdefault(key, self.adapter_fixed(out, dp=dp, zero=zero))
+            root = st.params - n_layers * layer_params  # embedding, final norm, head
+            return self._fixed.setdefault(key, self.adapter_fixed(out, dp=dp, zero=zero,
+                                                                  root_params=root))
         if last:
             out["head_grad"] = vocab_rows * (c if fsdp and self.runtime else grad_b)
         root = st.params - n_layers * layer_params  # embedding, final norm, head
@@ -311,20 +319,25 @@ class Estimator:
         self._fixed[key] = out
         return out
 
-    def adapter_fixed(self, out: dict, *, dp: int, zero: int) -> dict:
+    def adapter_fixed(self, out: dict, *, dp: int, zero: int, root_params: int) -> dict:
         """:meth:`fixed` for adapters over a frozen base: the head and embedding have no
         gradient (an adapted head: its adapters' only); ZeRO-3 gathers the running and the
-        prefetched layer as held and holds a layer's adapter gradients during its backward;
-        a quantised base dequantises one weight at a time (``planner.finetune``)."""
+        prefetched layer as held (llmplan's FSDP2 ZeRO-2 every layer from its forward to its
+        backward, and the root unit throughout) and holds a layer's adapter gradients during
+        its backward; a quantised base dequantises one weight at a time
+        (``planner.finetune``)."""
         a, cfg = self.adapters, self.cfg
         grad_b = RECIPE_BYTES[self.setup.recipe][1]
         out["head_grad"] = a.head_adapter_params * grad_b
         out["block_temp"] = a.dequantised_bytes
-        if zero >= 3 and dp > 1:
+        fsdp = self.runtime and zero >= 2 and dp > 1
+        if (zero >= 3 or fsdp) and dp > 1:
             layer = max(a.layer_base_bytes.values())
+            layers = min(2, cfg.num_layers) if zero >= 3 else cfg.num_layers
             layer_adapters = (a.trainable - a.head_adapter_params) // cfg.num_layers
-            out.update(unsharded_start=min(2, cfg.num_layers) * layer,
-                       unsharded_block=layer_adapters * grad_b)
+            root = root_params * self.compute_w_bytes if fsdp else 0
+            out.update(unsharded_start=layers * layer + root,
+                       unsharded_block=layer_adapters * grad_b, unsharded_end=root)
         return out
 
     def step_bytes(self, *, tp: int, pp: int, vpp: int, dp: int, zero: int, sp: bool,

@@ -230,7 +230,7 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
             return applying[0].key, ()
         return None, tuple(p.message for p in found)
 
-    key, base_notes = refused(layout.model_problems(cfg) + layout.setup_problems(setup))
+    key, base_notes = refused(layout.model_problems(cfg) + layout.setup_problems(setup, cfg))
     if key:
         rejected[key] = sum(len(space.pipeline_sizes(N, tp)) for tp in space.tensor_sizes(N)) * per_pp
         return SearchResult(candidates=[], rejected=rejected, evaluated=0, usable_bytes=usable,

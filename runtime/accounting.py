@@ -26,11 +26,12 @@ def tensor_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def parameter_bytes(parts) -> int:
+def parameter_bytes(parts, *, frozen: bool = False) -> int:
+    """Bytes of the parameters trained (``frozen``: of those frozen, a LoRA run's base)."""
     seen, total = set(), 0
     for part in parts:
         for p in part.parameters():
-            if id(p) not in seen:
+            if id(p) not in seen and p.requires_grad != frozen:
                 seen.add(id(p))
                 total += tensor_bytes(p)
     return total
@@ -75,8 +76,8 @@ class SavedTensorMeter:
 
     def pack(self, t: torch.Tensor):
         base = t._base if t._base is not None else t
-        if base.requires_grad and base.is_leaf:  # a parameter, or a view of one (weight.t())
-            return t
+        if isinstance(base, torch.nn.Parameter) or (base.requires_grad and base.is_leaf):
+            return t  # a parameter (frozen ones too), or a view of one (weight.t())
         loc = local(t)
         try:
             key = loc.untyped_storage().data_ptr()

@@ -139,6 +139,8 @@ class Done(Event):
     ranks: list[dict[str, Any]] = field(default_factory=list)
     predicted_parameters_bytes: int | None = None
     measured_parameters_bytes: int | None = None
+    predicted_frozen_base_bytes: int | None = None
+    measured_frozen_base_bytes: int | None = None
     predicted_gradients_bytes: int | None = None
     measured_gradients_bytes: int | None = None
     predicted_optimizer_states_bytes: int | None = None

@@ -61,9 +61,11 @@ def check_folder(folder: str, cfg: ModelConfig) -> None:
 @torch.no_grad()
 def load_weights(model: nn.Module, folder: str, cfg: ModelConfig) -> int:
     """Fill every parameter of ``model`` from ``folder``; the number of tensors read."""
+    from runtime.lora import is_adapter
+
     ckpt = Checkpoint(folder)
     named = [(name, p, canonical_name(name, cfg.tie_embeddings))
-             for name, p in model.named_parameters()]
+             for name, p in model.named_parameters() if not is_adapter(name)]
     where = pieces(cfg, [canon for _, _, canon in named])
     read = 0
     for name, p, canon in named:
@@ -122,9 +124,12 @@ def save_hf(parts: list[nn.Module], cfg: ModelConfig, out: str, *, writer: bool,
         tmp.mkdir(parents=True)
     if distributed:
         dist.barrier()
+    from runtime.lora import is_adapter
+
     named = [(name, p, canonical_name(name, cfg.tie_embeddings)) for part in parts
              for name, p in part.named_parameters()
-             if not (cfg.tie_embeddings and canonical_name(name, False) == "output.weight")]
+             if not (cfg.tie_embeddings and canonical_name(name, False) == "output.weight")
+             and not is_adapter(name)]
     where = pieces(cfg, [canon for _, _, canon in named])
     expected: dict[str, int] = {}
     for piece in where.values():

@@ -118,11 +118,12 @@ def tied_embedding_group(mesh, par: Parallel):
 
 
 def build(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *, device: torch.device,
-          seed: int, mesh=None, weights: str = "") -> Built:
+          seed: int, mesh=None, weights: str = "", adapter_init: str = "") -> Built:
     """The model parts this rank runs, parallelised, built on the meta device and then
     materialised shard by shard: no rank ever allocates the whole model, and the weights are
     the same in every layout (``runtime.init``, or a Hugging Face folder's ``weights`` read
-    slice by slice, ``runtime.hf_weights``)."""
+    slice by slice, ``runtime.hf_weights``); LoRA adapters (``runtime.lora``) go on before
+    any sharding and start from peft's initialisation or a peft adapter folder."""
     from runtime.hf_weights import load_weights
     from runtime.init import init_weights
     from runtime.tensor_parallel import apply_tp, replicated_kv_params, shard_embedding_grad
@@ -130,6 +131,10 @@ def build(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *, device: torch.d
     mesh = mesh if mesh is not None else build_mesh(par, device.type)
     with torch.device("meta"):
         model = Decoder(cfg)
+    if setup.adapters is not None:  # before any sharding: FSDP shards what exists then
+        from runtime.lora import apply_lora
+
+        apply_lora(model, cfg, setup.adapters)
     pp_rank = mesh["pp"].get_local_rank()
     n_stages = par.pp * par.vpp
     ids = stage_ids(par, pp_rank) if par.pp > 1 else [0]
@@ -149,6 +154,10 @@ def build(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *, device: torch.d
             load_weights(part, weights, cfg)
         else:
             init_weights(part, seed, tied=cfg.tie_embeddings)
+        if setup.adapters is not None:
+            from runtime.lora import init_adapters
+
+            init_adapters(part, seed=seed, source=adapter_init)
         part.reset_buffers()
     tied = tied_embedding_group(mesh, par) if cfg.tie_embeddings and par.pp > 1 else None
     summed = [p for part in parts for p in replicated_kv_params(part, par.tp)]

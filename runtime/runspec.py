@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from planner import layout
 from planner.config import ConfigError, ModelConfig
+from planner.finetune import Adapters
 from planner.setup import Parallel, TrainSetup
 from planner.planfile import plan_dict, plan_objects, read_plan, write_plan
 from presets import default_hardware, load_model, parse_overrides
@@ -64,6 +65,12 @@ class TrainRequest:
     nnodes: int = 1
     rdzv_endpoint: str = ""
     sets: tuple[str, ...] = ()
+    method: str | None = None
+    """full or lora (``adapters`` says which); None: the plan's (a MODEL: full)."""
+    adapters: Adapters | None = None
+    init_adapter: str = ""
+    save_adapter: str = ""
+    merge: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -201,6 +208,25 @@ def check_train_options(req: TrainRequest) -> None:
             raise ConfigError(f"--resume: no checkpoint in {req.ckpt_dir or '(no --ckpt-dir)'}")
     if req.nnodes > 1 and not req.rdzv_endpoint:
         raise ConfigError(f"--nnodes {req.nnodes} needs --rdzv-endpoint host:port")
+    check_adapter_options(req)
+
+
+def check_adapter_options(req: TrainRequest) -> None:
+    """--init-adapter, --save-adapter and --merge need adapters; the adapter folder read and
+    the merged folder written are checked before anything starts."""
+    lora = req.adapters is not None or (req.method is None and req.target.endswith(".toml"))
+    for flag, value in (("--init-adapter", req.init_adapter), ("--save-adapter", req.save_adapter),
+                        ("--merge", req.merge)):
+        if value and not lora:
+            raise ConfigError(f"{flag} needs --method lora")
+    if req.init_adapter and req.adapters is not None:
+        from runtime.lora import check_adapter_folder
+
+        check_adapter_folder(req.init_adapter, req.adapters)
+    if req.merge:
+        from runtime.hf_checkpoint import check_output
+
+        check_output(req.merge)
 
 
 def check_host_memory(cfg: ModelConfig, setup: TrainSetup, par: Parallel) -> None:
@@ -268,7 +294,8 @@ def resolve(req: TrainRequest, *, progress: Callable[[int, int], None] | None = 
         weights = inputs.hf_weights(req.target, cfg)
         # a Hugging Face folder's weights keep their dtype unless --dtype says otherwise
         base_setup = TrainSetup(seq_len=min(256, cfg.max_context),
-                                dtype=inputs.folder_dtype(req.target) or "fp32", recipe="runtime")
+                                dtype=inputs.folder_dtype(req.target) or "fp32", recipe="runtime",
+                                adapters=req.adapters)
         base_par, hardware = Parallel(), ""
     asked = {"tp": req.tp, "pp": req.pp, "vpp": req.vpp, "dp": req.dp, "zero": req.zero,
              "sp": req.sp}
@@ -288,7 +315,11 @@ def resolve(req: TrainRequest, *, progress: Callable[[int, int], None] | None = 
                                                     mbs=micro),
                     dtype=_pick(req.dtype, base_setup.dtype),
                     optimizer=_pick(req.optimizer, base_setup.optimizer),
-                    recompute=_pick(req.recompute, base_setup.recompute))
+                    recompute=_pick(req.recompute, base_setup.recompute),
+                    adapters=base_setup.adapters if req.method is None else req.adapters)
+    if setup.adapters is None and (req.save_adapter or req.merge or req.init_adapter):
+        raise ConfigError("--init-adapter, --save-adapter and --merge need --method lora "
+                          "(this plan trains every parameter)")
     said = _overrides(base_setup, base_par, setup, par) if from_plan else ()
     if setup.seq_len > cfg.max_context:
         raise ConfigError(f"seq({setup.seq_len}) exceeds the model's max context({cfg.max_context})")
@@ -318,7 +349,9 @@ def resolve(req: TrainRequest, *, progress: Callable[[int, int], None] | None = 
                    "eval_every": req.eval_every,
                    "ckpt_dir": req.ckpt_dir, "ckpt_every": req.ckpt_every,
                    "resume": req.resume, "device": device, "pp_rounds": req.pp_rounds,
-                   "weights": weights, "save_hf": inputs.exportable(req.save_hf, cfg)}
+                   "weights": weights, "save_hf": inputs.exportable(req.save_hf, cfg),
+                   "init_adapter": req.init_adapter, "save_adapter": req.save_adapter,
+                   "merge": inputs.exportable(req.merge, cfg)}
     folder = _run_folder(req.run_dir, req.ckpt_dir, "llmplan-run-")
     plan_path = folder / "run.toml"
     # each node's agent runs the same file; the Slurm script is the planner's, not the run's

@@ -24,6 +24,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "max_grad_norm": 1.0, "weight_decay": 0.1, "data": "", "ckpt_dir": "", "ckpt_every": 0,
     "resume": False, "device": "cpu", "measure_step": 2, "pp_rounds": 1,
     "weights": "", "save_hf": "", "eval_data": "", "eval_every": 0, "eval_batches": 8,
+    "init_adapter": "", "save_adapter": "", "merge": "",
 }
 
 
@@ -157,6 +158,24 @@ def save_final(trainer: Trainer, out: str, say) -> None:
     say(events.Checkpoint(step=int(trainer.opts["steps"]), path=out, format="hf"))
 
 
+def save_adapters(trainer: Trainer, opts: dict[str, Any], say) -> None:
+    """LoRA: the adapters in peft's format (``--save-adapter``), and the model with them
+    folded into its weights as a Hugging Face folder (``--merge``)."""
+    import torch.distributed as dist
+
+    from runtime.lora import merge_adapters, save_adapter
+
+    steps = int(opts["steps"])
+    if opts["save_adapter"]:
+        save_adapter(trainer.parts, trainer.cfg, str(opts["save_adapter"]),
+                     rank0=dist.get_rank() == 0, base=str(opts["weights"]))
+        dist.barrier()
+        say(events.Checkpoint(step=steps, path=str(opts["save_adapter"]), format="peft"))
+    if opts["merge"]:
+        merge_adapters(trainer.parts)
+        save_final(trainer, str(opts["merge"]), say)
+
+
 def run(plan_path: str) -> int:
     """One training run on this rank: load and check the plan, build the layout from the
     meta device, resume, say what the planner predicts, train, report measured next to
@@ -198,6 +217,7 @@ def run(plan_path: str) -> int:
     measured, step_times = train_steps(trainer, data, start_step=start_step,
                                        predicted=predicted, say=say, rank=rank,
                                        held_out=held_out)
+    save_adapters(trainer, opts, say)
     if opts["save_hf"]:
         save_final(trainer, str(opts["save_hf"]), say)
     report(trainer, {**measured, "host_build_peak_bytes": build_peak}, predicted, step_times,

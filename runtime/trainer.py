@@ -61,7 +61,8 @@ class Trainer:
 
         self.cfg, self.setup, self.par, self.opts, self.device = cfg, setup, par, opts, device
         self.built = build(cfg, setup, par, device=device, seed=int(opts["seed"]), mesh=mesh,
-                           weights=str(opts["weights"]))
+                           weights=str(opts["weights"]),
+                           adapter_init=str(opts.get("init_adapter", "")))
         self.parts = self.built.parts
         self.pp_group = self.built.mesh["pp"].get_group()
         self.dp_group = self.built.mesh["dp"].get_group()
@@ -88,7 +89,7 @@ class Trainer:
         """The plan's optimizer; under ZeRO-1 its states sharded over dp (runtime.zero1)."""
         if self.par.zero == 1 and self.par.dp > 1:
             from runtime.zero1 import ShardedOptimizer
-            return ShardedOptimizer(list(part.parameters()), self.make, self.dp_group)
+            return ShardedOptimizer(trained(part), self.make, self.dp_group)
         return self.make(param_groups(part))
 
     def loss_fn(self, out, target):
@@ -191,6 +192,7 @@ class Trainer:
             sch.step()
         if measure:
             measured["parameters_bytes"] = accounting.parameter_bytes(self.parts)
+            measured["frozen_base_bytes"] = accounting.parameter_bytes(self.parts, frozen=True)
             measured["optimizer_states_bytes"] = accounting.optimizer_bytes(self.optimizers)
         return {"loss": self._global_loss(loss_sum), "grad_norm": float(norm),
                 "measured": measured}
@@ -241,10 +243,15 @@ def _local(t):
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
+def trained(part) -> list:
+    """The parameters the optimizer steps: every one, or the adapters over a frozen base."""
+    return [p for p in part.parameters() if p.requires_grad]
+
+
 def param_groups(part) -> list[dict]:
     """foreach kernels cannot mix DTensor and plain tensors (TP without SP leaves the norms
-    plain), so each kind gets its own parameter group."""
-    params = list(part.parameters())
+    plain), so each kind gets its own parameter group. A frozen base is not stepped."""
+    params = trained(part)
     kinds = [[p for p in params if hasattr(p, "to_local")],
              [p for p in params if not hasattr(p, "to_local")]]
     return [{"params": k} for k in kinds if k]

@@ -109,6 +109,8 @@ def comparison_rows(done: Any, fmt_bytes: Callable[[float], str] = fmt_bytes) ->
     rows = []
     for cat in CATEGORIES:
         p, m = done.predicted(cat), done.measured(cat)
+        if not p and not m:  # a category this run has none of (a frozen base)
+            continue
         rows.append((cat, "-" if p is None else fmt_bytes(p), "-" if m is None else fmt_bytes(m),
                      f"{(m - p) / p:+.1%}" if p and m is not None else "-"))
     pt, mt = done.predicted_step_time_s, done.measured_step_time_s

@@ -12,8 +12,10 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
+from planner.finetune import DEFAULT_ALPHA, DEFAULT_RANK
 from tui import output
-from tui.options import SetOpt
+from tui.options import (BaseBitsOpt, DoubleQuantOpt, LoraAlphaOpt, LoraDropoutOpt, LoraRankOpt,
+                         LoraTargetsOpt, SetOpt)
 
 OptInt = Optional[int]
 
@@ -46,6 +48,13 @@ def launch_cmd(
     ckpt_every: Annotated[int, typer.Option("--ckpt-every", help="Save every N steps.")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint.")] = False,
     save_hf: Annotated[str, typer.Option("--save-hf", help="At the end, write the model as a Hugging Face folder here (must not exist).")] = "",
+    method: Annotated[Optional[str], typer.Option("--method", help="full, or lora: adapters over the frozen model (default: the plan's, else full).")] = None,
+    lora_rank: LoraRankOpt = DEFAULT_RANK, lora_alpha: LoraAlphaOpt = DEFAULT_ALPHA,
+    lora_targets: LoraTargetsOpt = None, lora_dropout: LoraDropoutOpt = 0.0,
+    base_bits: BaseBitsOpt = None, double_quant: DoubleQuantOpt = False,
+    init_adapter: Annotated[str, typer.Option("--init-adapter", help="LoRA: start from this peft adapter folder.")] = "",
+    save_adapter: Annotated[str, typer.Option("--save-adapter", help="LoRA: at the end, write the adapters here in peft's format.")] = "",
+    merge: Annotated[str, typer.Option("--merge", help="LoRA: at the end, write the model with its adapters merged as a Hugging Face folder here (must not exist).")] = "",
     run_dir: Annotated[str, typer.Option("--run-dir", help="Where the run's plan is written.")] = "",
     nnodes: Annotated[int, typer.Option(help="Nodes (multi-node needs --rdzv-endpoint).")] = 1,
     rdzv_endpoint: Annotated[str, typer.Option("--rdzv-endpoint", help="host:port of the c10d store.")] = "",
@@ -77,10 +86,22 @@ def train_request(params: dict[str, Any]):
     screen parsing the same options)."""
     from runtime.runspec import TrainRequest
 
+    from tui.options import adapters
+
     sets = tuple(params.pop("set_", None) or ())
     for ui_only in ("dry_run", "json_mode"):
         params.pop(ui_only, None)
-    return TrainRequest(**params, sets=sets)
+    fine_tune = {k: params.pop(k) for k in ("method", "lora_rank", "lora_alpha", "lora_targets",
+                                            "lora_dropout", "base_bits", "double_quant")}
+    if fine_tune["method"] is None:  # the plan's (a MODEL: full training)
+        asked = [f"--{k.replace('_', '-')}" for k, v in fine_tune.items()
+                 if k != "method" and v not in (None, False, [], DEFAULT_RANK, DEFAULT_ALPHA, 0.0)]
+        if asked:
+            from planner.config import ConfigError
+            raise ConfigError(f"{', '.join(asked)} describe adapters: give --method lora")
+        return TrainRequest(**params, sets=sets)
+    return TrainRequest(**params, sets=sets, method=fine_tune["method"],
+                        adapters=adapters(fine_tune))
 
 
 def parse_launch_args(args: list[str]):
