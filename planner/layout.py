@@ -85,16 +85,34 @@ RUNTIME_FUSED_TARGETS = {"gpt2": ("c_attn", "c_proj", "c_fc"), "gpt_neox": ("que
 cannot carry that adapter."""
 
 
+NF4_WHOLE_BLOCKS = 64 * 256
+"""torchao's NF4 tensor double-quantises whole groups of 256 block-64 scales: each 4-bit
+weight must hold a multiple of 16,384 values."""
+
+
 def runtime_adapter_problems(cfg: ModelConfig, setup: TrainSetup) -> list[Problem]:
-    """What llmplan's runtime trains of adapters: LoRA over a 16-bit (or fp32) base, on
-    projections its checkpoint holds one to one."""
+    """What llmplan's runtime trains of adapters: LoRA over a 16-bit (or fp32) base, or over
+    torchao's NF4 base (QLoRA, double-quantised, whole scale groups), on projections its
+    checkpoint holds one to one."""
     a = setup.adapters
     if a is None:
         return []
-    if a.base_bits != 16:
-        return [_runtime("runtime_adapters", f"a {a.base_bits}-bit frozen base is not trained "
-                                             "(LoRA over a 16-bit base is)")]
-    from planner.lora import default_targets
+    from planner.lora import default_targets, linear_modules
+
+    if a.base_bits == 8:
+        return [_runtime("runtime_adapters", "an 8-bit frozen base is not trained (16-bit "
+                                             "LoRA and 4-bit QLoRA are)")]
+    if a.base_bits == 4 and not a.double_quant:
+        return [_runtime("runtime_adapters", "torchao's NF4 base always quantises its "
+                                             "constants: add --double-quant")]
+    if a.base_bits == 4:
+        for m in linear_modules(cfg):
+            n = m.in_features * m.out_features
+            if m.part != "head" and n % NF4_WHOLE_BLOCKS:
+                return [_runtime("runtime_adapters",
+                                 f"{m.name} ({m.out_features} x {m.in_features} = {n:,} weights) "
+                                 f"is not a multiple of {NF4_WHOLE_BLOCKS:,}, the NF4 base's "
+                                 "scale group")]
 
     fused = [t for t in a.targets or default_targets(cfg)
              if t in RUNTIME_FUSED_TARGETS.get(cfg.family, ())]
@@ -102,6 +120,10 @@ def runtime_adapter_problems(cfg: ModelConfig, setup: TrainSetup) -> list[Proble
         return [_runtime("runtime_adapters", f"LoRA on {cfg.family}'s {', '.join(fused)} is not "
                                              "trained (its checkpoint fuses or transposes them)")]
     return []
+
+
+def base_bits(setup: TrainSetup) -> int:
+    return 16 if setup.adapters is None else setup.adapters.base_bits
 
 
 def adapter_problems(setup: TrainSetup, tp: int, pp: int) -> list[Problem]:
@@ -171,13 +193,17 @@ def sp_problems(tp: int, sp: bool, seq_len: int) -> list[Problem]:
     return []
 
 
-def zero_problems(dp: int, zero: int, optimizer: str = "adamw", tp: int = 1) -> list[Problem]:
+def zero_problems(dp: int, zero: int, optimizer: str = "adamw", tp: int = 1,
+                  base_bits: int = 16) -> list[Problem]:
     """ZeRO shards over the data-parallel group; with dp = 1 there is nothing to shard.
     Adafactor's row and column moments need whole local matrices: llmplan's ZeRO-1 steps flat
     1/dp slices, and ``torch.optim.Adafactor`` does not run on the DTensor shards of FSDP
     (ZeRO-2/3) or tensor parallelism, so Adafactor runs with tp 1 and ZeRO 0 there."""
     if zero and dp == 1:
         return [Problem(key="zero_without_dp", message=f"zero({zero}) needs dp > 1")]
+    if base_bits == 4 and zero >= 2 and dp > 1:
+        return [_runtime("runtime_adapters", f"QLoRA's NF4 base with zero({zero}) (FSDP) is not "
+                                             "trained: use zero 0 or 1")]
     if optimizer == "adafactor" and (zero or tp > 1):
         return [_runtime("runtime_sharded_adafactor",
                          f"adafactor with zero({zero}) and tp({tp}) is not run: it needs whole "
@@ -231,7 +257,7 @@ def problems(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *,
             *pp_problems(cfg, par.pp, par.vpp),
             *schedule_problems(par.pp, par.vpp, par.schedule),
             *sp_problems(par.tp, par.sp, setup.seq_len),
-            *zero_problems(par.dp, par.zero, setup.optimizer, par.tp),
+            *zero_problems(par.dp, par.zero, setup.optimizer, par.tp, base_bits(setup)),
             *batch_problems(pp=par.pp, vpp=par.vpp, schedule=par.schedule, global_batch=gbs,
                             dp=par.dp, mbs=setup.micro_batch, rounds=rounds)]
 

@@ -220,6 +220,10 @@ class Estimator:
             if self.adapters is not None and self.runtime:  # fp32 base, tensor by tensor
                 base = runtime_states(T.stage_tensors(cfg, par, stage, runtime=True),
                                       optimizer=setup.optimizer, zero=zero, dp=dp).weights
+                if setup.adapters.base_bits == 4:  # NF4 of fp32 weights, unsharded (zero <= 1)
+                    from planner.frozen_base import frozen_base
+
+                    base = frozen_base(cfg, bits=4, double_quant=True, dtype_bytes=4).bytes
                 ad = runtime_states(self.adapters.tensors, optimizer=setup.optimizer,
                                     zero=zero, dp=dp)
                 hit = States(params=params, weights=ad.weights, gradients=ad.gradients,

@@ -260,7 +260,8 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
                         rejected[key] += per_sp
                         continue
                     for zero in space.zeros:
-                        key, zero_notes = refused(layout.zero_problems(dp, zero, setup.optimizer, tp))
+                        key, zero_notes = refused(layout.zero_problems(dp, zero, setup.optimizer, tp,
+                                                                      layout.base_bits(setup)))
                         if key:
                             rejected[key] += per_zero
                             continue

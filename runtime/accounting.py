@@ -22,7 +22,12 @@ def local(t: torch.Tensor) -> torch.Tensor:
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes a tensor holds; a tensor subclass made of others (torchao's NF4 tensor: its
+    4-bit codes, scales and constants) the sum of theirs."""
     t = local(t)
+    flatten = getattr(type(t), "__tensor_flatten__", None)
+    if flatten is not None:
+        return sum(tensor_bytes(getattr(t, name)) for name in flatten(t)[0])
     return t.numel() * t.element_size()
 
 

@@ -48,28 +48,83 @@ class LoRALinear(nn.Linear):
         self.scaling = adapters.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x, self.weight, self.bias)
+        out = frozen_linear(x, self.weight, self.bias)
         return out + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:
-        """W + (alpha / r) B A, whole (gathered from shards where they are sharded)."""
+        """W + (alpha / r) B A, whole (gathered from shards where they are sharded; a 4-bit
+        W dequantised, as peft merges into a QLoRA base)."""
         def full(t):
             return t.full_tensor() if hasattr(t, "full_tensor") else t
 
-        return full(self.weight) + self.scaling * (full(self.lora_B.weight) @ full(self.lora_A.weight))
+        w = self.weight
+        w = w.get_original_weight() if is_nf4(w) else full(w)
+        return w + self.scaling * (full(self.lora_B.weight) @ full(self.lora_A.weight))
+
+
+class NF4Linear(nn.Linear):
+    """A frozen linear map whose weight is held in 4-bit NormalFloat (a QLoRA base's linears
+    that carry no adapter)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return frozen_linear(x, self.weight, self.bias)
+
+
+def is_nf4(t) -> bool:
+    return type(t).__name__ == "NF4Tensor"
+
+
+def frozen_linear(x, weight, bias):
+    """x W^T + b; a 4-bit weight through torchao's ``linear_nf4`` (dequantised for the
+    matmul and again for the input gradient, never a weight gradient)."""
+    if is_nf4(weight):
+        from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import linear_nf4
+
+        out = linear_nf4(x, weight)
+        return out if bias is None else out + bias
+    return F.linear(x, weight, bias)
+
+
+NF4_BLOCK, NF4_SCALER_BLOCK = 64, 256  # QLoRA §3, as planner.frozen_base counts them
+
+
+@torch.no_grad()
+def quantise_base(model: nn.Module, cfg: ModelConfig) -> None:
+    """QLoRA: every block linear's weight to torchao's NF4 tensor (4-bit NormalFloat, block-64
+    absmax, the absmax double-quantised per 256 blocks), as ``planner.frozen_base`` holds
+    it; the embedding, LM head and norms stay as they are."""
+    from planner.lora import linear_modules
+    from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import to_nf4
+
+    names = {m.name for m in linear_modules(cfg) if m.part != "head"}
+    for name in matching_modules(cfg, model, names):
+        parent, _, leaf = name.rpartition(".")
+        holder = model.get_submodule(parent) if parent else model
+        module = getattr(holder, leaf)
+        if not isinstance(module, LoRALinear):
+            module.__class__ = NF4Linear
+        module.weight = nn.Parameter(to_nf4(module.weight.detach(), NF4_BLOCK, NF4_SCALER_BLOCK),
+                                     requires_grad=False)
 
 
 def target_modules(cfg: ModelConfig, model: nn.Module, adapters: Adapters) -> dict[str, str]:
     """Our module path -> the checkpoint module path (``model.layers.0.self_attn.q_proj``) of
-    every linear the adapters' targets name. One rule refuses what the runtime cannot adapt:
-    a target held in a fused or transposed checkpoint tensor."""
+    every linear the adapters' targets name."""
     from planner.finetune import adapted
+
+    return matching_modules(cfg, model, {m.name for m in adapted(cfg, adapters)})
+
+
+def matching_modules(cfg: ModelConfig, model: nn.Module, wanted: set[str]) -> dict[str, str]:
+    """Our module path -> checkpoint module path of every linear whose checkpoint name ends
+    in one of ``wanted`` (peft's names). A fused or transposed checkpoint tensor is refused
+    (``planner.layout.runtime_adapter_problems`` says so before launch)."""
     from runtime.hf_names import pieces
 
-    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    linears = [name for name, m in model.named_modules()
+               if isinstance(m, nn.Linear) and not name.endswith((".lora_A", ".lora_B"))]
     where = pieces(cfg, [f"{n}.weight" for n in linears])
-    wanted = {m.name for m in adapted(cfg, adapters)}
     out = {}
     for name in linears:
         piece = where[f"{name}.weight"]
@@ -198,7 +253,12 @@ def merge_adapters(parts: list[nn.Module]) -> None:
             if isinstance(m, LoRALinear):
                 merged = m.merged_weight()
                 w = m.weight
-                local = w.to_local() if hasattr(w, "to_local") else w
-                rows = _local_rows(w)
-                local.copy_((merged if rows is None else merged[rows]).to(local.dtype))
+                if is_nf4(w):  # a QLoRA base merges into its dequantised weight
+                    m.weight = nn.Parameter(merged, requires_grad=False)
+                else:
+                    local = w.to_local() if hasattr(w, "to_local") else w
+                    rows = _local_rows(w)
+                    local.copy_((merged if rows is None else merged[rows]).to(local.dtype))
                 m.lora_B.weight.zero_()
+            elif isinstance(m, NF4Linear):
+                m.weight = nn.Parameter(m.weight.get_original_weight(), requires_grad=False)

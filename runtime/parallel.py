@@ -158,6 +158,10 @@ def build(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *, device: torch.d
             from runtime.lora import init_adapters
 
             init_adapters(part, seed=seed, source=adapter_init)
+            if setup.adapters.base_bits == 4:
+                from runtime.lora import quantise_base
+
+                quantise_base(part, cfg)
         part.reset_buffers()
     tied = tied_embedding_group(mesh, par) if cfg.tie_embeddings and par.pp > 1 else None
     summed = [p for part in parts for p in replicated_kv_params(part, par.tp)]
