@@ -264,7 +264,7 @@ class CostEstimator:
                       hw.inter_node_latency_us * 1e-6 * model.latency_scale)
         conv = FlopConventions(causal=True)
         self.flops = {r: flops_report(cfg, setup.seq_len, conv, recompute=r,
-                                      adapters=setup.adapters)
+                                      adapters=setup.adapters, objective=setup.objective)
                       for r in ("none", "selective", "full")}
         fwd = self.flops["none"].forward
         self.head_train_per_token = self.flops["none"].head_train_flops_per_token
@@ -326,6 +326,7 @@ class CostEstimator:
                   recompute: str, mbs: int, m: int, params_per_rank: int) -> StepTime:
         cfg, setup, model = self.cfg, self.setup, self.model
         s = setup.seq_len
+        mbs *= setup.sequences_per_example  # a DPO example: chosen and rejected
         tokens_mb = s * mbs
         # what the step trains, reduces and updates: every parameter, or the adapters over
         # a frozen base (gathered as held under ZeRO-3)

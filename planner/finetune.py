@@ -33,8 +33,11 @@ from dataclasses import dataclass
 
 from planner.config import ConfigError, ModelConfig
 
-METHODS = ("full", "lora", "qlora")
-"""Training methods: every parameter trained, or adapters over a frozen base."""
+METHODS = ("full", "lora", "qlora", "dpo", "ppo")
+"""Training methods: every parameter trained, adapters over a frozen base, or an alignment
+method whose policy is trained either way (``--policy``)."""
+POLICIES = ("full", "lora", "qlora")
+ALIGNMENT = ("dpo", "ppo")
 
 DEFAULT_RANK = 16
 DEFAULT_ALPHA = 32.0
@@ -56,7 +59,7 @@ class Adapters:
     def __post_init__(self) -> None:
         from planner.frozen_base import check_method_bits
 
-        if self.method not in METHODS[1:]:
+        if self.method not in POLICIES[1:]:
             raise ConfigError(f"method({self.method!r}) has no adapters: use lora or qlora")
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank <= 0:
             raise ConfigError(f"--lora-rank({self.rank}) must be a positive integer")
@@ -76,14 +79,21 @@ class Adapters:
 
 
 
-def adapters_for(method: str, *, rank: int = DEFAULT_RANK, alpha: float = DEFAULT_ALPHA,
-                 targets: tuple[str, ...] = (), dropout: float = 0.0,
-                 base_bits: int | None = None, double_quant: bool = False) -> Adapters | None:
-    """The adapters a command's ``--method`` asks for (None for full training); the base's
-    bits default to 16 for LoRA and 4 for QLoRA. Adapter options without adapters are an
-    error, never ignored."""
+def adapters_for(method: str, *, policy: str = "full", rank: int = DEFAULT_RANK,
+                 alpha: float = DEFAULT_ALPHA, targets: tuple[str, ...] = (),
+                 dropout: float = 0.0, base_bits: int | None = None,
+                 double_quant: bool = False) -> Adapters | None:
+    """The adapters a command's ``--method`` (and, for DPO and PPO, ``--policy``) asks for
+    (None for full training); the base's bits default to 16 for LoRA and 4 for QLoRA.
+    Adapter options without adapters are an error, never ignored."""
     if method not in METHODS:
         raise ConfigError(f"--method({method!r}) is not one of {', '.join(METHODS)}")
+    if policy not in POLICIES:
+        raise ConfigError(f"--policy({policy!r}) is not one of {', '.join(POLICIES)}")
+    if method not in ALIGNMENT and policy != "full":
+        raise ConfigError(f"--policy {policy} is the policy of --method dpo or ppo; "
+                          f"--method {method} trains {method}")
+    method = policy if method in ALIGNMENT else method
     if method == "full":
         if base_bits is not None or double_quant:
             raise ConfigError("--base-bits and --double-quant describe a frozen base: they "

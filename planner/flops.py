@@ -141,6 +141,8 @@ class FlopsReport:
     """Of ``train_flops_per_token``: the LM head and embedding (3 x forward, 2 x frozen)."""
     adapter_forward_flops_per_token: float = 0.0
     """Adapter fine-tuning: the adapters' forward (``planner.finetune``), in the forward."""
+    reference_forward_flops_per_token: float = 0.0
+    """DPO: the frozen reference's forward, in the training FLOPs."""
 
     def conventions(self) -> dict[str, float]:
         return {"six_n": self.six_n_flops_per_token, "palm": self.palm_flops_per_token,
@@ -148,12 +150,14 @@ class FlopsReport:
 
 
 def flops_report(cfg: ModelConfig, seq_len: int, conv: FlopConventions = FlopConventions(),
-                 *, recompute: str = "none", adapters=None) -> FlopsReport:
+                 *, recompute: str = "none", adapters=None,
+                 objective: str = "lm") -> FlopsReport:
     """Training FLOPs per token: exact (MFU), with recompute (HFU), 6N and PaLM. With
     ``adapters`` (``planner.finetune.Adapters``) the base is frozen: its linears cost 2 x
     forward (no weight gradient), a frozen embedding lookup 1 x, the attention core and the
     adapters 3 x, less the first layer's skipped input gradient; 6N and PaLM stay the
-    conventions for training every weight."""
+    conventions for training every weight. DPO adds the frozen reference's forward over the
+    same tokens (the base without its adapters, when there are adapters)."""
     fwd = forward_flops_per_token(cfg, seq_len, conv)
     counts = count_params(cfg)
     head = fwd.lm_head + fwd.embedding
@@ -170,6 +174,8 @@ def flops_report(cfg: ModelConfig, seq_len: int, conv: FlopConventions = FlopCon
                 cfg, adapters, keys=attended_keys(seq_len, causal=conv.causal,
                                                   window=cfg.sliding_window))
         head_train = 2 * fwd.lm_head + fwd.embedding
+    reference = fwd.total if objective == "dpo" else 0.0
+    train, head_train = train + reference, head_train + (fwd.lm_head if reference else 0.0)
     recomputed = recompute_flops_per_token(fwd, recompute)
     if recompute == "full":
         recomputed += lora
@@ -180,7 +186,7 @@ def flops_report(cfg: ModelConfig, seq_len: int, conv: FlopConventions = FlopCon
         train_flops_per_token=train,
         hardware_flops_per_token=train + recomputed,
         head_train_flops_per_token=head_train,
-        adapter_forward_flops_per_token=lora,
+        adapter_forward_flops_per_token=lora, reference_forward_flops_per_token=reference,
         six_n_flops_per_token=6.0 * counts.active,
         # The input embedding is a lookup, not a matmul, unless tied to the LM head
         # (torchtitan's reading of PaLM App. B; PaLM itself ties them).

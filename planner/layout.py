@@ -30,7 +30,8 @@ RUNTIME_OPTIMIZERS = ("adamw", "adafactor", "sgd_momentum")
 """Optimizers llmplan's runtime trains with (``torch.optim``)."""
 
 KEYS = (
-    "runtime_position", "runtime_optimizer", "runtime_adapters", "adapter_layout",
+    "runtime_position", "runtime_optimizer", "runtime_adapters", "runtime_objective",
+    "adapter_layout",
     "tp_crosses_node", "tp_divisibility",
     "runtime_tp_vocab", "vpp_without_pp", "pp_layers", "schedule",
     "sp_without_tp", "sp_seq", "zero_without_dp", "runtime_sharded_adafactor",
@@ -75,6 +76,9 @@ def setup_problems(setup: TrainSetup, cfg: ModelConfig) -> list[Problem]:
         out.append(_runtime("runtime_optimizer", f"optimizer({setup.optimizer}) is not run; "
                             f"supported: {', '.join(RUNTIME_OPTIMIZERS)}"))
     out.extend(runtime_adapter_problems(cfg, setup))
+    if setup.objective != "lm":
+        out.append(_runtime("runtime_objective", f"objective({setup.objective}) is not trained "
+                                                 "yet"))
     return out
 
 

@@ -12,7 +12,7 @@ each category's largest value.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace as dataclass_replace
 
 from planner import layout
 from planner.activations import (ceil_div, carries_gradients, in_flight_layers,
@@ -35,6 +35,8 @@ CATEGORIES = {
 }
 """The memory categories a run measures and the planner predicts, by name (the runtime's
 ``done`` event, the run comparison, calibration) -> the :class:`StageMemory` field."""
+OPTIONAL_CATEGORIES = ("frozen_base",)
+"""Categories only some runs have (adapter fine-tuning's frozen base): shown when present."""
 
 def layer_params_per_rank(cfg: ModelConfig, tp: int, *, moe: bool) -> int:
     """Parameters of one transformer layer on one TP rank (exact, see module docstring)."""
@@ -247,6 +249,10 @@ class Estimator:
                                             optimizer=setup.optimizer, zero=zero, dp=dp,
                                             adafactor_elements=factored)
                 hit = States(params=params, weights=w, gradients=g, optimizer=o)
+            if setup.reference_copy:  # DPO's frozen reference, held as the policy's weights
+                ref = hit.weights if self.runtime else (
+                    self.compute_w_bytes * (ceil_div(params, dp) if zero >= 3 else params))
+                hit = dataclass_replace(hit, frozen=hit.frozen + ref)
             self._states[key] = hit
         return hit
 
@@ -347,8 +353,9 @@ class Estimator:
     def step_bytes(self, *, tp: int, pp: int, vpp: int, dp: int, zero: int, sp: bool,
                    recompute: str, mbs: int, m: int, schedule: str, stage: int) -> StepBytes:
         """What one rank of pipeline stage ``stage`` holds, by kind, for the timeline. The
-        layout is assumed valid (see ``planner.layout``)."""
+        layout is assumed valid (see ``planner.layout``); a DPO example is two sequences."""
         cfg, setup = self.cfg, self.setup
+        mbs *= setup.sequences_per_example
         fixed = self.fixed(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, stage=stage)
         autocast = self.autocast(dp, zero)
         _, kept, running = self.tp_terms(tp, sp, recompute, autocast)

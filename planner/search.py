@@ -221,7 +221,7 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
     per_sp = len(space.zeros) * per_zero
     per_vpp = len(space.sps) * per_sp
     per_pp = len(vpps) * per_vpp
-    tokens_per_step = global_batch * seq
+    tokens_per_step = global_batch * seq * setup.sequences_per_example
 
     def refused(found: list[layout.Problem]) -> tuple[str | None, tuple[str, ...]]:
         """(the key that rejects, else None; the runtime-only reasons it is kept with)."""

@@ -16,6 +16,9 @@ OPTIMIZERS = ("adamw", "adafactor", "sgd_momentum", "adam8bit")
 RECOMPUTES = ("none", "selective", "full")
 ATTENTIONS = ("flash", "eager")
 SCHEDULES = ("1f1b", "gpipe", "interleaved")
+OBJECTIVES = ("lm", "dpo")
+"""Next-token prediction, or DPO (Rafailov et al. 2023, arXiv 2305.18290 §4): a preference
+pair (chosen, rejected) per example, scored against a frozen reference."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -38,6 +41,9 @@ class TrainSetup:
     dropout: bool = False
     adapters: Adapters | None = None
     """LoRA / QLoRA over a frozen base (``planner.finetune``); None trains every parameter."""
+    objective: str = "lm"
+    """``lm``, or ``dpo``: each example is two sequences, and a frozen reference scores them
+    (a copy of the policy; with adapters, the base with its adapters off, as TRL does)."""
 
     def __post_init__(self) -> None:
         for label, value in (("seq", self.seq_len), ("micro-batch", self.micro_batch),
@@ -48,13 +54,24 @@ class TrainSetup:
                                       ("recipe", self.recipe, RECIPES),
                                       ("optimizer", self.optimizer, OPTIMIZERS),
                                       ("recompute", self.recompute, RECOMPUTES),
-                                      ("attention", self.attention, ATTENTIONS)):
+                                      ("attention", self.attention, ATTENTIONS),
+                                      ("objective", self.objective, OBJECTIVES)):
             if value not in allowed:
                 raise ConfigError(f"{label}({value!r}) is not one of {', '.join(allowed)}")
         if self.adapters is not None and not isinstance(self.adapters, Adapters):
             raise ConfigError(f"adapters({self.adapters!r}) must be planner.finetune.Adapters")
         if self.recipe == "fp32" and self.dtype != "fp32":
             raise ConfigError(f"recipe('fp32') needs dtype fp32, not {self.dtype}")
+
+    @property
+    def sequences_per_example(self) -> int:
+        """Sequences a micro-batch's example runs: 2 for a DPO pair, else 1."""
+        return 2 if self.objective == "dpo" else 1
+
+    @property
+    def reference_copy(self) -> bool:
+        """DPO over a fully trained policy holds a frozen copy of it as the reference."""
+        return self.objective == "dpo" and self.adapters is None
 
     @property
     def activation_bytes(self) -> int:

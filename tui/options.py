@@ -33,7 +33,8 @@ ScheduleOpt = Annotated[str, typer.Option("--schedule", help="1f1b, gpipe or int
 DropoutOpt = Annotated[bool, typer.Option("--dropout/--no-dropout", help="Dropout masks (Korthikanti's setting).")]
 HardwareOpt = Annotated[str, typer.Option("--hardware", help="Hardware preset (e.g. h100-sxm).")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, or cuda on a CUDA machine.")]
-MethodOpt = Annotated[str, typer.Option("--method", help="full, lora or qlora (adapters over a frozen base).")]
+MethodOpt = Annotated[str, typer.Option("--method", help="full, lora or qlora (adapters over a frozen base), dpo (preference pairs against a frozen reference) or ppo (actor, critic, reference and reward models).")]
+PolicyOpt = Annotated[str, typer.Option("--policy", help="DPO / PPO: how the policy is trained: full, lora or qlora.")]
 LoraRankOpt = Annotated[int, typer.Option("--lora-rank", help="LoRA rank r.")]
 LoraAlphaOpt = Annotated[float, typer.Option("--lora-alpha", help="LoRA alpha (B A is scaled by alpha / r).")]
 LoraTargetsOpt = Annotated[Optional[list[str]], typer.Option("--lora-targets", help="Module names as peft names them (comma-separated or repeated; default: every attention and MLP projection).")]
@@ -65,7 +66,8 @@ def training(values: dict):
     setup = TrainSetup(seq_len=v["seq"], micro_batch=v["mbs"], grad_accum=m, dtype=v["dtype"],
                        recipe=v["recipe"], optimizer=v["optimizer"], recompute=v["recompute"],
                        attention=v["attention"], dropout=v["dropout"],
-                       adapters=adapters(v) if "method" in v else None)
+                       adapters=adapters(v) if "method" in v else None,
+                       objective="dpo" if v.get("method") == "dpo" else "lm")
     return setup, par
 
 
@@ -78,7 +80,8 @@ def adapters(values: dict):
     v = values
     targets = tuple(t.strip() for arg in v.get("lora_targets") or [] for t in arg.split(",")
                     if t.strip())
-    return adapters_for(v["method"], rank=v["lora_rank"], alpha=v["lora_alpha"],
+    return adapters_for(v["method"], policy=v.get("policy", "full"), rank=v["lora_rank"],
+                        alpha=v["lora_alpha"],
                         targets=targets, dropout=v["lora_dropout"], base_bits=v["base_bits"],
                         double_quant=v["double_quant"])
 

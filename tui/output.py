@@ -104,12 +104,12 @@ def comparison_rows(done: Any, fmt_bytes: Callable[[float], str] = fmt_bytes) ->
     """(quantity, predicted, measured, error) rows of a run's ``done`` event
     (``runtime.events.Done``): the memory categories of its most loaded rank, then step time
     with the planner's band and whether the measurement fell inside it."""
-    from planner.memory import CATEGORIES
+    from planner.memory import CATEGORIES, OPTIONAL_CATEGORIES
 
     rows = []
     for cat in CATEGORIES:
         p, m = done.predicted(cat), done.measured(cat)
-        if not p and not m:  # a category this run has none of (a frozen base)
+        if cat in OPTIONAL_CATEGORIES and not p and not m:  # a run without a frozen base
             continue
         rows.append((cat, "-" if p is None else fmt_bytes(p), "-" if m is None else fmt_bytes(m),
                      f"{(m - p) / p:+.1%}" if p and m is not None else "-"))

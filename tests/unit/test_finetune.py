@@ -103,3 +103,58 @@ def test_bad_adapter_input_is_one_line_exit_2(args, needle):
     out = cli("memory", "llama-2-7b", "--method", "lora", *args)
     assert out.returncode == 2
     assert needle in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+# Llama-3-8B (Meta's config.json): h 4096, 32 layers, vocab 128256, 8 kv heads of 128
+P8B, H8, V8 = 8_030_261_248, 4096, 128256
+
+
+def json_of(*args):
+    out = cli(*args, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_dpo_holds_a_frozen_reference_and_two_sequences_an_example():
+    base = ("memory", "llama-3-8b", "--seq", "1024", "--dp", "8", "--zero", "3")
+    lm, dpo = json_of(*base)["per_gpu"], json_of(*base, "--method", "dpo")["per_gpu"]
+    assert dpo["frozen_base_bytes"] == -(-2 * P8B // 8)  # bf16 copy, sharded like the policy
+    assert (dpo["weights_bytes"], dpo["optimizer_bytes"]) == (lm["weights_bytes"], lm["optimizer_bytes"])
+    # an example is two sequences (chosen and rejected): the activations of a micro-batch of 2
+    lm2 = json_of(*base, "--mbs", "2", "--gbs", "16")["per_gpu"]
+    assert dpo["activations_bytes"] == lm2["activations_bytes"] > lm["activations_bytes"]
+    # with adapters the reference is the base with them off: nothing more is held
+    lora = json_of("memory", "llama-3-8b", "--seq", "1024", "--method", "lora")["per_gpu"]
+    dpo_lora = json_of("memory", "llama-3-8b", "--seq", "1024", "--method", "dpo",
+                       "--policy", "lora")["per_gpu"]
+    assert dpo_lora["frozen_base_bytes"] == lora["frozen_base_bytes"] == 2 * P8B
+    # FLOPs: the policy's training plus the reference's forward, per token
+    fl, fd = json_of("flops", "llama-3-8b"), json_of("flops", "llama-3-8b", "--method", "dpo")
+    assert fd["train_flops_per_token"] == fl["train_flops_per_token"] + fl["forward_flops_per_token"]
+
+
+def test_ppo_phases_hold_the_four_models():
+    d = json_of("memory", "llama-3-8b", "--method", "ppo", "--dp", "8", "--zero", "3",
+                "--prompt-tokens", "512", "--response-tokens", "512", "--rollout", "8")
+    parts = d["parts_bytes"]
+    critic = P8B - V8 * H8 + H8  # the LM head replaced by a value head
+    assert parts["reference_weights"] == 2 * -(-P8B // 8)
+    assert parts["reward_weights"] == 2 * -(-critic // 8)
+    assert parts["critic_states"] == 16 * -(-critic // 8)  # 2 + 2 + 12 bytes, ZeRO-3
+    assert parts["kv_cache"] == 8 * 1024 * 2 * 32 * 8 * 128 * 2  # K and V, bf16
+    assert d["peak_bytes"] == max(d["phases_bytes"].values())
+    flops = d["flops_per_step"]
+    # decoding each response token at its context costs what a causal forward of it does
+    assert flops["generation"] == pytest.approx(flops["reference_forward"], rel=0.02)
+    assert flops["actor_training"] == pytest.approx(3 * flops["reference_forward"], rel=1e-9)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--method", "ppo", "--rollout", "0"), "--rollout(0) must be a positive integer"),
+    (("--method", "lora", "--policy", "lora"), "--policy lora is the policy of --method dpo or ppo"),
+    (("--method", "rlhf"), "--method('rlhf') is not one of full, lora, qlora, dpo, ppo"),
+])
+def test_bad_alignment_input_is_one_line_exit_2(args, needle):
+    out = cli("memory", "llama-3-8b", *args)
+    assert out.returncode == 2 and needle in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

@@ -12,7 +12,7 @@ from tui import options, output
 from planner.finetune import DEFAULT_ALPHA, DEFAULT_RANK
 from tui.options import (AttentionOpt, BaseBitsOpt, DoubleQuantOpt, DpOpt, DropoutOpt,
                          DtypeOpt, GbsOpt, HardwareOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt,
-                         LoraRankOpt, LoraTargetsOpt, MbsOpt, MethodOpt, ModelArg, OptimOpt,
+                         LoraRankOpt, LoraTargetsOpt, MbsOpt, MethodOpt, PolicyOpt, ModelArg, OptimOpt,
                          PpOpt, RecipeOpt, RecomputeOpt, ScheduleOpt, SeqOpt, SetOpt, SpOpt,
                          TpOpt, VppOpt, ZeroOpt)
 from tui.options import model as load
@@ -28,7 +28,8 @@ def flops_cmd(
     hardware: HardwareOpt = "",
     gpus: Annotated[int, typer.Option(help="Accelerators, for time to train.")] = 0,
     mfu: Annotated[float, typer.Option(help="Model FLOPs utilisation, for time to train.")] = 0.4,
-    method: MethodOpt = "full", lora_rank: LoraRankOpt = DEFAULT_RANK,
+    method: MethodOpt = "full", policy: PolicyOpt = "full",
+    lora_rank: LoraRankOpt = DEFAULT_RANK,
     lora_alpha: LoraAlphaOpt = DEFAULT_ALPHA, lora_targets: LoraTargetsOpt = None,
     lora_dropout: LoraDropoutOpt = 0.0, base_bits: BaseBitsOpt = None,
     double_quant: DoubleQuantOpt = False,
@@ -46,7 +47,8 @@ def flops_cmd(
     cfg = load(model, set_)
     adapters = options.adapters(flags)
     conv = F.FlopConventions(causal=causal, count_embedding=count_embedding)
-    rep = F.flops_report(cfg, seq, conv, recompute=recompute, adapters=adapters)
+    rep = F.flops_report(cfg, seq, conv, recompute=recompute, adapters=adapters,
+                         objective="dpo" if method == "dpo" else "lm")
     data: dict[str, Any] = {
         "model": cfg.name, "seq_len": seq, "causal": causal,
         "forward_flops_per_token": rep.forward_flops_per_token,
@@ -56,6 +58,7 @@ def flops_cmd(
         "forward_breakdown": rep.forward.to_dict(),
         "prefill_flops": F.prefill_flops(cfg, seq),
         "decode_flops_per_token": F.decode_flops_per_token(cfg, seq),
+        "method": method, "reference_forward_flops_per_token": rep.reference_forward_flops_per_token,
     }
     if adapters is not None:
         from planner.finetune import dequantised_weights_per_micro_batch, summary
@@ -85,6 +88,9 @@ def flops_cmd(
         fwd = [(k, output.fmt_flops(v)) for k, v in rep.forward.to_dict().items() if v]
         if rep.adapter_forward_flops_per_token:
             fwd.append(("adapters", output.fmt_flops(rep.adapter_forward_flops_per_token)))
+        if rep.reference_forward_flops_per_token:
+            fwd.append(("DPO reference (frozen)",
+                        output.fmt_flops(rep.reference_forward_flops_per_token)))
         extra = [("prefill of one sequence", output.fmt_flops(data["prefill_flops"])),
                  (f"decode per token at context {seq}", output.fmt_flops(data["decode_flops_per_token"]))]
         if tokens:
@@ -108,29 +114,38 @@ def memory_cmd(
     dp: DpOpt = 1, tp: TpOpt = 1, pp: PpOpt = 1, vpp: VppOpt = 1, sp: SpOpt = False,
     recompute: RecomputeOpt = "none", attention: AttentionOpt = "flash",
     schedule: ScheduleOpt = "", dropout: DropoutOpt = False, hardware: HardwareOpt = "",
-    method: MethodOpt = "full", lora_rank: LoraRankOpt = DEFAULT_RANK,
+    method: MethodOpt = "full", policy: PolicyOpt = "full",
+    lora_rank: LoraRankOpt = DEFAULT_RANK,
     lora_alpha: LoraAlphaOpt = DEFAULT_ALPHA, lora_targets: LoraTargetsOpt = None,
     lora_dropout: LoraDropoutOpt = 0.0, base_bits: BaseBitsOpt = None,
     double_quant: DoubleQuantOpt = False,
+    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", help="PPO: prompt length.")] = 512,
+    response_tokens: Annotated[int, typer.Option("--response-tokens", help="PPO: generated tokens per sequence.")] = 512,
+    rollout: Annotated[int, typer.Option("--rollout", help="PPO: sequences generated per GPU per step.")] = 8,
     set_: SetOpt = None, json_mode: JsonOpt = False,
 ) -> None:
     """Per-GPU training memory: weights, gradients, optimizer, activations, per pipeline
-    stage; with --method lora or qlora, of adapters over a frozen base."""
+    stage; with --method lora or qlora, of adapters over a frozen base; dpo: preference
+    pairs and a frozen reference; ppo: each phase of the four co-located models."""
     flags = dict(locals())
     from planner.accuracy import fmt_band
     from planner.memory import memory_report
 
     cfg = load(model, set_)
     setup, par = options.training(flags)
+    if method == "ppo":
+        return ppo_memory(cfg, setup, par, flags, hardware, json_mode)
     rep = memory_report(cfg, setup, par)
     accuracy = options.accuracy(hardware)
     band = accuracy.memory(rep.per_gpu.total_bytes)
     data: dict[str, Any] = {"model": cfg.name, "world": par.world, **rep.to_dict(),
                             "per_gpu_band_bytes": band.to_dict(), "accuracy": accuracy.to_dict()}
+    data.update(method=method, objective=setup.objective)
     if setup.adapters is not None:
         from planner.finetune import summary
 
-        data.update(summary(cfg, setup.adapters, dtype_bytes=setup.activation_bytes))
+        data.update(summary(cfg, setup.adapters, dtype_bytes=setup.activation_bytes),
+                    method=method)
     capacity = None
     if hardware:
         from presets import load_hardware
@@ -139,8 +154,9 @@ def memory_cmd(
                     fits=rep.per_gpu.total_bytes <= capacity)
 
     def human() -> None:
-        based = setup.adapters is not None
-        cols = ["stage", "params", *(["base", "adapters"] if based else ["weights"]), "grads",
+        based = any(st.frozen_base_bytes for st in rep.stages)
+        trained = "adapters" if setup.adapters is not None else "weights"
+        cols = ["stage", "params", *(["frozen", trained] if based else ["weights"]), "grads",
                 "optim", "activ", "temp", "peak", "at"]
         gib = output.gib
         rows = [(st.stage, output.fmt_count(st.params),
@@ -157,10 +173,55 @@ def memory_cmd(
         output.show(output.table(
             f"Per-GPU memory, {cfg.name}: tp={tp} pp={pp} dp={dp} zero={zero} sp={sp} "
             f"s={seq} b={mbs} m={setup.grad_accum} {recipe}/{optimizer} recompute={recompute}"
-            + (f" {method} r={lora_rank} base {setup.adapters.base_bits}-bit" if based else ""),
+            + describe_method(method, setup),
             cols, rows, caption=caption))
 
     output.render(json_mode, data, human)
+
+
+def ppo_memory(cfg, setup, par, flags: dict, hardware: str, json_mode: bool) -> None:
+    from planner.ppo import PPOShape, ppo_report
+
+    shape = PPOShape(prompt_tokens=flags["prompt_tokens"], response_tokens=flags["response_tokens"],
+                     rollout=flags["rollout"])
+    rep = ppo_report(cfg, setup, par, shape)
+    data: dict[str, Any] = {"model": cfg.name, "method": "ppo", "world": par.world,
+                            "dp": par.dp, "zero": par.zero, "prompt_tokens": shape.prompt_tokens,
+                            "response_tokens": shape.response_tokens, "rollout": shape.rollout,
+                            **rep.to_dict()}
+    if setup.adapters is not None:
+        from planner.finetune import summary
+
+        data.update(summary(cfg, setup.adapters), method="ppo")
+    if hardware:
+        from presets import load_hardware
+
+        capacity = load_hardware(hardware).memory_bytes
+        data.update(hardware=hardware, capacity_bytes=capacity, fits=rep.peak_bytes <= capacity)
+
+    def human() -> None:
+        rows = [(name.replace("_", " "), output.fmt_gib(n)) for name, n in rep.phases_bytes.items()]
+        parts = [(name.replace("_", " "), output.fmt_gib(n)) for name, n in rep.parts_bytes.items()]
+        flops = [(name.replace("_", " "), output.fmt_flops(f)) for name, f in rep.flops_per_step.items()]
+        output.show(
+            output.table(f"PPO per-GPU memory by phase, {cfg.name}: dp={par.dp} zero={par.zero} "
+                         f"{describe_method('ppo', setup).strip()}, {shape.rollout} x "
+                         f"({shape.prompt_tokens} + {shape.response_tokens}) tokens per GPU",
+                         ["phase", "per GPU"], rows,
+                         caption=f"peak: {rep.peak_phase.replace('_', ' ')}"),
+            output.table("What each phase holds", ["part", "per GPU"], parts),
+            output.table("FLOPs per step (all GPUs)", ["work", "FLOPs"], flops))
+
+    output.render(json_mode, data, human)
+
+
+def describe_method(method: str, setup) -> str:
+    """The title's words for a fine-tuning or alignment run ("" for full training)."""
+    a = setup.adapters
+    policy = f"{a.method} r={a.rank}, {a.base_bits}-bit base" if a is not None else ""
+    if method in ("dpo", "ppo"):
+        return f" {method} (policy: {policy or 'full'})"
+    return f" {policy}" if policy else ""
 
 
 def kv_cmd(

@@ -10,7 +10,7 @@ from planner.config import LlmplanError
 from planner.finetune import DEFAULT_ALPHA, DEFAULT_RANK
 from tui import options, output
 from tui.options import (BaseBitsOpt, DoubleQuantOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt,
-                         LoraRankOpt, LoraTargetsOpt, MethodOpt, ModelArg, SetOpt)
+                         LoraRankOpt, LoraTargetsOpt, MethodOpt, PolicyOpt, ModelArg, SetOpt)
 from tui.options import model as load
 
 
@@ -62,7 +62,8 @@ def presets_cmd(
 def params_cmd(
     model: ModelArg,
     set_: SetOpt = None,
-    method: MethodOpt = "full", lora_rank: LoraRankOpt = DEFAULT_RANK,
+    method: MethodOpt = "full", policy: PolicyOpt = "full",
+    lora_rank: LoraRankOpt = DEFAULT_RANK,
     lora_alpha: LoraAlphaOpt = DEFAULT_ALPHA, lora_targets: LoraTargetsOpt = None,
     lora_dropout: LoraDropoutOpt = 0.0, base_bits: BaseBitsOpt = None,
     double_quant: DoubleQuantOpt = False,

@@ -11,7 +11,7 @@ from planner.config import LlmplanError
 from tui import options, output
 from planner.finetune import DEFAULT_ALPHA, DEFAULT_RANK
 from tui.options import (AttentionOpt, BaseBitsOpt, DoubleQuantOpt, DtypeOpt, GbsOpt, JsonOpt,
-                         LoraAlphaOpt, LoraDropoutOpt, LoraRankOpt, LoraTargetsOpt, MethodOpt,
+                         LoraAlphaOpt, LoraDropoutOpt, LoraRankOpt, LoraTargetsOpt, MethodOpt, PolicyOpt,
                          ModelArg, OptimOpt, RecipeOpt, SeqOpt, SetOpt)
 from tui.options import model as load
 
@@ -54,7 +54,8 @@ def plan_cmd(
     sp: Annotated[Optional[bool], typer.Option("--sp/--no-sp", help="Pin sequence parallel.")] = None,
     recompute: Annotated[Optional[str], typer.Option("--recompute", help="Pin recompute: none, selective, full.")] = None,
     mbs: Annotated[Optional[int], typer.Option("--mbs", help="Pin the micro-batch.")] = None,
-    method: MethodOpt = "full", lora_rank: LoraRankOpt = DEFAULT_RANK,
+    method: MethodOpt = "full", policy: PolicyOpt = "full",
+    lora_rank: LoraRankOpt = DEFAULT_RANK,
     lora_alpha: LoraAlphaOpt = DEFAULT_ALPHA, lora_targets: LoraTargetsOpt = None,
     lora_dropout: LoraDropoutOpt = 0.0, base_bits: BaseBitsOpt = None,
     double_quant: DoubleQuantOpt = False,
@@ -83,7 +84,8 @@ def plan_cmd(
         gbs = int(gbs_tokens // seq)
     setup = TrainSetup(seq_len=seq, dtype=dtype, recipe=recipe, optimizer=optimizer,
                        attention=attention, recompute=recompute or "none",
-                       adapters=options.adapters(flags))
+                       adapters=options.adapters(flags),
+                       objective="dpo" if method == "dpo" else "lm")
     space = SearchSpace.pinned(max_vpp=max_vpp, tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero,
                                sp=sp, recompute=recompute, mbs=mbs)
     framework = exports.framework(export) if export else None

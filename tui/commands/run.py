@@ -95,7 +95,7 @@ def train_request(params: dict[str, Any]):
                                             "lora_dropout", "base_bits", "double_quant")}
     if fine_tune["method"] is None:  # the plan's (a MODEL: full training)
         asked = [f"--{k.replace('_', '-')}" for k, v in fine_tune.items()
-                 if k != "method" and v not in (None, False, [], DEFAULT_RANK, DEFAULT_ALPHA, 0.0)]
+                 if k != "method" and v and v not in (DEFAULT_RANK, DEFAULT_ALPHA)]
         if asked:
             from planner.config import ConfigError
             raise ConfigError(f"{', '.join(asked)} describe adapters: give --method lora")
