@@ -279,6 +279,24 @@ class AdapterMemory:
     (forward, input gradient), reading its held bytes and writing then reading its
     compute-dtype copy (0 for a 16-bit base)."""
 
+    def timeline_terms(self, *, num_layers: int, dp: int, zero: int, root_params: int,
+                       grad_bytes: int, compute_bytes: int, fsdp_runtime: bool) -> dict:
+        """The step timeline's terms (``planner.peak``) for adapters over a frozen base: the
+        head and embedding have no gradient (an adapted head: its adapters' only); ZeRO-3
+        gathers the running and the prefetched layer as held (llmplan's FSDP2 ZeRO-2 every
+        layer from its forward to its backward, and the root unit throughout) and holds a
+        layer's adapter gradients during its backward; a quantised base dequantises one
+        weight at a time."""
+        out = {"head_grad": self.head_adapter_params * grad_bytes, "embedding_end": 0,
+               "block_temp": self.dequantised_bytes}
+        if (zero >= 3 or fsdp_runtime) and dp > 1:
+            layers = min(2, num_layers) if zero >= 3 else num_layers
+            root = root_params * compute_bytes if fsdp_runtime else 0
+            per_layer = (self.trainable - self.head_adapter_params) // num_layers
+            out.update(unsharded_start=layers * max(self.layer_base_bytes.values()) + root,
+                       unsharded_block=per_layer * grad_bytes, unsharded_end=root)
+        return out
+
 
 def adapter_memory(cfg: ModelConfig, adapters: Adapters, *, seq_len: int, act_bytes: int,
                    dtype_bytes: int) -> AdapterMemory:

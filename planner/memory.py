@@ -288,8 +288,11 @@ class Estimator:
                    unsharded_start=0, unsharded_block=0, unsharded_end=0, partial_block=0)
         if self.adapters is not None:
             root = st.params - n_layers * layer_params  # embedding, final norm, head
-            return self._fixed.setdefault(key, self.adapter_fixed(out, dp=dp, zero=zero,
-                                                                  root_params=root))
+            out.update(self.adapters.timeline_terms(
+                num_layers=cfg.num_layers, dp=dp, zero=zero, root_params=root,
+                grad_bytes=grad_b, compute_bytes=c, fsdp_runtime=fsdp and self.runtime))
+            self._fixed[key] = out
+            return out
         if last:
             out["head_grad"] = vocab_rows * (c if fsdp and self.runtime else grad_b)
         root = st.params - n_layers * layer_params  # embedding, final norm, head
@@ -327,27 +330,6 @@ class Estimator:
             out["unsharded_start"] += cache
             out["unsharded_end"] += cache
         self._fixed[key] = out
-        return out
-
-    def adapter_fixed(self, out: dict, *, dp: int, zero: int, root_params: int) -> dict:
-        """:meth:`fixed` for adapters over a frozen base: the head and embedding have no
-        gradient (an adapted head: its adapters' only); ZeRO-3 gathers the running and the
-        prefetched layer as held (llmplan's FSDP2 ZeRO-2 every layer from its forward to its
-        backward, and the root unit throughout) and holds a layer's adapter gradients during
-        its backward; a quantised base dequantises one weight at a time
-        (``planner.finetune``)."""
-        a, cfg = self.adapters, self.cfg
-        grad_b = RECIPE_BYTES[self.setup.recipe][1]
-        out["head_grad"] = a.head_adapter_params * grad_b
-        out["block_temp"] = a.dequantised_bytes
-        fsdp = self.runtime and zero >= 2 and dp > 1
-        if (zero >= 3 or fsdp) and dp > 1:
-            layer = max(a.layer_base_bytes.values())
-            layers = min(2, cfg.num_layers) if zero >= 3 else cfg.num_layers
-            layer_adapters = (a.trainable - a.head_adapter_params) // cfg.num_layers
-            root = root_params * self.compute_w_bytes if fsdp else 0
-            out.update(unsharded_start=layers * layer + root,
-                       unsharded_block=layer_adapters * grad_b, unsharded_end=root)
         return out
 
     def step_bytes(self, *, tp: int, pp: int, vpp: int, dp: int, zero: int, sp: bool,
