@@ -76,9 +76,6 @@ def setup_problems(setup: TrainSetup, cfg: ModelConfig) -> list[Problem]:
         out.append(_runtime("runtime_optimizer", f"optimizer({setup.optimizer}) is not run; "
                             f"supported: {', '.join(RUNTIME_OPTIMIZERS)}"))
     out.extend(runtime_adapter_problems(cfg, setup))
-    if setup.objective != "lm":
-        out.append(_runtime("runtime_objective", f"objective({setup.objective}) is not trained "
-                                                 "yet"))
     return out
 
 
@@ -139,6 +136,9 @@ def adapter_problems(setup: TrainSetup, tp: int, pp: int) -> list[Problem]:
         return [Problem(key="adapter_layout",
                         message=f"--method {a.method} is planned over dp x ZeRO: tp({tp}) "
                                 f"and pp({pp}) must be 1")]
+    if setup.objective == "dpo" and (tp > 1 or pp > 1):
+        return [_runtime("runtime_objective", f"DPO is trained over dp x ZeRO: tp({tp}) and "
+                                              f"pp({pp}) must be 1")]
     return []
 
 

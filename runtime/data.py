@@ -28,7 +28,11 @@ class SyntheticData:
 
 def make_data(prepared: str | None, vocab_size: int, seq_len: int, seed: int):
     """A prepared data stream (``runtime.dataset.prepare``, done before the ranks start),
-    else the synthetic sequences."""
+    DPO's preference pairs (``runtime.preferences``), else the synthetic sequences."""
+    if prepared and prepared.endswith(".pairs"):
+        from runtime.preferences import PairData
+
+        return PairData(prepared, seq_len, seed)
     if prepared:
         from runtime.dataset import PackedData
 

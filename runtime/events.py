@@ -85,6 +85,10 @@ class Step(Event):
     tokens_per_s: float
     mfu: float | None = None
     mem_peak_bytes: int = 0
+    reward_margin: float | None = None
+    """DPO: the mean of beta (log-ratio chosen - log-ratio rejected) over the global batch."""
+    reward_accuracy: float | None = None
+    """DPO: the share of pairs whose chosen completion has the higher implicit reward."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,10 +15,11 @@ if TYPE_CHECKING:
 
 
 def prepared(path: str, req: TrainRequest, cfg: ModelConfig, weights: str, progress, *,
-             seq: int, least: int = 1, flag: str = "--data") -> str:
+             seq: int, least: int = 1, flag: str = "--data", pairs: bool = False) -> str:
     """A data set tokenised with the model folder's tokenizer (bytes for a preset) and
     cached; the prepared stream's prefix ("" for none: synthetic data). It must hold at
-    least ``least`` windows of seq + 1 tokens."""
+    least ``least`` windows of seq + 1 tokens (``pairs``: DPO's preference pairs, at least
+    a global batch of them)."""
     if not path:
         return ""
     from runtime.dataset import PackedData, prepare
@@ -26,6 +27,10 @@ def prepared(path: str, req: TrainRequest, cfg: ModelConfig, weights: str, progr
 
     folder = weights or (req.target if (Path(req.target) / "config.json").exists() else "")
     tokenizer = load_tokenizer(folder, model_vocab=cfg.vocab_size)
+    if pairs:
+        from runtime.preferences import prepare_pairs
+
+        return prepare_pairs(path, tokenizer, vocab_size=cfg.vocab_size, seq_len=seq)
     prefix = prepare(path, tokenizer, vocab_size=cfg.vocab_size, sft=req.sft, progress=progress)
     windows = PackedData.count(prefix, seq)
     if windows < least:

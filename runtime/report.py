@@ -96,7 +96,7 @@ def report(trainer, measured: dict[str, int], predicted: dict[str, Any],
             best = (total, entry)
     done.update({k: v for k, v in best[1].items() if k.startswith(("predicted_", "measured_"))})
     median = steady_step_time_s(step_times)
-    tokens = trainer.global_batch * trainer.setup.seq_len
+    tokens = trainer.global_batch * trainer.setup.sequences_per_example * trainer.setup.seq_len
     done["measured_step_time_s"] = median
     done["predicted_step_time_s"] = predicted.get("step_time_s")
     done["predicted_step_time_band_s"] = predicted.get("step_time_band_s")

@@ -66,7 +66,8 @@ class TrainRequest:
     rdzv_endpoint: str = ""
     sets: tuple[str, ...] = ()
     method: str | None = None
-    """full or lora (``adapters`` says which); None: the plan's (a MODEL: full)."""
+    """full, lora, qlora or dpo (``adapters``: the policy's); None: the plan's (a MODEL: full)."""
+    dpo_beta: float = 0.1
     adapters: Adapters | None = None
     init_adapter: str = ""
     save_adapter: str = ""
@@ -177,6 +178,10 @@ def check_train_options(req: TrainRequest) -> None:
     _positive_int("--seed", req.seed, minimum=0)
     _positive_int("--ckpt-every", req.ckpt_every, minimum=0)
     _finite("--lr", req.lr)
+    _finite("--dpo-beta", req.dpo_beta)
+    if req.method == "ppo":
+        raise ConfigError("--method ppo is planned (memory, flops, plan), not trained by "
+                          "llmplan's runtime")
     if req.dtype is not None and req.dtype not in RUNTIME_DTYPES:
         raise ConfigError(f"--dtype {req.dtype!r}: llmplan's runtime trains in "
                           f"{' or '.join(RUNTIME_DTYPES)}")
@@ -209,6 +214,10 @@ def check_train_options(req: TrainRequest) -> None:
     if req.nnodes > 1 and not req.rdzv_endpoint:
         raise ConfigError(f"--nnodes {req.nnodes} needs --rdzv-endpoint host:port")
     check_adapter_options(req)
+
+
+def objective(req: TrainRequest) -> str:
+    return "dpo" if req.method == "dpo" else "lm"
 
 
 def check_adapter_options(req: TrainRequest) -> None:
@@ -295,7 +304,7 @@ def resolve(req: TrainRequest, *, progress: Callable[[int, int], None] | None = 
         # a Hugging Face folder's weights keep their dtype unless --dtype says otherwise
         base_setup = TrainSetup(seq_len=min(256, cfg.max_context),
                                 dtype=inputs.folder_dtype(req.target) or "fp32", recipe="runtime",
-                                adapters=req.adapters)
+                                adapters=req.adapters, objective=objective(req))
         base_par, hardware = Parallel(), ""
     asked = {"tp": req.tp, "pp": req.pp, "vpp": req.vpp, "dp": req.dp, "zero": req.zero,
              "sp": req.sp}
@@ -316,7 +325,11 @@ def resolve(req: TrainRequest, *, progress: Callable[[int, int], None] | None = 
                     dtype=_pick(req.dtype, base_setup.dtype),
                     optimizer=_pick(req.optimizer, base_setup.optimizer),
                     recompute=_pick(req.recompute, base_setup.recompute),
-                    adapters=base_setup.adapters if req.method is None else req.adapters)
+                    adapters=base_setup.adapters if req.method is None else req.adapters,
+                    objective=base_setup.objective if req.method is None else objective(req))
+    if setup.objective == "dpo" and not req.data:
+        raise ConfigError("--method dpo needs --data: a JSONL file of prompt, chosen and "
+                          "rejected")
     if setup.adapters is None and (req.save_adapter or req.merge or req.init_adapter):
         raise ConfigError("--init-adapter, --save-adapter and --merge need --method lora "
                           "(this plan trains every parameter)")
@@ -340,7 +353,9 @@ def resolve(req: TrainRequest, *, progress: Callable[[int, int], None] | None = 
             plan["cluster"][f"planned_{key}"] = base["cluster"][key]
     plan["run"] = {"steps": req.steps, "lr": req.lr, "seed": req.seed,
                    "data": inputs.prepared(req.data, req, cfg, weights, progress,
-                                           seq=setup.seq_len),
+                                           seq=setup.seq_len,
+                                           pairs=setup.objective == "dpo"),
+                   "dpo_beta": req.dpo_beta,
                    "data_source": req.data, "sft": req.sft,
                    # held-out data must fill one global batch
                    "eval_data": inputs.prepared(req.eval_data, req, cfg, weights, progress,

@@ -24,7 +24,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "max_grad_norm": 1.0, "weight_decay": 0.1, "data": "", "ckpt_dir": "", "ckpt_every": 0,
     "resume": False, "device": "cpu", "measure_step": 2, "pp_rounds": 1,
     "weights": "", "save_hf": "", "eval_data": "", "eval_every": 0, "eval_batches": 8,
-    "init_adapter": "", "save_adapter": "", "merge": "",
+    "init_adapter": "", "save_adapter": "", "merge": "", "dpo_beta": 0.1,
 }
 
 
@@ -104,7 +104,9 @@ def train_steps(trainer: Trainer, data, *, start_step: int, predicted: dict[str,
     steps, ckpt_dir, every = int(opts["steps"]), opts["ckpt_dir"], int(opts["ckpt_every"])
     fail_step = int(os.environ.get("LLMPLAN_FAIL_AT_STEP", "0"))  # fault injection (tests)
     fail_rank = int(os.environ.get("LLMPLAN_FAIL_RANK", "1"))
-    model_flops = flops_report(trainer.cfg, setup.seq_len).train_flops_per_token
+    model_flops = flops_report(trainer.cfg, setup.seq_len, adapters=setup.adapters,
+                               objective=setup.objective).train_flops_per_token
+    sequences = trainer.global_batch * setup.sequences_per_example
     measured: dict[str, int] = {}
     step_times: list[float | None] = []
     for step in range(start_step + 1, steps + 1):
@@ -120,14 +122,16 @@ def train_steps(trainer: Trainer, data, *, start_step: int, predicted: dict[str,
         dt = time.perf_counter() - t0
         measured.update(out["measured"])
         step_times.append(None if measure else dt)  # the metered step runs hooks: untimed
-        tokens_per_s = trainer.global_batch * setup.seq_len / dt
+        tokens_per_s = sequences * setup.seq_len / dt
         peak_mem = torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()
         mfu = None
         if predicted.get("peak_flops"):
             mfu = model_flops * tokens_per_s / (par.world * predicted["peak_flops"])
         say(events.Step(step=step, loss=out["loss"], grad_norm=out["grad_norm"],
                         lr=trainer.schedulers[0].get_last_lr()[0], step_time_s=dt,
-                        tokens_per_s=tokens_per_s, mfu=mfu, mem_peak_bytes=int(peak_mem)))
+                        tokens_per_s=tokens_per_s, mfu=mfu, mem_peak_bytes=int(peak_mem),
+                        reward_margin=out.get("reward_margin"),
+                        reward_accuracy=out.get("reward_accuracy")))
         eval_every = int(opts["eval_every"])
         if held_out is not None and ((eval_every and step % eval_every == 0) or step == steps):
             result = evaluate(trainer, held_out, int(opts["eval_batches"]))

@@ -80,6 +80,17 @@ class Trainer:
         self.global_batch = setup.micro_batch * setup.grad_accum * par.dp
         self.schedule = self._pipeline_schedule() if par.pp > 1 else None
         self.loss_scale = 1.0  # set per step from the global batch's label count
+        self.dpo = setup.objective == "dpo"
+        self.reference = None  # DPO over a fully trained policy: its frozen copy
+        if self.dpo and setup.adapters is None:
+            from dataclasses import replace
+
+            self.reference = build(cfg, replace(setup, objective="lm"), par, device=device,
+                                   seed=int(opts["seed"]), mesh=mesh,
+                                   weights=str(opts["weights"])).parts
+            for part in self.reference:
+                part.requires_grad_(False)
+        self.rewards = (0.0, 0)  # DPO: this step's summed reward margin, pairs ranked right
 
     def make(self, groups: list[dict]):
         return make_optimizer(self.setup.optimizer, groups, lr=self.opts["lr"],
@@ -137,6 +148,8 @@ class Trainer:
 
         m, mbs = self.setup.grad_accum, self.setup.micro_batch
         loss_sum = torch.zeros((), device=self.device)
+        if self.dpo:
+            return self._dpo(x, y, backward=backward)
         if self.schedule is None:
             for i in range(m):
                 loss = self.loss_fn(self.parts[0](x[i * mbs:(i + 1) * mbs]), y[i * mbs:(i + 1) * mbs])
@@ -156,6 +169,37 @@ class Trainer:
                 run(**kwargs)
             for lo in losses:
                 loss_sum += _local(lo.detach())
+        return loss_sum
+
+    def _dpo(self, x, y, *, backward: bool):
+        """Every micro-batch of preference pairs (``runtime.dpo``): the reference's
+        log-probabilities without gradients, then the policy's loss; the summed, scaled loss,
+        and the reward margin and ranking in ``self.rewards``."""
+        import torch
+
+        from runtime.dpo import adapters_off, dpo_terms, sequence_logps
+
+        rows = 2 * self.setup.micro_batch
+        loss_sum = torch.zeros((), device=self.device)
+        margin = torch.zeros((), device=self.device)
+        right = torch.zeros((), device=self.device)
+        for i in range(self.setup.grad_accum):
+            xi, yi = x[i * rows:(i + 1) * rows], y[i * rows:(i + 1) * rows]
+            with torch.no_grad():
+                if self.reference is not None:
+                    ref = sequence_logps(self.reference[0](xi), yi)
+                else:
+                    with adapters_off(self.parts):
+                        ref = sequence_logps(self.parts[0](xi), yi)
+            loss, m_sum, r_sum = dpo_terms(sequence_logps(self.parts[0](xi), yi), ref,
+                                           float(self.opts["dpo_beta"]))
+            loss = loss * self.loss_scale
+            if backward:
+                loss.backward()
+            loss_sum += loss.detach()
+            margin += m_sum
+            right += r_sum
+        self.rewards = (margin, right)
         return loss_sum
 
     def step(self, batch, *, measure: bool = False) -> dict[str, Any]:
@@ -192,10 +236,27 @@ class Trainer:
             sch.step()
         if measure:
             measured["parameters_bytes"] = accounting.parameter_bytes(self.parts)
-            measured["frozen_base_bytes"] = accounting.parameter_bytes(self.parts, frozen=True)
+            measured["frozen_base_bytes"] = accounting.parameter_bytes(
+                self.parts + (self.reference or []), frozen=True)
             measured["optimizer_states_bytes"] = accounting.optimizer_bytes(self.optimizers)
-        return {"loss": self._global_loss(loss_sum), "grad_norm": float(norm),
-                "measured": measured}
+        out = {"loss": self._global_loss(loss_sum), "grad_norm": float(norm),
+               "measured": measured}
+        if self.dpo:
+            out.update(self._global_rewards())
+        return out
+
+    def _global_rewards(self) -> dict[str, float]:
+        """DPO: the global batch's mean reward margin and the share of pairs whose chosen
+        completion gets the higher reward."""
+        import torch
+        import torch.distributed as dist
+
+        sums = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device)
+                            for v in self.rewards])
+        if self.par.dp > 1:
+            dist.all_reduce(sums, group=self.dp_group)
+        pairs = self.global_batch
+        return {"reward_margin": float(sums[0]) / pairs, "reward_accuracy": float(sums[1]) / pairs}
 
     def evaluate(self, batch) -> tuple[float, int]:
         """Forward only: (the batch's mean loss over its label tokens, their count)."""
@@ -222,7 +283,8 @@ class Trainer:
             labels = int(mask[:, 1:].sum())
             keep = local_slice(mask, self.dp_rank, par.dp)[:, 1:].to(self.device)
             y = y.masked_fill(~keep, IGNORE)
-        self.loss_scale = par.dp / max(labels, 1)
+        # the mean over label tokens; DPO's over the global batch's pairs
+        self.loss_scale = par.dp / (self.global_batch if self.dpo else max(labels, 1))
         return x, y, labels
 
     def _global_loss(self, loss_sum) -> float:

@@ -15,7 +15,7 @@ import typer
 from planner.finetune import DEFAULT_ALPHA, DEFAULT_RANK
 from tui import output
 from tui.options import (BaseBitsOpt, DoubleQuantOpt, LoraAlphaOpt, LoraDropoutOpt, LoraRankOpt,
-                         LoraTargetsOpt, SetOpt)
+                         LoraTargetsOpt, PolicyOpt, SetOpt)
 
 OptInt = Optional[int]
 
@@ -48,7 +48,9 @@ def launch_cmd(
     ckpt_every: Annotated[int, typer.Option("--ckpt-every", help="Save every N steps.")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint.")] = False,
     save_hf: Annotated[str, typer.Option("--save-hf", help="At the end, write the model as a Hugging Face folder here (must not exist).")] = "",
-    method: Annotated[Optional[str], typer.Option("--method", help="full, or lora: adapters over the frozen model (default: the plan's, else full).")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="full, lora, qlora (adapters over the frozen model) or dpo (--data of prompt / chosen / rejected) (default: the plan's, else full).")] = None,
+    policy: PolicyOpt = "full",
+    dpo_beta: Annotated[float, typer.Option("--dpo-beta", help="DPO: beta, the strength of the reference (Rafailov et al. 2023).")] = 0.1,
     lora_rank: LoraRankOpt = DEFAULT_RANK, lora_alpha: LoraAlphaOpt = DEFAULT_ALPHA,
     lora_targets: LoraTargetsOpt = None, lora_dropout: LoraDropoutOpt = 0.0,
     base_bits: BaseBitsOpt = None, double_quant: DoubleQuantOpt = False,
@@ -91,11 +93,12 @@ def train_request(params: dict[str, Any]):
     sets = tuple(params.pop("set_", None) or ())
     for ui_only in ("dry_run", "json_mode"):
         params.pop(ui_only, None)
-    fine_tune = {k: params.pop(k) for k in ("method", "lora_rank", "lora_alpha", "lora_targets",
-                                            "lora_dropout", "base_bits", "double_quant")}
+    fine_tune = {k: params.pop(k) for k in ("method", "policy", "lora_rank", "lora_alpha",
+                                            "lora_targets", "lora_dropout", "base_bits",
+                                            "double_quant")}
     if fine_tune["method"] is None:  # the plan's (a MODEL: full training)
         asked = [f"--{k.replace('_', '-')}" for k, v in fine_tune.items()
-                 if k != "method" and v and v not in (DEFAULT_RANK, DEFAULT_ALPHA)]
+                 if k != "method" and v and v not in (DEFAULT_RANK, DEFAULT_ALPHA, "full")]
         if asked:
             from planner.config import ConfigError
             raise ConfigError(f"{', '.join(asked)} describe adapters: give --method lora")
@@ -144,8 +147,10 @@ def _print_training(resolved) -> Callable[[Any], None]:
     def on_event(ev) -> None:
         if isinstance(ev, events.Step):
             mfu = f" mfu {ev.mfu:.1%}" if ev.mfu else ""
+            dpo = (f"  reward margin {ev.reward_margin:.3f} ({ev.reward_accuracy:.0%} ranked "
+                   "right)" if ev.reward_margin is not None else "")
             sys.stdout.write(f"step {ev.step:>5}  loss {ev.loss:.4f}  grad norm "
-                             f"{ev.grad_norm:.3f}  {ev.tokens_per_s:,.0f} tok/s{mfu}\n")
+                             f"{ev.grad_norm:.3f}  {ev.tokens_per_s:,.0f} tok/s{mfu}{dpo}\n")
             sys.stdout.flush()
         elif isinstance(ev, events.Eval):
             sys.stdout.write(f"eval {ev.step:>5}  loss {ev.loss:.4f}  perplexity "
