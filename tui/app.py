@@ -35,6 +35,9 @@ from tui.plan_actions import export_plan, save_plan
 from tui.serve_pane import ServePane
 from planner.serving import ServeResult
 from tui.results import Choices, Results, compute
+
+TUI_METHODS = ("full", "lora", "qlora", "dpo")
+"""The top bar's methods: full training, LoRA / QLoRA (r 16, every projection), DPO."""
 from tui.palette import PresetCommands
 from tui.run_pane import RunPane, RunState
 
@@ -113,6 +116,9 @@ class PlanApp(App):
             yield Input(str(self.settings.gpus), id="top-gpus", type="integer", compact=True)
             yield Label("seq")
             yield Input("4096", id="top-seq", type="integer", compact=True)
+            yield Label("method")
+            yield Select([(m, m) for m in TUI_METHODS], id="method", allow_blank=False,
+                         compact=True, value="full")
         with TabbedContent(initial="model", id="tabs"):
             with TabPane("Model", id="model"):
                 yield ModelPane(self.start_preset)
@@ -188,6 +194,11 @@ class PlanApp(App):
             self.accuracy = self.accuracy_for(event.value)
             self.choices = Choices(**{**self.choices_dict(), "hardware": load_hardware(event.value)})
             self.remember(hardware=event.value)
+
+    @on(Select.Changed, "#method")
+    def _method(self, event: Select.Changed) -> None:
+        if isinstance(event.value, str) and self.choices is not None:
+            self.choices = Choices(**{**self.choices_dict(), "method": event.value})
 
     @on(Input.Changed, "#top-gpus, #top-seq")
     def _top(self, event: Input.Changed) -> None:
@@ -270,13 +281,12 @@ class PlanApp(App):
     def run_search(self, spec: ModelConfig, choices: Choices, inputs: ClusterInputs) -> SearchResult:
         """The search ``llmplan plan`` runs for the top bar's accelerator, GPUs and sequence
         length and the plan screen's nodes and batch."""
-        from planner.setup import TrainSetup
         from planner.cost import cluster_of
         from planner.search import search
         from presets import load_cost_model
 
         cluster = cluster_of(choices.hardware, gpus=choices.gpus, nodes=inputs.nodes)
-        return search(spec, cluster, TrainSetup(seq_len=choices.seq_len), global_batch=inputs.gbs,
+        return search(spec, cluster, choices.setup(), global_batch=inputs.gbs,
                       model=load_cost_model(choices.hardware.name))
 
     @on(ServePane.ServeRequested)

@@ -228,14 +228,16 @@ class ResultsView(VerticalScroll):
 
     def show_memory(self, res: Results) -> None:
         """Per-stage memory bars against the accelerator, each total with its band."""
-        lines = ["[b]Per-GPU memory[/b] at the step's peak (GiB; [green]weights[/] "
+        lines = ["[b]Per-GPU memory[/b] at the step's peak (GiB; [dark_green]frozen[/] "
+                 "[green]weights[/] "
                  "[yellow]grads[/] [magenta]optimizer[/] [cyan]activations[/] "
                  "[blue]temporaries[/])"]
         if res.memory_error:
             lines.append(f"[red]{res.memory_error}[/red]")
         for st in res.memory_stages:
             peak = st["at_peak_bytes"]
-            parts = [("w", peak["weights"], "green"), ("g", peak["gradients"], "yellow"),
+            parts = [("f", peak.get("frozen_base", 0), "dark_green"),
+                     ("w", peak["weights"], "green"), ("g", peak["gradients"], "yellow"),
                      ("o", peak["optimizer"], "magenta"), ("a", peak["activations"], "cyan"),
                      ("t", peak["temporaries"], "blue")]
             verdict = "fits" if st["total_bytes"] <= res.capacity_bytes else "[red]over[/red]"

@@ -33,6 +33,19 @@ class Choices:
     zero: int = 3
     recompute: str = "selective"
     kv_dtype: str = "bf16"
+    method: str = "full"
+    """full, lora, qlora (rank 16 on every projection; QLoRA's NF4 base double-quantised) or
+    dpo (a full policy against its frozen copy)."""
+
+    def setup(self, *, micro_batch: int = 1, grad_accum: int = 1) -> TrainSetup:
+        """The training setup these choices describe (one place for the model and plan
+        screens)."""
+        from planner.finetune import adapters_for
+
+        return TrainSetup(seq_len=self.seq_len, micro_batch=micro_batch, grad_accum=grad_accum,
+                          recompute=self.recompute,
+                          adapters=adapters_for(self.method, double_quant=self.method == "qlora"),
+                          objective="dpo" if self.method == "dpo" else "lm")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,13 +65,13 @@ class Results:
 
 def compute(cfg: ModelConfig, choices: Choices) -> Results:
     counts = count_params(cfg)
-    rep = flops_report(cfg, min(choices.seq_len, cfg.max_context), recompute=choices.recompute)
+    setup = choices.setup(micro_batch=choices.micro_batch, grad_accum=max(choices.pp, 1))
+    rep = flops_report(cfg, min(choices.seq_len, cfg.max_context), recompute=choices.recompute,
+                       adapters=setup.adapters, objective=setup.objective)
     dp = max(1, choices.gpus // (choices.tp * choices.pp))
     stages: list[dict[str, int]] = []
     error = ""
     try:
-        setup = TrainSetup(seq_len=choices.seq_len, micro_batch=choices.micro_batch,
-                           grad_accum=max(choices.pp, 1), recompute=choices.recompute)
         par = Parallel(tp=choices.tp, pp=choices.pp, dp=dp, zero=choices.zero if dp > 1 else 0)
         stages = [s.to_dict() for s in memory_report(cfg, setup, par).stages]
     except ValueError as err:

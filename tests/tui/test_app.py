@@ -339,3 +339,39 @@ async def test_serve_screen_ranks_the_serving_layouts_serve_plan_ranks():
             assert best[key] == cli["candidates"][0][key], key
         assert app.query_one("#serve-table").row_count > 0
         assert "meet the targets" in text(app, "#serve-status")
+
+
+async def test_the_method_in_the_top_bar_reaches_the_model_and_plan_screens():
+    """QLoRA on the model screen is the CLI's ``memory --method qlora`` for the same
+    choices; the plan screen then searches adapter layouts (dp x ZeRO only)."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    cli = json.loads(subprocess.run(
+        [sys.executable, "-m", "tui.cli", "memory", "llama-3-8b", "--method", "qlora",
+         "--double-quant", "--seq", "4096", "--dp", "8", "--zero", "3", "--gbs", "8",
+         "--recompute", "selective", "--json"],
+        cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+    app = PlanApp(save_settings=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        full = app.results.memory_stages[0]["total_bytes"]
+        app.query_one("#method").value = "qlora"
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        stage = app.results.memory_stages[0]
+        assert stage["total_bytes"] == cli["per_gpu"]["total_bytes"] < full
+        assert stage["frozen_base_bytes"] == cli["per_gpu"]["frozen_base_bytes"] > 0
+        assert "frozen" in text(app, "#memory")
+        app.query_one("#method").value = "lora"
+        await pilot.pause()
+        await pilot.press("f2")
+        await pilot.press("ctrl+r")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        result = app.search_result
+        assert result.setup.adapters.method == "lora"
+        assert result.candidates and all(c.tp == c.pp == 1 for c in result.candidates)
