@@ -1,6 +1,6 @@
 """LoRA's trainable parameters against peft: ``get_peft_model(...).get_nb_trainable_parameters()``
 on the family's transformers model built on the meta device from each config.json fixture,
-for three target sets (attention at r=8, MLP at r=16, attention + LM head at r=64)."""
+for three target sets (attention, MLP, attention + LM head) at ranks 8, 16 and 64 each."""
 
 import json
 import subprocess
@@ -42,11 +42,12 @@ def test_trainable_parameters_equal_peft(path):
     config = json.loads(path.read_text())
     attention, mlp = NAMES[config["model_type"]]
     cfg = load_model(str(path))
-    # each target set at its own rank: every rank and every set per family, 3 peft builds
-    for targets, rank in ((attention, 8), (mlp, 16), ((*attention, "lm_head"), 64)):
-        if targets:
-            ours = lora_parameters(cfg, rank=rank, targets=tuple(targets))
-            assert ours == peft_trainable(config, rank, list(targets)), (targets, rank)
+    # every rank with every target set: attention, MLP, attention + LM head
+    for targets in (attention, mlp, (*attention, "lm_head")):
+        for rank in (8, 16, 64):
+            if targets:
+                ours = lora_parameters(cfg, rank=rank, targets=tuple(targets))
+                assert ours == peft_trainable(config, rank, list(targets)), (targets, rank)
 
 
 def test_params_reports_the_trainable_count_and_refuses_bad_targets():
