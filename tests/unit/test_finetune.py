@@ -149,7 +149,27 @@ def test_ppo_phases_hold_the_four_models():
     assert flops["actor_training"] == pytest.approx(3 * flops["reference_forward"], rel=1e-9)
 
 
+def test_ppo_split_into_groups_holds_each_model_on_its_own_gpus():
+    base = ("memory", "llama-3-8b", "--method", "ppo", "--dp", "8", "--zero", "3")
+    split = json_of(*base, "--actor-gpus", "4", "--critic-gpus", "2", "--reference-gpus", "1",
+                    "--reward-gpus", "1")
+    together = json_of(*base)
+    critic = P8B - V8 * H8 + H8
+    phases = split["phases_bytes"]
+    assert phases["reference_forward"] == 2 * P8B and phases["reward_forward"] == 2 * critic
+    assert split["parts_bytes"]["critic_states"] == 16 * -(-critic // 2)
+    # the actor's group holds the actor alone: less than co-located, each state over 4 GPUs
+    assert split["parts_bytes"]["actor_states"] == 16 * -(-P8B // 4)
+    assert phases["actor_training"] < together["phases_bytes"]["actor_training"]
+    # the rollout is per generating GPU: half the GPUs generate half the sequences
+    assert split["flops_per_step"]["generation"] == \
+        pytest.approx(together["flops_per_step"]["generation"] / 2, rel=1e-12)
+
+
 @pytest.mark.parametrize("args, needle", [
+    (("--method", "ppo", "--dp", "8", "--actor-gpus", "4", "--critic-gpus", "2",
+      "--reference-gpus", "1", "--reward-gpus", "2"),
+     "actor(4) + critic(2) + reference(1) + reward(2) = 9 GPUs, not dp(8)"),
     (("--method", "ppo", "--rollout", "0"), "--rollout(0) must be a positive integer"),
     (("--method", "lora", "--policy", "lora"), "--policy lora is the policy of --method dpo or ppo"),
     (("--method", "rlhf"), "--method('rlhf') is not one of full, lora, qlora, dpo, ppo"),

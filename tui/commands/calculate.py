@@ -122,6 +122,10 @@ def memory_cmd(
     prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", help="PPO: prompt length.")] = 512,
     response_tokens: Annotated[int, typer.Option("--response-tokens", help="PPO: generated tokens per sequence.")] = 512,
     rollout: Annotated[int, typer.Option("--rollout", help="PPO: sequences generated per GPU per step.")] = 8,
+    actor_gpus: Annotated[int, typer.Option("--actor-gpus", help="PPO: split the models into groups: the actor's GPUs (with --critic-gpus, --reference-gpus, --reward-gpus, summing to --dp; default co-located).")] = 0,
+    critic_gpus: Annotated[int, typer.Option("--critic-gpus", help="PPO: the critic's GPUs.")] = 0,
+    reference_gpus: Annotated[int, typer.Option("--reference-gpus", help="PPO: the reference's GPUs.")] = 0,
+    reward_gpus: Annotated[int, typer.Option("--reward-gpus", help="PPO: the reward model's GPUs.")] = 0,
     set_: SetOpt = None, json_mode: JsonOpt = False,
 ) -> None:
     """Per-GPU training memory: weights, gradients, optimizer, activations, per pipeline
@@ -180,15 +184,17 @@ def memory_cmd(
 
 
 def ppo_memory(cfg, setup, par, flags: dict, hardware: str, json_mode: bool) -> None:
-    from planner.ppo import PPOShape, ppo_report
+    from planner.ppo import PPOGroups, PPOShape, ppo_report
 
     shape = PPOShape(prompt_tokens=flags["prompt_tokens"], response_tokens=flags["response_tokens"],
                      rollout=flags["rollout"])
-    rep = ppo_report(cfg, setup, par, shape)
+    sizes = {k: flags[f"{k}_gpus"] for k in ("actor", "critic", "reference", "reward")}
+    groups = PPOGroups(**sizes) if any(sizes.values()) else None
+    rep = ppo_report(cfg, setup, par, shape, groups)
     data: dict[str, Any] = {"model": cfg.name, "method": "ppo", "world": par.world,
                             "dp": par.dp, "zero": par.zero, "prompt_tokens": shape.prompt_tokens,
                             "response_tokens": shape.response_tokens, "rollout": shape.rollout,
-                            **rep.to_dict()}
+                            "groups": groups.sizes() if groups else None, **rep.to_dict()}
     if setup.adapters is not None:
         from planner.finetune import summary
 
