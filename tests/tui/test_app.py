@@ -17,6 +17,14 @@ def text(app, selector: str) -> str:
     return str(app.query_one(selector).render())
 
 
+async def search_on_plan_screen(app, pilot) -> None:
+    """Open the plan screen, run its search and wait for the ranked layouts."""
+    await pilot.press("f2")
+    await pilot.press("ctrl+r")
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+
+
 async def choose_preset(pilot, name: str) -> None:
     """Through the command palette, as a user would."""
     await pilot.press("ctrl+p")
@@ -82,10 +90,7 @@ async def test_accelerator_change_updates_memory_capacity():
 async def test_plan_screen_searches_ranks_and_saves(tmp_path):
     app = PlanApp(save_settings=False)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("f2")
-        await pilot.press("ctrl+r")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await search_on_plan_screen(app, pilot)
         table = app.query_one("#layouts")
         assert table.row_count > 0
         best = app.search_result.best
@@ -247,10 +252,7 @@ async def test_bands_follow_the_accelerators_calibration_profile(tmp_path):
         total = app.results.memory_stages[0]["total_bytes"] / 2**30
         assert "bands: 2 runs here" in memory
         assert f"{total:,.1f} ({total / 2:,.1f}-{total * 2:,.1f}) / 40.0" in memory
-        await pilot.press("f2")
-        await pilot.press("ctrl+r")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await search_on_plan_screen(app, pilot)
         step = app.search_result.best.step_time_s
         detail = text(app, "#layout-detail")
         assert f"step {step:.3f} s ({step / 2:.3f}-{step * 2:.3f})" in detail
@@ -274,10 +276,7 @@ async def test_the_plan_screen_and_the_cli_rank_the_same_best_layout(tmp_path):
         await pilot.pause()
         app.query_one("#top-gpus").value = "64"
         await pilot.pause()
-        await pilot.press("f2")
-        await pilot.press("ctrl+r")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await search_on_plan_screen(app, pilot)
         result = app.search_result
         assert (result.cluster.gpus, result.cluster.nodes, result.setup.seq_len) == (64, 8, 4096)
         best = result.best.to_dict(result.world)
@@ -368,10 +367,7 @@ async def test_the_method_in_the_top_bar_reaches_the_model_and_plan_screens():
         assert "frozen" in text(app, "#memory")
         app.query_one("#method").value = "lora"
         await pilot.pause()
-        await pilot.press("f2")
-        await pilot.press("ctrl+r")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await search_on_plan_screen(app, pilot)
         result = app.search_result
         assert result.setup.adapters.method == "lora"
         assert result.candidates and all(c.tp == c.pp == 1 for c in result.candidates)
