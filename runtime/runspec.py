@@ -221,13 +221,8 @@ def objective(req: TrainRequest) -> str:
 
 
 def check_adapter_options(req: TrainRequest) -> None:
-    """--init-adapter, --save-adapter and --merge need adapters; the adapter folder read and
-    the merged folder written are checked before anything starts."""
-    lora = req.adapters is not None or (req.method is None and req.target.endswith(".toml"))
-    for flag, value in (("--init-adapter", req.init_adapter), ("--save-adapter", req.save_adapter),
-                        ("--merge", req.merge)):
-        if value and not lora:
-            raise ConfigError(f"{flag} needs --method lora")
+    """The adapter folder read and the merged folder written, checked before anything
+    starts (that they need adapters at all: :func:`resolve`, once the plan's are known)."""
     if req.init_adapter and req.adapters is not None:
         from runtime.lora import check_adapter_folder
 
@@ -330,9 +325,15 @@ def resolve(req: TrainRequest, *, progress: Callable[[int, int], None] | None = 
     if setup.objective == "dpo" and not req.data:
         raise ConfigError("--method dpo needs --data: a JSONL file of prompt, chosen and "
                           "rejected")
-    if setup.adapters is None and (req.save_adapter or req.merge or req.init_adapter):
-        raise ConfigError("--init-adapter, --save-adapter and --merge need --method lora "
-                          "(this plan trains every parameter)")
+    if setup.objective == "dpo" and req.eval_data:
+        raise ConfigError("--eval-data is a held-out language-model loss; DPO reports its "
+                          "reward margin and ranking every step")
+    adapter_flags = [f for f, v in (("--init-adapter", req.init_adapter),
+                                    ("--save-adapter", req.save_adapter), ("--merge", req.merge))
+                     if v]
+    if setup.adapters is None and adapter_flags:
+        raise ConfigError(f"{', '.join(adapter_flags)} need(s) adapters: --method lora or qlora (or "
+                          "--policy lora with dpo); this run trains every parameter")
     said = _overrides(base_setup, base_par, setup, par) if from_plan else ()
     if setup.seq_len > cfg.max_context:
         raise ConfigError(f"seq({setup.seq_len}) exceeds the model's max context({cfg.max_context})")

@@ -71,6 +71,17 @@ def training(values: dict):
     return setup, par
 
 
+def refuse_ppo(method: str, command: str) -> None:
+    """PPO's four models are sized per phase by ``memory --method ppo`` (its FLOPs per step
+    too); ``command`` does not treat them as one training run."""
+    if method == "ppo":
+        from planner.config import ConfigError
+
+        raise ConfigError(f"{command} --method ppo: PPO's actor, critic, reference and reward "
+                          "are sized per phase by `llmplan memory --method ppo` (with its "
+                          "FLOPs per step)")
+
+
 def adapters(values: dict):
     """The Adapters (None for full training) of the shared fine-tuning flags in a command's
     option values: method, lora_rank, lora_alpha, lora_targets, lora_dropout, base_bits,

@@ -113,6 +113,8 @@ def test_a_full_policy_learns_a_separable_preference_against_its_frozen_copy(tmp
                                          "'rejected' (no 'rejected')"),
     (None, ("--method", "ppo"), "--method ppo is planned (memory, flops, plan), not trained"),
     (None, ("--tp", "2"), "DPO is trained over dp x ZeRO: tp(2) and pp(1) must be 1"),
+    (None, ("--save-adapter", "out"), "--save-adapter need(s) adapters: --method lora or qlora"),
+    (None, ("--eval-data", "held.jsonl"), "--eval-data is a held-out language-model loss"),
 ])
 def test_bad_preference_input_is_one_line(tmp_path, line, args, needle):
     data = tmp_path / "prefs.jsonl"
@@ -120,6 +122,8 @@ def test_bad_preference_input_is_one_line(tmp_path, line, args, needle):
     if line is not None:
         rows[1] = line
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "held.jsonl").write_text(json.dumps({"text": "held out"}) + "\n")
+    args = tuple(str(tmp_path / a) if a.endswith(".jsonl") else a for a in args)
     proc = subprocess.run([sys.executable, "-m", "tui.cli", "launch", "tiny", "--method", "dpo",
                            "--data", str(data), "--device", "cpu", *args, "--dry-run"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)

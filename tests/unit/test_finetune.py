@@ -178,3 +178,11 @@ def test_bad_alignment_input_is_one_line_exit_2(args, needle):
     out = cli("memory", "llama-3-8b", *args)
     assert out.returncode == 2 and needle in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["plan", "flops"])
+def test_ppo_is_sized_by_memory_not_treated_as_one_run(command):
+    out = cli(command, "llama-3-8b", "--method", "ppo")
+    needle = f"{command} --method ppo: PPO's actor, critic, reference and reward are sized"
+    assert out.returncode == 2 and needle in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

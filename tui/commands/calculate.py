@@ -42,6 +42,7 @@ def flops_cmd(
     from planner.setup import RECOMPUTES
 
     flags = dict(locals())
+    options.refuse_ppo(method, "flops")
     if recompute not in RECOMPUTES:
         raise LlmplanError(f"recompute({recompute!r}) is not one of {', '.join(RECOMPUTES)}")
     cfg = load(model, set_)

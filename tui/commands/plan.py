@@ -65,6 +65,7 @@ def plan_cmd(
     given is pinned and the search covers the rest; --method lora or qlora plans adapters
     over a frozen base."""
     flags = dict(locals())
+    options.refuse_ppo(method, "plan")
     from pathlib import Path
 
     from planner.accuracy import fmt_band
