@@ -129,9 +129,10 @@ def adapted(cfg: ModelConfig, adapters: Adapters):
 
 
 def trainable_params(cfg: ModelConfig, adapters: Adapters) -> int:
-    """Adapter parameters: sum over adapted modules of r (in + out)."""
-    r = adapters.rank
-    return sum(r * (m.in_features + m.out_features) * m.count for m in adapted(cfg, adapters))
+    """Adapter parameters: sum over adapted modules of r (in + out) (``planner.lora``)."""
+    from planner.lora import lora_parameters
+
+    return lora_parameters(cfg, rank=adapters.rank, targets=adapters.targets or None)
 
 
 def applied_per_token(cfg: ModelConfig, part: str) -> int:
