@@ -230,11 +230,14 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
             return applying[0].key, ()
         return None, tuple(p.message for p in found)
 
-    key, base_notes = refused(layout.model_problems(cfg) + layout.setup_problems(setup, cfg))
+    whole = layout.model_problems(cfg) + layout.setup_problems(setup, cfg)
+    key, base_notes = refused(whole)
     if key:
         rejected[key] = sum(len(space.pipeline_sizes(N, tp)) for tp in space.tensor_sizes(N)) * per_pp
+        # no layout is tried: the rule that refuses them all is the answer
         return SearchResult(candidates=[], rejected=rejected, evaluated=0, usable_bytes=usable,
-                            world=N, cluster=cluster, setup=setup)
+                            world=N, cluster=cluster, setup=setup,
+                            suggestions=[p.message for p in layout.refusals(whole, runtime)])
     for tp in space.tensor_sizes(N):
         pps = space.pipeline_sizes(N, tp)
         if tp > cluster.gpus_per_node:

@@ -186,3 +186,10 @@ def test_ppo_is_sized_by_memory_not_treated_as_one_run(command):
     needle = f"{command} --method ppo: PPO's actor, critic, reference and reward are sized"
     assert out.returncode == 2 and needle in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_plan_every_layout_of_which_one_rule_refuses_says_that_rule():
+    d = json_of("plan", "llama-3-8b", "--method", "qlora", "--gpus", "8", "--gbs", "64")
+    assert d["candidates"] == [] and d["evaluated"] == 0
+    assert any("torchao's NF4 base always quantises its constants: add --double-quant" in s
+               for s in d["suggestions"])

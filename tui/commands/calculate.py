@@ -213,7 +213,7 @@ def ppo_memory(cfg, setup, par, flags: dict, hardware: str, json_mode: bool) -> 
         output.show(
             output.table(f"PPO per-GPU memory by phase, {cfg.name}: dp={par.dp} zero={par.zero} "
                          f"{describe_method('ppo', setup).strip()}, {shape.rollout} x "
-                         f"({shape.prompt_tokens} + {shape.response_tokens}) tokens per GPU",
+                         f"({shape.prompt_tokens} + {shape.response_tokens}) tokens per generating GPU",
                          ["phase", "per GPU"], rows,
                          caption=f"peak: {rep.peak_phase.replace('_', ' ')}"),
             output.table("What each phase holds", ["part", "per GPU"], parts),

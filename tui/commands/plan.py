@@ -184,8 +184,10 @@ def plan_cmd(
         if data["runner_up"]:
             notes.append(data["runner_up"])
         notes.extend(result.suggestions)
-        if not result.candidates:
+        if not result.candidates and result.evaluated:
             notes.insert(0, "no layout fits")
+        elif not result.candidates:
+            notes.insert(0, "no layout passes the rules:")
         if data["nearest_published"]:
             notes.append("nearest published runs: " + "; ".join(
                 f"{r['name']} ({r['gpus']} x {r['hardware']})" for r in data["nearest_published"]))
