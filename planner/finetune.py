@@ -79,6 +79,12 @@ class Adapters:
 
 
 
+def objective_for(method: str) -> str:
+    """The training objective a ``--method`` means: DPO's preference pairs, else next-token
+    prediction (``planner.setup.OBJECTIVES``)."""
+    return "dpo" if method == "dpo" else "lm"
+
+
 def adapters_for(method: str, *, policy: str = "full", rank: int = DEFAULT_RANK,
                  alpha: float = DEFAULT_ALPHA, targets: tuple[str, ...] = (),
                  dropout: float = 0.0, base_bits: int | None = None,
@@ -301,6 +307,8 @@ class AdapterMemory:
 
 def adapter_memory(cfg: ModelConfig, adapters: Adapters, *, seq_len: int, act_bytes: int,
                    dtype_bytes: int) -> AdapterMemory:
+    """``dtype_bytes``: the compute dtype, what the base's 16-bit tensors take as held or
+    gathered and what a dequantised weight takes."""
     from planner.frozen_base import frozen_base
     from planner.memory import layer_params_per_rank
 

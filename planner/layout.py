@@ -127,10 +127,11 @@ def base_bits(setup: TrainSetup) -> int:
     return 16 if setup.adapters is None else setup.adapters.base_bits
 
 
-def adapter_problems(setup: TrainSetup, tp: int, pp: int) -> list[Problem]:
+def method_layout_problems(setup: TrainSetup, tp: int, pp: int) -> list[Problem]:
     """Adapter fine-tuning is planned over dp x ZeRO (FSDP over the frozen base, as
     QLoRA + FSDP runs it): how adapters split over tensor or pipeline ranks is not
-    modelled, so such layouts are refused rather than estimated wrong."""
+    modelled, so such layouts are refused rather than estimated wrong; llmplan's runtime
+    trains DPO over dp x ZeRO too."""
     a = setup.adapters
     if a is not None and (tp > 1 or pp > 1):
         return [Problem(key="adapter_layout",
@@ -257,7 +258,7 @@ def problems(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *,
     """Every problem of one layout, universal and runtime-only."""
     gbs = setup.micro_batch * setup.grad_accum * par.dp
     return [*model_problems(cfg), *setup_problems(setup, cfg),
-            *adapter_problems(setup, par.tp, par.pp), *tp_problems(cfg, par.tp),
+            *method_layout_problems(setup, par.tp, par.pp), *tp_problems(cfg, par.tp),
             *pp_problems(cfg, par.pp, par.vpp),
             *schedule_problems(par.pp, par.vpp, par.schedule),
             *sp_problems(par.tp, par.sp, setup.seq_len),

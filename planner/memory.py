@@ -225,6 +225,8 @@ class Estimator:
                 if setup.adapters.base_bits == 4:  # NF4 of fp32 weights, unsharded (zero <= 1)
                     from planner.frozen_base import frozen_base
 
+                    # stored as the runtime stores (fp32 besides the NF4 weights); the
+                    # estimator's base_bytes is in the compute dtype, what FSDP gathers
                     base = frozen_base(cfg, bits=4, double_quant=True, dtype_bytes=4).bytes
                 ad = runtime_states(self.adapters.tensors, optimizer=setup.optimizer,
                                     zero=zero, dp=dp)
@@ -286,8 +288,8 @@ class Estimator:
         out = dict(weights=st.weights + st.frozen, gradients=st.gradients, optimizer=st.optimizer,
                    optimizer_temp=st.optimizer_temp, head_grad=0, embedding_end=0,
                    unsharded_start=0, unsharded_block=0, unsharded_end=0, partial_block=0)
+        root = st.params - n_layers * layer_params  # embedding, final norm, head
         if self.adapters is not None:
-            root = st.params - n_layers * layer_params  # embedding, final norm, head
             out.update(self.adapters.timeline_terms(
                 num_layers=cfg.num_layers, dp=dp, zero=zero, root_params=root,
                 grad_bytes=grad_b, compute_bytes=c, fsdp_runtime=fsdp and self.runtime))
@@ -295,7 +297,6 @@ class Estimator:
             return out
         if last:
             out["head_grad"] = vocab_rows * (c if fsdp and self.runtime else grad_b)
-        root = st.params - n_layers * layer_params  # embedding, final norm, head
         if fsdp and self.runtime:
             # FSDP2 (module docstring of planner.peak): the block phase is the backward of the
             # block before last (ZeRO-3: the running block and the next one's all-gather; its

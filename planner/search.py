@@ -244,7 +244,7 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
             rejected["tp_crosses_node"] += len(pps) * per_pp
             continue
         key, tp_notes = refused(layout.tp_problems(cfg, tp)
-                                + layout.adapter_problems(setup, tp, 1))
+                                + layout.method_layout_problems(setup, tp, 1))
         if key:
             rejected[key] += len(pps) * per_pp
             continue
@@ -252,7 +252,7 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
             dp = N // (tp * pp)
             for vpp in vpps:
                 key, _ = refused(layout.pp_problems(cfg, pp, vpp)
-                                 + layout.adapter_problems(setup, 1, pp))
+                                 + layout.method_layout_problems(setup, 1, pp))
                 if key:
                     rejected[key] += per_vpp
                     continue

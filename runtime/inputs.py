@@ -18,8 +18,8 @@ def prepared(path: str, req: TrainRequest, cfg: ModelConfig, weights: str, progr
              seq: int, least: int = 1, flag: str = "--data", pairs: bool = False) -> str:
     """A data set tokenised with the model folder's tokenizer (bytes for a preset) and
     cached; the prepared stream's prefix ("" for none: synthetic data). It must hold at
-    least ``least`` windows of seq + 1 tokens (``pairs``: DPO's preference pairs, at least
-    a global batch of them)."""
+    least ``least`` windows of seq + 1 tokens (``pairs``: DPO's preference pairs, read a
+    permutation an epoch, so any number of them)."""
     if not path:
         return ""
     from runtime.dataset import PackedData, prepare

@@ -217,7 +217,9 @@ def check_train_options(req: TrainRequest) -> None:
 
 
 def objective(req: TrainRequest) -> str:
-    return "dpo" if req.method == "dpo" else "lm"
+    from planner.finetune import objective_for
+
+    return objective_for(req.method or "full")
 
 
 def check_adapter_options(req: TrainRequest) -> None:

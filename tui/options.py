@@ -67,7 +67,7 @@ def training(values: dict):
                        recipe=v["recipe"], optimizer=v["optimizer"], recompute=v["recompute"],
                        attention=v["attention"], dropout=v["dropout"],
                        adapters=adapters(v) if "method" in v else None,
-                       objective="dpo" if v.get("method") == "dpo" else "lm")
+                       objective=objective(v))
     return setup, par
 
 
@@ -80,6 +80,12 @@ def refuse_ppo(method: str, command: str) -> None:
         raise ConfigError(f"{command} --method ppo: PPO's actor, critic, reference and reward "
                           "are sized per phase by `llmplan memory --method ppo` (with its "
                           "FLOPs per step)")
+
+
+def objective(values: dict) -> str:
+    from planner.finetune import objective_for
+
+    return objective_for(values.get("method", "full"))
 
 
 def adapters(values: dict):

@@ -40,12 +40,12 @@ class Choices:
     def setup(self, *, micro_batch: int = 1, grad_accum: int = 1) -> TrainSetup:
         """The training setup these choices describe (one place for the model and plan
         screens)."""
-        from planner.finetune import adapters_for
+        from planner.finetune import adapters_for, objective_for
 
         return TrainSetup(seq_len=self.seq_len, micro_batch=micro_batch, grad_accum=grad_accum,
                           recompute=self.recompute,
                           adapters=adapters_for(self.method, double_quant=self.method == "qlora"),
-                          objective="dpo" if self.method == "dpo" else "lm")
+                          objective=objective_for(self.method))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -49,7 +49,7 @@ def flops_cmd(
     adapters = options.adapters(flags)
     conv = F.FlopConventions(causal=causal, count_embedding=count_embedding)
     rep = F.flops_report(cfg, seq, conv, recompute=recompute, adapters=adapters,
-                         objective="dpo" if method == "dpo" else "lm")
+                         objective=options.objective(flags))
     data: dict[str, Any] = {
         "model": cfg.name, "seq_len": seq, "causal": causal,
         "forward_flops_per_token": rep.forward_flops_per_token,

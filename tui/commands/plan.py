@@ -86,7 +86,7 @@ def plan_cmd(
     setup = TrainSetup(seq_len=seq, dtype=dtype, recipe=recipe, optimizer=optimizer,
                        attention=attention, recompute=recompute or "none",
                        adapters=options.adapters(flags),
-                       objective="dpo" if method == "dpo" else "lm")
+                       objective=options.objective(flags))
     space = SearchSpace.pinned(max_vpp=max_vpp, tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero,
                                sp=sp, recompute=recompute, mbs=mbs)
     framework = exports.framework(export) if export else None
