@@ -38,6 +38,13 @@ For one optimizer step with m micro-batches of b sequences per data-parallel ran
 * Collectives follow the alpha-beta ring model: ``2(n-1) alpha + 2(n-1)/n x bytes / bw``
   for an all-reduce; the link is intra-node while the group fits in a node (ranks are laid
   out tp innermost, then dp, then pp), else the per-GPU inter-node bandwidth.
+* CP (``planner.ep_cp``): each rank computes ``s/cp`` tokens of every sequence; each layer's
+  ring passes ``cp - 1`` K/V blocks forward and again, with their gradients, backward
+  (``ep_cp.ring_passes``), between ranks tp apart, hidden behind the attention core's
+  compute where it is longer. ZeRO and data-parallel reductions span dp x cp ranks.
+* EP (``planner.ep_cp``): four all-to-alls per MoE layer per micro-batch (six under full
+  recompute) of ``k b (s/cp) h`` activations over ep ranks ``tp cp`` apart, on the critical
+  path; expert gradients reduce over the dp x cp / ep ranks holding the same experts.
 * The optimizer update is memory bound: it reads and writes its states once.
 * Framework time: ``layer_overhead_s`` per layer per micro-batch (op dispatch, Python) and
   ``step_overhead_s`` per step. Tensor-parallel ranks dispatch their ops through DTensor
@@ -64,6 +71,8 @@ from planner.setup import Parallel, TrainSetup
 from planner.flops import FlopConventions, flops_report
 from planner.activations import layer_activation_bytes, layer_activation_terms
 from planner.memory import Estimator
+from planner import ep_cp
+from planner.step_time import StepTime, allgather_s, allreduce_s
 from planner.states import RECIPE_BYTES
 
 
@@ -139,72 +148,6 @@ def cluster_of(hardware: Hardware, *, gpus: int, nodes: int = 0) -> Cluster:
     return Cluster(hardware=hardware, gpus=gpus, gpus_per_node=gpus // nodes if nodes else 0)
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class StepTime:
-    """One step's time: the six parts that add up to it (``*_comm_s`` are the exposed part
-    of each communication kind) and, beside them, what each part is made of (compute by
-    kind, each communication's total before overlap, the per-step overheads)."""
-
-    compute_s: float
-    bubble_s: float
-    tp_comm_s: float
-    dp_comm_s: float
-    pp_comm_s: float
-    optimizer_s: float
-    matmul_s: float = 0.0
-    attention_s: float = 0.0
-    elementwise_s: float = 0.0
-    overhead_s: float = 0.0
-    tp_comm_total_s: float = 0.0
-    dp_comm_total_s: float = 0.0
-    pp_comm_total_s: float = 0.0
-    other_s: float = 0.0
-    """Per-step framework time (within ``optimizer_s``): step and FSDP overheads."""
-
-    @property
-    def total_s(self) -> float:
-        return (self.compute_s + self.bubble_s + self.tp_comm_s + self.dp_comm_s
-                + self.pp_comm_s + self.optimizer_s)
-
-    def to_dict(self) -> dict[str, float]:
-        return {"compute_s": self.compute_s, "bubble_s": self.bubble_s,
-                "tp_comm_s": self.tp_comm_s, "dp_comm_s": self.dp_comm_s,
-                "pp_comm_s": self.pp_comm_s, "optimizer_s": self.optimizer_s,
-                "total_s": self.total_s}
-
-    def breakdown(self) -> dict[str, object]:
-        """Compute by kind, each communication kind total and exposed, bubble, optimizer
-        update, other (``plan --json``'s ``breakdown``; the TUI's plan detail)."""
-        return {
-            "compute": {"matmul_s": self.matmul_s, "attention_s": self.attention_s,
-                        "elementwise_s": self.elementwise_s, "overhead_s": self.overhead_s,
-                        "total_s": self.compute_s},
-            "communication": {
-                kind: {"total_s": total, "exposed_s": exposed}
-                for kind, total, exposed in (("tp", self.tp_comm_total_s, self.tp_comm_s),
-                                             ("dp", self.dp_comm_total_s, self.dp_comm_s),
-                                             ("pp", self.pp_comm_total_s, self.pp_comm_s))},
-            "bubble_s": self.bubble_s,
-            "optimizer_s": self.optimizer_s - self.other_s,
-            "other_s": self.other_s,
-            "total_s": self.total_s,
-        }
-
-
-def allreduce_s(nbytes: float, n: int, bw_bytes_s: float, latency_s: float) -> float:
-    """Ring all-reduce: ``2(n-1)`` latency steps and ``2(n-1)/n`` of the bytes per link."""
-    if n == 1:
-        return 0.0
-    return 2 * (n - 1) * latency_s + 2 * (n - 1) / n * nbytes / bw_bytes_s
-
-
-def allgather_s(nbytes: float, n: int, bw_bytes_s: float, latency_s: float) -> float:
-    """Ring all-gather or reduce-scatter of ``nbytes`` in total: half an all-reduce."""
-    if n == 1:
-        return 0.0
-    return (n - 1) * latency_s + (n - 1) / n * nbytes / bw_bytes_s
-
-
 def gemm_efficiency(ceiling: float, half_dim: float, *dims: int) -> float:
     """The fraction of dense peak a GEMM of these dimensions reaches: ``ceiling x g / (g +
     half_dim)`` with g their geometric mean (small GEMMs fall far below peak; the ceiling is
@@ -223,13 +166,15 @@ def linear_efficiency(cfg: ModelConfig, model: "CostModel", tokens: int, tp: int
                            cfg.hidden_size, ffn)
 
 
-def attention_efficiency(cfg: ModelConfig, model: "CostModel", seq_len: int) -> float:
+def attention_efficiency(cfg: ModelConfig, model: "CostModel", seq_len: int,
+                         key_len: int = 0) -> float:
     """The attention core's efficiency: per head, the scores and the weighted values are GEMMs
     of (s x d) by (d x s) and (s x s) by (s x d), so the same shape rule applies to g = (s d
     s)^(1/3) (sequence length and head dim), under its own ceiling (flash kernels and softmax
     reach less of peak than large linears; the matmul ceiling when unset)."""
     ceiling = model.attention_efficiency or model.matmul_efficiency
-    return gemm_efficiency(ceiling, model.matmul_half_dim, seq_len, cfg.head_dim, seq_len)
+    return gemm_efficiency(ceiling, model.matmul_half_dim, seq_len, cfg.head_dim,
+                           key_len or seq_len)
 
 
 DP_BUCKET_BYTES = 25 * 2**20  # replicated DP reduces gradients in buckets (DDP's default)
@@ -257,6 +202,9 @@ class CostEstimator:
         self.memory = memory or Estimator(cfg, setup)
         hw = cluster.hardware
         self.peak = hw.peak_flops(setup.dtype)
+        # fp8 runs the layers' linears at the fp8 peak, the attention core and the LM head
+        # in bf16 (``planner.fp8``); MFU is reported against both peaks
+        self.bf16_peak = hw.peak_flops("bf16") if setup.dtype == "fp8" else self.peak
         self.hbm = hw.hbm_bandwidth_gbps * 1e9 * model.hbm_efficiency
         self.intra = (cluster.intra_node_bandwidth_gbps * 1e9 * model.link_efficiency,
                       hw.intra_node_latency_us * 1e-6 * model.latency_scale)
@@ -269,7 +217,7 @@ class CostEstimator:
         fwd = self.flops["none"].forward
         self.head_train_per_token = self.flops["none"].head_train_flops_per_token
         self.attention_fwd_per_token = fwd.attention_core
-        self._elementwise: dict[tuple[int, bool], float] = {}
+        self._elementwise: dict[tuple[int, bool, int], float] = {}
 
     def with_model(self, model: CostModel) -> "CostEstimator":
         """This estimator with other constants, keeping everything that does not depend on
@@ -293,10 +241,18 @@ class CostEstimator:
         """The step time of ``par`` with this setup's micro-batch, accumulation and recompute
         (the layout contract is the caller's: ``planner.layout``)."""
         s = self.setup
-        params = max(self.memory.stage_params(par.tp, par.pp, par.vpp))
+        params, experts = self.stage_params(tp=par.tp, pp=par.pp, vpp=par.vpp, ep=par.ep)
         return self.step_time(tp=par.tp, pp=par.pp, vpp=par.vpp, dp=par.dp, zero=par.zero,
                               sp=par.sp, recompute=s.recompute, mbs=s.micro_batch, m=s.grad_accum,
-                              params_per_rank=params)
+                              params_per_rank=params, cp=par.cp, ep=par.ep,
+                              expert_params_per_rank=experts)
+
+    def stage_params(self, *, tp: int, pp: int, vpp: int, ep: int = 1) -> tuple[int, int]:
+        """(parameters, of them routed experts) of the most loaded stage's rank."""
+        params = self.memory.stage_params(tp, pp, vpp, ep)
+        stage = params.index(max(params))
+        experts = self.memory.expert_params(tp, pp, vpp, ep, stage) if ep > 1 else 0
+        return params[stage], experts
 
     def model_flops_per_token(self) -> float:
         return self.flops["none"].train_flops_per_token
@@ -304,18 +260,21 @@ class CostEstimator:
     def efficiency(self, tokens: int, tp: int) -> float:
         return linear_efficiency(self.cfg, self.model, tokens, tp)
 
-    def attention_efficiency(self) -> float:
-        return attention_efficiency(self.cfg, self.model, self.setup.seq_len)
+    def attention_efficiency(self, cp: int = 1) -> float:
+        """Per ring step a rank's s/cp queries meet a block of s/cp keys."""
+        local = self.setup.seq_len // cp
+        return attention_efficiency(self.cfg, self.model, local, local)
 
     def link(self, group_span: int) -> tuple[float, float]:
         """(bytes/s, latency s) for a group whose ranks span ``group_span`` consecutive ranks."""
         return self.intra if group_span <= self.cluster.gpus_per_node else self.inter
 
-    def elementwise_bytes_per_layer(self, tp: int, sp: bool) -> float:
-        key = (tp, sp)
+    def elementwise_bytes_per_layer(self, tp: int, sp: bool, cp: int = 1) -> float:
+        key = (tp, sp, cp)
         hit = self._elementwise.get(key)
         if hit is None:
-            terms = layer_activation_terms(self.cfg, self.memory.unit, tp, moe=self.cfg.is_moe)
+            terms = layer_activation_terms(self.cfg, self.memory.local_unit(cp), tp,
+                                           moe=self.cfg.is_moe)
             m = self.model
             traffic = (m.eager_elementwise_traffic or m.elementwise_traffic) if m.eager else m.elementwise_traffic
             hit = traffic * layer_activation_bytes(terms, tp=tp, sp=sp, recompute="none")
@@ -323,9 +282,12 @@ class CostEstimator:
         return hit
 
     def step_time(self, *, tp: int, pp: int, vpp: int, dp: int, zero: int, sp: bool,
-                  recompute: str, mbs: int, m: int, params_per_rank: int) -> StepTime:
+                  recompute: str, mbs: int, m: int, params_per_rank: int, cp: int = 1,
+                  ep: int = 1, expert_params_per_rank: int = 0) -> StepTime:
+        """One step of this layout (module docstring). ``params_per_rank`` of the most
+        loaded stage, ``expert_params_per_rank`` of them the routed experts (with ep > 1)."""
         cfg, setup, model = self.cfg, self.setup, self.model
-        s = setup.seq_len
+        s = setup.seq_len // cp  # a context-parallel rank's tokens of each sequence
         mbs *= setup.sequences_per_example  # a DPO example: chosen and rejected
         tokens_mb = s * mbs
         # what the step trains, reduces and updates: every parameter, or the adapters over
@@ -337,12 +299,14 @@ class CostEstimator:
         # the attention core: 3 passes (forward, input and weight-side gradients of the two
         # batched GEMMs), a 4th when recompute redoes it (full and selective both do)
         attn_hfu = (4 if recompute != "none" else 3) * self.attention_fwd_per_token
-        gemm_flops = ((layers_hfu - attn_hfu) / pp + self.head_train_per_token) * tokens_mb / tp
-        matmul_s = gemm_flops / (self.peak * self.efficiency(tokens_mb, tp))
-        attention_s = attn_hfu / pp * tokens_mb / tp / (self.peak * self.attention_efficiency())
+        efficiency = self.efficiency(tokens_mb, tp)
+        matmul_s = ((layers_hfu - attn_hfu) / pp * tokens_mb / tp / (self.peak * efficiency)
+                    + self.head_train_per_token * tokens_mb / tp / (self.bf16_peak * efficiency))
+        attention_s = attn_hfu / pp * tokens_mb / tp / (self.bf16_peak
+                                                        * self.attention_efficiency(cp))
         layers = cfg.num_layers // pp
         passes = 1.5 if recompute == "full" else 1.0  # elementwise work redone by recompute
-        memory_s = layers * passes * self.elementwise_bytes_per_layer(tp, sp) * mbs / self.hbm
+        memory_s = layers * passes * self.elementwise_bytes_per_layer(tp, sp, cp) * mbs / self.hbm
         if adapters is not None:  # a quantised base is dequantised in every pass
             memory_s += adapters.dequantise_traffic_bytes / self.hbm
         # framework time per layer, and DTensor's dispatch on top of it under TP
@@ -368,44 +332,58 @@ class CostEstimator:
         tp_raw = tp_s
         if model.overlap_tp:
             tp_s = max(0.0, tp_s - gemm_s / 3)
-        t_mb = gemm_s + elementwise_s + tp_s
+        local = dict(cfg=cfg, local_seq=s, micro_batch=mbs, act_bytes=setup.activation_bytes,
+                     recompute=recompute, call_s=model.collective_call_s)
+        cp_raw, cp_s = ep_cp.ring_time_s(**local, tp=tp, cp=cp, layers=layers,
+                                         link=self.link(tp * cp), attention_s=attention_s)
+        ep_s = ep_cp.all_to_all_time_s(**local, ep=ep, moe_layers=-(-cfg.num_moe_layers // pp),
+                                       link=self.link(tp * cp * ep))
+        t_mb = gemm_s + elementwise_s + tp_s + cp_s + ep_s
         compute = m * (gemm_s + elementwise_s)
         tp_total = m * tp_s
         bubble = (pp - 1) / vpp * t_mb
 
         pp_s = 0.0
         if pp > 1:
-            bw, lat = self.link(tp * dp * 2)  # neighbouring stages are tp*dp ranks apart
+            bw, lat = self.link(tp * cp * dp * 2)  # neighbouring stages: tp*cp*dp ranks apart
             p2p_bytes = tokens_mb * cfg.hidden_size * setup.activation_bytes / tp
             # per tick: activations forward and gradients back, one call each
             pp_s = (m * vpp + pp - 1) * (lat + 2 * p2p_bytes / bw + 2 * model.collective_call_s)
 
         dp_s = dp_raw = 0.0
-        if dp > 1:
-            bw, lat = self.link(tp * dp)
-            # gradients travel in the recipe's gradient dtype, gathered weights in the
-            # compute dtype
+        replicas = dp * cp  # ranks holding the same dense weights
+        # (parameters, ranks holding them alike): one pool, or dense and routed experts
+        pools = [(trained, replicas)] if ep == 1 else [
+            (trained - expert_params_per_rank, replicas), (expert_params_per_rank, replicas // ep)]
+        if replicas > 1:
+            bw, lat = self.link(tp * replicas)
             grad_bytes = trained * RECIPE_BYTES[setup.recipe][1]
-            weight_bytes = params_per_rank * self.memory.compute_w_bytes if adapters is None \
-                else adapters.base_bytes + trained * self.memory.compute_w_bytes
+            for n_params, n in pools:
+                # gradients travel in the recipe's gradient dtype, gathered weights in the
+                # compute dtype
+                pool_grads = n_params * RECIPE_BYTES[setup.recipe][1]
+                weight_bytes = n_params * self.memory.compute_w_bytes if adapters is None \
+                    else adapters.base_bytes + trained * self.memory.compute_w_bytes
+                if zero >= 3:
+                    dp_s += 2 * m * allgather_s(weight_bytes, n, bw, lat) \
+                        + allgather_s(pool_grads, n, bw, lat)
+                else:
+                    dp_s += allreduce_s(pool_grads, n, bw, lat)
+                    if zero == 1 and setup.recipe == "runtime":
+                        # llmplan's ZeRO-1 all-reduces the gradients, then all-gathers the
+                        # updated fp32 slices (runtime.zero1): 1.5x a reduce-scatter + gather
+                        dp_s += allgather_s(n_params * RECIPE_BYTES["runtime"][0], n, bw, lat)
             if zero >= 3:
-                gathers = 2 * m * allgather_s(weight_bytes, dp, bw, lat)
-                dp_s = gathers + allgather_s(grad_bytes, dp, bw, lat)
                 hidden = compute if model.overlap_dp else 0.0
             else:
-                dp_s = allreduce_s(grad_bytes, dp, bw, lat)
-                if zero == 1 and setup.recipe == "runtime":
-                    # llmplan's ZeRO-1 all-reduces the gradients, then all-gathers the
-                    # updated fp32 slices (runtime.zero1): 1.5x a reduce-scatter + gather
-                    dp_s += allgather_s(params_per_rank * RECIPE_BYTES["runtime"][0], dp, bw, lat)
                 hidden = (2 / 3) * (gemm_s + elementwise_s) if model.overlap_dp else 0.0
-            calls = dp_calls(zero, m, layers, grad_bytes)
+            calls = len(pools) * dp_calls(zero, m, layers, grad_bytes)
             dp_raw = dp_s + calls * model.collective_call_s
             dp_s = max(0.0, dp_s - hidden) + calls * model.collective_call_s
 
         # AdamW-style update: read + write master, states and weights, read grads, once.
-        opt_params = -(-trained // dp) if zero >= 1 else trained
-        fsdp = dp > 1 and zero >= 2
+        opt_params = sum(-(-n_params // n) for n_params, n in pools) if zero >= 1 else trained
+        fsdp = replicas > 1 and zero >= 2
         other_s = model.step_overhead_s + (model.fsdp_step_overhead_s if fsdp else 0.0)
         optimizer_s = 2 * 16 * opt_params / self.hbm + other_s
         # ranks on one CPU host beyond its cores time-share them: every part of the step
@@ -415,6 +393,8 @@ class CostEstimator:
         return StepTime(compute_s=share * compute, bubble_s=share * bubble,
                         tp_comm_s=share * tp_total, dp_comm_s=share * dp_s,
                         pp_comm_s=share * pp_s, optimizer_s=share * optimizer_s,
+                        cp_comm_s=share * m * cp_s, ep_comm_s=share * m * ep_s,
+                        cp_comm_total_s=share * m * cp_raw, ep_comm_total_s=share * m * ep_s,
                         matmul_s=share * m * matmul_s, attention_s=share * m * attention_s,
                         elementwise_s=share * m * memory_s, overhead_s=share * m * overhead_s,
                         tp_comm_total_s=share * m * tp_raw, dp_comm_total_s=share * dp_raw,

@@ -132,6 +132,9 @@ def explain_model_states(cfg: ModelConfig, *, setup: TrainSetup, par: Parallel,
     stage = report.per_gpu
     planner_value = stage.weights_bytes + stage.gradients_bytes + stage.optimizer_bytes
     z = par.zero
+    if setup.recipe == "runtime" and (par.cp > 1 or par.ep > 1):
+        raise ConfigError("explain model_states with cp or ep covers the frameworks' recipes "
+                          "(--recipe mixed, mixed_fp32_grads or fp32)")
     if setup.recipe == "runtime":
         # what the runtime allocates, tensor by tensor: each tensor's dim-0 shard under FSDP2
         # (ZeRO-2/3) or its flat slice under ZeRO-1, fp32, and a step counter per tensor
@@ -146,14 +149,26 @@ def explain_model_states(cfg: ModelConfig, *, setup: TrainSetup, par: Parallel,
                       f"weights + gradients + optimizer bytes llmplan's runtime allocates on the "
                       f"most loaded rank, ZeRO-{z}", expr, values, planner_value,
                       "torch.optim state layout; FSDP2 dim-0 shards; planner.memory")
-    Psi, dp, w, gb, o = _symbols("Psi dp w g_b o")
-    shard = sympy.ceiling(Psi / dp)  # sharded states are padded to a multiple of dp
+    Psi, Psi_e, dp, cp, ep, w, gb, o, F = _symbols("Psi Psi_e dp cp ep w g_b o F_8")
     w_sharded, g_sharded, o_sharded = sharded_states(z, setup.recipe)
-    expr = (shard if w_sharded else Psi) * w + (shard if g_sharded else Psi) * gb \
-        + (shard if o_sharded else Psi) * o
+
+    def pool(params, ranks):  # sharded states are padded to a multiple of the ranks
+        shard = sympy.ceiling(params / ranks)
+        return ((shard if w_sharded else params) * w + (shard if g_sharded else params) * gb
+                + (shard if o_sharded else params) * o)
+
+    # ZeRO shards the dense weights over dp x cp, the routed experts over dp x cp / ep
+    # (planner.ep_cp); an fp8 run holds its linears' fp8 copies too (planner.fp8)
+    expr = pool(Psi - Psi_e, dp * cp) + pool(Psi_e, dp * cp / ep) if par.ep > 1 else \
+        pool(Psi, dp * cp)
     wb, gbb, master = RECIPE_BYTES[setup.recipe]
-    values = {Psi: stage.params, dp: par.dp, w: wb, gb: gbb,
+    values = {Psi: stage.params, dp: par.dp, cp: par.cp, w: wb, gb: gbb,
               o: master + OPTIMIZER_STATE_BYTES[setup.optimizer]}
+    if par.ep > 1:
+        values.update({Psi_e: stage.expert_params, ep: par.ep})
+    if setup.dtype == "fp8" and not (z >= 3 and par.dp * par.cp > 1):
+        expr += F
+        values[F] = stage.fp8_weight_bytes
     return _build("model_states_bytes",
                   f"weights + gradients + optimizer bytes on the most loaded rank, ZeRO-{z}",
                   expr, values, planner_value,

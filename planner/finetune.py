@@ -310,7 +310,7 @@ def adapter_memory(cfg: ModelConfig, adapters: Adapters, *, seq_len: int, act_by
     """``dtype_bytes``: the compute dtype, what the base's 16-bit tensors take as held or
     gathered and what a dequantised weight takes."""
     from planner.frozen_base import frozen_base
-    from planner.memory import layer_params_per_rank
+    from planner.stage_params import layer_params_per_rank
 
     kinds = (False, True) if cfg.is_moe else (False,)
     head = [m for m in adapted(cfg, adapters) if m.part == "head"]

@@ -69,7 +69,7 @@ def kv_report(cfg: ModelConfig, *, seq_len: int, batch: int = 1, kv_dtype: str =
 
 def weight_bytes_per_rank(cfg: ModelConfig, *, weight_bits: int = 16, tp: int = 1) -> int:
     """Inference weights on one TP rank (pp = 1)."""
-    from planner.memory import stage_params_per_rank
+    from planner.stage_params import stage_params_per_rank
     from planner.setup import Parallel
 
     (params,) = stage_params_per_rank(cfg, Parallel(tp=tp))

@@ -30,11 +30,11 @@ RUNTIME_OPTIMIZERS = ("adamw", "adafactor", "sgd_momentum")
 """Optimizers llmplan's runtime trains with (``torch.optim``)."""
 
 KEYS = (
-    "runtime_position", "runtime_optimizer", "runtime_adapters", "runtime_objective",
+    "runtime_position", "runtime_dtype", "runtime_optimizer", "runtime_adapters", "runtime_objective",
     "adapter_layout",
-    "tp_crosses_node", "tp_divisibility",
-    "runtime_tp_vocab", "vpp_without_pp", "pp_layers", "schedule",
-    "sp_without_tp", "sp_seq", "zero_without_dp", "runtime_sharded_adafactor",
+    "tp_crosses_node", "tp_divisibility", "runtime_tp_vocab", "cp_seq", "runtime_cp",
+    "vpp_without_pp", "pp_layers", "schedule",
+    "sp_without_tp", "sp_seq", "ep_divisibility", "runtime_ep", "zero_without_dp", "runtime_sharded_adafactor",
     "batch_divisibility", "interleaved_microbatches", "runtime_pp_microbatches",
     "out_of_memory",
 )
@@ -72,6 +72,9 @@ def setup_problems(setup: TrainSetup, cfg: ModelConfig) -> list[Problem]:
     """What llmplan's runtime cannot train with, whatever the layout: 8-bit Adam needs
     bitsandbytes' CUDA kernels, which this runtime does not depend on."""
     out = []
+    if setup.dtype == "fp8":
+        out.append(_runtime("runtime_dtype", "dtype(fp8) is not run: fp8 GEMMs need torchao "
+                                             "float8 on a CUDA GPU with fp8 tensor cores"))
     if setup.optimizer not in RUNTIME_OPTIMIZERS:
         out.append(_runtime("runtime_optimizer", f"optimizer({setup.optimizer}) is not run; "
                             f"supported: {', '.join(RUNTIME_OPTIMIZERS)}"))
@@ -127,19 +130,22 @@ def base_bits(setup: TrainSetup) -> int:
     return 16 if setup.adapters is None else setup.adapters.base_bits
 
 
-def method_layout_problems(setup: TrainSetup, tp: int, pp: int) -> list[Problem]:
+def method_layout_problems(setup: TrainSetup, tp: int, pp: int, cp: int = 1,
+                           ep: int = 1) -> list[Problem]:
     """Adapter fine-tuning is planned over dp x ZeRO (FSDP over the frozen base, as
-    QLoRA + FSDP runs it): how adapters split over tensor or pipeline ranks is not
-    modelled, so such layouts are refused rather than estimated wrong; llmplan's runtime
-    trains DPO over dp x ZeRO too."""
+    QLoRA + FSDP runs it): how adapters split over tensor, context, pipeline or expert
+    ranks is not modelled, so such layouts are refused rather than estimated wrong;
+    llmplan's runtime trains DPO over dp x ZeRO too."""
     a = setup.adapters
-    if a is not None and (tp > 1 or pp > 1):
+    wide = {k: v for k, v in (("tp", tp), ("cp", cp), ("pp", pp), ("ep", ep)) if v > 1}
+    sizes = " and ".join(f"{k}({v})" for k, v in wide.items())
+    if a is not None and wide:
         return [Problem(key="adapter_layout",
-                        message=f"--method {a.method} is planned over dp x ZeRO: tp({tp}) "
-                                f"and pp({pp}) must be 1")]
-    if setup.objective == "dpo" and (tp > 1 or pp > 1):
-        return [_runtime("runtime_objective", f"DPO is trained over dp x ZeRO: tp({tp}) and "
-                                              f"pp({pp}) must be 1")]
+                        message=f"--method {a.method} is planned over dp x ZeRO: {sizes} "
+                                f"must be 1")]
+    if setup.objective == "dpo" and wide:
+        return [_runtime("runtime_objective", f"DPO is trained over dp x ZeRO: {sizes} "
+                                              "must be 1")]
     return []
 
 
@@ -195,6 +201,66 @@ def sp_problems(tp: int, sp: bool, seq_len: int) -> list[Problem]:
     if sp and seq_len % tp:
         return [Problem(key="sp_seq", message=f"tp({tp}) does not divide seq({seq_len}) under "
                                               "sequence parallel")]
+    return []
+
+
+def cp_problems(cp: int, seq_len: int) -> list[Problem]:
+    """Context parallelism with causal load balancing (Llama 3, arXiv 2407.21783 §3.3.2;
+    torchtitan) cuts each sequence into 2 x cp chunks and gives rank r chunks r and
+    2cp - 1 - r, so every rank holds an equal share of the causal mask's work."""
+    if cp > 1 and seq_len % (2 * cp):
+        return [Problem(key="cp_seq", message=f"2 x cp({cp}) = {2 * cp} does not divide "
+                                              f"seq({seq_len}): causal load balancing cuts "
+                                              "each sequence into 2 x cp chunks")]
+    return []
+
+
+def ep_problems(cfg: ModelConfig, ep: int, dp: int) -> list[Problem]:
+    """Expert parallelism is carved from data parallelism (Megatron-Core): ep divides dp and
+    the experts of every MoE layer."""
+    if ep == 1:
+        return []
+    if not cfg.is_moe:
+        return [Problem(key="ep_divisibility",
+                        message=f"ep({ep}) needs a mixture-of-experts model ({cfg.name} has "
+                                "no experts)")]
+    out = []
+    if dp % ep:
+        out.append(Problem(key="ep_divisibility",
+                           message=f"ep({ep}) does not divide dp({dp}): expert parallelism is "
+                                   "carved from data parallelism"))
+    if cfg.num_experts % ep:
+        out.append(Problem(key="ep_divisibility",
+                           message=f"ep({ep}) does not divide experts({cfg.num_experts})"))
+    return out
+
+
+def runtime_cp_problems(setup: TrainSetup, *, cp: int, pp: int) -> list[Problem]:
+    """What llmplan's runtime runs of context parallelism: ring attention over the cp ranks
+    (``runtime.context_parallel``) with every tp (with or without sp), every pp schedule, dp
+    and ZeRO stage (sharded over dp x cp), recompute, and every position scheme and sliding
+    window; language-model training over the whole model only (DPO scores whole sequences,
+    adapters are trained over dp x ZeRO)."""
+    if cp > 1 and setup.objective == "dpo":
+        return [_runtime("runtime_cp", f"DPO with cp({cp}) is not run: it scores whole "
+                                       "sequences (cp must be 1)")]
+    if cp > 1 and setup.adapters is not None:
+        return [_runtime("runtime_cp", f"--method {setup.adapters.method} with cp({cp}) is not "
+                                       "run: adapters train over dp x ZeRO (cp must be 1)")]
+    return []
+
+
+def runtime_ep_problems(setup: TrainSetup, *, ep: int, zero: int) -> list[Problem]:
+    """What llmplan's runtime runs of expert parallelism: all-to-all token exchange over ep
+    of the dp ranks (``runtime.expert_parallel``) with every tp (with or without sp), cp, pp
+    and ZeRO stage (0/1 replicated, an expert's optimizer state sliced over its own dp x cp /
+    ep ranks; 2/3 FSDP2 per expert over them), and recompute; language-model training over
+    the whole model only."""
+    if ep > 1 and setup.objective == "dpo":
+        return [_runtime("runtime_ep", f"DPO with ep({ep}) is not run (ep must be 1)")]
+    if ep > 1 and setup.adapters is not None:
+        return [_runtime("runtime_ep", f"--method {setup.adapters.method} with ep({ep}) is not "
+                                       "run: adapters train over dp x ZeRO (ep must be 1)")]
     return []
 
 
@@ -258,11 +324,16 @@ def problems(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *,
     """Every problem of one layout, universal and runtime-only."""
     gbs = setup.micro_batch * setup.grad_accum * par.dp
     return [*model_problems(cfg), *setup_problems(setup, cfg),
-            *method_layout_problems(setup, par.tp, par.pp), *tp_problems(cfg, par.tp),
+            *method_layout_problems(setup, par.tp, par.pp, par.cp, par.ep),
+            *tp_problems(cfg, par.tp),
             *pp_problems(cfg, par.pp, par.vpp),
             *schedule_problems(par.pp, par.vpp, par.schedule),
-            *sp_problems(par.tp, par.sp, setup.seq_len),
-            *zero_problems(par.dp, par.zero, setup.optimizer, par.tp, base_bits(setup)),
+            *cp_problems(par.cp, setup.seq_len),
+            *runtime_cp_problems(setup, cp=par.cp, pp=par.pp),
+            *sp_problems(par.tp, par.sp, setup.seq_len // par.cp),
+            *ep_problems(cfg, par.ep, par.dp),
+            *runtime_ep_problems(setup, ep=par.ep, zero=par.zero),
+            *zero_problems(par.shard_ranks, par.zero, setup.optimizer, par.tp, base_bits(setup)),
             *batch_problems(pp=par.pp, vpp=par.vpp, schedule=par.schedule, global_batch=gbs,
                             dp=par.dp, mbs=setup.micro_batch, rounds=rounds)]
 

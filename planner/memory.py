@@ -16,12 +16,14 @@ from dataclasses import dataclass, field, replace as dataclass_replace
 
 from planner import layout
 from planner.activations import (ceil_div, carries_gradients, in_flight_layers,
-                                 kv_heads_per_rank, layer_activation_bytes,
-                                 layer_activation_terms, rope_table_bytes, tail_bytes)
+                                 layer_activation_bytes, layer_activation_terms,
+                                 rope_table_bytes, tail_bytes)
 from planner.config import ModelConfig
+from planner import ep_cp, fp8
 from planner.setup import Parallel, TrainSetup
 from planner.params import norm_params
 from planner.peak import PHASES, StepBytes
+from planner.stage_params import layer_params_per_rank, stage_params_per_rank
 from planner.states import RECIPE_BYTES, States, model_state_bytes, runtime_states
 from planner import tensors as T
 
@@ -37,64 +39,6 @@ CATEGORIES = {
 ``done`` event, the run comparison, calibration) -> the :class:`StageMemory` field."""
 OPTIONAL_CATEGORIES = ("frozen_base",)
 """Categories only some runs have (adapter fine-tuning's frozen base): shown when present."""
-
-def layer_params_per_rank(cfg: ModelConfig, tp: int, *, moe: bool) -> int:
-    """Parameters of one transformer layer on one TP rank (exact, see module docstring)."""
-    h, d, t = cfg.hidden_size, cfg.head_dim, tp
-    q_rank = cfg.q_width // t
-    kv_rank = kv_heads_per_rank(cfg, t) * d
-    attn = h * q_rank + 2 * h * kv_rank + q_rank * h
-    if cfg.qkv_bias:
-        attn += q_rank + 2 * kv_rank
-    if cfg.out_bias:
-        attn += h  # row-parallel bias: replicated
-    if cfg.position == "relative":
-        attn += q_rank * h
-
-    def mlp(ffn: int) -> int:
-        f_rank = ffn // t
-        n = (3 if cfg.gated else 2) * h * f_rank
-        if cfg.mlp_bias:
-            n += (2 if cfg.gated else 1) * f_rank + h
-        return n
-
-    if moe:
-        ffn_part = (cfg.num_experts + cfg.num_shared_experts) * mlp(cfg.moe_ffn_hidden_size)
-        ffn_part += h * cfg.num_experts  # router, replicated
-    else:
-        ffn_part = mlp(cfg.ffn_hidden_size)
-    return attn + ffn_part + cfg.norms_per_layer * norm_params(cfg)
-
-
-def stage_params_per_rank(cfg: ModelConfig, par: Parallel) -> list[int]:
-    """Parameters on one rank of each pipeline stage (before any ZeRO sharding)."""
-    t, p = par.tp, par.pp
-    per_stage = cfg.num_layers // p
-    dense = layer_params_per_rank(cfg, t, moe=False)
-    moe = layer_params_per_rank(cfg, t, moe=True) if cfg.is_moe else 0
-    vocab_rank = ceil_div(cfg.vocab_size, t) * cfg.hidden_size
-    one_norm = norm_params(cfg)
-    chunk = cfg.num_layers // (p * par.vpp)
-    out = []
-    for stage in range(p):
-        # Stage `stage` owns chunks stage, stage + p, ... (interleaved round-robin).
-        layers = [c * chunk + j for c in range(stage, p * par.vpp, p) for j in range(chunk)]
-        assert len(layers) == per_stage
-        n = sum(moe if (cfg.is_moe and i >= cfg.first_dense_layers) else dense for i in layers)
-        if stage == 0:
-            n += vocab_rank
-            if cfg.position == "learned":
-                n += (cfg.max_context + cfg.position_offset) * cfg.hidden_size
-            if cfg.embedding_norm:
-                n += one_norm
-        if stage == p - 1:
-            if cfg.final_norm:
-                n += one_norm
-            if not cfg.tie_embeddings or p > 1:
-                n += vocab_rank
-        out.append(n)
-    return out
-
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class StageMemory:
@@ -113,6 +57,10 @@ class StageMemory:
     total_bytes: int
     peak_phase: str = "backward_start"
     activations_recompute_bytes: int = 0  # of activations: only while a layer is recomputed
+    expert_params: int = 0  # of params: the routed experts this rank holds (E/ep per layer)
+    fp8_weight_bytes: int = 0  # of weights (or, ZeRO-3, of transients): the linears' fp8 copies
+    all_to_all_bytes: int = 0  # of transients: expert parallelism's dispatch buffers
+    ring_bytes: int = 0  # of transients: context parallelism's K/V blocks in flight
     frozen_base_bytes: int = 0  # adapter fine-tuning: the frozen base (weights: the adapters)
     phases: dict[str, int] = field(default_factory=dict)
     at_peak: dict[str, int] = field(default_factory=dict)
@@ -125,6 +73,8 @@ class StageMemory:
                 "activations_bytes": self.activations_bytes,
                 "activations_recompute_bytes": self.activations_recompute_bytes,
                 "frozen_base_bytes": self.frozen_base_bytes,
+                "expert_params": self.expert_params, "fp8_weight_bytes": self.fp8_weight_bytes,
+                "all_to_all_bytes": self.all_to_all_bytes, "ring_bytes": self.ring_bytes,
                 "transient_bytes": self.transient_bytes, "total_bytes": self.total_bytes,
                 "peak_phase": self.peak_phase, "phases_bytes": dict(self.phases),
                 "at_peak_bytes": dict(self.at_peak)}
@@ -157,6 +107,7 @@ class Estimator:
         self.cfg, self.setup = cfg, setup
         self.unit = TrainSetup(seq_len=setup.seq_len, micro_batch=1, dtype=setup.dtype,
                                attention=setup.attention, dropout=setup.dropout)
+        self._units: dict[int, TrainSetup] = {1: self.unit}
         self.compute_w_bytes = 4 if setup.dtype == "fp32" else 2
         self.runtime = setup.recipe == "runtime"
         self.uniform = not cfg.is_moe or cfg.first_dense_layers == 0
@@ -174,21 +125,28 @@ class Estimator:
                                            act_bytes=setup.activation_bytes,
                                            dtype_bytes=self.compute_w_bytes)
 
+    def local_unit(self, cp: int) -> TrainSetup:
+        """The b = 1 setup of one context-parallel rank: ``s/cp`` tokens of each sequence."""
+        hit = self._units.get(cp)
+        if hit is None:
+            hit = self._units[cp] = dataclass_replace(self.unit, seq_len=self.setup.seq_len // cp)
+        return hit
+
     def autocast(self, dp: int, zero: int) -> bool:
         """llmplan's runtime casts to bf16 by autocast unless FSDP's mixed precision does."""
         return self.runtime and self.setup.dtype != "fp32" and not (zero >= 2 and dp > 1)
 
     def tp_terms(self, tp: int, sp: bool, recompute: str,
-                 autocast: bool = False) -> tuple[int, float, float]:
-        """(layer params per rank, kept bytes per layer, running layer's bytes) at b = 1."""
-        key = (tp, sp, recompute, autocast)
+                 autocast: bool = False, cp: int = 1) -> tuple[int, float, float]:
+        """(layer params per rank, kept bytes per layer, running layer's bytes) at b = 1, for
+        one context-parallel rank's ``s/cp`` tokens (``planner.ep_cp``)."""
+        key = (tp, sp, recompute, autocast, cp)
         hit = self._tp.get(key)
         if hit is None:
-            cfg = self.cfg
+            cfg, unit = self.cfg, self.local_unit(cp)
             # The layer kinds this model has (dense, MoE, or both with leading dense layers);
             # the larger per-layer figure bounds a mix of them in flight.
-            kinds = [layer_activation_terms(cfg, self.unit, tp, moe=moe, runtime=self.runtime,
-                                            autocast=autocast)
+            kinds = [self.layer_terms(unit, tp, moe=moe, autocast=autocast, cp=cp)
                      for moe in ((False,) if not cfg.is_moe else
                                  (True,) if cfg.first_dense_layers == 0 else (False, True))]
             gathered = self.runtime
@@ -204,17 +162,48 @@ class Estimator:
             self._tp[key] = hit
         return hit
 
-    def stage_params(self, tp: int, pp: int, vpp: int) -> list[int]:
-        key = (tp, pp, vpp)
+    def layer_terms(self, unit: TrainSetup, tp: int, *, moe: bool, autocast: bool, cp: int):
+        """One layer's saved tensors at b = 1 for ``unit``'s tokens: under context
+        parallelism (``planner.ep_cp``), with fp8 linears (``planner.fp8``)."""
+        cfg = self.cfg
+        terms = ep_cp.context_terms(
+            layer_activation_terms(cfg, unit, tp, moe=moe, runtime=self.runtime,
+                                   autocast=autocast),
+            cfg, local_seq=unit.seq_len, micro_batch=1, act_bytes=unit.activation_bytes,
+            tp=tp, cp=cp, runtime=self.runtime)
+        if self.setup.dtype == "fp8":
+            terms = fp8.fp8_terms(terms, cfg, local_seq=unit.seq_len,
+                                  act_bytes=unit.activation_bytes, tp=tp, moe=moe,
+                                  scaling=self.setup.fp8_scaling)
+        return terms
+
+    def stage_params(self, tp: int, pp: int, vpp: int, ep: int = 1) -> list[int]:
+        key = (tp, pp, vpp, ep)
         hit = self._stages.get(key)
         if hit is None:
-            hit = stage_params_per_rank(self.cfg, Parallel(tp=tp, pp=pp, vpp=vpp))
+            hit = stage_params_per_rank(self.cfg, Parallel(tp=tp, pp=pp, vpp=vpp, dp=ep, ep=ep))
             self._stages[key] = hit
         return hit
 
-    def states(self, *, tp: int, pp: int, vpp: int, dp: int, zero: int, stage: int) -> States:
-        key = (tp, pp, vpp, dp, zero, stage)
+    def expert_params(self, tp: int, pp: int, vpp: int, ep: int, stage: int) -> int:
+        """The routed experts' parameters among a stage rank's (E/ep per MoE layer)."""
+        par = Parallel(tp=tp, pp=pp, vpp=vpp, dp=ep, ep=ep)
+        return sum(n * T.numel(shape)
+                   for shape, n in T.stage_expert_tensors(self.cfg, par, stage).items())
+
+    def states(self, *, tp: int, pp: int, vpp: int, dp: int, zero: int, stage: int,
+               cp: int = 1, ep: int = 1) -> States:
+        """A stage rank's model states. ZeRO shards the dense weights over the dp x cp ranks
+        holding them, and the routed experts over the dp x cp / ep holding theirs."""
+        key = (tp, pp, vpp, dp, zero, stage, cp, ep)
         hit = self._states.get(key)
+        if hit is None and (cp > 1 or ep > 1):
+            par = Parallel(tp=tp, pp=pp, vpp=vpp, dp=dp, cp=cp, ep=ep, zero=zero)
+            hit = ep_cp.split_states(self.cfg, self.setup, par, stage, runtime=self.runtime,
+                                     params=self.stage_params(tp, pp, vpp, ep)[stage],
+                                     experts=self.expert_params(tp, pp, vpp, ep, stage),
+                                     compute_bytes=self.compute_w_bytes)
+            self._states[key] = hit
         if hit is None:
             cfg, setup = self.cfg, self.setup
             params = self.stage_params(tp, pp, vpp)[stage]
@@ -258,26 +247,29 @@ class Estimator:
             self._states[key] = hit
         return hit
 
-    def tail(self, tp: int, sp: bool, autocast: bool) -> float:
-        key = (tp, sp, autocast)
+    def tail(self, tp: int, sp: bool, autocast: bool, cp: int = 1) -> float:
+        key = (tp, sp, autocast, cp)
         if key not in self._tail:
             a = self.adapters
-            self._tail[key] = tail_bytes(self.cfg, self.unit, tp, sp, autocast=autocast,
+            self._tail[key] = tail_bytes(self.cfg, self.local_unit(cp), tp, sp, autocast=autocast,
                                          frozen_head=a is not None and not a.head_adapted) \
                 + (a.head_activation_bytes if a is not None else 0)
         return self._tail[key]
 
-    def fixed(self, *, tp: int, pp: int, vpp: int, dp: int, zero: int, stage: int) -> dict:
+    def fixed(self, *, tp: int, pp: int, vpp: int, dp: int, zero: int, stage: int,
+              cp: int = 1, ep: int = 1) -> dict:
         """The timeline's terms that depend on the layout and stage only (cached): model
         states, the LM head's gradient, the tied embedding's backward, FSDP's unsharded
-        parameters and gradients, autocast's weight copies."""
-        key = (tp, pp, vpp, dp, zero, stage)
+        parameters and gradients, autocast's weight copies. FSDP shards over the dp x cp
+        ranks holding a weight (``dp`` below is that group)."""
+        key = (tp, pp, vpp, dp, zero, stage, cp, ep)
         hit = self._fixed.get(key)
         if hit is not None:
             return hit
         cfg, setup = self.cfg, self.setup
-        st = self.states(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, stage=stage)
-        layer_params = T.layer_params(cfg, tp, moe=cfg.is_moe, runtime=self.runtime)
+        st = self.states(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, stage=stage, cp=cp, ep=ep)
+        dp *= cp
+        layer_params = T.layer_params(cfg, tp, moe=cfg.is_moe, runtime=self.runtime, ep=ep)
         n_layers = cfg.num_layers // pp
         first, last = stage == 0, stage == pp - 1
         vocab_rows = ceil_div(cfg.vocab_size, tp) * cfg.hidden_size
@@ -289,6 +281,16 @@ class Estimator:
                    optimizer_temp=st.optimizer_temp, head_grad=0, embedding_end=0,
                    unsharded_start=0, unsharded_block=0, unsharded_end=0, partial_block=0)
         root = st.params - n_layers * layer_params  # embedding, final norm, head
+        if setup.dtype == "fp8":  # the linears' fp8 copies: cached, or while a layer is gathered
+            copies = fp8.weight_copy_bytes(
+                fp8.linear_weights_per_layer(cfg, tp, moe=cfg.is_moe, ep=ep),
+                setup.fp8_scaling)
+            if zero >= 3 and dp > 1:
+                out["fp8_copies"] = min(2, n_layers) * copies
+                out["unsharded_start"] += out["fp8_copies"]
+            else:
+                out["fp8_copies"] = n_layers * copies
+                out["weights"] += out["fp8_copies"]
         if self.adapters is not None:
             out.update(self.adapters.timeline_terms(
                 num_layers=cfg.num_layers, dp=dp, zero=zero, root_params=root,
@@ -334,22 +336,27 @@ class Estimator:
         return out
 
     def step_bytes(self, *, tp: int, pp: int, vpp: int, dp: int, zero: int, sp: bool,
-                   recompute: str, mbs: int, m: int, schedule: str, stage: int) -> StepBytes:
+                   recompute: str, mbs: int, m: int, schedule: str, stage: int,
+                   cp: int = 1, ep: int = 1) -> StepBytes:
         """What one rank of pipeline stage ``stage`` holds, by kind, for the timeline. The
-        layout is assumed valid (see ``planner.layout``); a DPO example is two sequences."""
+        layout is assumed valid (see ``planner.layout``); a DPO example is two sequences;
+        a context-parallel rank holds ``s/cp`` tokens of each."""
         cfg, setup = self.cfg, self.setup
         mbs *= setup.sequences_per_example
-        fixed = self.fixed(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, stage=stage)
-        autocast = self.autocast(dp, zero)
-        _, kept, running = self.tp_terms(tp, sp, recompute, autocast)
+        fixed = self.fixed(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, stage=stage, cp=cp, ep=ep)
+        autocast = self.autocast(dp * cp, zero)
+        _, kept, running = self.tp_terms(tp, sp, recompute, autocast, cp)
+        local_seq = setup.seq_len // cp
         n_layers = cfg.num_layers // pp
         first, last = stage == 0, stage == pp - 1
         in_flight = in_flight_layers(cfg.num_layers, pp=pp, vpp=vpp, m=m, stage=stage,
                                      schedule=schedule)
-        tail = self.tail(tp, sp, autocast) * mbs if last else 0.0
-        acts = in_flight * kept * mbs + tail + ceil_div(in_flight, n_layers) * self.rope_tables
+        tail = self.tail(tp, sp, autocast, cp) * mbs if last else 0.0
+        rope = self.rope_tables // cp
+        acts = in_flight * kept * mbs + tail + ceil_div(in_flight, n_layers) * rope
         if setup.dropout and first:  # embedding dropout mask per in-flight micro-batch
-            acts += min(pp, m) * setup.seq_len * mbs * cfg.hidden_size / (tp if sp else 1)
+            acts += min(pp, m) * local_seq * mbs * cfg.hidden_size / (tp if sp else 1)
+        buffers = self.comm_buffers(tp=tp, cp=cp, ep=ep, mbs=mbs)
         carry = (not self.runtime) or carries_gradients(pp=pp, vpp=vpp, m=m, stage=stage,
                                                         schedule=schedule)
         return StepBytes(
@@ -357,22 +364,33 @@ class Estimator:
             optimizer=fixed["optimizer"], optimizer_temp=fixed["optimizer_temp"],
             activations=int(acts), tail=int(tail), carry=carry,
             running_extra=int((running - kept) * mbs) if recompute != "none" else 0,
-            loss_temp=8 * setup.seq_len * mbs * ceil_div(cfg.vocab_size, tp) if last else 0,
+            loss_temp=8 * local_seq * mbs * ceil_div(cfg.vocab_size, tp) if last else 0,
             head_grad=fixed["head_grad"], embedding_end=fixed["embedding_end"],
             unsharded_start=fixed["unsharded_start"],
             unsharded_block=fixed["unsharded_block"] + (0 if carry else fixed["partial_block"]),
-            unsharded_end=fixed["unsharded_end"], block_temp=fixed.get("block_temp", 0))
+            unsharded_end=fixed["unsharded_end"],
+            block_temp=fixed.get("block_temp", 0) + sum(buffers))
+
+    def comm_buffers(self, *, tp: int, cp: int, ep: int, mbs: int) -> tuple[int, int]:
+        """(all-to-all buffers, ring K/V blocks) alive while a layer runs (``planner.ep_cp``)."""
+        unit = self.local_unit(cp)
+        common = dict(local_seq=unit.seq_len, micro_batch=mbs, act_bytes=unit.activation_bytes)
+        a2a = ep_cp.all_to_all_buffer_bytes(self.cfg, ep=ep, **common) if self.cfg.is_moe else 0
+        return a2a, ep_cp.ring_buffer_bytes(self.cfg, tp=tp, cp=cp, **common)
 
     def stage_memory(self, *, tp: int, pp: int, vpp: int, dp: int, zero: int, sp: bool,
-                     recompute: str, mbs: int, m: int, schedule: str, stage: int) -> StageMemory:
+                     recompute: str, mbs: int, m: int, schedule: str, stage: int,
+                     cp: int = 1, ep: int = 1) -> StageMemory:
         step = self.step_bytes(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp,
                                recompute=recompute, mbs=mbs, m=m, schedule=schedule,
-                               stage=stage)
+                               stage=stage, cp=cp, ep=ep)
         phases = step.phases()
         peak, phase = step.peak()
         grads, acts, temps = step.parts()[PHASES.index(phase)]
         most_acts = max(step.activations, step.activations - step.tail + step.running_extra)
-        st = self.states(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, stage=stage)
+        st = self.states(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, stage=stage, cp=cp, ep=ep)
+        a2a, ring = self.comm_buffers(tp=tp, cp=cp, ep=ep,
+                                      mbs=mbs * self.setup.sequences_per_example)
         at_peak = {"weights": step.weights - st.frozen}
         if st.frozen:
             at_peak["frozen_base"] = st.frozen
@@ -381,12 +399,17 @@ class Estimator:
             weights_bytes=step.weights - st.frozen, gradients_bytes=step.gradients,
             optimizer_bytes=step.optimizer, activations_bytes=most_acts,
             activations_recompute_bytes=most_acts - step.activations,
+            all_to_all_bytes=a2a, ring_bytes=ring,
+            fp8_weight_bytes=self.fixed(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, stage=stage,
+                                        cp=cp, ep=ep).get("fp8_copies", 0),
+            expert_params=self.expert_params(tp, pp, vpp, ep, stage) if self.cfg.is_moe else 0,
             transient_bytes=temps, total_bytes=peak, peak_phase=phase, phases=phases,
             at_peak={**at_peak, "optimizer": step.optimizer, "gradients": grads,
                      "activations": acts, "temporaries": temps})
 
     def peak_bytes(self, *, tp: int, pp: int, vpp: int, dp: int, zero: int, sp: bool,
-                   recompute: str, mbs: int, m: int, schedule: str) -> tuple[int, int]:
+                   recompute: str, mbs: int, m: int, schedule: str, cp: int = 1,
+                   ep: int = 1) -> tuple[int, int]:
         """(total bytes, stage) of the most loaded rank. With uniform layers a middle stage
         never exceeds stage 0 (same layers, no embedding, fewer micro-batches in flight), so
         only the first and last stages are evaluated."""
@@ -395,7 +418,7 @@ class Estimator:
         for i in stages:
             total = self.step_bytes(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp,
                                     recompute=recompute, mbs=mbs, m=m, schedule=schedule,
-                                    stage=i).peak()[0]
+                                    stage=i, cp=cp, ep=ep).peak()[0]
             if total > best:
                 best, where = total, i
         return best, where
@@ -406,7 +429,8 @@ class Estimator:
         return MemoryReport(stages=tuple(
             self.stage_memory(tp=par.tp, pp=par.pp, vpp=par.vpp, dp=par.dp, zero=par.zero,
                               sp=par.sp, recompute=s.recompute, mbs=s.micro_batch,
-                              m=s.grad_accum, schedule=par.schedule, stage=i)
+                              m=s.grad_accum, schedule=par.schedule, stage=i, cp=par.cp,
+                              ep=par.ep)
             for i in range(par.pp)))
 
 

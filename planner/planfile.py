@@ -73,7 +73,7 @@ def candidate_layout(result: "SearchResult", cand: "Candidate") -> tuple[TrainSe
     setup = replace(result.setup, micro_batch=cand.mbs, grad_accum=cand.grad_accum,
                     recompute=cand.recompute)
     par = Parallel(tp=cand.tp, pp=cand.pp, vpp=cand.vpp, dp=cand.dp, zero=cand.zero, sp=cand.sp,
-                   schedule=cand.schedule)
+                   cp=cand.cp, ep=cand.ep, schedule=cand.schedule)
     return setup, par
 
 
@@ -98,7 +98,9 @@ def read_plan(path: Path, required: tuple[str, ...] = PLAN_TABLES) -> dict[str, 
 
 
 def plan_objects(data: Mapping[str, Any], where: str = "plan") -> tuple[ModelConfig, TrainSetup, Parallel]:
-    """The typed model, setup and layout of a plan (validated, errors name the numbers)."""
+    """The typed model, setup and layout of a plan (validated, errors name the numbers). A
+    [layout] table's fields are ``Parallel``'s; one written before context and expert
+    parallelism has no ``cp`` / ``ep``, which default to 1."""
     cfg = ModelConfig.from_dict(data["model"], where=f"{where} [model]")
     table = dict(data["setup"])
     if isinstance(table.get("adapters"), dict):

@@ -1,8 +1,9 @@
-"""Layout search: every tensor x pipeline x data (ZeRO) layout of a cluster, ranked.
+"""Layout search: every tensor x context x pipeline x data (expert, ZeRO) layout of a
+cluster, ranked.
 
-The space for N accelerators: tp and pp over the divisors of N (dp = N / (tp pp)), virtual
-stages 1..max_vpp, ZeRO 0-3, sequence parallel off/on, recompute none/selective/full, and a
-micro-batch from ``micro_batches`` (the gradient accumulation then follows from the global
+The space for N accelerators: tp, cp and pp over the divisors of N (dp = N / (tp cp pp)), ep
+over the divisors of dp for an MoE model, virtual stages 1..max_vpp, ZeRO 0-3, sequence
+parallel off/on, recompute none/selective/full, and a micro-batch from ``micro_batches`` (the gradient accumulation then follows from the global
 batch). Each combination is either rejected for the first reason that applies, in the order
 of ``REASONS``, or evaluated: per-GPU memory of the most loaded rank (planner.memory) against
 the usable memory, and step time (planner.cost). Rejections are counted exactly; subtrees
@@ -46,12 +47,15 @@ class SearchSpace:
     pps: tuple[int, ...] = ()
     dps: tuple[int, ...] = ()
     vpps: tuple[int, ...] = ()
+    cps: tuple[int, ...] = ()
+    eps: tuple[int, ...] = ()
 
     @classmethod
     def pinned(cls, *, max_vpp: int = 4, tp: int | None = None, pp: int | None = None,
                vpp: int | None = None, dp: int | None = None, zero: int | None = None,
                sp: bool | None = None, recompute: str | None = None,
-               mbs: int | None = None) -> "SearchSpace":
+               mbs: int | None = None, cp: int | None = None,
+               ep: int | None = None) -> "SearchSpace":
         """The full space with each given dimension pinned to its value (``plan --tp ...``,
         a published run's stated layout); values outside a dimension's range are one-line
         errors."""
@@ -61,12 +65,14 @@ class SearchSpace:
             raise ConfigError(f"recompute({recompute!r}) is not one of {', '.join(RECOMPUTES)}")
         if zero is not None and zero not in ZEROS:
             raise ConfigError(f"zero({zero}) must be 0, 1, 2 or 3")
-        for label, value in (("tp", tp), ("pp", pp), ("dp", dp), ("vpp", vpp), ("mbs", mbs)):
+        for label, value in (("tp", tp), ("pp", pp), ("dp", dp), ("vpp", vpp), ("mbs", mbs),
+                             ("cp", cp), ("ep", ep)):
             if value is not None and value < 1:
                 raise ConfigError(f"{label}({value}) must be a positive integer")
         base = cls(max_vpp=max_vpp)
         return cls(max_vpp=max_vpp, tps=(tp,) if tp else (), pps=(pp,) if pp else (),
                    dps=(dp,) if dp else (), vpps=(vpp,) if vpp else (),
+                   cps=(cp,) if cp else (), eps=(ep,) if ep else (),
                    zeros=(zero,) if zero is not None else base.zeros,
                    sps=(sp,) if sp is not None else base.sps,
                    recomputes=(recompute,) if recompute else base.recomputes,
@@ -74,23 +80,40 @@ class SearchSpace:
 
     def check(self, gpus: int) -> None:
         """A pinned size that cannot split ``gpus`` is a ConfigError naming the numbers."""
-        for label, values in (("tp", self.tps), ("pp", self.pps), ("dp", self.dps)):
+        for label, values in (("tp", self.tps), ("cp", self.cps), ("pp", self.pps),
+                              ("dp", self.dps)):
             for v in values:
                 if v < 1 or gpus % v:
                     raise ConfigError(f"{label}({v}) does not divide gpus({gpus})")
         if len(self.tps) == len(self.pps) == len(self.dps) == 1:
+            # with cp searched, it is whatever the pinned three leave
             product = self.tps[0] * self.pps[0] * self.dps[0]
-            if product != gpus:
-                raise ConfigError(f"tp({self.tps[0]}) x pp({self.pps[0]}) x dp({self.dps[0]}) "
-                                  f"= {product} is not the cluster's {gpus} GPUs")
+            cps = self.cps or ((gpus // product,) if gpus % product == 0 else ())
+            if not cps or product * cps[0] != gpus:
+                cp = f" x cp({self.cps[0]})" if self.cps else ""
+                total = product * (self.cps[0] if self.cps else 1)
+                raise ConfigError(f"tp({self.tps[0]}){cp} x pp({self.pps[0]}) x "
+                                  f"dp({self.dps[0]}) = {total} is not the cluster's {gpus} GPUs")
 
     def tensor_sizes(self, gpus: int) -> list[int]:
         return [t for t in divisors(gpus) if not self.tps or t in self.tps]
 
-    def pipeline_sizes(self, gpus: int, tp: int) -> list[int]:
-        """The pp values searched beside ``tp`` (dp = gpus / (tp pp) must be allowed too)."""
-        return [p for p in divisors(gpus // tp) if (not self.pps or p in self.pps)
-                and (not self.dps or gpus // (tp * p) in self.dps)]
+    def context_sizes(self, gpus: int, tp: int) -> list[int]:
+        """The cp values searched beside ``tp``."""
+        return [c for c in divisors(gpus // tp) if not self.cps or c in self.cps]
+
+    def pipeline_sizes(self, gpus: int, tp: int, cp: int = 1) -> list[int]:
+        """The pp values searched beside ``tp`` and ``cp`` (dp = gpus / (tp cp pp) must be
+        allowed too)."""
+        return [p for p in divisors(gpus // (tp * cp)) if (not self.pps or p in self.pps)
+                and (not self.dps or gpus // (tp * cp * p) in self.dps)]
+
+    def expert_sizes(self, cfg: ModelConfig, dp: int) -> list[int]:
+        """The ep values searched beside ``dp``: its divisors for an MoE model (1 for a dense
+        one), or the pinned value."""
+        if self.eps:
+            return list(self.eps)
+        return divisors(dp) if cfg.is_moe else [1]
 
     def virtual_stages(self) -> tuple[int, ...]:
         return self.vpps or tuple(range(1, self.max_vpp + 1))
@@ -116,6 +139,10 @@ class Candidate:
     hfu_tflops_per_gpu: float
     hfu: float = 0.0
     """Hardware FLOPs (recompute counted) per second over the dense peak."""
+    cp: int = 1
+    ep: int = 1
+    mfu_bf16_peak: float = 0.0
+    """fp8 training: MFU against the bf16 peak (``mfu`` is against the fp8 peak); else 0."""
     not_launchable: tuple[str, ...] = ()
     """Why llmplan's runtime does not run this layout (``--runtime any`` only); empty when it does."""
 
@@ -132,18 +159,21 @@ class Candidate:
         return not self.not_launchable
 
     def label(self) -> str:
-        return (f"tp={self.tp} pp={self.pp} vpp={self.vpp} dp={self.dp} zero={self.zero} "
+        beyond = (f"cp={self.cp} " if self.cp > 1 else "") + (f"ep={self.ep} " if self.ep > 1 else "")
+        return (f"tp={self.tp} {beyond}pp={self.pp} vpp={self.vpp} dp={self.dp} zero={self.zero} "
                 f"sp={'on' if self.sp else 'off'} recompute={self.recompute} "
                 f"mbs={self.mbs} m={self.grad_accum}")
 
     def to_dict(self, world: int) -> dict[str, object]:
-        return {"tp": self.tp, "pp": self.pp, "vpp": self.vpp, "dp": self.dp, "zero": self.zero,
+        return {"tp": self.tp, "cp": self.cp, "pp": self.pp, "vpp": self.vpp, "dp": self.dp,
+                "ep": self.ep, "zero": self.zero,
                 "sp": self.sp, "recompute": self.recompute, "mbs": self.mbs,
                 "grad_accum": self.grad_accum, "memory_per_gpu_bytes": self.memory_per_gpu_bytes,
                 "memory_stage": self.memory_stage, "margin_bytes": self.margin_bytes,
                 "step_time_s": self.step_time_s, "tokens_per_s": self.tokens_per_s,
                 "tokens_per_s_per_gpu": self.tokens_per_s / world, "mfu": self.mfu,
                 "hfu_tflops_per_gpu": self.hfu_tflops_per_gpu, "hfu": self.hfu,
+                **({"mfu_bf16_peak": self.mfu_bf16_peak} if self.mfu_bf16_peak else {}),
                 "launchable": self.launchable, "not_launchable": list(self.not_launchable),
                 "step": self.step.to_dict(), "breakdown": self.step.breakdown()}
 
@@ -217,95 +247,126 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
     space.check(N)
     vpps = space.virtual_stages()
     n_mbs, n_rc = len(space.micro_batches), len(space.recomputes)
+    # layouts below each level, for counting a rejected subtree in bulk
     per_zero = n_mbs * n_rc
-    per_sp = len(space.zeros) * per_zero
-    per_vpp = len(space.sps) * per_sp
-    per_pp = len(vpps) * per_vpp
+    per_ep = len(space.zeros) * per_zero
+
+    def per_pp(dp: int) -> int:
+        return len(vpps) * len(space.sps) * len(space.expert_sizes(cfg, dp)) * per_ep
+
+    def per_cp(tp: int, cp: int) -> int:
+        return sum(per_pp(N // (tp * cp * pp)) for pp in space.pipeline_sizes(N, tp, cp))
+
+    def per_tp(tp: int) -> int:
+        return sum(per_cp(tp, cp) for cp in space.context_sizes(N, tp))
+
     tokens_per_step = global_batch * seq * setup.sequences_per_example
 
     def refused(found: list[layout.Problem]) -> tuple[str | None, tuple[str, ...]]:
         """(the key that rejects, else None; the runtime-only reasons it is kept with)."""
         applying = layout.refusals(found, runtime)
         if applying:
-            return applying[0].key, ()
+            return min((p.key for p in applying), key=REASONS.index), ()
         return None, tuple(p.message for p in found)
 
     whole = layout.model_problems(cfg) + layout.setup_problems(setup, cfg)
     key, base_notes = refused(whole)
     if key:
-        rejected[key] = sum(len(space.pipeline_sizes(N, tp)) for tp in space.tensor_sizes(N)) * per_pp
+        rejected[key] = sum(per_tp(tp) for tp in space.tensor_sizes(N))
         # no layout is tried: the rule that refuses them all is the answer
         return SearchResult(candidates=[], rejected=rejected, evaluated=0, usable_bytes=usable,
                             world=N, cluster=cluster, setup=setup,
                             suggestions=[p.message for p in layout.refusals(whole, runtime)])
     for tp in space.tensor_sizes(N):
-        pps = space.pipeline_sizes(N, tp)
         if tp > cluster.gpus_per_node:
-            rejected["tp_crosses_node"] += len(pps) * per_pp
+            rejected["tp_crosses_node"] += per_tp(tp)
             continue
         key, tp_notes = refused(layout.tp_problems(cfg, tp)
                                 + layout.method_layout_problems(setup, tp, 1))
         if key:
-            rejected[key] += len(pps) * per_pp
+            rejected[key] += per_tp(tp)
             continue
-        for pp in pps:
-            dp = N // (tp * pp)
-            for vpp in vpps:
-                key, _ = refused(layout.pp_problems(cfg, pp, vpp)
-                                 + layout.method_layout_problems(setup, 1, pp))
-                if key:
-                    rejected[key] += per_vpp
-                    continue
-                schedule = default_schedule(vpp)
-                for sp in space.sps:
-                    key, _ = refused(layout.sp_problems(tp, sp, seq))
+        for cp in space.context_sizes(N, tp):
+            key, cp_notes = refused(layout.cp_problems(cp, seq)
+                                    + layout.method_layout_problems(setup, 1, 1, cp))
+            if key:
+                rejected[key] += per_cp(tp, cp)
+                continue
+            for pp in space.pipeline_sizes(N, tp, cp):
+                dp = N // (tp * cp * pp)
+                eps = space.expert_sizes(cfg, dp)
+                per_vpp = len(space.sps) * len(eps) * per_ep
+                for vpp in vpps:
+                    key, pp_notes = refused(layout.pp_problems(cfg, pp, vpp)
+                                            + layout.runtime_cp_problems(setup, cp=cp, pp=pp)
+                                            + layout.method_layout_problems(setup, 1, pp))
                     if key:
-                        rejected[key] += per_sp
+                        rejected[key] += per_vpp
                         continue
-                    for zero in space.zeros:
-                        key, zero_notes = refused(layout.zero_problems(dp, zero, setup.optimizer, tp,
-                                                                      layout.base_bits(setup)))
+                    schedule = default_schedule(vpp)
+                    for sp in space.sps:
+                        key, _ = refused(layout.sp_problems(tp, sp, seq // cp))
                         if key:
-                            rejected[key] += per_zero
+                            rejected[key] += len(eps) * per_ep
                             continue
-                        for mbs in space.micro_batches:
-                            key, batch_notes = refused(layout.batch_problems(
-                                pp=pp, vpp=vpp, schedule=schedule, global_batch=global_batch,
-                                dp=dp, mbs=mbs))
+                        for ep in eps:
+                            key, ep_notes = refused(layout.ep_problems(cfg, ep, dp)
+                                                    + layout.method_layout_problems(
+                                                        setup, 1, 1, 1, ep))
                             if key:
-                                rejected[key] += n_rc
+                                rejected[key] += per_ep
                                 continue
-                            m = global_batch // (dp * mbs)
-                            notes = base_notes + tp_notes + zero_notes + batch_notes
-                            for recompute in space.recomputes:
-                                evaluated += 1
-                                need, stage = memory.peak_bytes(
-                                    tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp,
-                                    recompute=recompute, mbs=mbs, m=m, schedule=schedule)
-                                fits = need <= usable
-                                if not fits:
-                                    rejected["out_of_memory"] += 1
-                                    if closest is not None and need >= closest.memory_per_gpu_bytes:
+                            params, experts = cost.stage_params(tp=tp, pp=pp, vpp=vpp, ep=ep)
+                            for zero in space.zeros:
+                                key, zero_notes = refused(
+                                    layout.zero_problems(dp * cp, zero, setup.optimizer, tp,
+                                                         layout.base_bits(setup))
+                                    + layout.runtime_ep_problems(setup, ep=ep, zero=zero))
+                                if key:
+                                    rejected[key] += per_zero
+                                    continue
+                                for mbs in space.micro_batches:
+                                    key, batch_notes = refused(layout.batch_problems(
+                                        pp=pp, vpp=vpp, schedule=schedule,
+                                        global_batch=global_batch, dp=dp, mbs=mbs))
+                                    if key:
+                                        rejected[key] += n_rc
                                         continue
-                                params = max(memory.stage_params(tp, pp, vpp))
-                                step = cost.step_time(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero,
-                                                      sp=sp, recompute=recompute, mbs=mbs, m=m,
-                                                      params_per_rank=params)
-                                total_s = step.total_s
-                                hfu_flops = cost.flops[recompute].hardware_flops_per_token
-                                tps = tokens_per_step / total_s
-                                cand = Candidate(
-                                    tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp,
-                                    recompute=recompute, mbs=mbs, grad_accum=m,
-                                    memory_per_gpu_bytes=need, memory_stage=stage,
-                                    margin_bytes=usable - need, step=step, tokens_per_s=tps,
-                                    mfu=model_flops * tps / (N * peak),
-                                    hfu_tflops_per_gpu=hfu_flops * tps / N / 1e12,
-                                    hfu=hfu_flops * tps / (N * peak), not_launchable=notes)
-                                if fits:
-                                    feasible.append(cand)
-                                else:
-                                    closest = cand
+                                    m = global_batch // (dp * mbs)
+                                    notes = (base_notes + tp_notes + cp_notes + pp_notes
+                                             + ep_notes + zero_notes + batch_notes)
+                                    shape = dict(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp,
+                                                 mbs=mbs, m=m, cp=cp, ep=ep)
+                                    for recompute in space.recomputes:
+                                        evaluated += 1
+                                        need, stage = memory.peak_bytes(
+                                            **shape, recompute=recompute, schedule=schedule)
+                                        fits = need <= usable
+                                        if not fits:
+                                            rejected["out_of_memory"] += 1
+                                            if (closest is not None
+                                                    and need >= closest.memory_per_gpu_bytes):
+                                                continue
+                                        step = cost.step_time(
+                                            **shape, recompute=recompute, params_per_rank=params,
+                                            expert_params_per_rank=experts)
+                                        hfu_flops = cost.flops[recompute].hardware_flops_per_token
+                                        tps = tokens_per_step / step.total_s
+                                        cand = Candidate(
+                                            tp=tp, cp=cp, pp=pp, vpp=vpp, dp=dp, ep=ep, zero=zero,
+                                            sp=sp, recompute=recompute, mbs=mbs, grad_accum=m,
+                                            memory_per_gpu_bytes=need, memory_stage=stage,
+                                            margin_bytes=usable - need, step=step,
+                                            tokens_per_s=tps, mfu=model_flops * tps / (N * peak),
+                                            hfu_tflops_per_gpu=hfu_flops * tps / N / 1e12,
+                                            hfu=hfu_flops * tps / (N * peak),
+                                            mfu_bf16_peak=(model_flops * tps / (N * cost.bf16_peak)
+                                                           if setup.dtype == "fp8" else 0.0),
+                                            not_launchable=notes)
+                                        if fits:
+                                            feasible.append(cand)
+                                        else:
+                                            closest = cand
     feasible.sort(key=lambda c: (-c.tokens_per_s, -c.margin_bytes))
     result = SearchResult(candidates=feasible, rejected=rejected, evaluated=evaluated,
                           usable_bytes=usable, world=N, cluster=cluster, setup=setup,

@@ -10,7 +10,8 @@ from planner.config import ConfigError
 from planner.finetune import Adapters
 
 
-DTYPES = ("bf16", "fp16", "fp32")
+DTYPES = ("bf16", "fp16", "fp32", "fp8")
+"""Compute dtypes; fp8 runs the linears' GEMMs in fp8 and the rest in bf16 (``planner.fp8``)."""
 RECIPES = ("mixed", "mixed_fp32_grads", "fp32", "runtime")
 OPTIMIZERS = ("adamw", "adafactor", "sgd_momentum", "adam8bit")
 RECOMPUTES = ("none", "selective", "full")
@@ -41,6 +42,8 @@ class TrainSetup:
     dropout: bool = False
     adapters: Adapters | None = None
     """LoRA / QLoRA over a frozen base (``planner.finetune``); None trains every parameter."""
+    fp8_scaling: str = ""
+    """With dtype fp8: ``tensor`` (one scale per tensor, the default) or ``block`` scaling."""
     objective: str = "lm"
     """``lm``, or ``dpo``: each example is two sequences, and a frozen reference scores them
     (a copy of the policy; with adapters, the base with its adapters off, as TRL does)."""
@@ -62,6 +65,19 @@ class TrainSetup:
             raise ConfigError(f"adapters({self.adapters!r}) must be planner.finetune.Adapters")
         if self.recipe == "fp32" and self.dtype != "fp32":
             raise ConfigError(f"recipe('fp32') needs dtype fp32, not {self.dtype}")
+        from planner.fp8 import SCALINGS
+
+        if self.dtype == "fp8" and not self.fp8_scaling:
+            object.__setattr__(self, "fp8_scaling", "tensor")
+        if self.fp8_scaling and self.dtype != "fp8":
+            raise ConfigError(f"fp8 scaling({self.fp8_scaling!r}) needs dtype fp8, not "
+                              f"{self.dtype}")
+        if self.fp8_scaling and self.fp8_scaling not in SCALINGS:
+            raise ConfigError(f"fp8 scaling({self.fp8_scaling!r}) is not one of "
+                              f"{', '.join(SCALINGS)}")
+        if self.dtype == "fp8" and self.recipe == "runtime":
+            raise ConfigError("recipe('runtime') is llmplan's runtime, which trains in fp32 or "
+                              "bf16, not fp8")
 
     @property
     def sequences_per_example(self) -> int:
@@ -75,15 +91,22 @@ class TrainSetup:
 
     @property
     def activation_bytes(self) -> int:
-        """Bytes per activation element: 2 for bf16/fp16 compute, 4 for fp32."""
+        """Bytes per activation element: 2 for bf16/fp16 compute (and fp8's, whose
+        activations are bf16 but for the linears' saved inputs: ``planner.fp8``), 4 for fp32."""
         return 4 if self.dtype == "fp32" else 2
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Parallel:
-    """A 3D layout: t tensor x p pipeline (v virtual stages each) x dp data, ZeRO stage z.
+    """A layout: t tensor x cp context x p pipeline (v virtual stages each) x dp data, ZeRO
+    stage z, with the experts of MoE layers split over ep of the dp ranks.
 
-    World size = tp * pp * dp. ``sp`` is Megatron sequence parallelism. ``schedule`` is the
+    World size = tp * cp * pp * dp. ``cp`` splits every sequence over cp ranks (ring
+    attention passes K/V between them; Liu et al. 2023, arXiv 2310.01889); ``ep`` is carved
+    from dp, as in Megatron-Core: each group of ep data-parallel ranks holds E/ep experts
+    apiece and exchanges tokens by all-to-all (Lepikhin et al. 2020, GShard §2.3), so expert
+    weights are replicated over dp/ep ranks and the rest over dp. ``sp`` is Megatron
+    sequence parallelism. ``schedule`` is the
     pipeline schedule; left empty it is the default for ``vpp`` (interleaved 1F1B with virtual
     stages, else 1F1B). Which combinations are valid is the layout contract's to say
     (``planner.layout``): this class checks only each field's own range.
@@ -94,11 +117,14 @@ class Parallel:
     vpp: int = 1
     dp: int = 1
     zero: int = 0
+    cp: int = 1
+    ep: int = 1
     sp: bool = False
     schedule: str = ""
 
     def __post_init__(self) -> None:
-        for label, value in (("tp", self.tp), ("pp", self.pp), ("vpp", self.vpp), ("dp", self.dp)):
+        for label, value in (("tp", self.tp), ("pp", self.pp), ("vpp", self.vpp), ("dp", self.dp),
+                             ("cp", self.cp), ("ep", self.ep)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{label}({value}) must be a positive integer")
         if self.zero not in (0, 1, 2, 3):
@@ -112,7 +138,19 @@ class Parallel:
 
     @property
     def world(self) -> int:
-        return self.tp * self.pp * self.dp
+        return self.tp * self.cp * self.pp * self.dp
+
+    @property
+    def shard_ranks(self) -> int:
+        """Ranks holding the same dense weights, over which ZeRO shards them: dp x cp (the
+        context ranks of a sequence hold the same weights; Megatron's distributed optimizer
+        shards over the data-parallel group with context parallelism)."""
+        return self.dp * self.cp
+
+    @property
+    def expert_shard_ranks(self) -> int:
+        """Ranks holding the same experts, over which ZeRO shards them: dp x cp / ep."""
+        return self.dp * self.cp // self.ep
 
 
 def default_schedule(vpp: int) -> str:

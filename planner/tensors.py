@@ -42,8 +42,10 @@ def kv_weight_heads(cfg: ModelConfig, tp: int, *, runtime: bool = False) -> int:
     return g // tp if g >= tp else (g if runtime else 1)
 
 
-def layer_tensors(cfg: ModelConfig, tp: int, *, moe: bool, runtime: bool = False) -> list[Shape]:
-    """One transformer layer on one TP rank (kv heads replicated when tp > kv heads)."""
+def layer_tensors(cfg: ModelConfig, tp: int, *, moe: bool, runtime: bool = False,
+                  ep: int = 1) -> list[Shape]:
+    """One transformer layer on one TP rank (kv heads replicated when tp > kv heads); an
+    MoE layer holds E/ep of its routed experts (expert parallelism) and all shared ones."""
     h, d = cfg.hidden_size, cfg.head_dim
     q = cfg.q_width // tp
     kv = kv_weight_heads(cfg, tp, runtime=runtime) * d
@@ -56,7 +58,7 @@ def layer_tensors(cfg: ModelConfig, tp: int, *, moe: bool, runtime: bool = False
         out += [(q, h)]
     if moe:
         out += [(cfg.num_experts, h)]  # the router, replicated
-        for _ in range(cfg.num_experts + cfg.num_shared_experts):
+        for _ in range(cfg.num_experts // ep + cfg.num_shared_experts):
             out += _mlp(cfg, cfg.moe_ffn_hidden_size, tp)
     else:
         out += _mlp(cfg, cfg.ffn_hidden_size, tp)
@@ -76,7 +78,7 @@ def stage_tensors(cfg: ModelConfig, par: Parallel, stage: int, *,
     kinds = Counter(cfg.is_moe and i >= cfg.first_dense_layers for i in layers)
     out: Counter[Shape] = Counter()
     for moe, n in kinds.items():
-        for shape in layer_tensors(cfg, t, moe=moe, runtime=runtime):
+        for shape in layer_tensors(cfg, t, moe=moe, runtime=runtime, ep=par.ep):
             out[shape] += n
     vocab = (ceil_div(cfg.vocab_size, t), cfg.hidden_size)
     if stage == 0:
@@ -93,8 +95,21 @@ def stage_tensors(cfg: ModelConfig, par: Parallel, stage: int, *,
     return out
 
 
-def layer_params(cfg: ModelConfig, tp: int, *, moe: bool, runtime: bool = False) -> int:
-    return sum(numel(shape) for shape in layer_tensors(cfg, tp, moe=moe, runtime=runtime))
+def stage_expert_tensors(cfg: ModelConfig, par: Parallel, stage: int) -> Counter[Shape]:
+    """The routed experts' tensors among :func:`stage_tensors` (E/ep per MoE layer): what is
+    replicated over ``par.expert_shard_ranks`` rather than ``par.shard_ranks``."""
+    chunk = cfg.num_layers // (par.pp * par.vpp)
+    layers = [c * chunk + j for c in range(stage, par.pp * par.vpp, par.pp) for j in range(chunk)]
+    n_moe = sum(cfg.is_moe and i >= cfg.first_dense_layers for i in layers)
+    out: Counter[Shape] = Counter()
+    for shape in _mlp(cfg, cfg.moe_ffn_hidden_size, par.tp) if n_moe else ():
+        out[shape] += n_moe * (cfg.num_experts // par.ep)
+    return out
+
+
+def layer_params(cfg: ModelConfig, tp: int, *, moe: bool, runtime: bool = False,
+                 ep: int = 1) -> int:
+    return sum(numel(shape) for shape in layer_tensors(cfg, tp, moe=moe, runtime=runtime, ep=ep))
 
 
 def numel(shape: Shape) -> int:

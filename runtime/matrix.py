@@ -3,7 +3,7 @@
 Starting a process group costs seconds on a CPU host; building a tiny model costs
 milliseconds. So every layout of a matrix is built and trained one after another inside one
 world: a layout of ``w`` ranks runs as ``world / w`` identical replicas on sub-meshes of one
-(replica, pp, dp, tp) mesh, and rank 0 emits one ``layout`` event per layout with its losses
+(replica, pp, dp / ep, ep, cp, tp) mesh (``runtime.parallel.build_mesh``), and rank 0 emits one ``layout`` event per layout with its losses
 and gradient norms (or the error it raised). The file holds ``[model]``, ``[run]`` (steps,
 seq, global batch, dtype, seed) and ``[[layouts]]`` (tp, pp, vpp, dp, zero, sp, recompute,
 mbs, optimizer).
@@ -23,7 +23,7 @@ from planner.setup import Parallel, TrainSetup
 from planner.planfile import read_plan
 from runtime import events
 
-LAYOUT_FIELDS = ("tp", "pp", "vpp", "dp", "zero", "sp", "schedule")
+LAYOUT_FIELDS = ("tp", "pp", "vpp", "dp", "zero", "sp", "schedule", "cp", "ep")
 
 
 def layout_objects(entry: dict[str, Any], *, seq: int, gbs: int, dtype: str) -> tuple[TrainSetup, Parallel]:
@@ -40,17 +40,21 @@ def layout_objects(entry: dict[str, Any], *, seq: int, gbs: int, dtype: str) -> 
 
 def enumerate_layouts(cfg: ModelConfig, *, seq: int, gbs: int, dtype: str = "fp32",
                       tps=(1, 2), pps=(1, 2), dps=(1, 2), zeros=(0, 1, 2, 3), sps=(False, True),
-                      recomputes=("none", "selective", "full"),
+                      recomputes=("none", "selective", "full"), cps=(1,), eps=(1,),
                       accumulate: int = 2) -> tuple[list[dict], list[tuple[dict, str]]]:
     """Every combination of the given dimensions, split by the layout contract into those
     llmplan's runtime runs and those it refuses (each with its reason). Each layout runs
-    ``accumulate`` micro-batches per step (per pipeline flush)."""
+    ``accumulate`` micro-batches per step (per pipeline flush). Context and expert
+    parallelism (``cps``, ``eps``) are left at 1 unless asked for; an entry names them only
+    when they are not 1."""
     from planner import layout
 
     accepted, refused = [], []
-    for tp, pp, dp, zero, sp, rc in itertools.product(tps, pps, dps, zeros, sps, recomputes):
+    for tp, pp, dp, zero, sp, rc, cp, ep in itertools.product(tps, pps, dps, zeros, sps,
+                                                              recomputes, cps, eps):
         entry = {"tp": tp, "pp": pp, "dp": dp, "zero": zero, "sp": sp, "recompute": rc,
                  "mbs": max(1, gbs // (dp * accumulate))}
+        entry.update({k: v for k, v in (("cp", cp), ("ep", ep)) if v != 1})
         setup, par = layout_objects(entry, seq=seq, gbs=gbs, dtype=dtype)
         found = layout.refusals(layout.problems(cfg, setup, par), "llmplan")
         if found:
@@ -110,9 +114,9 @@ def agrees(reference: events.LayoutResult, got: events.LayoutResult, rel: float 
 
 def run(plan_path: str) -> int:
     import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
 
     from runtime.data import make_data
+    from runtime.parallel import build_mesh
     from runtime.support import check_runtime_layout
     from runtime.train import RUN_DEFAULTS, init_distributed
     from runtime.trainer import Trainer
@@ -130,8 +134,7 @@ def run(plan_path: str) -> int:
         check_runtime_layout(cfg, setup, par)
         if world % par.world:
             raise ConfigError(f"layout {i}: world({par.world}) does not divide {world} processes")
-        mesh = init_device_mesh(device.type, (world // par.world, par.pp, par.dp, par.tp),
-                                mesh_dim_names=("replica", "pp", "dp", "tp"))["pp", "dp", "tp"]
+        mesh = build_mesh(par, device.type, replicas=world // par.world)
         trainer = Trainer(cfg, setup, par, opts, mesh=mesh, device=device)
         losses, norms = [], []
         for step in range(1, int(opts["steps"]) + 1):

@@ -239,15 +239,22 @@ class MoE(nn.Module):
         logits = self.router(flat)
         chosen = self.agree(logits.topk(self.k, dim=-1).indices)
         weights = logits.gather(-1, chosen).float().softmax(dim=-1).to(x.dtype)
+        out = self.routed(flat, chosen, weights)
+        for expert in self.shared:
+            out = out + expert(flat)
+        return out.view(b, s, h)
+
+    def routed(self, flat, chosen, weights):
+        """sum_j weights[t, j] expert_{chosen[t, j]}(flat[t]) for every token t (T, h), the
+        experts in ascending order. Expert parallelism replaces this on the instance with
+        the same sum over experts held by other ranks (``runtime.expert_parallel``)."""
         out = torch.zeros_like(flat)
         for e, expert in enumerate(self.experts):
             # an expert no token chose still runs (on zero rows): its gradient is then zeros,
             # not missing, so every data-parallel rank reduces the same set of gradients
             token, slot = torch.where(chosen == e)
             out = out.index_add(0, token, expert(flat[token]) * weights[token, slot, None])
-        for expert in self.shared:
-            out = out + expert(flat)
-        return out.view(b, s, h)
+        return out
 
 
 class Block(nn.Module):

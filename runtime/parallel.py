@@ -1,10 +1,18 @@
-"""How the decoder is parallelised: mesh, pipeline split, tensor/sequence parallel
-(``runtime.tensor_parallel``), activation checkpointing, data parallel (FSDP2 or replicated),
-in torchtitan's order (build, PP split, TP, AC, FSDP). The model file says *what*; this file
-says *how*.
+"""How the decoder is parallelised: mesh, pipeline split, expert parallel
+(``runtime.expert_parallel``), tensor/sequence parallel (``runtime.tensor_parallel``), context
+parallel (``runtime.context_parallel``), activation checkpointing, data parallel (FSDP2 or
+replicated), in torchtitan's order (build, PP split, EP, TP, CP, AC, FSDP). The model file
+says *what*; this file says *how*.
 
-Mesh: ``init_device_mesh(device, (pp, dp, tp), ("pp", "dp", "tp"))`` -- tp innermost, so a TP
-group is adjacent ranks (one node / NVLink domain), as every framework does.
+Mesh: ``init_device_mesh(device, (pp, dp / ep, ep, cp, tp), ("pp", "edp", "ep", "cp", "tp"))``
+-- tp innermost, so a TP group is adjacent ranks (one node / NVLink domain), as every
+framework does; then cp (torchtitan's order pp, dp, cp, tp). The data-parallel index is
+edp x ep + ep rank, so an expert-parallel group is ep consecutive dp indices and, for ep = 1,
+the ranks are where the 3-D mesh (pp, dp, tp) had them. Flattened from it (torchtitan's
+``_flatten``, bookkept by :class:`Mesh`): ``dp`` (edp, ep) for the data split,
+``dp_cp`` (edp, ep, cp) over which dense weights are replicated (gradients averaged, ZeRO and
+FSDP sharded: torchtitan's dp_shard_cp), and ``expert_dp_cp`` (edp, cp) over which each
+expert is replicated.
 """
 
 from __future__ import annotations
@@ -14,19 +22,43 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-from torch import nn
-
 from planner.config import ModelConfig
 
 from planner.setup import Parallel, TrainSetup
 from planner.cost import DP_BUCKET_BYTES
-from runtime.model import Decoder
+from runtime.model import Decoder, MoE
 
 
-def build_mesh(par: Parallel, device_type: str):
+MESH_DIMS = ("pp", "edp", "ep", "cp", "tp")
+FLATTENED = {"dp": ("edp", "ep"), "dp_cp": ("edp", "ep", "cp"), "expert_dp_cp": ("edp", "cp")}
+
+
+class Mesh:
+    """The run's device mesh (``root``, dims ``MESH_DIMS``) and its named 1-D meshes:
+    ``mesh["tp"]``, ``mesh["dp_cp"]``, ... (the flattened ones kept here, as torch asks of
+    ``_flatten``'s results)."""
+
+    def __init__(self, root) -> None:
+        self.root = root
+        self.dims = {name: root[name] for name in MESH_DIMS}
+        for name, dims in FLATTENED.items():
+            self.dims[name] = root[dims]._flatten(name)
+
+    def __getitem__(self, name: str):
+        return self.dims[name]
+
+
+def build_mesh(par: Parallel, device_type: str, replicas: int = 1) -> Mesh:
+    """The layout's mesh; with ``replicas`` > 1 the world holds that many copies of it
+    (``runtime.matrix`` runs a narrow layout in a wide world)."""
     from torch.distributed.device_mesh import init_device_mesh
 
-    return init_device_mesh(device_type, (par.pp, par.dp, par.tp), mesh_dim_names=("pp", "dp", "tp"))
+    shape = (par.pp, par.dp // par.ep, par.ep, par.cp, par.tp)
+    if replicas == 1:
+        return Mesh(init_device_mesh(device_type, shape, mesh_dim_names=MESH_DIMS))
+    whole = init_device_mesh(device_type, (replicas, *shape),
+                             mesh_dim_names=("replica", *MESH_DIMS))
+    return Mesh(whole[MESH_DIMS])
 
 
 def stage_ids(par: Parallel, pp_rank: int) -> list[int]:
@@ -71,15 +103,30 @@ def apply_recompute(part: Decoder, recompute: str) -> None:
                                                       preserve_rng_state=False)
 
 
-def apply_fsdp(part: Decoder, dp_mesh, *, zero: int, dtype: str) -> None:
+def apply_fsdp(part: Decoder, dp_mesh, *, zero: int, dtype: str, expert_mesh=None,
+               expert_divide: int = 1) -> None:
     """FSDP2 per block and then the root; ZeRO-3 reshards after forward, ZeRO-2 keeps the
-    unsharded parameters until backward (``reshard_after_forward=False``)."""
+    unsharded parameters until backward (``reshard_after_forward=False``). ``dp_mesh`` is the
+    dense weights' replicas (dp x cp). Under expert parallelism each local expert is its own
+    FSDP unit over ``expert_mesh`` (its replicas, dp x cp / ep), its gradient summed there and
+    divided by ``expert_divide`` = dp x cp instead of averaged (torchtitan's
+    ``set_gradient_divide_factor`` on the experts over the dp-mod-ep mesh; see
+    ``runtime.expert_parallel`` for the factor)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if dtype == "bf16" else torch.float32,
                               reduce_dtype=torch.float32)
     reshard = zero == 3
     for block in part.layers.values():
+        if expert_mesh is not None and isinstance(block.feed_forward, MoE):
+            for expert in block.feed_forward.experts.values():
+                fully_shard(expert, mesh=expert_mesh, mp_policy=mp, reshard_after_forward=reshard)
+                expert.set_gradient_divide_factor(float(expert_divide))
+                if expert_mesh.size() > 1:
+                    # sum, then divide: a custom factor is otherwise NCCL's PREMUL_SUM, which
+                    # gloo lacks (on one rank torch 2.13 divides by the factor itself, and
+                    # forcing the sum there would divide twice)
+                    expert.set_force_sum_reduction_for_comms(True)
         fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard)
     fully_shard(part, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard)
 
@@ -96,17 +143,21 @@ class Built:
     hold a copy of the shared weight, whose gradients are summed (Megatron's embedding group)."""
     tp_summed: list = field(default_factory=list)
     """K/V projections replicated over TP (tp > kv heads): gradients summed over the group."""
+    experts: list = field(default_factory=list)
+    """Under expert parallelism: this rank's experts' parameters, replicated over
+    ``mesh["expert_dp_cp"]`` (every other parameter over ``mesh["dp_cp"]``)."""
 
 
 def tied_embedding_group(mesh, par: Parallel):
     """A process group joining this rank with its pipeline peer holding the other copy of the
-    tied embedding (pipeline ranks 0 and pp - 1 at the same (dp, tp) coordinate; Megatron's
-    embedding group). ``new_group`` is collective over the world, so every rank learns every
-    pair (the world may hold several replicas of this mesh) and creates them in order."""
-    coordinate = mesh.get_coordinate()  # (pp, dp, tp) of this rank
+    tied embedding (pipeline ranks 0 and pp - 1 at the same (dp, cp, tp) coordinate;
+    Megatron's embedding group). ``new_group`` is collective over the world, so every rank
+    learns every pair (the world may hold several replicas of this mesh) and creates them in
+    order."""
+    coordinate = mesh.root.get_coordinate()  # (pp, edp, ep, cp, tp) of this rank
     peer = list(coordinate)
     peer[0] = par.pp - 1 if coordinate[0] == 0 else 0
-    mine = tuple(sorted({dist.get_rank(), int(mesh.mesh[tuple(peer)])}))
+    mine = tuple(sorted({dist.get_rank(), int(mesh.root.mesh[tuple(peer)])}))
     pairs: list = [None] * dist.get_world_size()
     dist.all_gather_object(pairs, mine if coordinate[0] in (0, par.pp - 1) else None)
     group = None
@@ -118,12 +169,15 @@ def tied_embedding_group(mesh, par: Parallel):
 
 
 def build(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *, device: torch.device,
-          seed: int, mesh=None, weights: str = "", adapter_init: str = "") -> Built:
+          seed: int, mesh: Mesh | None = None, weights: str = "",
+          adapter_init: str = "") -> Built:
     """The model parts this rank runs, parallelised, built on the meta device and then
     materialised shard by shard: no rank ever allocates the whole model, and the weights are
     the same in every layout (``runtime.init``, or a Hugging Face folder's ``weights`` read
     slice by slice, ``runtime.hf_weights``); LoRA adapters (``runtime.lora``) go on before
     any sharding and start from peft's initialisation or a peft adapter folder."""
+    from runtime.context_parallel import apply_cp
+    from runtime.expert_parallel import apply_ep, expert_params
     from runtime.hf_weights import load_weights
     from runtime.init import init_weights
     from runtime.tensor_parallel import apply_tp, replicated_kv_params, shard_embedding_grad
@@ -139,13 +193,19 @@ def build(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *, device: torch.d
     n_stages = par.pp * par.vpp
     ids = stage_ids(par, pp_rank) if par.pp > 1 else [0]
     parts = [split_stage(model, s, n_stages) for s in ids] if par.pp > 1 else [model]
-    fsdp = par.dp > 1 and par.zero >= 2
+    fsdp = par.shard_ranks > 1 and par.zero >= 2
     for part in parts:
+        if par.ep > 1:
+            apply_ep(part, mesh["ep"])
         if par.tp > 1:
             apply_tp(part, mesh["tp"], sp=par.sp)
+        if par.cp > 1:
+            apply_cp(part, mesh["cp"], setup.seq_len)
         apply_recompute(part, setup.recompute)
         if fsdp:
-            apply_fsdp(part, mesh["dp"], zero=par.zero, dtype=setup.dtype)
+            apply_fsdp(part, mesh["dp_cp"], zero=par.zero, dtype=setup.dtype,
+                       expert_mesh=mesh["expert_dp_cp"] if par.ep > 1 else None,
+                       expert_divide=par.shard_ranks)
         part.to_empty(device=device)
         part.tie_weights()  # to_empty gives each module its own tensor
         if par.tp > 1 and not fsdp:  # FSDP reduce-scatters the gradient to its shard itself
@@ -165,8 +225,9 @@ def build(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *, device: torch.d
         part.reset_buffers()
     tied = tied_embedding_group(mesh, par) if cfg.tie_embeddings and par.pp > 1 else None
     summed = [p for part in parts for p in replicated_kv_params(part, par.tp)]
+    experts = [p for part in parts for p in expert_params(part)] if par.ep > 1 else []
     return Built(parts=parts, stages=ids, n_stages=n_stages, mesh=mesh, fsdp=fsdp,
-                 tied_group=tied, tp_summed=summed)
+                 tied_group=tied, tp_summed=summed, experts=experts)
 
 
 def tied_weight(part: Decoder):
@@ -216,22 +277,37 @@ def clip_params(built: Built) -> tuple[list, list]:
     return counted, copies
 
 
-def allreduce_grads(parts: list[nn.Module], dp_group, bucket_bytes: int = DP_BUCKET_BYTES) -> None:
-    """Replicated data parallelism (ZeRO-0/1): average gradients over the dp group.
+def replicated_params(built: Built) -> list[tuple[list, object]]:
+    """(parameters, the group of ranks holding the same ones) of this rank: the dense
+    weights over dp x cp, the experts under expert parallelism over dp x cp / ep."""
+    mesh = built.mesh
+    experts = {id(p) for p in built.experts}
+    dense = [p for part in built.parts for p in part.parameters() if id(p) not in experts]
+    groups = [(dense, mesh["dp_cp"].get_group())]
+    if built.experts:
+        groups.append((list(built.experts), mesh["expert_dp_cp"].get_group()))
+    return groups
+
+
+def allreduce_grads(params: list, group, *, divide_by: int,
+                    bucket_bytes: int = DP_BUCKET_BYTES) -> None:
+    """Replicated data parallelism (ZeRO-0/1): sum gradients over ``group`` and divide by
+    ``divide_by`` (the group's size for an average; dp x cp for experts, which sum the tokens
+    of a whole expert-parallel group: ``runtime.expert_parallel``).
 
     Gradients travel in flat buckets of at most ``bucket_bytes`` (DDP's 25 MiB), one
     collective per bucket rather than one per tensor: a call's fixed cost (about 2 ms for gloo
     on a CPU host) otherwise dominates a small model's step."""
-    size = dist.get_world_size(dp_group)
+    size = divide_by
     grads = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
-             for part in parts for p in part.parameters() if p.grad is not None]
+             for p in params if p.grad is not None]
     bucket: list[torch.Tensor] = []
 
     def flush() -> None:
         if not bucket:
             return
         flat = torch._utils._flatten_dense_tensors(bucket)
-        dist.all_reduce(flat, group=dp_group)
+        dist.all_reduce(flat, group=group)
         flat.div_(size)
         for g, synced in zip(bucket, torch._utils._unflatten_dense_tensors(flat, bucket)):
             g.copy_(synced)
@@ -248,31 +324,44 @@ def allreduce_grads(parts: list[nn.Module], dp_group, bucket_bytes: int = DP_BUC
     flush()
 
 
-def clip_grad_norm_(params: list, max_norm: float, pp_group, pp: int, *,
-                    also: list | tuple = ()) -> torch.Tensor:
-    """Total gradient norm over every rank's parameters, then clip (torchtitan's recipe):
-    DTensor grads give their full norm, one group per device mesh (TP weights live on dp x tp
-    under FSDP, norm scales on dp alone, and one norm cannot mix meshes); plain-tensor grads
-    (replicated norms under TP without SP) give their local one; squares add up across
-    pipeline stages."""
+def _square_norm(params: list) -> torch.Tensor:
+    """Sum of squared gradient entries of ``params``: DTensor grads give their full norm, one
+    group per device mesh (TP weights live on dp x tp under FSDP, norm scales on dp alone,
+    and one norm cannot mix meshes); plain-tensor grads (replicated norms under TP without
+    SP) give their local one."""
     groups: dict = {}
     for p in params:
         if p.grad is not None:
             mesh = p.grad.device_mesh if hasattr(p.grad, "full_tensor") else None
             groups.setdefault(mesh, []).append(p)
-    dtensors = [p for mesh, ps in groups.items() if mesh is not None for p in ps]
-    plain = groups.get(None, [])
     sq = torch.zeros((), dtype=torch.float32)
     for group in groups.values():
-        if group:
-            n = torch.nn.utils.get_total_norm([p.grad for p in group], 2.0, False, True)
-            n = n.full_tensor() if hasattr(n, "full_tensor") else n
-            sq = sq.to(n.device) + n.float().pow(2)
+        n = torch.nn.utils.get_total_norm([p.grad for p in group], 2.0, False, True)
+        n = n.full_tensor() if hasattr(n, "full_tensor") else n
+        sq = sq.to(n.device) + n.float().pow(2)
+    return sq
+
+
+def clip_grad_norm_(params: list, max_norm: float, pp_group, pp: int, *,
+                    also: list | tuple = (), experts: list | tuple = (),
+                    ep_group=None) -> torch.Tensor:
+    """Total gradient norm over every rank's parameters, then clip (torchtitan's recipe),
+    each parameter counted once: every rank of a replica group holds the same reduced
+    gradient, so its local squares are the group's; the ``experts`` of an expert-parallel
+    group are spread over its ranks, so their squares add up over ``ep_group``; squares add
+    up across pipeline stages."""
+    held = {id(p) for p in experts}
+    sq = _square_norm([p for p in params if id(p) not in held])
+    if experts:
+        spread = _square_norm([p for p in params if id(p) in held]).to(sq.device)
+        dist.all_reduce(spread, group=ep_group)
+        sq = sq + spread
     if pp > 1:
         dist.all_reduce(sq, group=pp_group)
     norm = sq.sqrt()
     coef = min(1.0, max_norm / (float(norm) + 1e-6))  # as clip_grads_with_norm_
     if coef < 1.0:  # ``also``: copies left out of the norm (a tied weight's) are clipped too
-        for p in dtensors + plain + [p for p in also if p.grad is not None]:
-            p.grad.mul_(coef)  # a Python scalar: DTensor and plain grads alike
+        for p in [*params, *also]:
+            if p.grad is not None:
+                p.grad.mul_(coef)  # a Python scalar: DTensor and plain grads alike
     return norm

@@ -42,6 +42,10 @@ class TrainRequest:
     dp: int | None = None
     zero: int | None = None
     sp: bool | None = None
+    cp: int | None = None
+    """Context parallel: each sequence split over cp ranks (ring attention)."""
+    ep: int | None = None
+    """Expert parallel: each MoE layer's experts split over ep of the dp ranks."""
     schedule: str | None = None
     recompute: str | None = None
     optimizer: str | None = None
@@ -166,7 +170,7 @@ def _cuda_ranks(per_node: int) -> None:
 
 def check_train_options(req: TrainRequest) -> None:
     """Every option a training request carries, before anything reads a file or starts."""
-    for label in ("tp", "pp", "vpp", "dp", "mbs", "gbs", "seq"):
+    for label in ("tp", "pp", "vpp", "dp", "cp", "ep", "mbs", "gbs", "seq"):
         value = getattr(req, label)
         if value is not None:
             _positive_int(f"--{label}", value)
@@ -182,6 +186,10 @@ def check_train_options(req: TrainRequest) -> None:
     if req.method == "ppo":
         raise ConfigError("--method ppo is planned (memory, flops, plan), not trained by "
                           "llmplan's runtime")
+    if req.dtype == "fp8":
+        raise ConfigError("--dtype fp8: llmplan's runtime trains in fp32 or bf16 (fp8 GEMMs "
+                          "need torchao float8 on a CUDA GPU with fp8 tensor cores); plan it "
+                          "with `llmplan plan --dtype fp8 --runtime any`")
     if req.dtype is not None and req.dtype not in RUNTIME_DTYPES:
         raise ConfigError(f"--dtype {req.dtype!r}: llmplan's runtime trains in "
                           f"{' or '.join(RUNTIME_DTYPES)}")
@@ -241,7 +249,7 @@ def check_host_memory(cfg: ModelConfig, setup: TrainSetup, par: Parallel) -> Non
     from planner.memory import memory_report
 
     stages = memory_report(cfg, setup, par).stages
-    need = sum(s.total_bytes for s in stages) * par.tp * par.dp
+    need = sum(s.total_bytes for s in stages) * (par.world // par.pp)  # every stage's ranks
     try:
         have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
@@ -304,7 +312,7 @@ def resolve(req: TrainRequest, *, progress: Callable[[int, int], None] | None = 
                                 adapters=req.adapters, objective=objective(req))
         base_par, hardware = Parallel(), ""
     asked = {"tp": req.tp, "pp": req.pp, "vpp": req.vpp, "dp": req.dp, "zero": req.zero,
-             "sp": req.sp}
+             "sp": req.sp, "cp": req.cp, "ep": req.ep}
     # a plan's schedule stays unless the virtual stages change; otherwise vpp's default
     schedule = _pick(req.schedule, base_par.schedule if from_plan and req.vpp is None else "")
     par = Parallel(**{k: _pick(v, getattr(base_par, k)) for k, v in asked.items()},
@@ -340,6 +348,10 @@ def resolve(req: TrainRequest, *, progress: Callable[[int, int], None] | None = 
     if setup.seq_len > cfg.max_context:
         raise ConfigError(f"seq({setup.seq_len}) exceeds the model's max context({cfg.max_context})")
     layout.check(cfg, setup, par, runtime="llmplan", rounds=req.pp_rounds)
+    if par.ep > 1 and req.save_hf:
+        raise ConfigError(f"--save-hf with ep({par.ep}) is not written: each rank holds "
+                          f"{cfg.num_experts // par.ep} of the {cfg.num_experts} experts and the "
+                          "folder has one writer per stage; save a --ckpt-dir checkpoint")
     if par.world % req.nnodes:
         raise ConfigError(f"world({par.world}) is not divisible by nnodes({req.nnodes})")
     per_node = par.world // req.nnodes

@@ -96,7 +96,9 @@ def apply_tp(part: Decoder, tp_mesh, *, sp: bool, sharded_logits: bool = True) -
                 input_layouts=(seq,), desired_input_layouts=(Replicate(),), use_local_input=True,
                 output_layouts=(Replicate(),), desired_output_layouts=(seq,))
             for group in ("experts", "shared"):
-                for i, expert in enumerate(getattr(ffn, group)):
+                # named, not counted: under expert parallelism a rank holds some experts,
+                # keyed by their global index (runtime.expert_parallel)
+                for i, expert in getattr(ffn, group).named_children():
                     plan.update(_mlp_plan(f"feed_forward.{group}.{i}", expert, Replicate()))
             ffn.agree = functools.partial(_routing_of_first_rank, group=tp_mesh.get_group(),
                                           src=int(tp_mesh.mesh[0]))

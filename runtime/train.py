@@ -53,8 +53,8 @@ def load_run(plan_path: str):
     check_runtime_layout(cfg, setup, par, rounds=int(opts["pp_rounds"]))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != par.world:
-        raise ConfigError(f"{world} processes for a layout of tp({par.tp}) x pp({par.pp}) x "
-                          f"dp({par.dp}) = {par.world}")
+        raise ConfigError(f"{world} processes for a layout of tp({par.tp}) x cp({par.cp}) x "
+                          f"pp({par.pp}) x dp({par.dp}) = {par.world}")
     return plan, cfg, setup, par, opts
 
 
@@ -148,11 +148,11 @@ def train_steps(trainer: Trainer, data, *, start_step: int, predicted: dict[str,
 
 def save_final(trainer: Trainer, out: str, say) -> None:
     """The trained model as a Hugging Face folder (``runtime.hf_weights.save_hf``): each
-    pipeline stage written by its (dp 0, tp 0) rank, in the run's parameter dtype."""
+    pipeline stage written by its (dp 0, cp 0, tp 0) rank, in the run's parameter dtype."""
     import torch
 
     mesh = trainer.built.mesh
-    writer = mesh["dp"].get_local_rank() == 0 and mesh["tp"].get_local_rank() == 0
+    writer = all(mesh[d].get_local_rank() == 0 for d in ("dp", "cp", "tp"))
     from runtime.hf_weights import save_hf
 
     save_hf(trainer.parts, trainer.cfg, out, writer=writer,

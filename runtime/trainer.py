@@ -1,9 +1,11 @@
 """One layout's training state on a rank and its optimizer step (``runtime.train`` runs it).
 
 One optimizer step: the dp rank's slice of the global batch is split into m micro-batches of b
-sequences. Without pipelining they run one after another (gradient accumulation); with
-pipelining they run as m/p rounds of a schedule over p micro-batches. Every micro-batch loss
-is its share of the global batch's mean over its label tokens, so gradients equal the
+sequences (under context parallelism each cp rank holds its load-balanced chunks of every
+sequence: ``runtime.context_parallel``). Without pipelining they run one after another
+(gradient accumulation); with pipelining they run as m/p rounds of a schedule over p
+micro-batches. Every micro-batch loss is its share of the global batch's mean over its label
+tokens (scaled by dp x cp, the ranks its gradients are averaged over), so gradients equal the
 single-process gradient of that mean (schedules run with ``scale_grads=False``, as torchtitan
 does). The gradient norm is reduced across pipeline stages before clipping (torchtitan's
 ``clip_grad_norm_`` with a pp mesh).
@@ -67,6 +69,8 @@ class Trainer:
         self.pp_group = self.built.mesh["pp"].get_group()
         self.dp_group = self.built.mesh["dp"].get_group()
         self.dp_rank = self.built.mesh["dp"].get_local_rank()
+        self.cp_rank = self.built.mesh["cp"].get_local_rank()
+        self.dp_cp_group = self.built.mesh["dp_cp"].get_group()
         self.has_first = 0 in self.built.stages
         self.has_last = self.built.n_stages - 1 in self.built.stages
         self.optimizers = [self._optimizer(p) for p in self.parts]
@@ -97,17 +101,23 @@ class Trainer:
                               weight_decay=self.opts["weight_decay"])
 
     def _optimizer(self, part):
-        """The plan's optimizer; under ZeRO-1 its states sharded over dp (runtime.zero1)."""
-        if self.par.zero == 1 and self.par.dp > 1:
+        """The plan's optimizer; under ZeRO-1 its states sharded over the ranks holding the
+        same parameters (dp x cp; an expert's over dp x cp / ep: runtime.zero1)."""
+        if self.par.zero == 1 and self.par.shard_ranks > 1:
+            from runtime.parallel import replicated_params
             from runtime.zero1 import ShardedOptimizer
-            return ShardedOptimizer(trained(part), self.make, self.dp_group)
+
+            mine = {id(p) for p in trained(part)}
+            groups = [([p for p in params if id(p) in mine], group)
+                      for params, group in replicated_params(self.built)]
+            return ShardedOptimizer(groups, self.make)
         return self.make(param_groups(part))
 
     def loss_fn(self, out, target):
         """This micro-batch's share of the global batch's mean loss over its label tokens:
-        summed cross-entropy times dp / (labels in the global batch), so that the micro-batch
-        sum on every rank, averaged over dp (as gradients are), is that mean; masked labels
-        (``runtime.dataset.IGNORE``: prompt tokens under SFT) count nowhere."""
+        summed cross-entropy times dp x cp / (labels in the global batch), so that the
+        micro-batch sum on every rank, averaged over dp x cp (as gradients are), is that mean;
+        masked labels (``runtime.dataset.IGNORE``: prompt tokens under SFT) count nowhere."""
         import torch.nn.functional as F
 
         from runtime.dataset import IGNORE
@@ -207,7 +217,8 @@ class Trainer:
         forward/backward, gradient reduction, clipping, update. Returns loss, grad_norm and
         (when ``measure``) the bytes each category holds."""
         from runtime import accounting
-        from runtime.parallel import allreduce_grads, clip_grad_norm_, clip_params, sync_tied_grads
+        from runtime.parallel import (allreduce_grads, clip_grad_norm_, clip_params,
+                                      replicated_params, sync_tied_grads)
         from runtime.tensor_parallel import sum_replicated_grads
 
         par = self.par
@@ -221,13 +232,15 @@ class Trainer:
             loss_sum = self.forward_backward(x, y)
         if measure:
             measured["activations_bytes"] = meter.peak
-        if par.dp > 1 and not self.built.fsdp:
-            allreduce_grads(self.parts, self.dp_group)
+        if par.shard_ranks > 1 and not self.built.fsdp:
+            for params, group in replicated_params(self.built):
+                allreduce_grads(params, group, divide_by=par.shard_ranks)
         sum_replicated_grads(self.built.tp_summed, self.built.mesh["tp"].get_group())
         sync_tied_grads(self.built)
         counted, copies = clip_params(self.built)
         norm = clip_grad_norm_(counted, float(self.opts["max_grad_norm"]), self.pp_group, par.pp,
-                               also=copies)
+                               also=copies, experts=self.built.experts,
+                               ep_group=self.built.mesh["ep"].get_group())
         if measure:
             measured["gradients_bytes"] = accounting.gradient_bytes(self.parts)
         for o in self.optimizers:
@@ -269,8 +282,10 @@ class Trainer:
         return self._global_loss(loss_sum), labels
 
     def _inputs(self, batch):
-        """This dp rank's inputs and labels of a global batch (tokens, or (tokens, label
-        mask) from a prepared dataset, masked labels set to IGNORE); sets the loss scale."""
+        """This rank's inputs and labels of a global batch (tokens, or (tokens, label mask)
+        from a prepared dataset, masked labels set to IGNORE): its dp slice of the
+        sequences, its cp chunks of each; sets the loss scale."""
+        from runtime.context_parallel import local_chunks
         from runtime.data import local_slice
         from runtime.dataset import IGNORE
 
@@ -283,21 +298,23 @@ class Trainer:
             labels = int(mask[:, 1:].sum())
             keep = local_slice(mask, self.dp_rank, par.dp)[:, 1:].to(self.device)
             y = y.masked_fill(~keep, IGNORE)
+        x, y = local_chunks(x, par.cp, self.cp_rank), local_chunks(y, par.cp, self.cp_rank)
         # the mean over label tokens; DPO's over the global batch's pairs
-        self.loss_scale = par.dp / (self.global_batch if self.dpo else max(labels, 1))
+        self.loss_scale = par.shard_ranks / (self.global_batch if self.dpo else max(labels, 1))
         return x, y, labels
 
     def _global_loss(self, loss_sum) -> float:
-        """The last stage's summed micro-batch losses, made every rank's and averaged over dp."""
+        """The last stage's summed micro-batch losses, made every rank's and averaged over
+        dp x cp."""
         import torch.distributed as dist
 
         if self.par.pp > 1:
             if not self.has_last:
                 loss_sum.zero_()
             dist.all_reduce(loss_sum, group=self.pp_group)
-        if self.par.dp > 1:
-            dist.all_reduce(loss_sum, group=self.dp_group)
-            loss_sum /= self.par.dp
+        if self.par.shard_ranks > 1:
+            dist.all_reduce(loss_sum, group=self.dp_cp_group)
+            loss_sum /= self.par.shard_ranks
         return float(loss_sum)
 
 

@@ -3,8 +3,10 @@
 
 Every data-parallel rank keeps the whole (replicated) parameters and receives the whole
 averaged gradient, but steps only its own contiguous 1/dp slice of each parameter (as
-DeepSpeed's flat partitioning does): the optimizer's parameters are views into that slice,
-so its moments exist for 1/dp of the model. After the step each rank's updated slice is
+DeepSpeed's flat partitioning does), dp being the ranks that hold the parameter: dp x cp for
+dense weights, dp x cp / ep for an expert under expert parallelism (Megatron-Core's
+distributed optimizer shards experts over their own data-parallel group). The optimizer's
+parameters are views into that slice, so its moments exist for 1/dp of the model. After the step each rank's updated slice is
 all-gathered back into every replica, bucketed like the gradient all-reduce. Elementwise
 optimizers (AdamW, SGD) give exactly the unsharded update; Adafactor's factored moments need
 whole matrices, which the layout contract says.
@@ -28,10 +30,11 @@ def _local(p: torch.Tensor) -> torch.Tensor:
 
 
 class Slice:
-    """This rank's [lo, hi) of one parameter's flattened local tensor, padded to ``chunk``."""
+    """This rank's [lo, hi) of one parameter's flattened local tensor, padded to ``chunk``, of
+    the ``size`` slices its replica ``group`` holds."""
 
-    def __init__(self, param: nn.Parameter, rank: int, size: int) -> None:
-        self.param = param
+    def __init__(self, param: nn.Parameter, group, rank: int, size: int) -> None:
+        self.param, self.group, self.size = param, group, size
         self.numel = _local(param).numel()
         self.chunk = -(-self.numel // size)
         self.lo = min(rank * self.chunk, self.numel)
@@ -42,12 +45,13 @@ class Slice:
 
 
 class ShardedOptimizer:
-    """``make(param_groups)`` builds the inner optimizer over this rank's slices."""
+    """``make(param_groups)`` builds the inner optimizer over this rank's slices of
+    ``groups``' parameters, each sliced over its process group (the ranks holding it)."""
 
-    def __init__(self, params: list[nn.Parameter], make, dp_group) -> None:
-        self.group, self.make = dp_group, make
-        self.rank, self.size = dist.get_rank(dp_group), dist.get_world_size(dp_group)
-        self.slices = [Slice(p, self.rank, self.size) for p in params]
+    def __init__(self, groups: list[tuple[list[nn.Parameter], object]], make) -> None:
+        self.make = make
+        self.slices = [Slice(p, group, dist.get_rank(group), dist.get_world_size(group))
+                       for params, group in groups for p in params]
         self.views = {}
         for sl in self.slices:
             if sl.hi > sl.lo:
@@ -82,12 +86,13 @@ class ShardedOptimizer:
 
     @torch.no_grad()
     def _gather(self) -> None:
-        """Every rank's updated slices back into every replica, one all-gather per bucket."""
+        """Every rank's updated slices back into every replica, one all-gather per bucket
+        (a bucket's slices share a group and a dtype)."""
         bucket: list[Slice] = []
         filled = 0
         for sl in self.slices:
-            nbytes = sl.chunk * self.size * sl.flat().element_size()
-            if bucket and (filled + nbytes > DP_BUCKET_BYTES
+            nbytes = sl.chunk * sl.size * sl.flat().element_size()
+            if bucket and (filled + nbytes > DP_BUCKET_BYTES or sl.group is not bucket[0].group
                            or sl.flat().dtype != bucket[0].flat().dtype):
                 self._gather_bucket(bucket)
                 bucket, filled = [], 0
@@ -103,8 +108,8 @@ class ShardedOptimizer:
         for sl in bucket:
             mine[at:at + sl.hi - sl.lo] = sl.flat()[sl.lo:sl.hi]
             at += sl.chunk
-        gathered = [torch.empty_like(mine) for _ in range(self.size)]
-        dist.all_gather(gathered, mine, group=self.group)
+        gathered = [torch.empty_like(mine) for _ in range(bucket[0].size)]
+        dist.all_gather(gathered, mine, group=bucket[0].group)
         at = 0
         for sl in bucket:
             flat = sl.flat()
@@ -137,8 +142,8 @@ class ShardedOptimizer:
                 value = st.get(name)
                 if value is not None:
                     mine[:value.numel()] = value.reshape(-1)
-                gathered = [torch.empty_like(mine) for _ in range(self.size)]
-                dist.all_gather(gathered, mine, group=self.group)
+                gathered = [torch.empty_like(mine) for _ in range(sl.size)]
+                dist.all_gather(gathered, mine, group=sl.group)
                 full[name] = torch.cat(gathered)[:sl.numel].view_as(_local(sl.param))
             out[sl.param] = full
         return out

@@ -18,13 +18,16 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
 SeqOpt = Annotated[int, typer.Option("--seq", help="Sequence length s.")]
 MbsOpt = Annotated[int, typer.Option("--mbs", help="Micro-batch b (sequences per rank).")]
 GbsOpt = Annotated[int, typer.Option("--gbs", help="Global batch in sequences (default mbs*dp).")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="bf16, fp16 or fp32.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="bf16, fp16, fp32, or fp8 (the linears' GEMMs in fp8, the rest in bf16).")]
+Fp8ScalingOpt = Annotated[str, typer.Option("--fp8-scaling", help="With --dtype fp8: tensor (one scale per tensor) or block (1x128 activation tiles, 128x128 weight blocks).")]
 RecipeOpt = Annotated[str, typer.Option("--recipe", help="mixed (16 B/param), mixed_fp32_grads, fp32, runtime.")]
 OptimOpt = Annotated[str, typer.Option("--optimizer", help="adamw, adafactor, sgd_momentum, adam8bit.")]
 ZeroOpt = Annotated[int, typer.Option("--zero", help="ZeRO stage 0-3 over dp.")]
 DpOpt = Annotated[int, typer.Option("--dp", help="Data-parallel size.")]
 TpOpt = Annotated[int, typer.Option("--tp", help="Tensor-parallel size.")]
 PpOpt = Annotated[int, typer.Option("--pp", help="Pipeline-parallel size.")]
+CpOpt = Annotated[int, typer.Option("--cp", help="Context-parallel size: each sequence split over cp ranks (ring attention).")]
+EpOpt = Annotated[int, typer.Option("--ep", help="Expert-parallel size: the experts split over ep of the dp ranks (all-to-all).")]
 VppOpt = Annotated[int, typer.Option("--vpp", help="Virtual stages per pipeline rank (interleaved).")]
 SpOpt = Annotated[bool, typer.Option("--sp/--no-sp", help="Sequence parallel.")]
 RecomputeOpt = Annotated[str, typer.Option("--recompute", help="none, selective or full.")]
@@ -52,7 +55,7 @@ def model(spec: str, sets: list[str] | None):
 
 def training(values: dict):
     """(TrainSetup, Parallel) of the shared training flags in a command's option values
-    (``locals()``: seq, mbs, gbs, dtype, recipe, optimizer, zero, dp, tp, pp, vpp, sp,
+    (``locals()``: seq, mbs, gbs, dtype, recipe, optimizer, zero, dp, tp, pp, vpp, sp, cp, ep,
     recompute, attention, schedule, dropout, and the fine-tuning flags where the command has
     them); the batch split by the layout contract's one
     rule (``planner.layout.micro_batches``)."""
@@ -61,11 +64,12 @@ def training(values: dict):
 
     v = values
     par = Parallel(tp=v["tp"], pp=v["pp"], vpp=v["vpp"], dp=v["dp"], zero=v["zero"], sp=v["sp"],
-                   schedule=v["schedule"])
+                   schedule=v["schedule"], cp=v.get("cp", 1), ep=v.get("ep", 1))
     m = layout.micro_batches(global_batch=v["gbs"] or v["mbs"] * v["dp"], dp=v["dp"], mbs=v["mbs"])
     setup = TrainSetup(seq_len=v["seq"], micro_batch=v["mbs"], grad_accum=m, dtype=v["dtype"],
                        recipe=v["recipe"], optimizer=v["optimizer"], recompute=v["recompute"],
                        attention=v["attention"], dropout=v["dropout"],
+                       fp8_scaling=v.get("fp8_scaling", ""),
                        adapters=adapters(v) if "method" in v else None,
                        objective=objective(v))
     return setup, par

@@ -22,8 +22,8 @@ def export_plan(spec, result, cand, folder: Path, *, framework: str) -> tuple[st
     c = cand
     command = (f"llmplan plan {spec.name} --hardware {result.cluster.hardware.name} "
                f"--gpus {result.world} --gbs {c.mbs * c.grad_accum * c.dp} "
-               f"--seq {result.setup.seq_len} --tp {c.tp} --pp {c.pp} --vpp {c.vpp} "
-               f"--dp {c.dp} --zero {c.zero} --{'sp' if c.sp else 'no-sp'} "
+               f"--seq {result.setup.seq_len} --tp {c.tp} --cp {c.cp} --pp {c.pp} --vpp {c.vpp} "
+               f"--dp {c.dp} --ep {c.ep} --zero {c.zero} --{'sp' if c.sp else 'no-sp'} "
                f"--recompute {c.recompute} --mbs {c.mbs} --export {framework}")
     path = exports.export(framework, exports.job_of(spec, result, c, command=command), folder)
     return f"{framework} config", f"wrote {path}"

@@ -66,7 +66,7 @@ class PlanPane(Vertical):
 
     def on_mount(self) -> None:
         self.query_one("#layouts", DataTable).add_columns(
-            "#", "tp", "pp", "v", "dp", "zero", "sp", "recompute", "b", "m", "GiB/GPU",
+            "#", "tp", "cp", "pp", "v", "dp", "ep", "zero", "sp", "recompute", "b", "m", "GiB/GPU",
             "step s", "tok/s/GPU", "MFU")
 
     def inputs(self) -> ClusterInputs | None:
@@ -103,7 +103,7 @@ class PlanPane(Vertical):
         if result is None:
             return
         for i, c in enumerate(result.candidates[:50]):
-            table.add_row(i + 1, c.tp, c.pp, c.vpp, c.dp, c.zero, "on" if c.sp else "off",
+            table.add_row(i + 1, c.tp, c.cp, c.pp, c.vpp, c.dp, c.ep, c.zero, "on" if c.sp else "off",
                           c.recompute, c.mbs, c.grad_accum, f"{c.memory_per_gpu_bytes / 2**30:.1f}",
                           f"{c.step_time_s:.3f}", f"{c.tokens_per_s / result.world:,.0f}",
                           f"{c.mfu:.1%}")

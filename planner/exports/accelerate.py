@@ -42,6 +42,11 @@ def problems(job: Job) -> list[str]:
     if p.tp > 1 and p.dp > 1 and p.zero == 0:
         out.append(f"tp({p.tp}) with unsharded dp({p.dp}): accelerate composes tensor "
                    "parallelism only with a sharded dp (zero 2 or 3)")
+    if p.ep > 1:
+        out.append(f"ep({p.ep}): accelerate's ParallelismConfig has no expert parallelism")
+    if p.cp > 1 and p.zero < 2:
+        out.append(f"cp({p.cp}) with zero({p.zero}): accelerate's context parallelism runs "
+                   "under FSDP2 (zero 2 or 3)")
     if recompute == "selective":
         out.append("recompute(selective): FSDP's activation checkpointing recomputes whole "
                    "layers (full)")
@@ -77,7 +82,7 @@ def settings(job: Job) -> dict[str, Any]:
             "parallelism_config_dp_replicate_size": 1,
             "parallelism_config_dp_shard_size": p.dp,
             "parallelism_config_tp_size": p.tp,
-            "parallelism_config_cp_size": 1,
+            "parallelism_config_cp_size": p.cp,
         }
     return out
 

@@ -33,6 +33,12 @@ def problems(job: Job) -> list[str]:
     if p.tp > 1 and p.sp:
         out.append(f"sp with tp({p.tp}): DeepSpeed's AutoTP has no Megatron sequence "
                    "parallelism (its sequence parallel is Ulysses)")
+    if p.cp > 1:
+        out.append(f"cp({p.cp}): DeepSpeed has no ring context parallelism (its sequence "
+                   "parallelism, Ulysses, splits heads and is set in code)")
+    if p.ep > 1:
+        out.append(f"ep({p.ep}): DeepSpeed-MoE's expert parallel size is set in the model "
+                   "code (deepspeed.moe.layer.MoE(ep_size=...)), not in its config")
     if job.setup.recompute == "selective":
         out.append("recompute(selective): DeepSpeed's activation checkpointing recomputes "
                    "whole layers (full)")

@@ -33,7 +33,9 @@ class Job:
 
     def layout_label(self) -> str:
         p, s = self.par, self.setup
-        return (f"tp {p.tp} x pp {p.pp} (vpp {p.vpp}) x dp {p.dp}, zero {p.zero}, "
+        beyond = (f" x cp {p.cp}" if p.cp > 1 else "")
+        experts = f" (ep {p.ep})" if p.ep > 1 else ""
+        return (f"tp {p.tp}{beyond} x pp {p.pp} (vpp {p.vpp}) x dp {p.dp}{experts}, zero {p.zero}, "
                 f"sp {'on' if p.sp else 'off'}, recompute {s.recompute}, "
                 f"micro-batch {s.micro_batch} x {s.grad_accum} accumulation")
 

@@ -85,6 +85,10 @@ def model_args(job: Job) -> list[str]:
 def layout_args(job: Job) -> list[str]:
     p, s = job.par, job.setup
     args = ["--tensor-model-parallel-size", p.tp, "--pipeline-model-parallel-size", p.pp]
+    if p.cp > 1:
+        args += ["--context-parallel-size", p.cp]
+    if p.ep > 1:
+        args += ["--expert-model-parallel-size", p.ep]
     if p.vpp > 1:
         args += ["--num-virtual-stages-per-pipeline-rank", p.vpp]
     if p.sp:

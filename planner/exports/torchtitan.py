@@ -98,7 +98,7 @@ def settings(job: Job) -> dict[str, Any]:
         "fsdp_reshard_after_forward": {3: "always", 2: "never"}.get(p.zero, "default"),
         "tensor_parallel_degree": p.tp,
         "pipeline_parallel_degree": p.pp,
-        "context_parallel_degree": 1,
+        "context_parallel_degree": p.cp,
     }
     if piped:
         parallelism.update(

@@ -112,7 +112,7 @@ def test_a_full_policy_learns_a_separable_preference_against_its_frozen_copy(tmp
     ({"prompt": "a", "chosen": "b"}, (), "line 2: a preference needs 'prompt', 'chosen' and "
                                          "'rejected' (no 'rejected')"),
     (None, ("--method", "ppo"), "--method ppo is planned (memory, flops, plan), not trained"),
-    (None, ("--tp", "2"), "DPO is trained over dp x ZeRO: tp(2) and pp(1) must be 1"),
+    (None, ("--tp", "2"), "DPO is trained over dp x ZeRO: tp(2) must be 1"),
     (None, ("--save-adapter", "out"), "--save-adapter need(s) adapters: --method lora or qlora"),
     (None, ("--eval-data", "held.jsonl"), "--eval-data is a held-out language-model loss"),
 ])

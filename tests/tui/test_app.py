@@ -111,7 +111,7 @@ async def test_plan_screen_searches_ranks_and_saves(tmp_path):
     written = (tmp_path / "megatron" / "megatron_args.sh").read_text()
     got = megatron_layout(megatron_read(written))
     assert (got["tp"], got["pp"], got["zero"], got["mbs"]) == (best.tp, best.pp, best.zero, best.mbs)
-    assert f"--tp {best.tp} --pp {best.pp}" in written  # the command that reproduces it
+    assert f"--tp {best.tp} --cp {best.cp} --pp {best.pp}" in written  # the command that reproduces it
 
 
 async def test_run_screen_replays_a_canned_event_stream():

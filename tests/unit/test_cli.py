@@ -184,7 +184,7 @@ def test_plan_returns_a_pinned_layout_with_its_breakdown():
         assert best[key] > 0
     b = best["breakdown"]
     assert set(b["compute"]) == {"matmul_s", "attention_s", "elementwise_s", "overhead_s", "total_s"}
-    assert set(b["communication"]) == {"tp", "dp", "pp"}
+    assert set(b["communication"]) == {"tp", "dp", "pp", "cp", "ep"}
     assert b["total_s"] == best["step_time_s"]
     assert data["nearest_published"] and all(r["source"] for r in data["nearest_published"])
 

@@ -97,7 +97,7 @@ def test_plan_qlora_searches_dp_and_zero_and_fits_where_full_training_does_not()
     (("--lora-targets", "q_proj,wq"), "LoRA target(s) wq not in llama-2-7b"),
     (("--base-bits", "4"), "--base-bits 4 is QLoRA"),
     (("--lora-dropout", "1.5"), "--lora-dropout(1.5) must be in [0, 1)"),
-    (("--tp", "2"), "--method lora is planned over dp x ZeRO: tp(2) and pp(1) must be 1"),
+    (("--tp", "2"), "--method lora is planned over dp x ZeRO: tp(2) must be 1"),
 ])
 def test_bad_adapter_input_is_one_line_exit_2(args, needle):
     out = cli("memory", "llama-2-7b", "--method", "lora", *args)

@@ -80,7 +80,7 @@ def test_korthikanti_pipeline_first_stage_holds_L_layers_of_activations():
 
 
 def test_stage_params_sum_to_the_model_and_tp_shards_exactly():
-    from planner.memory import stage_params_per_rank
+    from planner.stage_params import stage_params_per_rank
     from planner.params import count_params
     cfg = load_model("llama-2-7b")
     total = count_params(cfg).total
@@ -126,7 +126,7 @@ def test_the_tensor_inventory_adds_up_to_the_stage_parameters():
     """planner.tensors (per-tensor shapes, for sharding and optimizer state) and the
     closed-form per-stage count agree for every preset and layout."""
     from planner import layout
-    from planner.memory import stage_params_per_rank
+    from planner.stage_params import stage_params_per_rank
     from planner.tensors import numel, stage_tensors
     from presets import preset_files
 

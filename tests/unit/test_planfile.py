@@ -106,3 +106,28 @@ def test_the_slurm_script_runs_one_agent_per_node_with_c10d(tmp_path):
                    '--rdzv-endpoint="$head_node:29500"', "-m runtime.train --plan big.toml"):
         assert needle in script, needle
     assert read_toml(tmp_path / "big.toml")["cluster"]["gpus"] == 16
+
+
+def test_a_plan_with_context_and_expert_parallelism_reads_back_and_launches_unchanged(tmp_path):
+    """[layout] carries cp and ep; a plan written before them reads as cp = ep = 1."""
+    from planner.planfile import plan_dict
+
+    cfg = load_model("tiny-moe")
+    setup = TrainSetup(seq_len=32, micro_batch=1, grad_accum=2, dtype="fp32", recipe="runtime")
+    par = Parallel(dp=2, ep=2, cp=2, zero=1)
+    plan = plan_dict(cfg=cfg, setup=setup, par=par, hardware="cpu", gpus=par.world,
+                     gpus_per_node=par.world, prediction={})
+    path = tmp_path / "plan.toml"
+    write_plan(path, plan)
+    back = read_plan(path)
+    assert back == plan and (back["layout"]["cp"], back["layout"]["ep"]) == (2, 2)
+    assert plan_objects(back)[2] == par
+    before = {**back, "layout": {k: v for k, v in back["layout"].items() if k not in ("cp", "ep")}}
+    assert plan_objects(before)[2] == Parallel(dp=2, zero=1)
+    out = runner.invoke(build(["launch"]), ["launch", str(path), "--device", "cpu", "--dry-run",
+                                            "--json", "--run-dir", str(tmp_path / "run")])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["layout"] == plan["layout"]
+    assert "--nproc-per-node=4" in json.loads(out.stdout)["command"]
+    run = read_plan(tmp_path / "run" / "run.toml")
+    assert (run["layout"]["cp"], run["layout"]["ep"]) == (2, 2)

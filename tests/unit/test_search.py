@@ -21,34 +21,39 @@ def brute_force(cfg, cluster, setup, gbs, space, runtime="llmplan"):
     usable = cluster.usable_bytes(CostModel())
     cost = CostEstimator(cfg, setup, cluster)
     N = cluster.gpus
-    for tp in divisors(N):
-        for pp, vpp, sp, zero, mbs, rc in itertools.product(
-                divisors(N // tp), range(1, space.max_vpp + 1), (False, True), space.zeros,
-                space.micro_batches, space.recomputes):
-            dp = N // (tp * pp)
-            m = gbs // (dp * mbs) if gbs % (dp * mbs) == 0 else 0
-            par = Parallel(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp)
-            run = TrainSetup(seq_len=setup.seq_len, micro_batch=mbs, grad_accum=max(m, 1),
-                             recompute=rc)
-            found = [] if tp <= cluster.gpus_per_node else [
-                layout.Problem(key="tp_crosses_node", message="")]
-            found += layout.problems(cfg, run, par)
-            if not m:
-                found.append(layout.Problem(key="batch_divisibility", message=""))
-            refused = layout.refusals(found, runtime)
-            reason = min((p.key for p in refused), key=REASONS.index) if refused else None
-            if reason:
-                rejected[reason] += 1
-                continue
-            rep = memory_report(cfg, run, par)  # every stage, no shortcut
-            if rep.per_gpu.total_bytes > usable:
-                rejected["out_of_memory"] += 1
-                continue
-            step = cost.step_time(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp, recompute=rc,
-                                  mbs=mbs, m=m, params_per_rank=max(s.params for s in rep.stages))
-            key = (step.total_s, -(usable - rep.per_gpu.total_bytes))
-            if best is None or key < best[0]:
-                best = (key, (tp, pp, vpp, dp, zero, sp, rc, mbs), rep.per_gpu.total_bytes)
+    layouts = ((tp, cp, pp, ep, vpp, sp, zero, mbs, rc)
+               for tp in divisors(N) for cp in divisors(N // tp) for pp in divisors(N // (tp * cp))
+               for ep in (divisors(N // (tp * cp * pp)) if cfg.is_moe else (1,))
+               for vpp, sp, zero, mbs, rc in itertools.product(
+                   range(1, space.max_vpp + 1), (False, True), space.zeros,
+                   space.micro_batches, space.recomputes))
+    for tp, cp, pp, ep, vpp, sp, zero, mbs, rc in layouts:
+        dp = N // (tp * cp * pp)
+        m = gbs // (dp * mbs) if gbs % (dp * mbs) == 0 else 0
+        par = Parallel(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp, cp=cp, ep=ep)
+        run = TrainSetup(seq_len=setup.seq_len, micro_batch=mbs, grad_accum=max(m, 1),
+                         recompute=rc)
+        found = [] if tp <= cluster.gpus_per_node else [
+            layout.Problem(key="tp_crosses_node", message="")]
+        found += layout.problems(cfg, run, par)
+        if not m:
+            found.append(layout.Problem(key="batch_divisibility", message=""))
+        refused = layout.refusals(found, runtime)
+        reason = min((p.key for p in refused), key=REASONS.index) if refused else None
+        if reason:
+            rejected[reason] += 1
+            continue
+        rep = memory_report(cfg, run, par)  # every stage, no shortcut
+        if rep.per_gpu.total_bytes > usable:
+            rejected["out_of_memory"] += 1
+            continue
+        params, experts = cost.stage_params(tp=tp, pp=pp, vpp=vpp, ep=ep)
+        step = cost.step_time(tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero, sp=sp, recompute=rc,
+                              mbs=mbs, m=m, cp=cp, ep=ep, params_per_rank=params,
+                              expert_params_per_rank=experts)
+        key = (step.total_s, -(usable - rep.per_gpu.total_bytes))
+        if best is None or key < best[0]:
+            best = (key, (tp, cp, pp, vpp, dp, ep, zero, sp, rc, mbs), rep.per_gpu.total_bytes)
     return best, rejected
 
 
@@ -71,10 +76,12 @@ def test_search_is_exhaustive_and_agrees_with_brute_force(model, hw, gpus, gbs, 
         assert result.best is None
         return
     b = result.best
-    assert (b.tp, b.pp, b.vpp, b.dp, b.zero, b.sp, b.recompute, b.mbs) == best[1]
+    assert (b.tp, b.cp, b.pp, b.vpp, b.dp, b.ep, b.zero, b.sp, b.recompute, b.mbs) == best[1]
     assert b.memory_per_gpu_bytes == best[2]
-    pairs = sum(len(divisors(gpus // tp)) for tp in divisors(gpus))
-    assert result.total == pairs * 2 * 2 * 4 * 3 * 3  # x vpp x sp x zero x mbs x recompute
+    shapes = sum(len(divisors(gpus // (tp * cp * pp))) if cfg.is_moe else 1
+                 for tp in divisors(gpus) for cp in divisors(gpus // tp)
+                 for pp in divisors(gpus // (tp * cp)))
+    assert result.total == shapes * 2 * 2 * 4 * 3 * 3  # x vpp x sp x zero x mbs x recompute
 
 
 def test_llama2_7b_on_8_a100_80gb_needs_no_pipeline():

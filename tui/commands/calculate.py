@@ -14,7 +14,7 @@ from tui.options import (AttentionOpt, BaseBitsOpt, DoubleQuantOpt, DpOpt, Dropo
                          DtypeOpt, GbsOpt, HardwareOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt,
                          LoraRankOpt, LoraTargetsOpt, MbsOpt, MethodOpt, PolicyOpt, ModelArg, OptimOpt,
                          PpOpt, RecipeOpt, RecomputeOpt, ScheduleOpt, SeqOpt, SetOpt, SpOpt,
-                         TpOpt, VppOpt, ZeroOpt)
+                         TpOpt, VppOpt, ZeroOpt, CpOpt, EpOpt, Fp8ScalingOpt)
 from tui.options import model as load
 
 
@@ -113,6 +113,7 @@ def memory_cmd(
     seq: SeqOpt = 2048, mbs: MbsOpt = 1, gbs: GbsOpt = 0, dtype: DtypeOpt = "bf16",
     recipe: RecipeOpt = "mixed", optimizer: OptimOpt = "adamw", zero: ZeroOpt = 0,
     dp: DpOpt = 1, tp: TpOpt = 1, pp: PpOpt = 1, vpp: VppOpt = 1, sp: SpOpt = False,
+    cp: CpOpt = 1, ep: EpOpt = 1, fp8_scaling: Fp8ScalingOpt = "",
     recompute: RecomputeOpt = "none", attention: AttentionOpt = "flash",
     schedule: ScheduleOpt = "", dropout: DropoutOpt = False, hardware: HardwareOpt = "",
     method: MethodOpt = "full", policy: PolicyOpt = "full",
@@ -139,6 +140,9 @@ def memory_cmd(
     cfg = load(model, set_)
     setup, par = options.training(flags)
     if method == "ppo":
+        if par.cp > 1 or par.ep > 1:
+            raise LlmplanError(f"--method ppo is planned over dp x ZeRO: cp({par.cp}) and "
+                               f"ep({par.ep}) must be 1")
         return ppo_memory(cfg, setup, par, flags, hardware, json_mode)
     rep = memory_report(cfg, setup, par)
     accuracy = options.accuracy(hardware)
@@ -172,11 +176,18 @@ def memory_cmd(
         caption = (f"per rank, GiB (2^30 bytes): each category at its largest; peak: of the "
                    f"step's timeline (not their sum), temp: temporaries then; most loaded rank: "
                    f"{fmt_band(band, output.fmt_bytes)}; band: {accuracy.source}")
+        top = rep.per_gpu
+        buffers = [f"{what} {gib(n)} GiB" for what, n in (
+            ("all-to-all buffers", top.all_to_all_bytes), ("ring K/V blocks", top.ring_bytes)) if n]
+        if buffers:
+            caption += f"; of temp: {', '.join(buffers)}"
         if capacity is not None:
             verdict = "fits" if data["fits"] else "does NOT fit"
             caption += f"; {hardware} holds {output.fmt_gib(capacity)}: {verdict}"
         output.show(output.table(
-            f"Per-GPU memory, {cfg.name}: tp={tp} pp={pp} dp={dp} zero={zero} sp={sp} "
+            f"Per-GPU memory, {cfg.name}: tp={tp} "
+            + (f"cp={cp} " if cp > 1 else "") + f"pp={pp} dp={dp} "
+            + (f"ep={ep} " if ep > 1 else "") + f"zero={zero} sp={sp} "
             f"s={seq} b={mbs} m={setup.grad_accum} {recipe}/{optimizer} recompute={recompute}"
             + describe_method(method, setup),
             cols, rows, caption=caption))
@@ -330,6 +341,7 @@ def explain_cmd(
     seq: SeqOpt = 2048, mbs: MbsOpt = 1, gbs: GbsOpt = 0, dtype: DtypeOpt = "bf16",
     recipe: RecipeOpt = "mixed", optimizer: OptimOpt = "adamw", zero: ZeroOpt = 0,
     dp: DpOpt = 1, tp: TpOpt = 1, pp: PpOpt = 1, vpp: VppOpt = 1, sp: SpOpt = False,
+    cp: CpOpt = 1, ep: EpOpt = 1, fp8_scaling: Fp8ScalingOpt = "",
     recompute: RecomputeOpt = "none", attention: AttentionOpt = "flash",
     schedule: ScheduleOpt = "", dropout: DropoutOpt = False,
     causal: Annotated[bool, typer.Option("--causal/--no-causal")] = True,

@@ -39,6 +39,7 @@ def plan_cmd(
     gbs_tokens: Annotated[float, typer.Option("--gbs-tokens", help="Global batch in tokens.")] = 0.0,
     seq: SeqOpt = 4096,
     dtype: DtypeOpt = "bf16", recipe: RecipeOpt = "mixed", optimizer: OptimOpt = "adamw",
+    fp8_scaling: options.Fp8ScalingOpt = "",
     attention: AttentionOpt = "flash",
     max_vpp: Annotated[int, typer.Option("--max-vpp", help="Largest virtual-stage count tried.")] = 4,
     tokens: Annotated[float, typer.Option(help="Token budget: adds time and GPU-hours.")] = 0.0,
@@ -48,6 +49,8 @@ def plan_cmd(
     export: Annotated[Optional[str], typer.Option("--export", help="accelerate, torchtitan, deepspeed or megatron: rank only layouts that framework runs and write its config for the best.")] = None,
     tp: Annotated[Optional[int], typer.Option("--tp", help="Pin tensor parallel.")] = None,
     pp: Annotated[Optional[int], typer.Option("--pp", help="Pin pipeline parallel.")] = None,
+    cp: Annotated[Optional[int], typer.Option("--cp", help="Pin context parallel.")] = None,
+    ep: Annotated[Optional[int], typer.Option("--ep", help="Pin expert parallel (MoE).")] = None,
     vpp: Annotated[Optional[int], typer.Option("--vpp", help="Pin virtual stages.")] = None,
     dp: Annotated[Optional[int], typer.Option("--dp", help="Pin data parallel.")] = None,
     zero: Annotated[Optional[int], typer.Option("--zero", help="Pin the ZeRO stage.")] = None,
@@ -61,7 +64,7 @@ def plan_cmd(
     double_quant: DoubleQuantOpt = False,
     set_: SetOpt = None, json_mode: JsonOpt = False,
 ) -> None:
-    """The fastest tensor x pipeline x data (ZeRO) layouts that fit a cluster; any dimension
+    """The fastest tensor x context x pipeline x data (expert, ZeRO) layouts that fit a cluster; any dimension
     given is pinned and the search covers the rest; --method lora or qlora plans adapters
     over a frozen base."""
     flags = dict(locals())
@@ -84,11 +87,12 @@ def plan_cmd(
             raise LlmplanError(f"gbs-tokens({gbs_tokens:.0f}) is not a multiple of seq({seq})")
         gbs = int(gbs_tokens // seq)
     setup = TrainSetup(seq_len=seq, dtype=dtype, recipe=recipe, optimizer=optimizer,
+                       fp8_scaling=fp8_scaling,
                        attention=attention, recompute=recompute or "none",
                        adapters=options.adapters(flags),
                        objective=options.objective(flags))
     space = SearchSpace.pinned(max_vpp=max_vpp, tp=tp, pp=pp, vpp=vpp, dp=dp, zero=zero,
-                               sp=sp, recompute=recompute, mbs=mbs)
+                               sp=sp, recompute=recompute, mbs=mbs, cp=cp, ep=ep)
     framework = exports.framework(export) if export else None
     cost_model = load_cost_model(hardware, fused=export == "megatron")
     result = search(cfg, cluster, setup, global_batch=gbs, model=cost_model,
@@ -150,13 +154,17 @@ def plan_cmd(
         output.warn("no feasible layout: nothing written")
 
     def human() -> None:
-        cols = ["#", "tp", "pp", "v", "dp", "z", "sp", "recomp", "b", "m", "GiB", "step s",
-                "tok/s/gpu", "MFU"]
-        rows = [(f"{i + 1}{'' if c.launchable else '*'}", c.tp, c.pp, c.vpp, c.dp, c.zero,
+        shown = result.candidates[:top]
+        # cp and ep columns where a shown layout uses them (the table stays narrow otherwise)
+        cp, ep = (any(getattr(c, k) > 1 for c in shown) for k in ("cp", "ep"))
+        cols = ["#", "tp", *(["cp"] if cp else []), "pp", "v", "dp", *(["ep"] if ep else []),
+                "z", "sp", "recomp", "b", "m", "GiB", "step s", "tok/s/gpu", "MFU"]
+        rows = [(f"{i + 1}{'' if c.launchable else '*'}", c.tp, *([c.cp] if cp else []), c.pp,
+                 c.vpp, c.dp, *([c.ep] if ep else []), c.zero,
                  "on" if c.sp else "off", c.recompute[:4],
                  c.mbs, c.grad_accum, f"{c.memory_per_gpu_bytes / 2**30:.1f}",
                  f"{c.step_time_s:.3f}", f"{c.tokens_per_s / world:,.0f}", f"{c.mfu:.1%}")
-                for i, c in enumerate(result.candidates[:top])]
+                for i, c in enumerate(shown)]
         rejected = ", ".join(f"{k} {v:,}" for k, v in data["rejected"].items())
         caption = (f"{result.total:,} layouts, {result.evaluated:,} evaluated; usable "
                    f"{result.usable_bytes / 2**30:.1f} GiB/GPU; rejected: {rejected}")

@@ -29,6 +29,8 @@ def launch_cmd(
     dp: Annotated[OptInt, typer.Option(help="Data parallel.")] = None,
     zero: Annotated[OptInt, typer.Option(help="ZeRO 0/1 (replicated) or 2/3 (FSDP2).")] = None,
     sp: Annotated[Optional[bool], typer.Option("--sp/--no-sp", help="Sequence parallel.")] = None,
+    cp: Annotated[OptInt, typer.Option(help="Context parallel: each sequence split over cp ranks (ring attention).")] = None,
+    ep: Annotated[OptInt, typer.Option(help="Expert parallel: MoE experts split over ep of the dp ranks.")] = None,
     schedule: Annotated[Optional[str], typer.Option(help="1f1b, gpipe or interleaved.")] = None,
     recompute: Annotated[Optional[str], typer.Option(help="none, selective, full.")] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="adamw, adafactor, sgd_momentum.")] = None,

@@ -1,0 +1,93 @@
+"""FP8 training (``--dtype fp8``): which tensors are fp8, and what that changes per rank.
+
+The recipe planned is Transformer Engine's and torchao float8's (Micikevicius et al. 2022,
+"FP8 Formats for Deep Learning", arXiv 2209.05433; NVIDIA Transformer Engine's user guide;
+torchao.float8), with DeepSeek-V3's block scaling as the alternative (arXiv 2412.19437
+§3.3):
+
+* fp8: the GEMMs of every transformer layer's linears (q, k, v, o; gate, up, down; each
+  expert's): inputs and weights cast to E4M3 with a scale, gradients to E5M2, outputs in
+  bf16, at the accelerator's fp8 peak (``Hardware.peak_tflops_fp8``).
+* bf16: everything else: the attention core (scores, softmax, weighted values), norms,
+  activations, residuals, the router, the embedding and the LM head (both recipes keep the
+  head in bf16), and every all-reduce and all-gather.
+* Model states: the mixed recipe's (bf16 weights, fp32 master, gradients, AdamW moments):
+  fp8 adds no optimizer state. Each linear's weight also has an fp8 copy and its transpose
+  (column-wise, for the input gradient on Hopper), cached across the step's micro-batches:
+  2 bytes per linear weight; under ZeRO-3 a layer's copies exist while it is gathered.
+* Saved activations: each linear saves its fp8 input for the weight gradient, 1 byte per
+  element instead of 2: the attention input (read by q, k, v), the attention output (o's
+  input), the MLP input (gate, up; each expert's tokens) and the down projection's input.
+* Scaling: ``tensor``, one fp32 scale per tensor (delayed or current scaling; negligible), or
+  ``block``: 1 x 128 tiles of activations and 128 x 128 blocks of weights with one fp32
+  scale each (DeepSeek-V3 §3.3.2): 4/128 bytes more per fp8 activation element, 4/16,384
+  per fp8 weight element.
+
+The casts themselves (read bf16, write fp8, one amax reduction per tensor) are element-wise
+traffic of the tensors they read; the cost model counts them with the layer's activations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from planner.activations import ActivationTerms, kv_heads_per_rank
+from planner.config import ModelConfig
+
+SCALINGS = ("tensor", "block")
+BLOCK_ACTIVATION_TILE = 128
+BLOCK_WEIGHT_TILE = 128 * 128
+
+
+def scale_bytes_per_activation(scaling: str) -> float:
+    return 4 / BLOCK_ACTIVATION_TILE if scaling == "block" else 0.0
+
+
+def scale_bytes_per_weight(scaling: str) -> float:
+    return 4 / BLOCK_WEIGHT_TILE if scaling == "block" else 0.0
+
+
+def saved_fp8_elements(cfg: ModelConfig, *, local_seq: int, tp: int, moe: bool) -> tuple[float, float]:
+    """(block-boundary, sharded) elements one layer saves in fp8 per sequence on one TP rank,
+    each in place of a 16-bit tensor: the attention and MLP inputs (``2 s h``, one when a
+    parallel block shares them; an MoE layer's k routed copies ``k s h`` instead of its input,
+    which the bf16 router and any shared expert read), and the inputs of o and down (``s a_r d``
+    and ``s f_r`` per MLP run: k routed plus shared experts for an MoE layer)."""
+    s, h = local_seq, cfg.hidden_size
+    shared = cfg.block == "parallel" and cfg.parallel_norms == 1
+    if moe:
+        runs, ffn = cfg.experts_per_token + cfg.num_shared_experts, cfg.moe_ffn_hidden_size
+        boundary = s * h * (1 + cfg.experts_per_token)
+    else:
+        runs, ffn = 1, cfg.ffn_hidden_size
+        boundary = s * h * (1 if shared else 2)
+    sharded = s * (cfg.num_heads // tp) * cfg.head_dim + runs * s * (ffn // tp)
+    return float(boundary), float(sharded)
+
+
+def fp8_terms(terms: ActivationTerms, cfg: ModelConfig, *, local_seq: int, act_bytes: int,
+              tp: int, moe: bool, scaling: str) -> ActivationTerms:
+    """One layer's saved tensors (``planner.activations``, per sequence) with its linears'
+    inputs saved in fp8: each such element costs 1 byte (+ its block scale) instead of
+    ``act_bytes``."""
+    boundary, sharded = saved_fp8_elements(cfg, local_seq=local_seq, tp=tp, moe=moe)
+    saved = act_bytes - 1 - scale_bytes_per_activation(scaling)
+    return replace(terms, replicated=terms.replicated - saved * boundary,
+                   sharded=terms.sharded - saved * sharded)
+
+
+def linear_weights_per_layer(cfg: ModelConfig, tp: int, *, moe: bool, ep: int = 1) -> int:
+    """The weights of one layer's fp8 GEMMs on one TP rank (q, k, v, o and the MLP or the
+    rank's E/ep routed and every shared expert; not the router)."""
+    h, d = cfg.hidden_size, cfg.head_dim
+    attn = 2 * h * (cfg.q_width // tp) + 2 * h * kv_heads_per_rank(cfg, tp) * d
+    per_mlp = (3 if cfg.gated else 2) * h
+    if moe:
+        return attn + (cfg.num_experts // ep + cfg.num_shared_experts) * per_mlp * (
+            cfg.moe_ffn_hidden_size // tp)
+    return attn + per_mlp * (cfg.ffn_hidden_size // tp)
+
+
+def weight_copy_bytes(linear_weights: int, scaling: str) -> int:
+    """The fp8 copy and its transpose of ``linear_weights`` weights, with their scales."""
+    return int(linear_weights * (2 + 2 * scale_bytes_per_weight(scaling)))
