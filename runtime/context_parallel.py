@@ -165,7 +165,7 @@ class RingAttentionCore(nn.Module):
 
 def _local_positions(module, args, kwargs, *, positions: torch.Tensor):
     """Forward pre-hook: the absolute positions of this rank's tokens, unless given."""
-    if kwargs.get("positions") is None:
+    if len(args) < 2 and kwargs.get("positions") is None:
         x = args[0]
         kwargs = {**kwargs, "positions": positions.to(x.device)}
     return args, kwargs

@@ -16,13 +16,17 @@ counts tells each rank how many rows it receives; a second all-to-all carries th
 rows from every source (an expert that got none runs on zero rows, so its gradient is zeros
 on every rank); the outputs return by the reverse all-to-all and are weighted and summed into
 their tokens in ascending expert order, the single-process model's order. Dropless: no
-capacity limit, as ``runtime.model.MoE``.
+capacity limit, as ``runtime.model.MoE`` -- so the rows a rank's experts process (and the
+activations they keep) follow the router's balance over the whole ep group, not 1/ep of it.
 
-**Gradients.** Rank r's loss is its share of the global mean, scaled by dp x cp (the
-trainer's loss scale), so an expert's gradient on its rank sums the scaled contributions of
-the tokens of its ep group; summed over the dp x cp / ep ranks holding the same experts and
-divided by dp x cp it is the single-process gradient (Megatron scales expert gradients by
-1/ep after averaging over the expert-data-parallel group: the same number).
+**Gradients.** Rank r's loss is its share of the global mean scaled by dp x cp (the
+trainer's loss scale): L_r = (dp cp / N) sum_{t in r} l_t over the N label tokens. Expert e's
+gradient on its rank gathers the tokens of the whole ep group G (the all-to-all's backward
+brings them): (dp cp / N) sum_{t in G} dl_t/dw_e. Summed over the dp cp / ep ranks holding
+the same experts (one per group) that is (dp cp / N) sum_t dl_t/dw_e, and divided by dp x cp
+it is the single-process gradient (1/N) sum_t dl_t/dw_e (Megatron scales expert gradients
+by 1/ep after averaging over the expert-data-parallel group: the same number). Dense weights
+are averaged over their dp x cp replicas as without ep.
 """
 
 from __future__ import annotations
