@@ -36,20 +36,19 @@ def context_terms(terms: ActivationTerms, cfg: ModelConfig, *, local_seq: int, m
                   act_bytes: int, tp: int, cp: int, runtime: bool) -> ActivationTerms:
     """One layer's saved tensors under context parallelism, from ``terms`` computed for the
     local ``s/cp`` tokens: eager attention's s² tensors become ``(s/cp) x s`` (the local
-    queries against every key); llmplan's runtime computes each ring step as matmuls over the
-    block in hand, so autograd also keeps every K/V block received (``2 (cp-1) b (s/cp) g_r d``
-    elements), each step's softmax probabilities (``a_r (s/cp) s b`` over the ring) and
-    partial output (``cp b (s/cp) a_r d``) with its fp32 log-sum-exp."""
+    queries against every key). llmplan's runtime (``runtime.context_parallel``) recomputes
+    each ring step's scores in backward, as flash attention does, and keeps every K/V block
+    it received (``2 (cp-1) b (s/cp) g_r d`` elements) and, per step, the block's output and
+    the merged output in fp32 with their log-sum-exps (``cp x b (s/cp) a_r (2 x 4 d + 12)``
+    bytes)."""
     if cp == 1:
         return terms
     B, sl, b, d = act_bytes, local_seq, micro_batch, cfg.head_dim
     a_r, g_r = cfg.num_heads // tp, kv_heads_per_rank(cfg, tp)
-    quadratic = terms.quadratic * cp
     sharded = terms.sharded
     if runtime:
-        quadratic += B * a_r * sl * (sl * cp) * b
-        sharded += B * 2 * (cp - 1) * b * sl * g_r * d + cp * b * sl * a_r * (B * d + 4)
-    return replace(terms, quadratic=quadratic, sharded=sharded)
+        sharded += B * 2 * (cp - 1) * b * sl * g_r * d + cp * b * sl * a_r * (2 * 4 * d + 12)
+    return replace(terms, quadratic=terms.quadratic * cp, sharded=sharded)
 
 
 def kv_block_bytes(cfg: ModelConfig, *, local_seq: int, micro_batch: int, act_bytes: int,

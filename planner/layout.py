@@ -32,9 +32,9 @@ RUNTIME_OPTIMIZERS = ("adamw", "adafactor", "sgd_momentum")
 KEYS = (
     "runtime_position", "runtime_dtype", "runtime_optimizer", "runtime_adapters", "runtime_objective",
     "adapter_layout",
-    "tp_crosses_node", "tp_divisibility", "runtime_tp_vocab", "cp_seq", "runtime_cp",
+    "tp_crosses_node", "tp_divisibility", "runtime_tp_vocab", "cp_seq",
     "vpp_without_pp", "pp_layers", "schedule",
-    "sp_without_tp", "sp_seq", "ep_divisibility", "runtime_ep", "zero_without_dp", "runtime_sharded_adafactor",
+    "sp_without_tp", "sp_seq", "ep_divisibility", "zero_without_dp", "runtime_sharded_adafactor",
     "batch_divisibility", "interleaved_microbatches", "runtime_pp_microbatches",
     "out_of_memory",
 )
@@ -235,35 +235,6 @@ def ep_problems(cfg: ModelConfig, ep: int, dp: int) -> list[Problem]:
     return out
 
 
-def runtime_cp_problems(setup: TrainSetup, *, cp: int, pp: int) -> list[Problem]:
-    """What llmplan's runtime runs of context parallelism: ring attention over the cp ranks
-    (``runtime.context_parallel``) with every tp (with or without sp), every pp schedule, dp
-    and ZeRO stage (sharded over dp x cp), recompute, and every position scheme and sliding
-    window; language-model training over the whole model only (DPO scores whole sequences,
-    adapters are trained over dp x ZeRO)."""
-    if cp > 1 and setup.objective == "dpo":
-        return [_runtime("runtime_cp", f"DPO with cp({cp}) is not run: it scores whole "
-                                       "sequences (cp must be 1)")]
-    if cp > 1 and setup.adapters is not None:
-        return [_runtime("runtime_cp", f"--method {setup.adapters.method} with cp({cp}) is not "
-                                       "run: adapters train over dp x ZeRO (cp must be 1)")]
-    return []
-
-
-def runtime_ep_problems(setup: TrainSetup, *, ep: int, zero: int) -> list[Problem]:
-    """What llmplan's runtime runs of expert parallelism: all-to-all token exchange over ep
-    of the dp ranks (``runtime.expert_parallel``) with every tp (with or without sp), cp, pp
-    and ZeRO stage (0/1 replicated, an expert's optimizer state sliced over its own dp x cp /
-    ep ranks; 2/3 FSDP2 per expert over them), and recompute; language-model training over
-    the whole model only."""
-    if ep > 1 and setup.objective == "dpo":
-        return [_runtime("runtime_ep", f"DPO with ep({ep}) is not run (ep must be 1)")]
-    if ep > 1 and setup.adapters is not None:
-        return [_runtime("runtime_ep", f"--method {setup.adapters.method} with ep({ep}) is not "
-                                       "run: adapters train over dp x ZeRO (ep must be 1)")]
-    return []
-
-
 def zero_problems(dp: int, zero: int, optimizer: str = "adamw", tp: int = 1,
                   base_bits: int = 16) -> list[Problem]:
     """ZeRO shards over the data-parallel group; with dp = 1 there is nothing to shard.
@@ -329,10 +300,8 @@ def problems(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *,
             *pp_problems(cfg, par.pp, par.vpp),
             *schedule_problems(par.pp, par.vpp, par.schedule),
             *cp_problems(par.cp, setup.seq_len),
-            *runtime_cp_problems(setup, cp=par.cp, pp=par.pp),
             *sp_problems(par.tp, par.sp, setup.seq_len // par.cp),
             *ep_problems(cfg, par.ep, par.dp),
-            *runtime_ep_problems(setup, ep=par.ep, zero=par.zero),
             *zero_problems(par.shard_ranks, par.zero, setup.optimizer, par.tp, base_bits(setup)),
             *batch_problems(pp=par.pp, vpp=par.vpp, schedule=par.schedule, global_batch=gbs,
                             dp=par.dp, mbs=setup.micro_batch, rounds=rounds)]

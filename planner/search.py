@@ -298,7 +298,6 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
                 per_vpp = len(space.sps) * len(eps) * per_ep
                 for vpp in vpps:
                     key, pp_notes = refused(layout.pp_problems(cfg, pp, vpp)
-                                            + layout.runtime_cp_problems(setup, cp=cp, pp=pp)
                                             + layout.method_layout_problems(setup, 1, pp))
                     if key:
                         rejected[key] += per_vpp
@@ -320,8 +319,7 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
                             for zero in space.zeros:
                                 key, zero_notes = refused(
                                     layout.zero_problems(dp * cp, zero, setup.optimizer, tp,
-                                                         layout.base_bits(setup))
-                                    + layout.runtime_ep_problems(setup, ep=ep, zero=zero))
+                                                         layout.base_bits(setup)))
                                 if key:
                                     rejected[key] += per_zero
                                     continue

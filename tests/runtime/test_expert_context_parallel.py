@@ -166,8 +166,8 @@ def test_the_contract_refuses_what_the_runtime_does_not_run():
     lora = TrainSetup(seq_len=32, micro_batch=2, adapters=Adapters(method="lora"))
     said = {p.message for setup, par in ((dpo, Parallel(cp=2)), (lora, Parallel(dp=2, ep=2)))
             for p in layout.refusals(layout.problems(cfg, setup, par), "llmplan")}
-    assert any(m.startswith("DPO with cp(2) is not run") for m in said), said
-    assert any(m.startswith("--method lora with ep(2) is not run") for m in said), said
+    assert any(m.startswith("DPO is trained over dp x ZeRO: cp(2) must be 1") for m in said), said
+    assert "--method lora is planned over dp x ZeRO: ep(2) must be 1" in said, said
     runs = TrainSetup(seq_len=32, micro_batch=1, grad_accum=2, dtype="fp32", recipe="runtime")
     for par in (Parallel(dp=4, ep=2, zero=3, tp=2, sp=True), Parallel(cp=2, pp=2, tp=2, sp=True),
                 Parallel(dp=2, ep=2, cp=2, zero=1)):
