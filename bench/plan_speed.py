@@ -5,7 +5,8 @@ Prints each search's wall time with the number of layouts considered and evaluat
 time per evaluated layout against a baseline in the same process: building a full
 ``memory_report`` for each of a sample of those layouts.
 
-Goal (issues 6 and 16): under 1 s for the largest on a 2-core machine.
+Goal (issues 6 and 16): under 1 s for the largest (405B on 16,384 GPUs, the 5D search) on
+a 2-core machine; the others are shown for scale (Mixtral's ep multiplies its layouts).
 Run: `.venv/bin/python bench/plan_speed.py`.
 """
 
@@ -49,11 +50,11 @@ def main() -> None:
                                    cp=c.cp, ep=c.ep))
         report_each = (time.perf_counter() - start) / max(len(sample), 1)
         per_eval = best_s / max(result.evaluated, 1)
-        verdict = "met" if best_s < 1 else "NOT met"
+        goal = ("; goal < 1 s: " + ("met" if best_s < 1 else "NOT met")) if gpus == 16384 else ""
         print(f"{model} on {gpus} x {hw} (runtime {runtime}): {best_s * 1e3:.1f} ms median for {result.total:,} layouts "
               f"({result.evaluated:,} evaluated, {len(result.candidates):,} fit); "
               f"{per_eval * 1e6:.1f} us per evaluated layout vs {report_each * 1e6:.1f} us for a "
-              f"full memory_report ({report_each / per_eval:.1f}x); goal < 1 s: {verdict}")
+              f"full memory_report ({report_each / per_eval:.1f}x){goal}")
 
 
 if __name__ == "__main__":
