@@ -99,6 +99,8 @@ class CostModel:
     fsdp_step_overhead_s: float = 0.0  # + per step under FSDP (hooks, DTensor optimizer)
     collective_call_s: float = 0.0     # fixed cost of each collective call on the issuing rank
     infer_layer_overhead_s: float = 0.0  # per layer per forward of generation (op dispatch)
+    gemv_rows: int = 0                 # CPU BLAS: a few-row GEMM streams its weights once per this many rows (0: once)
+    gemv_rows_limit: int = 0           # CPU BLAS: from this many rows a blocked GEMM reads them once
     host_cores: int = 0                # CPU hosts: ranks beyond this many cores time-share
     latency_scale: float = 1.0         # x the preset's per-step collective latencies
 

@@ -144,6 +144,7 @@ class ServeEstimator:
                  *, dtype: str = "bf16") -> None:
         self.cfg, self.hw, self.model = cfg, hardware, model
         self.peak = hardware.peak_flops(dtype)
+        self.activation_bytes = 4 if dtype == "fp32" else 2
         self.hbm = hardware.hbm_bandwidth_gbps * 1e9
         self.link = (hardware.intra_node_bandwidth_gbps * 1e9 * model.link_efficiency,
                      hardware.intra_node_latency_us * 1e-6 * model.latency_scale)
@@ -152,14 +153,24 @@ class ServeEstimator:
         return linear_efficiency(self.cfg, self.model, tokens, tp)
 
     def tp_s(self, tokens: int, tp: int) -> float:
-        """Two all-reduces of ``tokens x h`` bf16 activations per layer, each also paying the
-        fixed cost of a collective call."""
+        """Two all-reduces of ``tokens x h`` activations (bf16, or fp32 for an fp32 run) per
+        layer, each also paying the fixed cost of a collective call."""
         if tp == 1:
             return 0.0
         bw, lat = self.link
         calls = 2 * self.cfg.num_layers
-        return calls * (allreduce_s(tokens * self.cfg.hidden_size * 2, tp, bw, lat)
+        return calls * (allreduce_s(tokens * self.cfg.hidden_size * self.activation_bytes, tp, bw, lat)
                         + self.model.collective_call_s)
+
+    def weight_passes(self, rows: int) -> int:
+        """How many times a GEMM of ``rows`` rows reads its weight matrix: once on a GPU
+        (and for a blocked GEMM); ``ceil(rows / gemv_rows)`` under a CPU BLAS's small-row
+        kernel, which streams the weights once per group of ``gemv_rows`` rows held in
+        registers (``runtime.gemm_probe`` measures both constants)."""
+        per_pass, limit = self.model.gemv_rows, self.model.gemv_rows_limit
+        if not per_pass or rows >= limit:
+            return 1
+        return -(-rows // per_pass)
 
     def overhead_s(self) -> float:
         """Framework time of one forward (op dispatch per layer): what dominates a small
@@ -177,7 +188,7 @@ class ServeEstimator:
         linears = (fwd.total - fwd.attention_core) / self.matmul_efficiency(tokens, tp)
         core = fwd.attention_core / attention_efficiency(self.cfg, self.model, prompt)
         compute = (linears + core) * tokens / tp / self.peak
-        read = weights_bytes / (self.hbm * self.model.hbm_efficiency)
+        read = weights_bytes * self.weight_passes(tokens) / (self.hbm * self.model.hbm_efficiency)
         return max(compute, read) + self.tp_s(tokens, tp) + self.overhead_s()
 
     def decode_roofline_s(self, *, weights_bytes: int, kv_bytes: int) -> float:
@@ -186,9 +197,14 @@ class ServeEstimator:
 
     def decode_step_s(self, batch: int, context: int, *, tp: int, weights_bytes: int,
                       kv_bytes: int) -> float:
+        """One decode step of ``batch`` sequences at ``context`` tokens: the bytes it moves
+        (the weights, as many times as :meth:`weight_passes` says, and the batch's cache)
+        over the achieved bandwidth, or its FLOPs at the shape rule's efficiency when those
+        take longer (a roofline), plus TP all-reduces and per-layer framework time."""
         from planner.flops import decode_flops_per_token
 
-        memory = self.decode_roofline_s(weights_bytes=weights_bytes, kv_bytes=kv_bytes) / self.model.hbm_efficiency
+        memory = self.decode_roofline_s(weights_bytes=weights_bytes * self.weight_passes(batch),
+                                        kv_bytes=kv_bytes) / self.model.hbm_efficiency
         compute = decode_flops_per_token(self.cfg, context) * batch / tp / (
             self.peak * self.matmul_efficiency(batch, tp))
         return max(memory, compute) + self.tp_s(batch, tp) + self.overhead_s()

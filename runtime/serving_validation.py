@@ -5,11 +5,14 @@ measures time to first token and time per output token; the serving model
 (``planner.serving``) predicts both for the same layout. Fitted, in log space, to the fit
 cases: the achieved fraction of memory bandwidth (decode), the matmul ceiling (prefill), the
 GEMM size at half that ceiling, the per-layer framework time of a forward, the fixed cost of
-a collective call and the attention core's own ceiling (small heads reach little); the
-held-out cases (a batch or model the fit did not see) judge it. Each case runs twice and
-keeps its faster TTFT and TPOT (timing noise on a shared host only adds). The constants go
-into the hardware profile beside the training calibration's. Standard library only: torch
-runs in the launched processes.
+a collective call, the achieved fraction of the link's bandwidth (gloo between processes
+reaches little of the preset's nominal figure; the TP cases at batch 1 and 8 separate it from
+the call's cost) and the attention core's own ceiling (small heads reach little); the
+held-out cases (a batch or model the fit did not see) judge it. Measured, not fitted: how
+the host's BLAS streams a few-row GEMM's weights (``runtime.gemm_probe``: on a CPU, decode
+at batch 4 reads the weights twice). Each case runs three times and keeps its fastest TTFT and TPOT
+(timing noise on a shared host only adds). The constants go into the hardware profile beside
+the training calibration's. Standard library only: torch runs in the launched processes.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ FIT_CASES: dict[str, dict[str, Any]] = {
     "tiny-b1": {"model": "tiny", "batch": 1},
     "tiny-b8": {"model": "tiny", "batch": 8},
     "tiny-tp2-b1": {"model": "tiny", "batch": 1, "tp": 2},
+    "tiny-tp2-b8": {"model": "tiny", "batch": 8, "tp": 2},
     "gpt2-b1": {"model": "gpt2", "batch": 1},
     "gpt2-b2": {"model": "gpt2", "batch": 2},
 }
@@ -34,9 +38,9 @@ HELD_OUT: dict[str, dict[str, Any]] = {
     "tiny-tp2-b4": {"model": "tiny", "batch": 4, "tp": 2},
     "gpt2-b4": {"model": "gpt2", "batch": 4},
 }
-REPEATS = 2
+REPEATS = 3
 FITTED = ("hbm_efficiency", "matmul_efficiency", "matmul_half_dim", "infer_layer_overhead_s",
-          "collective_call_s", "attention_efficiency")
+          "collective_call_s", "attention_efficiency", "link_efficiency")
 
 
 def run_case(case: dict[str, Any], device: str) -> dict[str, Any]:
@@ -54,6 +58,24 @@ def run_case(case: dict[str, Any], device: str) -> dict[str, Any]:
 
         raise LlmplanError(f"generate {case}: {tail[0]}")
     return done[0]
+
+
+def probe_packing(device: str) -> dict[str, int]:
+    """``gemv_rows`` and ``gemv_rows_limit`` of this host (``runtime.gemm_probe``); a GPU's
+    kernels read the weights once per GEMM (both 0)."""
+    if device != "cpu":
+        return {"gemv_rows": 0, "gemv_rows_limit": 0}
+    from runtime.gemm_probe import packing_from_times
+
+    proc = subprocess.run([sys.executable, "-m", "runtime.gemm_probe"], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode:
+        from planner.config import LlmplanError
+
+        tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise LlmplanError(f"gemm probe: {tail[0]}")
+    per_pass, limit = packing_from_times({int(k): v for k, v in json.loads(proc.stdout).items()})
+    return {"gemv_rows": per_pass if limit else 0, "gemv_rows_limit": limit}
 
 
 def predict(case: dict[str, Any], model, hardware, prompt_tokens: int) -> tuple[float, float]:
@@ -89,7 +111,7 @@ def fit(results: dict[str, dict[str, Any]], cases, base, hardware):
 
     def model_from(x: list[float]):
         values = {n: math.exp(v) for n, v in zip(FITTED, x)}
-        for n in ("hbm_efficiency", "matmul_efficiency", "attention_efficiency"):
+        for n in ("hbm_efficiency", "matmul_efficiency", "attention_efficiency", "link_efficiency"):
             values[n] = min(1.0, values[n])
         return base.replace(**values)
 
@@ -97,7 +119,7 @@ def fit(results: dict[str, dict[str, Any]], cases, base, hardware):
         rows = rows_of(results, cases, model_from(x), hardware)
         return sum(math.log(1 + r["ttft_error"]) ** 2 + math.log(1 + r["tpot_error"]) ** 2 for r in rows)
 
-    start = [math.log(v) for v in (0.5, 0.1, 256.0, 1e-4, 1e-3, 0.1)]
+    start = [math.log(v) for v in (0.5, 0.1, 256.0, 1e-4, 1e-3, 0.1, 0.5)]
     best = nelder_mead(loss, start, steps=600, scale=1.0)
     for scale in (0.3, 0.05):
         best = nelder_mead(loss, best, steps=300, scale=scale)
@@ -112,7 +134,9 @@ def validate_serving(*, device: str, hardware: str,
     from planner.tomlio import write_toml
 
     hw = load_hardware(hardware)
-    base = load_cost_model(hardware, serving=True)
+    progress("gemm probe: how a few-row GEMM reads its weights")
+    packing = probe_packing(device)
+    base = load_cost_model(hardware, serving=True).replace(**packing)
     every = {**FIT_CASES, **HELD_OUT}
     results = {}
     for i, (name, case) in enumerate(every.items()):
@@ -127,7 +151,7 @@ def validate_serving(*, device: str, hardware: str,
     worst = max(max(abs(r["ttft_error"]), abs(r["tpot_error"])) for r in held)
     profile = load_profile(hardware)
     profile["hardware"] = hardware
-    profile["serving"] = {n: getattr(model, n) for n in FITTED}
+    profile["serving"] = {**{n: getattr(model, n) for n in FITTED}, **packing}
     path = write_toml(profile_path(hardware), profile)
     return {"hardware": hardware, "device": device, "before": before, "after": after,
             "held_out": sorted(HELD_OUT), "worst_held_out_error": worst,
