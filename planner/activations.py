@@ -86,6 +86,11 @@ def layer_activation_terms(cfg: ModelConfig, setup: TrainSetup, tp: int, *, moe:
       expert's weighted output kept once more by ``index_add`` (``k*B*sbh``).
 
     RoPE multiplies by constant cos/sin tables, which keeps no extra per-token tensor.
+
+    Layer variants: per-head q/k norms (Qwen3, Gemma 3) save their inputs ``B*sb*(a_r +
+    g_r)*d``; sandwich norms (Gemma 2/3) are four norms, each saving its input; eager
+    attention with soft-capped scores keeps tanh's output ``B*a_r*s^2*b`` too (flash kernels
+    cap inside the kernel). MLA and recurrent layers are not modelled (``planner.layout``).
     """
     B, s, b, h, d, t = setup.activation_bytes, setup.seq_len, setup.micro_batch, cfg.hidden_size, cfg.head_dim, tp
     sb = s * b
@@ -100,11 +105,15 @@ def layer_activation_terms(cfg: ModelConfig, setup: TrainSetup, tp: int, *, moe:
     if drop:
         replicated += 2 * sb * h
     sharded = B * sb * d * (2 * a_r + 2 * g_r)
+    if cfg.qk_norm:  # each q/k norm saves its input, the projection's output
+        sharded += B * sb * d * (a_r + g_r)
     quadratic = 0.0
     if setup.attention == "flash":
         sharded += 4 * sb * a_r
     else:
         quadratic = (B + ((1 + B) if drop else 0)) * a_r * s * s * b
+        if cfg.attn_logit_softcap:  # c tanh(scores / c): tanh keeps its output
+            quadratic += B * a_r * s * s * b
     if runtime and cfg.position == "alibi":
         quadratic += B * a_r * s * s * b
 
@@ -154,11 +163,13 @@ def tail_bytes(cfg: ModelConfig, setup: TrainSetup, tp: int, sp: bool, *,
     """The last stage, per sequence of a micro-batch: the final norm's input (fp32 under
     autocast), the LM head's input and the fp32 log-probabilities of the cross-entropy. A
     frozen head saves no input (autograd keeps a matmul's input only for its weight's
-    gradient)."""
+    gradient). Soft-capped logits (``c tanh(z / c)``, Gemma 2) keep tanh's output too."""
     s, B, h = setup.seq_len, setup.activation_bytes, cfg.hidden_size
     norm_in = (4 if autocast else B) * s * h / (tp if sp else 1) if cfg.final_norm else 0.0
     head_in = 0.0 if frozen_head else B * s * h / (tp if sp else 1)
-    return norm_in + head_in + 4 * s * ceil_div(cfg.vocab_size, tp)
+    # soft-capped logits (Gemma 2): tanh keeps its 16-bit output
+    capped = B * s * ceil_div(cfg.vocab_size, tp) if cfg.final_logit_softcap else 0
+    return norm_in + head_in + 4 * s * ceil_div(cfg.vocab_size, tp) + capped
 
 
 def in_flight_layers(num_layers: int, *, pp: int, vpp: int, m: int, stage: int,

@@ -11,8 +11,6 @@ Validation happens at construction and names the offending numbers, e.g.
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -26,8 +24,9 @@ class ConfigError(LlmplanError):
     """An invalid configuration value or combination."""
 
 
-MLP_KINDS = ("gelu", "relu", "swiglu", "geglu", "reglu")
-"""Two-matrix MLPs (gelu, relu) and gated three-matrix GLU variants (swiglu, geglu, reglu)."""
+MLP_KINDS = ("gelu", "relu", "swiglu", "geglu", "reglu", "rwkv")
+"""Two-matrix MLPs (gelu, relu), gated three-matrix GLU variants (swiglu, geglu, reglu) and
+RWKV-4's channel mix (squared-ReLU key/value gated by an h x h receptance; ``planner.recurrent``)."""
 GATED_MLPS = frozenset({"swiglu", "geglu", "reglu"})
 GELU_FORMS = ("tanh", "none")
 """GELU as torch's ``approximate`` argument: the tanh approximation or the exact erf form."""
@@ -38,6 +37,13 @@ ROPE_SCALINGS = ("none", "linear", "ntk", "yarn", "llama3")
 BIASES = ("none", "qkv", "attention", "mlp", "all")
 """Which linears carry a bias: none; q/k/v only (Qwen2); q/k/v/o; the MLP's only (Llama's
 ``mlp_bias`` without ``attention_bias``); every linear."""
+ATTENTIONS = ("mha", "mla")
+"""Attention layers: "mha" (multi-head with g kv heads: MHA, GQA, MQA) or "mla" (DeepSeek-V2's
+multi-head latent attention, arXiv 2405.04434 §2.1; ``planner.mla``)."""
+MIXERS = ("attention", "mamba", "mamba2", "rwkv")
+"""What mixes tokens in a layer: attention, or a recurrence with a fixed per-sequence state
+(Mamba, arXiv 2312.00752; Mamba-2, arXiv 2405.21060; RWKV-4, arXiv 2305.13048;
+``planner.recurrent``). Hybrids (Jamba) put attention every ``attention_layer_period``."""
 
 # Short vocabulary names accepted by ``--set`` next to the field names.
 ALIASES = {
@@ -62,6 +68,8 @@ class ModelConfig:
     Falcon-7B, PaLM; 2 for GPT-NeoX and Falcon-40B); sequential blocks always have two.
     ``embedding_multiplier`` scales the token embeddings (Gemma: sqrt(hidden), Gemma Team
     2024 §2; a multiply that adds no parameter).
+    Layer variants (MLA, q/k norms, sandwich norms, soft-capping, local/global windows,
+    hybrid and MoE layer patterns, recurrent mixers, MTP): ``planner.layer_fields``.
     """
 
     name: str = "custom"
@@ -101,6 +109,38 @@ class ModelConfig:
     num_shared_experts: int = 0
     moe_ffn_hidden_size: int = 0
     first_dense_layers: int = 0
+    moe_layer_period: int = 1
+    moe_layer_offset: int = 0
+    mlp_only_layers: tuple[int, ...] = ()
+
+    attention: str = "mha"
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+    qk_norm: bool = False
+    sandwich_norms: bool = False
+    attention_scale_dim: int = 0
+    attn_logit_softcap: float = 0.0
+    final_logit_softcap: float = 0.0
+    sliding_window_pattern: int = 0
+
+    mixer: str = "attention"
+    attention_layer_period: int = 0
+    attention_layer_offset: int = 0
+    recurrent_width: int = 0
+    ssm_state_size: int = 0
+    ssm_conv_kernel: int = 0
+    ssm_dt_rank: int = 0
+    ssm_heads: int = 0
+    ssm_groups: int = 1
+    ssm_chunk_size: int = 0
+    ssm_conv_bias: bool = True
+    ssm_proj_bias: bool = False
+    ssm_inner_norms: bool = False
+
+    mtp_layers: int = 0
+    count_mtp_layers: bool = False
 
     def __post_init__(self) -> None:
         if self.num_kv_heads == 0:
@@ -117,6 +157,8 @@ class ModelConfig:
         self._validate()
 
     def _validate(self) -> None:
+        from planner.layer_fields import attention_free, check_layer_fields
+
         positive = {
             "vocab": self.vocab_size,
             "hidden": self.hidden_size,
@@ -127,10 +169,16 @@ class ModelConfig:
             "ffn hidden": self.ffn_hidden_size,
             "max context": self.max_context,
         }
+        if attention_free(self):  # no attention layer: no heads (checked to be 0)
+            for label in ("query heads", "kv heads", "head_dim"):
+                positive.pop(label)
+        if self.mixer in ("mamba", "mamba2"):  # a Mamba block may have no MLP (ffn 0)
+            positive.pop("ffn hidden")
         for label, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{label}({value}) must be a positive integer")
-        if self.num_heads % self.num_kv_heads:
+        check_layer_fields(self)
+        if self.num_kv_heads and self.num_heads % self.num_kv_heads:
             raise ConfigError(
                 f"kv heads({self.num_kv_heads}) does not divide query heads({self.num_heads})"
             )
@@ -181,6 +229,11 @@ class ModelConfig:
                     f"first dense layers({self.first_dense_layers}) leaves no MoE layer "
                     f"among layers({self.num_layers})"
                 )
+            if self.num_moe_layers == 0:
+                raise ConfigError(
+                    f"moe_layer_period({self.moe_layer_period}) / moe_layer_offset"
+                    f"({self.moe_layer_offset}) / mlp_only_layers leave no MoE layer among "
+                    f"layers({self.num_layers})")
         elif self.experts_per_token or self.num_shared_experts:
             raise ConfigError(
                 f"experts per token({self.experts_per_token}) / shared experts"
@@ -201,7 +254,51 @@ class ModelConfig:
 
     @property
     def num_moe_layers(self) -> int:
-        return self.num_layers - self.first_dense_layers if self.is_moe else 0
+        return sum(map(self.layer_is_moe, range(self.num_layers))) if self.is_moe else 0
+
+    def layer_is_moe(self, i: int) -> bool:
+        """Layer i's FFN is a mixture of experts (``planner.layer_fields``)."""
+        return (self.num_experts > 0 and i >= self.first_dense_layers
+                and i % self.moe_layer_period == self.moe_layer_offset
+                and i not in self.mlp_only_layers)
+
+    def layer_mixer(self, i: int) -> str:
+        """What mixes tokens in layer i: "attention" or the recurrent ``mixer``."""
+        period = self.attention_layer_period
+        hybrid = self.mixer != "attention" and period and i % period == self.attention_layer_offset
+        return "attention" if hybrid else self.mixer
+
+    def layer_is_sliding(self, i: int) -> bool:
+        """Attention layer i attends within ``sliding_window`` (not globally)."""
+        P = self.sliding_window_pattern
+        return bool(self.sliding_window) and (not P or (i + 1) % P != 0)
+
+    def layer_kinds(self) -> dict[tuple[str, bool], int]:
+        """(mixer, moe) -> how many layers are of that kind."""
+        from collections import Counter
+
+        return dict(Counter((self.layer_mixer(i), self.layer_is_moe(i))
+                            for i in range(self.num_layers)))
+
+    @property
+    def num_attention_layers(self) -> int:
+        return sum(self.layer_mixer(i) == "attention" for i in range(self.num_layers))
+
+    @property
+    def num_sliding_layers(self) -> int:
+        """Attention layers that attend within the sliding window."""
+        return sum(self.layer_mixer(i) == "attention" and self.layer_is_sliding(i)
+                   for i in range(self.num_layers))
+
+    @property
+    def v_dim(self) -> int:
+        """Value head dim: ``v_head_dim`` under MLA, else ``head_dim``."""
+        return self.v_head_dim if self.attention == "mla" else self.head_dim
+
+    @property
+    def has_mlp(self) -> bool:
+        """Blocks have an FFN (dense or MoE); a pure Mamba block has none."""
+        return self.ffn_hidden_size > 0 or self.is_moe
 
     @property
     def num_dense_layers(self) -> int:
@@ -234,7 +331,13 @@ class ModelConfig:
 
     @property
     def norms_per_layer(self) -> int:
-        return self.parallel_norms if self.block == "parallel" else 2
+        """Block norms (hidden-sized): four with sandwich norms, one or two in a parallel
+        block, one in a block without an MLP (Mamba), else two."""
+        if self.sandwich_norms:
+            return 4
+        if self.block == "parallel":
+            return self.parallel_norms
+        return 2 if self.has_mlp else 1
 
     # ---- editing ------------------------------------------------------------------------
     def replace(self, **changes: Any) -> "ModelConfig":
@@ -282,47 +385,4 @@ def field_types() -> dict[str, type]:
     return dataclass_types(ModelConfig)
 
 
-def check_type(key: str, value: Any, expected: Any, *, where: str) -> Any:
-    """Accept ``value`` for a field of type ``expected`` (ints are allowed for floats)."""
-    if isinstance(expected, types.UnionType):  # an optional field: its declared type
-        expected = expected.__args__[0]
-    if typing.get_origin(expected) is tuple:  # names: a TOML / JSON list of strings
-        if not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
-            raise ConfigError(f"{where}: {key}({value!r}) must be a list of names")
-        return tuple(value)
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if expected is int and isinstance(value, bool):
-        raise ConfigError(f"{where}: {key}({value!r}) must be an integer")
-    if not isinstance(value, expected):
-        shown = repr(value) if len(repr(value)) <= 40 else f"{type(value).__name__} value"
-        raise ConfigError(f"{where}: {key}({shown}) must be {expected.__name__}")
-    if expected is float and not math.isfinite(value):
-        raise ConfigError(f"{where}: {key}({value!r}) must be a finite number")
-    return value
-
-
-def parse_field(key: str, raw: str) -> Any:
-    """Parse one ``--set`` value by the field's declared type."""
-    types_by_name = field_types()
-    if key not in types_by_name:
-        raise ConfigError(f"--set {key}: unknown field (known: {', '.join(sorted(types_by_name))})")
-    expected = types_by_name[key]
-    text = raw.strip()
-    try:
-        if expected is bool:
-            lowered = text.lower()
-            if lowered not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return lowered in ("true", "1", "yes")
-        if expected is int:
-            return int(text.replace("_", ""))
-        if expected is float:
-            value = float(text)
-            if not math.isfinite(value):
-                raise ValueError
-            return value
-    except ValueError:
-        raise ConfigError(f"--set {key}={raw}: expected {'a finite ' if expected is float else ''}"
-                          f"{expected.__name__}") from None
-    return text
+from planner.field_parsing import check_type, parse_field  # noqa: E402 (re-exported)

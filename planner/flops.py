@@ -17,6 +17,14 @@ Kaplan et al. 2020 §2.1). Recompute adds a layer forward (full) or the attentio
 (selective); that is counted in HFU (hardware FLOPs), never in MFU (model FLOPs).
 Elementwise work (norms, activations, softmax, RoPE) is not a matmul and is not counted.
 
+Layer variants: each attention layer attends the keys of its own window (Gemma 2/3 alternate
+local and global layers); MLA projects through its latents (``planner.mla``: scores over the
+``nope + rope`` query/key dims, values of ``v_head_dim``); recurrent layers count their
+projections and causal convolution in ``recurrent`` and their sequence-mixing core in
+``scan`` (Mamba's selective scan by its authors' count, Mamba-2's SSD contractions, RWKV's
+elementwise WKV not counted; ``planner.recurrent``). Soft-capping is elementwise. DeepSeek-V3's
+multi-token-prediction modules are not in the forward counted here.
+
 Conventions side by side (each a switch, as frameworks log them differently):
   6N (Kaplan; Chinchilla's C = 6ND) uses all active parameters;
   PaLM (Chowdhery et al. 2022, App. B) is ``6*N' + 12*L*a*d*s`` (non-causal), N' without an
@@ -66,6 +74,10 @@ class ForwardFlops:
     router: float
     lm_head: float
     embedding: float
+    recurrent: float = 0.0
+    """Recurrent mixers' projections and convolution (Mamba, Mamba-2, RWKV time mix)."""
+    scan: float = 0.0
+    """Recurrent mixers' sequence-mixing core (selective scan, SSD; module docstring)."""
 
     @property
     def attention_core(self) -> float:
@@ -73,7 +85,8 @@ class ForwardFlops:
 
     @property
     def layers(self) -> float:
-        return self.qkv + self.attention_core + self.out_proj + self.mlp + self.router
+        return (self.qkv + self.attention_core + self.out_proj + self.mlp + self.router
+                + self.recurrent + self.scan)
 
     @property
     def total(self) -> float:
@@ -82,27 +95,55 @@ class ForwardFlops:
     def to_dict(self) -> dict[str, float]:
         return {"qkv": self.qkv, "scores": self.scores, "attn_values": self.attn_values,
                 "out_proj": self.out_proj, "mlp": self.mlp, "router": self.router,
-                "lm_head": self.lm_head, "embedding": self.embedding}
+                "lm_head": self.lm_head, "embedding": self.embedding,
+                "recurrent": self.recurrent, "scan": self.scan}
 
 
 def mlp_flops_per_token(cfg: ModelConfig, ffn: int) -> int:
-    """One MLP of width ``ffn``: ``2*h*f`` per matrix, 3 matrices gated, 2 otherwise."""
+    """One MLP of width ``ffn``: ``2*h*f`` per matrix, 3 matrices gated, 2 otherwise; RWKV's
+    channel mix ``2*(2*h*f + h*h)`` (key, value, receptance)."""
+    if cfg.mlp == "rwkv":
+        return 2 * (2 * cfg.hidden_size * ffn + cfg.hidden_size * cfg.hidden_size)
     return 2 * cfg.hidden_size * ffn * (3 if cfg.gated else 2)
+
+
+def attention_groups(cfg: ModelConfig) -> list[tuple[int, int]]:
+    """(attention layers, their window: 0 = global) for each window the model's attention
+    layers use (one entry for uniform models)."""
+    sliding = cfg.num_sliding_layers
+    groups = [(cfg.num_attention_layers - sliding, 0), (sliding, cfg.sliding_window)]
+    return [(n, w) for n, w in groups if n]
 
 
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int,
                             conv: FlopConventions = FlopConventions()) -> ForwardFlops:
     """Forward matmul FLOPs per token at sequence length ``seq_len`` (mean over positions)."""
-    h, L, V = cfg.hidden_size, cfg.num_layers, cfg.vocab_size
+    h, V = cfg.hidden_size, cfg.vocab_size
     qw, kvw = cfg.q_width, cfg.kv_width
-    keys = attended_keys(seq_len, causal=conv.causal, window=cfg.sliding_window)
     relative = cfg.position == "relative"
-    # Transformer-XL relative positions: project s relative encodings (2*h*a*d per token)
-    # and score queries against them (another 2*a*d*keys).
-    qkv = L * 2 * h * (qw + 2 * kvw + (qw if relative else 0))
-    scores = L * 2 * qw * keys * (2 if relative else 1)
-    attn_values = L * 2 * qw * keys
-    out_proj = L * 2 * qw * h
+    L = cfg.num_attention_layers
+    scores = attn_values = 0.0
+    for n, window in attention_groups(cfg):
+        keys = attended_keys(seq_len, causal=conv.causal, window=window)
+        scores += n * 2 * qw * keys * (2 if relative else 1)
+        attn_values += n * 2 * cfg.num_heads * cfg.v_dim * keys
+    if cfg.attention == "mla":
+        from planner.mla import mla_projection_flops_per_token
+
+        proj, out = mla_projection_flops_per_token(cfg)
+        qkv, out_proj = L * proj, L * out
+    else:
+        # Transformer-XL relative positions: project s relative encodings (2*h*a*d per token)
+        # and score queries against them (another 2*a*d*keys).
+        qkv = L * 2 * h * (qw + 2 * kvw + (qw if relative else 0))
+        out_proj = L * 2 * qw * h
+    recurrent = scan = 0.0
+    for (mixer, _), n in cfg.layer_kinds().items():
+        if mixer != "attention":
+            from planner.recurrent import mixer_flops_per_token, scan_flops
+
+            recurrent += n * mixer_flops_per_token(cfg, mixer)
+            scan += n * scan_flops(cfg, mixer, seq_len)
     mlp = cfg.num_dense_layers * mlp_flops_per_token(cfg, cfg.ffn_hidden_size)
     router = 0
     if cfg.is_moe:
@@ -114,6 +155,7 @@ def forward_flops_per_token(cfg: ModelConfig, seq_len: int,
         out_proj=float(out_proj), mlp=float(mlp), router=float(router),
         lm_head=float(2 * h * V) if conv.count_lm_head else 0.0,
         embedding=float(2 * h * V) if conv.count_embedding else 0.0,
+        recurrent=float(recurrent), scan=float(scan),
     )
 
 
@@ -192,7 +234,7 @@ def flops_report(cfg: ModelConfig, seq_len: int, conv: FlopConventions = FlopCon
         # (torchtitan's reading of PaLM App. B; PaLM itself ties them).
         palm_flops_per_token=6.0 * (counts.active - counts.position_embedding
                                     - (0 if cfg.tie_embeddings else counts.embedding))
-        + 12.0 * cfg.num_layers * cfg.q_width * seq_len,
+        + 6.0 * cfg.num_attention_layers * cfg.num_heads * (cfg.head_dim + cfg.v_dim) * seq_len,
     )
 
 
@@ -204,13 +246,30 @@ def prefill_flops(cfg: ModelConfig, prompt_len: int, batch: int = 1) -> float:
 
 def decode_flops_per_token(cfg: ModelConfig, context: int) -> float:
     """Forward FLOPs to generate one token with ``context`` tokens already cached: every
-    linear once, and attention over ``context + 1`` keys (capped by a sliding window)."""
-    keys = context + 1
-    if 0 < cfg.sliding_window < keys:
-        keys = cfg.sliding_window
+    linear once, and attention over ``context + 1`` keys (capped by each layer's sliding
+    window); MLA with its up-projections absorbed (``planner.mla.mla_decode_flops``);
+    recurrent layers one step of their recurrence (``planner.recurrent``)."""
     fwd = forward_flops_per_token(cfg, 1, FlopConventions(causal=False))
-    per_key = 2 * cfg.num_layers * 2 * cfg.q_width  # scores + A.V for one key, all layers
-    return fwd.total - fwd.attention_core + per_key * keys
+    total = fwd.total - fwd.attention_core - fwd.scan
+    for (mixer, _), n in cfg.layer_kinds().items():
+        if mixer != "attention":
+            from planner.recurrent import scan_decode_flops
+
+            total += n * scan_decode_flops(cfg, mixer)
+    if cfg.attention == "mla":
+        from planner.mla import mla_decode_flops
+
+        total -= fwd.qkv + fwd.out_proj
+        for n, window in attention_groups(cfg):
+            total += n * mla_decode_flops(cfg, min(context + 1, window or context + 1))
+        return total
+    for n, window in attention_groups(cfg):
+        keys = context + 1
+        if 0 < window < keys:
+            keys = window
+        per_key = 2 * n * 2 * cfg.q_width  # scores + A.V for one key, these layers
+        total += per_key * keys
+    return total
 
 
 def total_train_flops(cfg: ModelConfig, seq_len: int, tokens: float,

@@ -30,7 +30,7 @@ RUNTIME_OPTIMIZERS = ("adamw", "adafactor", "sgd_momentum")
 """Optimizers llmplan's runtime trains with (``torch.optim``)."""
 
 KEYS = (
-    "runtime_position", "runtime_dtype", "runtime_optimizer", "runtime_adapters", "runtime_objective",
+    "layers_not_modelled", "runtime_position", "runtime_layers", "runtime_dtype", "runtime_optimizer", "runtime_adapters", "runtime_objective",
     "adapter_layout",
     "tp_crosses_node", "tp_divisibility", "runtime_tp_vocab", "cp_seq",
     "vpp_without_pp", "pp_layers", "schedule",
@@ -61,11 +61,36 @@ def _runtime(key: str, message: str) -> Problem:
 
 
 def model_problems(cfg: ModelConfig) -> list[Problem]:
-    """What no layout of llmplan's runtime can run for this model."""
+    """What no layout can be planned for (training memory of MLA and recurrent layers is not
+    modelled: their parameters, FLOPs and caches are), and what no layout of llmplan's
+    runtime can run for this model (layer kinds its ``runtime.model.Decoder`` does not
+    build)."""
+    out = []
+    unmodelled = (["mla"] if cfg.attention == "mla" else []) + (
+        [cfg.mixer] if cfg.mixer != "attention" else [])
+    if unmodelled:
+        out.append(Problem(key="layers_not_modelled",
+                           message=f"training memory of {' and '.join(unmodelled)} layers is not "
+                                   "modelled (params, flops and kv are)"))
     if cfg.position not in RUNTIME_POSITIONS:
-        return [_runtime("runtime_position", f"position({cfg.position!r}) is not implemented; "
-                         f"supported: {', '.join(RUNTIME_POSITIONS)}")]
-    return []
+        out.append(_runtime("runtime_position", f"position({cfg.position!r}) is not implemented; "
+                            f"supported: {', '.join(RUNTIME_POSITIONS)}"))
+    missing = [name for on, name in (
+        (cfg.attention == "mla", "MLA attention"),
+        (cfg.mixer != "attention", f"{cfg.mixer} layers"),
+        (cfg.mlp == "rwkv", "RWKV channel mix"),
+        (cfg.qk_norm, "q/k norms"),
+        (cfg.sandwich_norms, "sandwich norms"),
+        (cfg.attention_scale_dim not in (0, cfg.head_dim),
+         f"attention scale 1/sqrt({cfg.attention_scale_dim})"),
+        (bool(cfg.attn_logit_softcap or cfg.final_logit_softcap), "logit soft-capping"),
+        (bool(cfg.sliding_window_pattern), "alternating local/global attention"),
+        (cfg.moe_layer_period != 1 or bool(cfg.mlp_only_layers), "an MoE layer pattern"),
+        (cfg.count_mtp_layers, "MTP modules")) if on]
+    if missing:
+        out.append(_runtime("runtime_layers", "the decoder does not build "
+                            f"{', '.join(missing)}"))
+    return out
 
 
 def setup_problems(setup: TrainSetup, cfg: ModelConfig) -> list[Problem]:

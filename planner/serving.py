@@ -7,7 +7,8 @@ For one replica of ``t`` GPUs serving ``b`` sequences of ``P`` prompt and ``O`` 
   (int8: a float32 scale and an int8 zero point per output row, torchao 0.18's
   ``Int8WeightOnlyConfig``; int4: a bf16 scale and zero per 128 inputs, its int4 weight-only
   layout), every other parameter (embeddings, tied heads, norms, biases) in bf16; split over t like the 16-bit weights (``planner.memory``).
-* KV cache per GPU: ``kv_bytes_per_token x min(P + O, window) x b`` (``planner.kv``);
+* KV cache per GPU: ``kv_bytes_per_token x min(P + O, window) x b`` (``planner.kv``; each
+  layer's own window, MLA's latent, recurrent layers' fixed state per sequence);
   ``max_concurrency`` is how many sequences fit beside the weights.
 * Prefill (TTFT) is compute bound: ``prefill_flops(P) / t`` at the shape-dependent matmul
   efficiency of the cost model, or the weights' read time if longer, plus two all-reduces
@@ -51,7 +52,13 @@ def quantised_weight_bytes(cfg: ModelConfig, weight_bits: int) -> int:
         raise ConfigError(f"--weight-bits({weight_bits}) is not one of 16, 8, 4")
     if weight_bits in (16, 32):
         return weight_bits // 8 * count_params(cfg).total
-    linears = [m for m in linear_modules(cfg) if not (m.name == "lm_head" and cfg.tie_embeddings)]
+    from planner.layer_fields import uses_new_layers
+
+    if uses_new_layers(cfg):  # MLA or recurrent mixers: their own linear inventory
+        linears = new_layer_linears(cfg)
+    else:
+        linears = [m for m in linear_modules(cfg)
+                   if not (m.name == "lm_head" and cfg.tie_embeddings)]
 
     def weight_bytes(m) -> int:
         codes = m.in_features * m.out_features * weight_bits // 8
@@ -61,6 +68,31 @@ def quantised_weight_bytes(cfg: ModelConfig, weight_bits: int) -> int:
 
     _, qbytes, kept = held_bytes(cfg, linears, weight_bytes)
     return qbytes + 2 * kept
+
+
+def new_layer_linears(cfg: ModelConfig) -> list:
+    """Every linear map of a model with MLA or recurrent layers (``planner.mla``,
+    ``planner.recurrent``), with the MLPs, experts, routers and an untied LM head, as
+    ``planner.lora.Linear`` records (the depthwise conv and per-channel vectors stay 16-bit)."""
+    from planner.lora import Linear
+    from planner.mla import mla_linears
+    from planner.recurrent import mixer_linears
+
+    h, out = cfg.hidden_size, []
+    for (mixer, moe), n in cfg.layer_kinds().items():
+        pairs = (mla_linears(cfg) if mixer == "attention" and cfg.attention == "mla" else
+                 mixer_linears(cfg, mixer) if mixer != "attention" else
+                 [(h, cfg.q_width), (h, cfg.kv_width), (h, cfg.kv_width), (cfg.q_width, h)])
+        f, count = (cfg.moe_ffn_hidden_size, cfg.num_experts + cfg.num_shared_experts) \
+            if moe else (cfg.ffn_hidden_size, 1 if cfg.has_mlp else 0)
+        ffn = [(h, f), (f, h)] + ([(h, f)] if cfg.gated else [(h, h)] if cfg.mlp == "rwkv" else [])
+        pairs += ffn * count + ([(h, cfg.num_experts)] if moe else [])
+        out += [Linear(name=f"{mixer}{i}", in_features=i_, out_features=o, count=n)
+                for i, (i_, o) in enumerate(pairs)]
+    if not cfg.tie_embeddings:
+        out.append(Linear(name="lm_head", in_features=h, out_features=cfg.vocab_size, count=1,
+                          part="head"))
+    return out
 
 
 def weight_bytes_per_gpu(cfg: ModelConfig, *, weight_bits: int, tp: int) -> int:
@@ -233,7 +265,7 @@ def serve_plan(cfg: ModelConfig, hardware: Hardware, *, gpus: int, job: ServeJob
     """Every TP x replica split of ``gpus``, weight and KV precision and batch, ranked by
     output tokens/s among those meeting ``job``'s targets."""
     from planner import layout
-    from planner.kv import cached_tokens, kv_bytes_per_token
+    from planner.kv import kv_bytes_per_sequence
 
     for bits in weight_bits:
         if bits not in WEIGHT_BITS:
@@ -261,7 +293,7 @@ def serve_plan(cfg: ModelConfig, hardware: Hardware, *, gpus: int, job: ServeJob
         for bits in weight_bits:
             w = weight_bytes_per_gpu(cfg, weight_bits=bits, tp=tp)
             for kv_dtype in kv_dtypes:
-                per_seq = kv_bytes_per_token(cfg, kv_dtype, tp) * cached_tokens(cfg, seq)
+                per_seq = kv_bytes_per_sequence(cfg, seq, kv_dtype, tp)
                 fit = max((usable - w) // per_seq, 0)
                 if fit < 1:
                     refused.setdefault(str(tp), f"weights {w / 2**30:.1f} GiB/GPU at {bits} bits "
@@ -270,7 +302,7 @@ def serve_plan(cfg: ModelConfig, hardware: Hardware, *, gpus: int, job: ServeJob
                 wanted = [-(-job.concurrency // replicas)] if job.concurrency else batches(fit)
                 for b in wanted:
                     evaluated += 1
-                    kv_step = kv_bytes_per_token(cfg, kv_dtype, tp) * cached_tokens(cfg, mean_context) * b
+                    kv_step = kv_bytes_per_sequence(cfg, mean_context, kv_dtype, tp) * b
                     prefill = est.prefill_s(P, tp=tp, weights_bytes=w)
                     step = est.decode_step_s(b, mean_context, tp=tp, weights_bytes=w, kv_bytes=kv_step)
                     cycle = O * step + b * prefill
@@ -290,8 +322,8 @@ def serve_plan(cfg: ModelConfig, hardware: Hardware, *, gpus: int, job: ServeJob
                             if job.price_per_gpu_hour else None)
                     found.append(ServeCandidate(
                         tp=tp, replicas=replicas, weight_bits=bits, kv_dtype=kv_dtype, batch=b,
-                        weights_bytes_per_gpu=w, kv_bytes_per_gpu=kv_bytes_per_token(cfg, kv_dtype, tp)
-                        * cached_tokens(cfg, seq) * b, max_concurrency=fit * replicas,
+                        weights_bytes_per_gpu=w, kv_bytes_per_gpu=per_seq * b,
+                        max_concurrency=fit * replicas,
                         prefill_s=prefill, decode_step_s=step,
                         tpot_roofline_s=est.decode_roofline_s(weights_bytes=w, kv_bytes=kv_step),
                         ttft_s=ttft, tpot_s=tpot, tokens_per_s=tps, requests_per_s=rps,

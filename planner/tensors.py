@@ -27,6 +27,10 @@ def _norm(cfg: ModelConfig) -> list[Shape]:
 
 
 def _mlp(cfg: ModelConfig, ffn: int, tp: int) -> list[Shape]:
+    if cfg.mlp == "rwkv":
+        from planner.recurrent import channel_mix_tensors
+
+        return channel_mix_tensors(cfg, ffn, tp)
     h, f = cfg.hidden_size, ffn // tp
     out = [(f, h), (h, f)] + ([(f, h)] if cfg.gated else [])
     if cfg.mlp_bias:  # column-parallel biases are split, the row-parallel one replicated
@@ -43,24 +47,37 @@ def kv_weight_heads(cfg: ModelConfig, tp: int, *, runtime: bool = False) -> int:
 
 
 def layer_tensors(cfg: ModelConfig, tp: int, *, moe: bool, runtime: bool = False,
-                  ep: int = 1) -> list[Shape]:
+                  ep: int = 1, mixer: str = "") -> list[Shape]:
     """One transformer layer on one TP rank (kv heads replicated when tp > kv heads); an
-    MoE layer holds E/ep of its routed experts (expert parallelism) and all shared ones."""
+    MoE layer holds E/ep of its routed experts (expert parallelism) and all shared ones.
+    ``mixer`` (default: the model's ``mixer``) picks attention or a recurrent mixer; MLA and
+    the recurrent mixers split as ``planner.mla`` and ``planner.recurrent`` say, q/k norms
+    are replicated."""
     h, d = cfg.hidden_size, cfg.head_dim
-    q = cfg.q_width // tp
-    kv = kv_weight_heads(cfg, tp, runtime=runtime) * d
-    out: list[Shape] = [(q, h), (kv, h), (kv, h), (h, q)]
-    if cfg.qkv_bias:
-        out += [(q,), (kv,), (kv,)]
-    if cfg.out_bias:
-        out += [(h,)]
-    if cfg.position == "relative":
-        out += [(q, h)]
+    mixer = mixer or cfg.mixer
+    if mixer != "attention" or cfg.attention == "mla":
+        from planner.mla import mla_tensors
+        from planner.recurrent import mixer_tensors
+
+        parts = mla_tensors(cfg, tp) if mixer == "attention" else mixer_tensors(cfg, mixer, tp)
+        out: list[Shape] = [shape for _, shape in parts]
+    else:
+        q = cfg.q_width // tp
+        kv = kv_weight_heads(cfg, tp, runtime=runtime) * d
+        out = [(q, h), (kv, h), (kv, h), (h, q)]
+        if cfg.qkv_bias:
+            out += [(q,), (kv,), (kv,)]
+        if cfg.out_bias:
+            out += [(h,)]
+        if cfg.position == "relative":
+            out += [(q, h)]
+        if cfg.qk_norm:
+            out += [(d,) for _ in range(2) for _ in _norm(cfg)]
     if moe:
         out += [(cfg.num_experts, h)]  # the router, replicated
         for _ in range(cfg.num_experts // ep + cfg.num_shared_experts):
             out += _mlp(cfg, cfg.moe_ffn_hidden_size, tp)
-    else:
+    elif cfg.has_mlp:
         out += _mlp(cfg, cfg.ffn_hidden_size, tp)
     for _ in range(cfg.norms_per_layer):
         out += _norm(cfg)
@@ -75,10 +92,10 @@ def stage_tensors(cfg: ModelConfig, par: Parallel, stage: int, *,
     t, p = par.tp, par.pp
     chunk = cfg.num_layers // (p * par.vpp)
     layers = [c * chunk + j for c in range(stage, p * par.vpp, p) for j in range(chunk)]
-    kinds = Counter(cfg.is_moe and i >= cfg.first_dense_layers for i in layers)
+    kinds = Counter((cfg.layer_is_moe(i), cfg.layer_mixer(i)) for i in layers)
     out: Counter[Shape] = Counter()
-    for moe, n in kinds.items():
-        for shape in layer_tensors(cfg, t, moe=moe, runtime=runtime, ep=par.ep):
+    for (moe, mixer), n in kinds.items():
+        for shape in layer_tensors(cfg, t, moe=moe, runtime=runtime, ep=par.ep, mixer=mixer):
             out[shape] += n
     vocab = (ceil_div(cfg.vocab_size, t), cfg.hidden_size)
     if stage == 0:
@@ -92,7 +109,20 @@ def stage_tensors(cfg: ModelConfig, par: Parallel, stage: int, *,
             out.update(_norm(cfg))
         if not cfg.tie_embeddings or p > 1:
             out[vocab] += 1
+        for _ in range(cfg.mtp_layers if cfg.count_mtp_layers else 0):
+            out.update(mtp_tensors(cfg, t, ep=par.ep, runtime=runtime))
     return out
+
+
+def mtp_tensors(cfg: ModelConfig, tp: int, *, ep: int = 1, runtime: bool = False) -> list[Shape]:
+    """One multi-token-prediction module on the last stage (DeepSeek-V3 §2.2,
+    ``planner.params``): a block like the last layer, its ``h x 2h`` projection (replicated)
+    and three norms (its two inputs', the shared head's)."""
+    last = cfg.num_layers - 1
+    h = cfg.hidden_size
+    return (layer_tensors(cfg, tp, moe=cfg.layer_is_moe(last), runtime=runtime, ep=ep,
+                          mixer=cfg.layer_mixer(last))
+            + [(h, 2 * h)] + [shape for _ in range(3) for shape in _norm(cfg)])
 
 
 def stage_expert_tensors(cfg: ModelConfig, par: Parallel, stage: int) -> Counter[Shape]:
@@ -100,7 +130,7 @@ def stage_expert_tensors(cfg: ModelConfig, par: Parallel, stage: int) -> Counter
     replicated over ``par.expert_shard_ranks`` rather than ``par.shard_ranks``."""
     chunk = cfg.num_layers // (par.pp * par.vpp)
     layers = [c * chunk + j for c in range(stage, par.pp * par.vpp, par.pp) for j in range(chunk)]
-    n_moe = sum(cfg.is_moe and i >= cfg.first_dense_layers for i in layers)
+    n_moe = sum(map(cfg.layer_is_moe, layers))
     out: Counter[Shape] = Counter()
     for shape in _mlp(cfg, cfg.moe_ffn_hidden_size, par.tp) if n_moe else ():
         out[shape] += n_moe * (cfg.num_experts // par.ep)
@@ -108,8 +138,9 @@ def stage_expert_tensors(cfg: ModelConfig, par: Parallel, stage: int) -> Counter
 
 
 def layer_params(cfg: ModelConfig, tp: int, *, moe: bool, runtime: bool = False,
-                 ep: int = 1) -> int:
-    return sum(numel(shape) for shape in layer_tensors(cfg, tp, moe=moe, runtime=runtime, ep=ep))
+                 ep: int = 1, mixer: str = "") -> int:
+    return sum(numel(shape) for shape in layer_tensors(cfg, tp, moe=moe, runtime=runtime, ep=ep,
+                                                        mixer=mixer))
 
 
 def numel(shape: Shape) -> int:

@@ -289,6 +289,8 @@ def _falcon(f: _Fields) -> dict[str, Any]:
     }
 
 
+from presets.hf_variants import VARIANT_FAMILIES  # noqa: E402 (uses the helpers above)
+
 FAMILIES: dict[str, Callable[[_Fields], dict[str, Any]]] = {
     "llama": lambda f: _llama_like(f, "llama"),
     "mistral": lambda f: _llama_like(f, "mistral"),
@@ -300,6 +302,7 @@ FAMILIES: dict[str, Callable[[_Fields], dict[str, Any]]] = {
     "opt": _opt,
     "bloom": _bloom,
     "falcon": _falcon,
+    **VARIANT_FAMILIES,
 }
 
 

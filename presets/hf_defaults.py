@@ -4,8 +4,13 @@ Each table is the keyword defaults of the family's ``<Family>Config.__init__``
 (``transformers/models/<family>/configuration_<family>.py``, transformers 5.x), under the
 config's own field names; a field whose default is computed from others (``head_dim`` =
 hidden / heads, ``num_key_value_heads`` = heads where the class says so, ``n_inner`` = 4
-hidden, ``ffn_hidden_size`` = 4 hidden) is computed by ``presets.hf`` instead. A field given
-as ``null`` in the file keeps its ``None``, as the config class does.
+hidden, ``ffn_hidden_size`` = 4 hidden; Mamba's ``intermediate_size`` and ``time_step_rank``,
+Jamba's ``mamba_dt_rank``, RWKV's ``attention_hidden_size`` and ``intermediate_size``,
+DeepSeek's ``head_dim``, Gemma's and Qwen3's ``layer_types``) is computed by ``presets.hf``
+instead. A field given as ``null`` in the file keeps its ``None``, as the config class does.
+Gemma 3's rope bases sit per layer type in ``rope_parameters`` (global 1e6: ``presets.hf``).
+DeepSeek-V2's ``num_experts_per_tok`` defaults to None (a model that cannot route): a file
+must give it.
 ``tests/oracle`` checks every value here against the installed ``transformers``.
 """
 
@@ -58,4 +63,66 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                "new_decoder_architecture": False, "multi_query": True, "parallel_attn": True,
                "bias": False, "max_position_embeddings": 2048, "activation": "gelu",
                "tie_word_embeddings": True, **_ROPE},
+    "qwen3": {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016,
+              "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+              "head_dim": 128, "hidden_act": "silu", "max_position_embeddings": 32768,
+              "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "attention_bias": False,
+              "use_sliding_window": False, "max_window_layers": 28, **_ROPE},
+    "qwen3_moe": {"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144,
+                  "num_hidden_layers": 24, "num_attention_heads": 32, "num_key_value_heads": 4,
+                  "hidden_act": "silu", "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
+                  "tie_word_embeddings": False, "attention_bias": False,
+                  "use_sliding_window": False, "decoder_sparse_step": 1,
+                  "moe_intermediate_size": 768, "num_experts_per_tok": 8,
+                  "num_local_experts": 128, "norm_topk_prob": False, "mlp_only_layers": [],
+                  **_ROPE},
+    "gemma2": {"vocab_size": 256000, "hidden_size": 2304, "intermediate_size": 9216,
+               "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
+               "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+               "max_position_embeddings": 8192, "rms_norm_eps": 1e-6,
+               "tie_word_embeddings": True, "attention_bias": False,
+               "query_pre_attn_scalar": 256, "sliding_window": 4096,
+               "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0, **_ROPE},
+    "gemma3_text": {"vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216,
+                    "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
+                    "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+                    "max_position_embeddings": 131072, "rms_norm_eps": 1e-6,
+                    "tie_word_embeddings": True, "attention_bias": False,
+                    "query_pre_attn_scalar": 256, "sliding_window": 4096,
+                    "final_logit_softcapping": None, "attn_logit_softcapping": None,
+                    "use_bidirectional_attention": False},
+    "deepseek_v2": {"vocab_size": 102400, "hidden_size": 4096, "intermediate_size": 11008,
+                    "num_hidden_layers": 32, "num_attention_heads": 32, "hidden_act": "silu",
+                    "max_position_embeddings": 2048, "rms_norm_eps": 1e-6,
+                    "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False,
+                    "first_k_dense_replace": 0, "kv_lora_rank": 512, "q_lora_rank": 1536,
+                    "n_routed_experts": 64, "n_shared_experts": 2, "qk_nope_head_dim": 128,
+                    "qk_rope_head_dim": 64, "v_head_dim": 128, "moe_intermediate_size": 1407,
+                    **_ROPE},
+    "deepseek_v3": {"vocab_size": 129280, "hidden_size": 7168, "intermediate_size": 18432,
+                    "moe_intermediate_size": 2048, "num_hidden_layers": 61,
+                    "num_attention_heads": 128, "num_key_value_heads": 128,
+                    "n_shared_experts": 1, "n_routed_experts": 256, "kv_lora_rank": 512,
+                    "q_lora_rank": 1536, "qk_rope_head_dim": 64, "v_head_dim": 128,
+                    "qk_nope_head_dim": 128, "num_experts_per_tok": 8,
+                    "first_k_dense_replace": 3, "hidden_act": "silu",
+                    "max_position_embeddings": 4096, "rms_norm_eps": 1e-6,
+                    "tie_word_embeddings": False, "attention_bias": False,
+                    "num_nextn_predict_layers": 1, **_ROPE},
+    "mamba": {"vocab_size": 50280, "hidden_size": 768, "state_size": 16, "num_hidden_layers": 32,
+              "layer_norm_epsilon": 1e-5, "expand": 2, "conv_kernel": 4, "use_bias": False,
+              "use_conv_bias": True, "tie_word_embeddings": True},
+    "mamba2": {"num_heads": 128, "head_dim": 64, "vocab_size": 32768, "hidden_size": 4096,
+               "state_size": 128, "num_hidden_layers": 64, "layer_norm_epsilon": 1e-5,
+               "expand": 2, "conv_kernel": 4, "n_groups": 8, "use_bias": False,
+               "use_conv_bias": True, "chunk_size": 256, "tie_word_embeddings": False},
+    "jamba": {"vocab_size": 65536, "tie_word_embeddings": False, "hidden_size": 4096,
+              "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+              "num_key_value_heads": 8, "hidden_act": "silu", "rms_norm_eps": 1e-6,
+              "max_position_embeddings": 262144, "num_experts_per_tok": 2, "num_experts": 16,
+              "expert_layer_period": 2, "expert_layer_offset": 1, "attn_layer_period": 8,
+              "attn_layer_offset": 4, "mamba_d_state": 16, "mamba_d_conv": 4,
+              "mamba_expand": 2, "mamba_conv_bias": True, "mamba_proj_bias": False},
+    "rwkv": {"vocab_size": 50277, "context_length": 1024, "hidden_size": 4096,
+             "num_hidden_layers": 32, "layer_norm_epsilon": 1e-5, "tie_word_embeddings": False},
 }

@@ -143,6 +143,13 @@ def to_hf_config(cfg: ModelConfig, *, dtype: str = "float32") -> dict[str, Any]:
     if cfg.family not in WRITERS:
         raise ConfigError(f"{cfg.name}: family {cfg.family!r} has no Hugging Face config "
                           f"(supported: {', '.join(sorted(WRITERS))})")
+    from dataclasses import fields
+
+    from planner.layer_fields import VARIANT_FIELDS
+
+    defaults = {f.name: f.default for f in fields(ModelConfig)}
+    for name in VARIANT_FIELDS:  # layer variants none of these families' classes has
+        _need(cfg, getattr(cfg, name) == defaults[name], f"{name}({getattr(cfg, name)!r})")
     out = WRITERS[cfg.family](cfg)
     return {**out, "architectures": [_ARCH[cfg.family]], "torch_dtype": dtype, "dtype": dtype}
 

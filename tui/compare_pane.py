@@ -19,11 +19,18 @@ from presets import preset_files
 
 def comparison_rows(a: ModelConfig, b: ModelConfig, seq: int = 4096) -> list[tuple[str, str, str, bool]]:
     """(label, left, right, differs) for every field and the headline numbers."""
+    from dataclasses import fields
+
+    from planner.layer_fields import VARIANT_FIELDS
+
     rows = []
     da, db = a.to_dict(), b.to_dict()
+    defaults = {f.name: f.default for f in fields(ModelConfig)}
     for key in da:
         if key in ("source",):
             continue
+        if key in VARIANT_FIELDS and da[key] == db[key] == defaults[key]:
+            continue  # a layer variant neither model uses
         rows.append((key, str(da[key]), str(db[key]), da[key] != db[key]))
     pa, pb = count_params(a), count_params(b)
     fa = flops_report(a, min(seq, a.max_context)).train_flops_per_token

@@ -23,8 +23,36 @@ from tui.output import PHASES
 from tui.results import Results
 
 CHOICES = {"mlp": C.MLP_KINDS, "gelu_approximate": C.GELU_FORMS, "norm": C.NORMS, "block": C.BLOCKS, "position": C.POSITIONS,
-           "rope_scaling": C.ROPE_SCALINGS, "bias": C.BIASES}
+           "rope_scaling": C.ROPE_SCALINGS, "bias": C.BIASES, "attention": C.ATTENTIONS,
+           "mixer": C.MIXERS}
 SKIP = {"name", "family", "source"}
+VARIANT_GROUPS = {
+    "mla": ("attention", "q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "v_head_dim"),
+    "gemma": ("qk_norm", "sandwich_norms", "attention_scale_dim", "attn_logit_softcap",
+              "final_logit_softcap", "sliding_window_pattern"),
+    "moe": ("moe_layer_period", "moe_layer_offset", "mlp_only_layers"),
+    "recurrent": ("mixer", "attention_layer_period", "attention_layer_offset",
+                  "recurrent_width", "ssm_state_size", "ssm_conv_kernel", "ssm_dt_rank",
+                  "ssm_heads", "ssm_groups", "ssm_chunk_size", "ssm_conv_bias",
+                  "ssm_proj_bias", "ssm_inner_norms"),
+    "mtp": ("mtp_layers", "count_mtp_layers"),
+}
+"""Fields of the layer variants: their rows are shown only for a model that uses the group
+(or sets the field), so the form of a plain transformer keeps its rows."""
+VARIANT_FIELD = {name: group for group, names in VARIANT_GROUPS.items() for name in names}
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+
+
+def _groups_in_use(spec: ModelConfig) -> set[str]:
+    return {g for g, on in (("mla", spec.attention == "mla"),
+                            ("gemma", spec.qk_norm or spec.sandwich_norms),
+                            ("moe", spec.is_moe), ("recurrent", spec.mixer != "attention"),
+                            ("mtp", spec.mtp_layers > 0)) if on}
+
+
+def _shown(value: object) -> str:
+    """A field's text in its input (a tuple of layers as comma-separated integers)."""
+    return ", ".join(map(str, value)) if isinstance(value, tuple) else str(value)
 LABELS = {"vocab_size": "vocab V", "hidden_size": "hidden h", "num_layers": "layers L",
           "num_heads": "query heads a", "num_kv_heads": "kv heads g", "head_dim": "head dim d",
           "ffn_hidden_size": "ffn f", "num_experts": "experts E",
@@ -68,7 +96,9 @@ class ModelForm(VerticalScroll):
                 continue
             kind = hints[f.name]
             label = LABELS.get(f.name, f.name.replace("_", " "))
-            with Horizontal(classes="field", id=f"row-{f.name}"):
+            row = Horizontal(classes="field", id=f"row-{f.name}")
+            row.display = f.name not in VARIANT_FIELD
+            with row:
                 yield Label(label, classes="field-label")
                 if f.name in CHOICES:
                     yield Select([(v, v) for v in CHOICES[f.name]], allow_blank=False,
@@ -76,20 +106,27 @@ class ModelForm(VerticalScroll):
                 elif kind is bool:
                     yield Switch(id=f"f-{f.name}")
                 else:
-                    yield Input(id=f"f-{f.name}", type="integer" if kind is int else "number",
-                                compact=True)
+                    yield Input(id=f"f-{f.name}", compact=True,
+                                type="integer" if kind is int else
+                                "number" if kind is float else "text")
             yield Static("", id=f"err-{f.name}", classes="field-error")
 
     def watch_spec(self, spec: ModelConfig | None) -> None:
         if spec is None:
             return
+        groups = _groups_in_use(spec)
         with self.prevent(Input.Changed, Select.Changed, Switch.Changed):
             for name, value in spec.to_dict().items():
                 if name in SKIP:
                     continue
+                if name in VARIANT_FIELD:
+                    row = self.query_one(f"#row-{name}")
+                    show = VARIANT_FIELD[name] in groups or value != DEFAULTS[name]
+                    if row.display != show:
+                        row.display = show
                 widget = self.query_one(f"#f-{name}")
                 if isinstance(widget, Input):
-                    text = str(value)
+                    text = _shown(value)
                     if widget.value != text:
                         widget.value = text
                 elif widget.value != value:
@@ -209,11 +246,11 @@ class ResultsView(VerticalScroll):
             f"exact {f['exact'] / 1e9:,.2f} G   6N {f['six_n'] / 1e9:,.2f} G   "
             f"PaLM {f['palm'] / 1e9:,.2f} G")
         self.show_memory(res)
-        kv = "  ".join(f"{c // 1024}k: {b / 2**30:,.2f}" for c, b in res.kv_by_context)
+        kv = "  ".join(f"{c // 1024}k: {b / 2**30:,.2f}" for c, b in self.kv_curve(res))
         self.query_one("#kv", Static).update(
             f"[b]KV cache[/b] {res.kv_bytes_per_token:,} B/token ({res.kv_bytes_per_token / 1024:,.1f} KiB); "
             f"GiB per sequence by context  {kv}\nlargest batch beside the weights: "
-            f"{res.max_batch_at_seq:,}")
+            f"{res.max_batch_at_seq:,}{self.state_note()}")
         self.query_one("#chinchilla", Static).update(
             f"[b]Chinchilla[/b] (Hoffmann fit) optimal tokens for this size: "
             f"{res.chinchilla_tokens / 1e9:,.1f} B (loss {res.chinchilla_loss:.3f})")
@@ -225,6 +262,36 @@ class ResultsView(VerticalScroll):
         plt.title("loss vs log10 N at the same compute (N*/10 .. 10 N*)")
         plot.refresh()
 
+
+    def _variant_spec(self) -> ModelConfig | None:
+        """The app's model when its cache is more than K and V of every layer at one window
+        (MLA, alternating windows, recurrent state), else None (``res`` says it all)."""
+        spec = getattr(self.app, "spec", None)
+        if spec is None or not (spec.attention == "mla" or spec.sliding_window_pattern
+                                or spec.mixer != "attention"):
+            return None
+        return spec
+
+    def kv_curve(self, res: Results) -> list[tuple[int, int]]:
+        """(context, bytes of one sequence): per layer window and recurrent state
+        (``planner.kv``) for a layer-variant model."""
+        spec = self._variant_spec()
+        if spec is None:
+            return res.kv_by_context
+        from planner.kv import kv_bytes_per_sequence
+
+        kv_dtype = getattr(getattr(self.app, "choices", None), "kv_dtype", "bf16")
+        return [(c, kv_bytes_per_sequence(spec, c, kv_dtype)) for c, _ in res.kv_by_context]
+
+    def state_note(self) -> str:
+        spec = self._variant_spec()
+        if spec is None or spec.mixer == "attention":
+            return ""
+        from planner.kv import state_bytes_per_sequence
+
+        kv_dtype = getattr(getattr(self.app, "choices", None), "kv_dtype", "bf16")
+        state = state_bytes_per_sequence(spec, kv_dtype)
+        return f"\n{spec.mixer} state: {state / 2**20:,.2f} MiB per sequence, whatever its length"
 
     def show_memory(self, res: Results) -> None:
         """Per-stage memory bars against the accelerator, each total with its band."""

@@ -5,12 +5,14 @@ import math
 import pytest
 import torch
 
+from planner import layout
 from planner.layout import RUNTIME_POSITIONS
 from planner.params import count_params
 from presets import load_model, preset_files
 from runtime.model import Decoder, _RMSNormFn, alibi_slopes, rope_inv_freq, sinusoidal_table
 
-SUPPORTED = [n for n in preset_files("models") if load_model(n).position in RUNTIME_POSITIONS]
+SUPPORTED = [n for n in preset_files("models") if load_model(n).position in RUNTIME_POSITIONS
+             and not layout.refusals(layout.model_problems(load_model(n)), "llmplan")]
 
 
 @pytest.mark.parametrize("name", SUPPORTED)

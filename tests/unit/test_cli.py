@@ -42,7 +42,7 @@ def test_presets_json():
         (["params", "no-such-model"], "unknown model preset 'no-such-model'"),
         (["params", "BAD_TOML"], "malformed TOML"),
         (["params", "BAD_JSON"], "malformed JSON"),
-        (["params", "UNKNOWN_ARCH"], "unknown architecture model_type='mamba'"),
+        (["params", "UNKNOWN_ARCH"], "unknown architecture model_type='falcon_mamba'"),
         (["params", "NULL_FIELD"], "intermediate_size(None) must be an integer"),
         (["presets", "--kind", "gpu"], "use model or hardware"),
     ],
@@ -51,7 +51,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, needle):
     files = {
         "BAD_TOML": ("bad.toml", "[model\nvocab_size = 1"),
         "BAD_JSON": ("config.json", '{"model_type": "llama",'),
-        "UNKNOWN_ARCH": ("config.json", '{"model_type": "mamba"}'),
+        "UNKNOWN_ARCH": ("config.json", '{"model_type": "falcon_mamba"}'),
         # a missing field takes transformers' default (tests/oracle/test_hf_defaults.py);
         # a null one where no default is computed is an error naming it
         "NULL_FIELD": ("config.json", '{"model_type": "llama", "vocab_size": 10, '

@@ -252,7 +252,8 @@ def kv_cmd(
     set_: SetOpt = None,
     json_mode: JsonOpt = False,
 ) -> None:
-    """KV-cache bytes per token and for a batch; with --hardware, what fits beside the weights."""
+    """KV-cache bytes per token and for a batch (MLA: the latent; Mamba, RWKV: a fixed state
+    per sequence, whatever --seq); with --hardware, what fits beside the weights."""
     from planner import kv as K
 
     cfg = load(model, set_)
@@ -270,8 +271,16 @@ def kv_cmd(
     def human() -> None:
         rows = [("per token (all ranks)", f"{rep.bytes_per_token:,} B ({rep.bytes_per_token / 1024:,.1f} KiB)"),
                 ("per token per rank", f"{rep.bytes_per_token_per_rank:,} B"),
-                ("cached tokens per sequence", f"{rep.cached_tokens:,}"),
-                (f"batch of {batch} per rank", output.fmt_gib(rep.total_bytes))]
+                ("cached tokens per sequence", f"{rep.cached_tokens:,}")]
+        if rep.cache_kind == "mla_latent":
+            rows[0] = ("per token (all ranks; MLA latent + rope key)", rows[0][1])
+        if rep.sliding_layers and rep.sliding_layers < rep.attention_layers:
+            rows.append((f"of which {rep.sliding_layers} of {rep.attention_layers} layers",
+                         f"at most {cfg.sliding_window:,} tokens (sliding window)"))
+        if rep.recurrent_layers:
+            rows.append((f"recurrent state per sequence per rank ({rep.recurrent_layers} layers)",
+                         f"{rep.state_bytes_per_sequence_per_rank:,} B, fixed (any --seq)"))
+        rows.append((f"batch of {batch} per rank", output.fmt_gib(rep.total_bytes)))
         if hardware:
             rows += [(f"weights per rank ({hardware})", output.fmt_gib(data["weights_bytes_per_rank"])),
                      (f"largest batch at s={seq}", f"{data['max_batch']:,}"),
