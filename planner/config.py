@@ -59,6 +59,16 @@ ALIASES = {
 }
 
 
+MAX_LAYERS = 10_000
+
+
+def _congruent(lo: int, hi: int, period: int, offset: int) -> int:
+    """How many i in [lo, hi) have i = offset (mod period)."""
+    if hi <= lo:
+        return 0
+    return (hi - 1 - offset) // period - (lo - 1 - offset) // period
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ModelConfig:
     """A decoder-only transformer architecture.
@@ -177,6 +187,9 @@ class ModelConfig:
         for label, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{label}({value}) must be a positive integer")
+        if self.num_layers > MAX_LAYERS:
+            raise ConfigError(f"layers({self.num_layers}) is more than any decoder has "
+                              f"(at most {MAX_LAYERS:,}: layer patterns are counted per layer)")
         check_layer_fields(self)
         if self.num_kv_heads and self.num_heads % self.num_kv_heads:
             raise ConfigError(
@@ -254,7 +267,14 @@ class ModelConfig:
 
     @property
     def num_moe_layers(self) -> int:
-        return sum(map(self.layer_is_moe, range(self.num_layers))) if self.is_moe else 0
+        """Layers i >= first_dense_layers with i = offset (mod period), less mlp_only_layers
+        (closed form: the search asks for it per layout)."""
+        if not self.is_moe:
+            return 0
+        p, o = self.moe_layer_period, self.moe_layer_offset
+        patterned = _congruent(self.first_dense_layers, self.num_layers, p, o)
+        return patterned - sum(1 for i in set(self.mlp_only_layers)
+                               if self.first_dense_layers <= i < self.num_layers and i % p == o)
 
     def layer_is_moe(self, i: int) -> bool:
         """Layer i's FFN is a mixture of experts (``planner.layer_fields``)."""
@@ -282,7 +302,11 @@ class ModelConfig:
 
     @property
     def num_attention_layers(self) -> int:
-        return sum(self.layer_mixer(i) == "attention" for i in range(self.num_layers))
+        """Every layer, or a hybrid's i = offset (mod attention_layer_period) ones."""
+        if self.mixer == "attention":
+            return self.num_layers
+        period = self.attention_layer_period
+        return _congruent(0, self.num_layers, period, self.attention_layer_offset) if period else 0
 
     @property
     def num_sliding_layers(self) -> int:
@@ -353,7 +377,9 @@ class ModelConfig:
         return self.replace(**changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """Plain data (tuples as lists, as JSON and TOML read them back)."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+                for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "model") -> "ModelConfig":

@@ -149,8 +149,9 @@ def applied_per_token(cfg: ModelConfig, part: str) -> int:
 
 def layers_with(cfg: ModelConfig, part: str) -> int:
     """Layers holding linears of ``part`` (the LM head: one)."""
-    return {"attention": cfg.num_layers, "mlp": cfg.num_dense_layers,
-            "expert": cfg.num_moe_layers, "head": 1}[part]
+    return {"attention": cfg.num_attention_layers,
+            "recurrent": cfg.num_layers - cfg.num_attention_layers, "mlp": cfg.num_dense_layers,
+            "expert": cfg.num_moe_layers, "shared": cfg.num_moe_layers, "head": 1}[part]
 
 
 def adapter_forward_flops_per_token(cfg: ModelConfig, adapters: Adapters) -> float:
@@ -199,7 +200,7 @@ def layer_adapter_activation_bytes(cfg: ModelConfig, adapters: Adapters, *, seq_
                                    act_bytes: int, moe: bool) -> int:
     """What the adapters of one layer save for backward per sequence (module docstring):
     ``s r B`` per applied module, and with dropout ``s in (1 + B)``."""
-    parts = ("attention", "expert") if moe else ("attention", "mlp")
+    parts = ("attention", "expert", "shared") if moe else ("attention", "mlp")
     total = 0
     for m in adapted(cfg, adapters):
         if m.part not in parts:
@@ -247,7 +248,7 @@ def layer_base_bytes(cfg: ModelConfig, adapters: Adapters, *, moe: bool,
     from planner.frozen_base import quantised_weight_bytes
     from planner.lora import linear_modules
 
-    parts = ("attention", "expert") if moe else ("attention", "mlp")
+    parts = ("attention", "expert", "shared") if moe else ("attention", "mlp")
     held = linears = 0
     for m in linear_modules(cfg):
         if m.part not in parts:

@@ -81,7 +81,7 @@ def frozen_base(cfg: ModelConfig, *, bits: int, double_quant: bool = False,
     if double_quant and bits != 4:
         raise ConfigError(f"--double-quant quantises NF4's constants: it needs --base-bits 4, "
                           f"not {bits}")
-    linears = [m for m in linear_modules(cfg) if m.name != "lm_head"]
+    linears = [m for m in linear_modules(cfg) if m.part != "head"]
     def held(m) -> int:
         if bits == 16:
             return dtype_bytes * m.out_features * m.in_features

@@ -66,12 +66,6 @@ def attention_free(cfg: "ModelConfig") -> bool:
     return cfg.mixer != "attention" and not cfg.attention_layer_period
 
 
-def uses_new_layers(cfg: "ModelConfig") -> bool:
-    """Layers whose linears are not the q/k/v/o + MLP of ``planner.lora``: MLA or a
-    recurrent mixer."""
-    return cfg.attention == "mla" or cfg.mixer != "attention"
-
-
 def _fail(message: str) -> None:
     from planner.config import ConfigError
 

@@ -23,16 +23,28 @@ class Linear:
     count: int
     """How many modules of the whole model carry this name and shape."""
     part: str = "attention"
-    """Where it sits: "attention", "mlp" (dense layers' MLP), "expert" (each routed expert of
-    an MoE layer) or "head"."""
+    """Where it sits: "attention", "recurrent" (a recurrent mixer), "mlp" (dense layers' MLP),
+    "expert" (each routed expert of an MoE layer), "shared" (an MoE layer's shared experts)
+    or "head"."""
+
+
+EXPERT_NAMES = {family: ("gate_proj", "up_proj", "down_proj")
+                for family in ("qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "jamba")}
+"""Routed experts' linears as these families' checkpoints name them (``experts.{e}.gate_proj``);
+Mixtral's, and llmplan's runtime's, are ``experts.{e}.w1`` / ``w3`` / ``w2``."""
+
+
+UNADAPTABLE = {"mamba": ("out_proj",), "mamba2": ("out_proj",)}
+"""Linears a family's adapters may not sit on: Mamba's fused CUDA kernel reads ``out_proj``'s
+weight directly, bypassing any adapter (peft refuses it: ``_check_lora_target_modules_mamba``)."""
 
 
 def linear_modules(cfg: ModelConfig) -> list[Linear]:
     """Every linear map of the family's transformers model a LoRA target can name (the LM
-    head included; MoE experts as their checkpoints name them, w1 / w3 / w2 per expert)."""
+    head included, RWKV's named ``head``; MoE experts one linear each, as their checkpoints
+    name them: ``EXPERT_NAMES``)."""
     h, f, V, L = cfg.hidden_size, cfg.ffn_hidden_size, cfg.vocab_size, cfg.num_layers
     q, kv = cfg.q_width, cfg.kv_width
-    dense, moe = cfg.num_dense_layers, cfg.num_moe_layers
     fam = cfg.family
     if fam in ("gpt2",):
         out = [Linear(name="c_attn", in_features=h, out_features=q + 2 * kv, count=L),
@@ -51,18 +63,55 @@ def linear_modules(cfg: ModelConfig) -> list[Linear]:
                 Linear(name="fc1", in_features=h, out_features=f, count=L, part="mlp"),
                 Linear(name="fc2", in_features=f, out_features=h, count=L, part="mlp")]
     else:  # Llama and the families that share its module names
-        out = [Linear(name=n, in_features=h, out_features=w, count=L)
-               for n, w in (("q_proj", q), ("k_proj", kv), ("v_proj", kv))]
-        out.append(Linear(name="o_proj", in_features=q, out_features=h, count=L))
-        if dense:
-            out += [Linear(name=n, in_features=i, out_features=o, count=dense, part="mlp")
-                    for n, i, o in (("gate_proj", h, f), ("up_proj", h, f), ("down_proj", f, h))]
-        if moe:
-            fe, experts = cfg.moe_ffn_hidden_size, cfg.num_experts
-            out += [Linear(name=n, in_features=i, out_features=o, count=moe * experts,
-                           part="expert")
-                    for n, i, o in (("w1", h, fe), ("w3", h, fe), ("w2", fe, h))]
-    out.append(Linear(name="lm_head", in_features=h, out_features=V, count=1, part="head"))
+        out = _mixer_linears(cfg) + _ffn_linears(cfg)
+    head = "head" if fam == "rwkv" else "lm_head"
+    out.append(Linear(name=head, in_features=h, out_features=V, count=1, part="head"))
+    return out
+
+
+def _mixer_linears(cfg: ModelConfig) -> list[Linear]:
+    """The token mixers' linears: q / k / v / o (or MLA's, ``planner.mla``) in the attention
+    layers, the recurrent mixer's (``planner.recurrent``) in the others."""
+    from planner.mla import mla_linears
+    from planner.recurrent import mixer_linears
+
+    h, q, kv = cfg.hidden_size, cfg.q_width, cfg.kv_width
+    attention, recurrent = cfg.num_attention_layers, cfg.num_layers - cfg.num_attention_layers
+    mha = [("q_proj", h, q), ("k_proj", h, kv), ("v_proj", h, kv), ("o_proj", q, h)]
+    shapes = [(attention, "attention", mla_linears(cfg) if cfg.attention == "mla" else mha)]
+    if recurrent:
+        shapes.append((recurrent, "recurrent", mixer_linears(cfg, cfg.mixer)))
+    return [Linear(name=n, in_features=i, out_features=o, count=count, part=part)
+            for count, part, linears in shapes if count for n, i, o in linears]
+
+
+def _ffn_linears(cfg: ModelConfig) -> list[Linear]:
+    """Dense layers' MLP (gate / up / down, or gate / down ungated, or RWKV's channel mix);
+    MoE layers' routed experts (w1 / w3 / w2 each) and their shared experts, one MLP of
+    ``num_shared_experts`` times the expert width as transformers' DeepSeek models hold it
+    (so ``gate_proj`` names the dense MLPs', the shared experts' and every routed expert's)."""
+    from planner.recurrent import channel_mix_linears
+
+    h, f = cfg.hidden_size, cfg.ffn_hidden_size
+
+    def mlp(width: int) -> list[tuple[str, int, int]]:
+        if cfg.mlp == "rwkv":
+            return channel_mix_linears(cfg, width)
+        gate = [("gate_proj", h, width)] + ([("up_proj", h, width)] if cfg.gated else [])
+        return gate + [("down_proj", width, h)]
+
+    out, dense, moe = [], cfg.num_dense_layers, cfg.num_moe_layers
+    if dense and cfg.has_mlp:
+        out += [Linear(name=n, in_features=i, out_features=o, count=dense, part="mlp")
+                for n, i, o in mlp(f)]
+    if moe:
+        fe, experts = cfg.moe_ffn_hidden_size, cfg.num_experts
+        gate, up, down = EXPERT_NAMES.get(cfg.family, ("w1", "w3", "w2"))
+        out += [Linear(name=n, in_features=i, out_features=o, count=moe * experts, part="expert")
+                for n, i, o in ((gate, h, fe), (up, h, fe), (down, fe, h))]
+        if cfg.num_shared_experts:
+            out += [Linear(name=n, in_features=i, out_features=o, count=moe, part="shared")
+                    for n, i, o in mlp(cfg.num_shared_experts * fe)]
     return out
 
 
@@ -77,10 +126,11 @@ def held_bytes(cfg: ModelConfig, linears: list[Linear], weight_bytes) -> tuple[i
 
 
 def default_targets(cfg: ModelConfig) -> tuple[str, ...]:
-    """Every attention and MLP projection (peft's "all-linear" without the LM head)."""
+    """Every attention and MLP projection an adapter may sit on (peft's "all-linear" without
+    the LM head)."""
     names: list[str] = []
     for m in linear_modules(cfg):
-        if m.name != "lm_head" and m.name not in names:
+        if m.part != "head" and m.name not in names + list(UNADAPTABLE.get(cfg.family, ())):
             names.append(m.name)
     return tuple(names)
 
@@ -98,5 +148,9 @@ def lora_parameters(cfg: ModelConfig, *, rank: int, targets: tuple[str, ...] | N
         known = ", ".join(dict.fromkeys(m.name for m in modules))
         raise ConfigError(f"LoRA target(s) {', '.join(unknown)} not in {cfg.name} "
                           f"(its linear modules: {known})")
+    refused = [t for t in chosen if t in UNADAPTABLE.get(cfg.family, ())]
+    if refused:
+        raise ConfigError(f"LoRA on {cfg.family}'s {', '.join(refused)} is refused: its fused "
+                          "kernel reads the weight directly, bypassing the adapter")
     return sum(rank * (m.in_features + m.out_features) * m.count
                for m in modules if m.name in chosen)

@@ -55,13 +55,16 @@ def mla_tensors(cfg: "ModelConfig", tp: int = 1) -> list[tuple[str, Shape]]:
     return out
 
 
-def mla_linears(cfg: "ModelConfig") -> list[tuple[int, int]]:
-    """(in, out) of each linear map of one MLA block (for weight quantisation)."""
+def mla_linears(cfg: "ModelConfig") -> list[tuple[str, int, int]]:
+    """(name, in, out) of each linear map of one MLA block, named as transformers' DeepSeek
+    models name them: ``q_proj`` (or ``q_a_proj`` / ``q_b_proj`` with a query latent),
+    ``kv_a_proj_with_mqa``, ``kv_b_proj``, ``o_proj``."""
     h, a = cfg.hidden_size, cfg.num_heads
     dqk, dr, dv = cfg.head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
     rq, rkv = cfg.q_lora_rank, cfg.kv_lora_rank
-    q = [(h, rq), (rq, a * dqk)] if rq else [(h, a * dqk)]
-    return q + [(h, rkv + dr), (rkv, a * (dqk - dr + dv)), (a * dv, h)]
+    q = [("q_a_proj", h, rq), ("q_b_proj", rq, a * dqk)] if rq else [("q_proj", h, a * dqk)]
+    return q + [("kv_a_proj_with_mqa", h, rkv + dr), ("kv_b_proj", rkv, a * (dqk - dr + dv)),
+                ("o_proj", a * dv, h)]
 
 
 def mla_projection_flops_per_token(cfg: "ModelConfig") -> tuple[int, int]:

@@ -103,16 +103,24 @@ def channel_mix_tensors(cfg: "ModelConfig", ffn: int, tp: int = 1) -> list[Shape
     return [(f, h), (h, f), (_split(h, tp, "hidden"), h), (1, 1, h), (1, 1, h)]
 
 
-def mixer_linears(cfg: "ModelConfig", mixer: str) -> list[tuple[int, int]]:
-    """(in, out) of each linear map of one recurrent mixer (for weight quantisation; the
-    depthwise conv and the per-channel vectors are not linears)."""
+def mixer_linears(cfg: "ModelConfig", mixer: str) -> list[tuple[str, int, int]]:
+    """(name, in, out) of each linear map of one recurrent mixer, named as transformers names
+    them (the depthwise conv and the per-channel vectors are not linears)."""
     h, d, N = cfg.hidden_size, cfg.recurrent_width, cfg.ssm_state_size
     if mixer == "rwkv":
-        return [(h, d), (h, d), (h, d), (d, h)]
+        return [("key", h, d), ("value", h, d), ("receptance", h, d), ("output", d, h)]
     if mixer == "mamba":
         R = cfg.ssm_dt_rank
-        return [(h, 2 * d), (d, R + 2 * N), (R, d), (d, h)]
-    return [(h, 2 * d + 2 * cfg.ssm_groups * N + cfg.ssm_heads), (d, h)]
+        return [("in_proj", h, 2 * d), ("x_proj", d, R + 2 * N), ("dt_proj", R, d),
+                ("out_proj", d, h)]
+    return [("in_proj", h, 2 * d + 2 * cfg.ssm_groups * N + cfg.ssm_heads), ("out_proj", d, h)]
+
+
+def channel_mix_linears(cfg: "ModelConfig", ffn: int) -> list[tuple[str, int, int]]:
+    """(name, in, out) of RWKV's channel mix (``channel_mix_tensors``): key, receptance,
+    value."""
+    h = cfg.hidden_size
+    return [("key", h, ffn), ("receptance", h, h), ("value", ffn, h)]
 
 
 def mixer_flops_per_token(cfg: "ModelConfig", mixer: str) -> int:

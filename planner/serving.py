@@ -52,13 +52,7 @@ def quantised_weight_bytes(cfg: ModelConfig, weight_bits: int) -> int:
         raise ConfigError(f"--weight-bits({weight_bits}) is not one of 16, 8, 4")
     if weight_bits in (16, 32):
         return weight_bits // 8 * count_params(cfg).total
-    from planner.layer_fields import uses_new_layers
-
-    if uses_new_layers(cfg):  # MLA or recurrent mixers: their own linear inventory
-        linears = new_layer_linears(cfg)
-    else:
-        linears = [m for m in linear_modules(cfg)
-                   if not (m.name == "lm_head" and cfg.tie_embeddings)]
+    linears = [m for m in linear_modules(cfg) if not (m.part == "head" and cfg.tie_embeddings)]
 
     def weight_bytes(m) -> int:
         codes = m.in_features * m.out_features * weight_bits // 8
@@ -68,31 +62,6 @@ def quantised_weight_bytes(cfg: ModelConfig, weight_bits: int) -> int:
 
     _, qbytes, kept = held_bytes(cfg, linears, weight_bytes)
     return qbytes + 2 * kept
-
-
-def new_layer_linears(cfg: ModelConfig) -> list:
-    """Every linear map of a model with MLA or recurrent layers (``planner.mla``,
-    ``planner.recurrent``), with the MLPs, experts, routers and an untied LM head, as
-    ``planner.lora.Linear`` records (the depthwise conv and per-channel vectors stay 16-bit)."""
-    from planner.lora import Linear
-    from planner.mla import mla_linears
-    from planner.recurrent import mixer_linears
-
-    h, out = cfg.hidden_size, []
-    for (mixer, moe), n in cfg.layer_kinds().items():
-        pairs = (mla_linears(cfg) if mixer == "attention" and cfg.attention == "mla" else
-                 mixer_linears(cfg, mixer) if mixer != "attention" else
-                 [(h, cfg.q_width), (h, cfg.kv_width), (h, cfg.kv_width), (cfg.q_width, h)])
-        f, count = (cfg.moe_ffn_hidden_size, cfg.num_experts + cfg.num_shared_experts) \
-            if moe else (cfg.ffn_hidden_size, 1 if cfg.has_mlp else 0)
-        ffn = [(h, f), (f, h)] + ([(h, f)] if cfg.gated else [(h, h)] if cfg.mlp == "rwkv" else [])
-        pairs += ffn * count + ([(h, cfg.num_experts)] if moe else [])
-        out += [Linear(name=f"{mixer}{i}", in_features=i_, out_features=o, count=n)
-                for i, (i_, o) in enumerate(pairs)]
-    if not cfg.tie_embeddings:
-        out.append(Linear(name="lm_head", in_features=h, out_features=cfg.vocab_size, count=1,
-                          part="head"))
-    return out
 
 
 def weight_bytes_per_gpu(cfg: ModelConfig, *, weight_bits: int, tp: int) -> int:

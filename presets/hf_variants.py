@@ -134,9 +134,10 @@ def _gemma(f: _Fields, family: str) -> dict[str, Any]:
         period = f.int("sliding_window_pattern", default=2 if family == "gemma2" else 6)
         if period < 1:
             raise ConfigError(f"{f.where}: sliding_window_pattern({period}) must be positive")
-        types = ["full_attention" if (i + 1) % period == 0 else "sliding_attention"
-                 for i in range(L)]
-    out.update(_window_pattern(f, types, L))
+        if period > 1:  # every period-th layer full: the pattern as it stands (1: all full)
+            out.update({"sliding_window": f.int("sliding_window"), "sliding_window_pattern": period})
+    else:
+        out.update(_window_pattern(f, types, L))
     rope = f.table("rope_parameters")
     if isinstance(rope.get("full_attention"), dict):  # transformers 5: per layer type
         out.update(_rope(_Fields({"rope_parameters": rope["full_attention"]}, f.where)))

@@ -79,3 +79,28 @@ def test_layer_pattern():
                                                mlp_only_layers=(3,))
     assert [moe.layer_is_moe(i) for i in range(6)] == [False, True, False, False, False, True]
     assert moe.with_overrides({"mlp_only_layers": "3, 5"}).mlp_only_layers == (3, 5)
+
+
+@pytest.mark.parametrize("layers", [1, 5, 12, 61])
+@pytest.mark.parametrize(("period", "offset", "first_dense", "mlp_only"), [
+    (1, 0, 0, ()), (2, 1, 0, ()), (2, 0, 3, (4, 7)), (3, 2, 1, (0, 2, 5, 60)), (4, 3, 0, (3, 11))])
+def test_layer_counts_equal_counting_layer_by_layer(layers, period, offset, first_dense, mlp_only):
+    from dataclasses import replace
+
+    base = replace(load_model("jamba-v0.1"), num_layers=64)  # moe + hybrid attention fields
+    mlp_only = tuple(i for i in mlp_only if i < layers)
+    try:
+        cfg = replace(base, num_layers=layers, moe_layer_period=period, moe_layer_offset=offset,
+                      first_dense_layers=first_dense, mlp_only_layers=mlp_only,
+                      attention_layer_period=period, attention_layer_offset=offset)
+    except ConfigError:
+        return  # a pattern that leaves no MoE layer: refused (tested elsewhere)
+    assert cfg.num_moe_layers == sum(map(cfg.layer_is_moe, range(layers)))
+    assert cfg.num_attention_layers == sum(cfg.layer_mixer(i) == "attention" for i in range(layers))
+
+
+def test_an_absurd_layer_count_is_one_line_not_a_hang():
+    from dataclasses import replace
+
+    with pytest.raises(ConfigError, match=r"layers\(1180591620717411303424\) is more than any"):
+        replace(load_model("qwen3-30b-a3b"), num_layers=2**70)
