@@ -119,11 +119,12 @@ def _rope(f: _Fields) -> dict[str, Any]:
     return out
 
 
-def _llama_like(f: _Fields, family: str) -> dict[str, Any]:
-    """Llama, Mistral, Mixtral, Qwen2 and Gemma share field names (``LlamaConfig``)."""
+def _decoder(f: _Fields, family: str, *, act: tuple[str, ...] = ("hidden_act",)) -> dict[str, Any]:
+    """The fields every Llama-style config names alike (``LlamaConfig``): sizes, RMSNorm, a
+    gated MLP, tied embeddings."""
     h = f.int("hidden_size")
     a = f.int("num_attention_heads")
-    out = {
+    return {
         "family": family,
         "vocab_size": f.int("vocab_size"),
         "hidden_size": h,
@@ -134,12 +135,17 @@ def _llama_like(f: _Fields, family: str) -> dict[str, Any]:
         "ffn_hidden_size": f.int("intermediate_size"),
         "norm": "rmsnorm",
         "norm_eps": f.float("rms_norm_eps"),
-        "position": "rope",
         "max_context": f.int("max_position_embeddings"),
-        **_rope(f),
+        "tie_embeddings": f.bool("tie_word_embeddings"),
+        **_activation(f.get(*act), gated=True, where=f.where),
     }
-    act = f.get("hidden_activation", "hidden_act")
-    out.update(_activation(act, gated=True, where=f.where))
+
+
+def _llama_like(f: _Fields, family: str) -> dict[str, Any]:
+    """Llama, Mistral, Mixtral, Qwen2 and Gemma share field names (``LlamaConfig``)."""
+    h = f.int("hidden_size")
+    out = {**_decoder(f, family, act=("hidden_activation", "hidden_act")), "position": "rope",
+           **_rope(f)}
     attention_bias = f.bool("attention_bias", default=False)
     mlp_bias = f.bool("mlp_bias", default=False)
     if family == "qwen2":
@@ -147,7 +153,6 @@ def _llama_like(f: _Fields, family: str) -> dict[str, Any]:
     else:
         out["bias"] = {(True, True): "all", (True, False): "attention", (False, True): "mlp",
                        (False, False): "none"}[attention_bias, mlp_bias]
-    out["tie_embeddings"] = f.bool("tie_word_embeddings")
     window = f.get("sliding_window", default=None)
     if family == "qwen2" and not f.bool("use_sliding_window", default=False):
         window = None

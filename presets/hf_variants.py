@@ -18,7 +18,7 @@ import math
 from typing import Any
 
 from planner.config import ConfigError
-from presets.hf import _Fields, _activation, _rope, _shown
+from presets.hf import _decoder, _Fields, _rope, _shown
 
 LAYER_TYPES = ("full_attention", "sliding_attention")
 
@@ -60,26 +60,6 @@ def _window_pattern(f: _Fields, layer_types: Any, layers: int) -> dict[str, Any]
                       f"(layers {full[:4]} are)")
 
 
-def _decoder(f: _Fields, family: str, *, act: str = "hidden_act") -> dict[str, Any]:
-    h = f.int("hidden_size")
-    a = f.int("num_attention_heads")
-    return {
-        "family": family,
-        "vocab_size": f.int("vocab_size"),
-        "hidden_size": h,
-        "num_layers": f.int("num_hidden_layers"),
-        "num_heads": a,
-        "num_kv_heads": f.int("num_key_value_heads", default=a),
-        "head_dim": f.int("head_dim", default=h // a if a else 0),
-        "ffn_hidden_size": f.int("intermediate_size"),
-        "norm": "rmsnorm",
-        "norm_eps": f.float("rms_norm_eps"),
-        "max_context": f.int("max_position_embeddings"),
-        "tie_embeddings": f.bool("tie_word_embeddings"),
-        **_activation(f.get(act), gated=True, where=f.where),
-    }
-
-
 def _qwen3(f: _Fields, family: str) -> dict[str, Any]:
     """Qwen3 (and Qwen3-MoE): Llama's block with an RMSNorm of head_dim on every query and
     key head (``Qwen3Attention.q_norm / k_norm``). Layers ``i >= max_window_layers`` use the
@@ -115,7 +95,7 @@ def _gemma(f: _Fields, family: str) -> dict[str, Any]:
     ``query_pre_attn_scalar**-0.5``, tanh soft-capping (Gemma 2 §2, arXiv 2408.00118), local
     and global layers by ``layer_types``; Gemma 3 adds q/k norms. Embeddings scaled by
     sqrt(hidden) (a buffer, no parameter)."""
-    out = {**_decoder(f, family, act="hidden_activation"), "position": "rope",
+    out = {**_decoder(f, family, act=("hidden_activation",)), "position": "rope",
            "sandwich_norms": True, "qk_norm": family == "gemma3_text"}
     if f.bool("attention_bias"):
         raise ConfigError(f"{f.where}: {family} attention_bias=true is not supported")
