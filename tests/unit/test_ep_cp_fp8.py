@@ -155,6 +155,8 @@ def cli(*args):
      "2 x cp(2) = 4 does not divide seq(30): causal load balancing"),
     (("plan", "llama-3-8b", "--hardware", "a100-80gb", "--dtype", "fp8", "--gbs", "8"),
      "hardware a100-80gb has no fp8 peak"),
+    (("memory", "llama-3-8b", "--hardware", "a100-80gb", "--dtype", "fp8"),
+     "hardware a100-80gb has no fp8 peak"),
     (("memory", "llama-3-8b", "--fp8-scaling", "block"), "needs dtype fp8, not bf16"),
 ])
 def test_bad_parallel_input_is_one_line_exit_2(args, needle):

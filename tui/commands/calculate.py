@@ -158,7 +158,10 @@ def memory_cmd(
     capacity = None
     if hardware:
         from presets import load_hardware
-        capacity = load_hardware(hardware).memory_bytes
+        hw = load_hardware(hardware)
+        if setup.dtype == "fp8":  # fp8 tensors need fp8 tensor cores, as plan and estimate say
+            hw.peak_flops("fp8")
+        capacity = hw.memory_bytes
         data.update(hardware=hardware, capacity_bytes=capacity,
                     fits=rep.per_gpu.total_bytes <= capacity)
 
