@@ -16,6 +16,10 @@ $PY -m tui.cli launch llama-3.2-1b --device cuda --dtype bf16 --seq 2048 --gbs 4
 $PY -m tui.cli launch llama-3.2-1b --device cuda --dtype bf16 --seq 2048 --gbs 4 --mbs 4 \
     --steps 12 --recompute full --json > "$out/llama-1b-full.jsonl"
 grep '"done"' "$out/llama-1b-full.jsonl" | cut -c1-600
+# fp8 (torchao Float8Linear on the block linears; needs compute capability 8.9+) next to bf16
+$PY -m tui.cli launch llama-3.2-1b --device cuda --dtype fp8 --seq 2048 --gbs 4 --mbs 4 \
+    --steps 12 --json > "$out/llama-1b-fp8.jsonl" || true
+grep -E '"(done|error)"' "$out/llama-1b-fp8.jsonl" | cut -c1-600
 $PY bench/train_throughput.py --device cuda --steps 12 | tee "$out/throughput.txt"
 # The CUDA-only tests (marked gpu; skipped on CPU machines)
 $PY -m pytest -q -m gpu tests/gpu -p no:cacheprovider | tee "$out/gpu-tests.txt" || true

@@ -23,6 +23,10 @@ torchao.float8), with DeepSeek-V3's block scaling as the alternative (arXiv 2412
   scale each (DeepSeek-V3 §3.3.2): 4/128 bytes more per fp8 activation element, 4/16,384
   per fp8 weight element.
 
+llmplan's runtime (``recipe="runtime"``, ``runtime.fp8``) runs torchao's tensor-wise recipe,
+which saves the linears' bf16 inputs and casts each weight at each GEMM: its saved
+activations are the bf16 run's and it keeps no fp8 weight copy.
+
 The casts themselves (read bf16, write fp8, one amax reduction per tensor) are element-wise
 traffic of the tensors they read; the cost model counts them with the layer's activations.
 """
@@ -35,6 +39,9 @@ from planner.activations import ActivationTerms, kv_heads_per_rank
 from planner.config import ModelConfig
 
 SCALINGS = ("tensor", "block")
+GEMM_ALIGN = 16
+"""fp8 GEMMs (``torch._scaled_mm``, cuBLASLt) take weights whose both dimensions are
+multiples of 16."""
 BLOCK_ACTIVATION_TILE = 128
 BLOCK_WEIGHT_TILE = 128 * 128
 

@@ -30,9 +30,9 @@ RUNTIME_OPTIMIZERS = ("adamw", "adafactor", "sgd_momentum")
 """Optimizers llmplan's runtime trains with (``torch.optim``)."""
 
 KEYS = (
-    "layers_not_modelled", "runtime_position", "runtime_layers", "runtime_dtype", "runtime_optimizer", "runtime_adapters", "runtime_objective",
+    "layers_not_modelled", "runtime_position", "runtime_layers", "runtime_fp8", "runtime_optimizer", "runtime_adapters", "runtime_objective",
     "adapter_layout",
-    "tp_crosses_node", "tp_divisibility", "runtime_tp_vocab", "cp_seq",
+    "tp_crosses_node", "tp_divisibility", "runtime_tp_vocab", "fp8_dims", "cp_seq",
     "vpp_without_pp", "pp_layers", "schedule",
     "sp_without_tp", "sp_seq", "ep_divisibility", "zero_without_dp", "runtime_sharded_adafactor",
     "batch_divisibility", "interleaved_microbatches", "runtime_pp_microbatches",
@@ -97,9 +97,12 @@ def setup_problems(setup: TrainSetup, cfg: ModelConfig) -> list[Problem]:
     """What llmplan's runtime cannot train with, whatever the layout: 8-bit Adam needs
     bitsandbytes' CUDA kernels, which this runtime does not depend on."""
     out = []
-    if setup.dtype == "fp8":
-        out.append(_runtime("runtime_dtype", "dtype(fp8) is not run: fp8 GEMMs need torchao "
-                                             "float8 on a CUDA GPU with fp8 tensor cores"))
+    if setup.dtype == "fp8" and setup.fp8_scaling != "tensor":
+        out.append(_runtime("runtime_fp8", f"fp8 scaling({setup.fp8_scaling}) is not run: "
+                            "torchao float8 trains with tensor-wise scales"))
+    if setup.dtype == "fp8" and setup.adapters is not None:
+        out.append(_runtime("runtime_fp8", "fp8 adapters are not trained: LoRA and QLoRA run "
+                            "over a 16-bit or 4-bit base"))
     if setup.optimizer not in RUNTIME_OPTIMIZERS:
         out.append(_runtime("runtime_optimizer", f"optimizer({setup.optimizer}) is not run; "
                             f"supported: {', '.join(RUNTIME_OPTIMIZERS)}"))
@@ -196,6 +199,31 @@ def tp_problems(cfg: ModelConfig, tp: int) -> list[Problem]:
     if tp > 1 and cfg.vocab_size % tp:
         out.append(_runtime("runtime_tp_vocab", f"tp({tp}) does not divide vocab({cfg.vocab_size}): "
                             "the embedding and LM head are split evenly, not padded"))
+    return out
+
+
+def fp8_problems(cfg: ModelConfig, setup: TrainSetup, tp: int) -> list[Problem]:
+    """fp8 GEMMs (``torch._scaled_mm``, cuBLASLt's fp8 kernels under Transformer Engine too)
+    need both dimensions of each weight on a TP rank to be multiples of 16: the hidden size,
+    the query and kv widths and the (expert) FFN width, each over tp. llmplan's runtime runs
+    the K/V projections that tp > kv heads replicates as row slices in bf16, so it refuses
+    that split."""
+    from planner.fp8 import GEMM_ALIGN
+
+    if setup.dtype != "fp8":
+        return []
+    dims = {"hidden": cfg.hidden_size, "query width / tp": cfg.q_width // tp,
+            "ffn hidden / tp": cfg.ffn_hidden_size // tp}
+    if cfg.num_kv_heads >= tp:
+        dims["kv width / tp"] = cfg.kv_width // tp
+    if cfg.is_moe:
+        dims["moe ffn hidden / tp"] = cfg.moe_ffn_hidden_size // tp
+    out = [Problem(key="fp8_dims", message=f"fp8 GEMMs need multiples of {GEMM_ALIGN}: {name}"
+                                           f"({value}) is not")
+           for name, value in dims.items() if value % GEMM_ALIGN]
+    if tp > cfg.num_kv_heads:
+        out.append(_runtime("runtime_fp8", f"fp8 with tp({tp}) > kv heads({cfg.num_kv_heads}) "
+                            "is not run: the replicated K/V projections' row slices are bf16"))
     return out
 
 
@@ -321,7 +349,7 @@ def problems(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *,
     gbs = setup.micro_batch * setup.grad_accum * par.dp
     return [*model_problems(cfg), *setup_problems(setup, cfg),
             *method_layout_problems(setup, par.tp, par.pp, par.cp, par.ep),
-            *tp_problems(cfg, par.tp),
+            *tp_problems(cfg, par.tp), *fp8_problems(cfg, setup, par.tp),
             *pp_problems(cfg, par.pp, par.vpp),
             *schedule_problems(par.pp, par.vpp, par.schedule),
             *cp_problems(par.cp, setup.seq_len),

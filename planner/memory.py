@@ -171,7 +171,7 @@ class Estimator:
                                    autocast=autocast),
             cfg, local_seq=unit.seq_len, micro_batch=1, act_bytes=unit.activation_bytes,
             tp=tp, cp=cp, runtime=self.runtime)
-        if self.setup.dtype == "fp8":
+        if self.setup.dtype == "fp8" and not self.runtime:  # torchao saves bf16 inputs
             terms = fp8.fp8_terms(terms, cfg, local_seq=unit.seq_len,
                                   act_bytes=unit.activation_bytes, tp=tp, moe=moe,
                                   scaling=self.setup.fp8_scaling)
@@ -281,7 +281,9 @@ class Estimator:
                    optimizer_temp=st.optimizer_temp, head_grad=0, embedding_end=0,
                    unsharded_start=0, unsharded_block=0, unsharded_end=0, partial_block=0)
         root = st.params - n_layers * layer_params  # embedding, final norm, head
-        if setup.dtype == "fp8":  # the linears' fp8 copies: cached, or while a layer is gathered
+        if setup.dtype == "fp8" and not self.runtime:
+            # the linears' fp8 copies: cached, or while a layer is gathered (torchao, the
+            # runtime's, casts each weight at each GEMM: a transient, not a copy kept)
             copies = fp8.weight_copy_bytes(
                 fp8.linear_weights_per_layer(cfg, tp, moe=cfg.is_moe, ep=ep),
                 setup.fp8_scaling)
@@ -329,7 +331,10 @@ class Estimator:
             norms = norm_params(cfg) * (n_layers * cfg.norms_per_layer
                                         + (cfg.final_norm if last else 0)
                                         + (cfg.embedding_norm if first else 0))
-            cache = 2 * (st.params - embedding - positions - norms)
+            # torchao's fp8 linears cast their fp32 weights to fp8 at each GEMM, not to bf16
+            fp8_weights = n_layers * fp8.linear_weights_per_layer(
+                cfg, tp, moe=cfg.is_moe, ep=ep) if setup.dtype == "fp8" else 0
+            cache = 2 * (st.params - embedding - positions - norms - fp8_weights)
             out["unsharded_start"] += cache
             out["unsharded_end"] += cache
         self._fixed[key] = out

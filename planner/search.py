@@ -281,7 +281,7 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
         if tp > cluster.gpus_per_node:
             rejected["tp_crosses_node"] += per_tp(tp)
             continue
-        key, tp_notes = refused(layout.tp_problems(cfg, tp)
+        key, tp_notes = refused(layout.tp_problems(cfg, tp) + layout.fp8_problems(cfg, setup, tp)
                                 + layout.method_layout_problems(setup, tp, 1))
         if key:
             rejected[key] += per_tp(tp)

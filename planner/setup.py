@@ -75,9 +75,6 @@ class TrainSetup:
         if self.fp8_scaling and self.fp8_scaling not in SCALINGS:
             raise ConfigError(f"fp8 scaling({self.fp8_scaling!r}) is not one of "
                               f"{', '.join(SCALINGS)}")
-        if self.dtype == "fp8" and self.recipe == "runtime":
-            raise ConfigError("recipe('runtime') is llmplan's runtime, which trains in fp32 or "
-                              "bf16, not fp8")
 
     @property
     def sequences_per_example(self) -> int:

@@ -71,7 +71,7 @@ def reference_layout(gbs: int) -> dict:
 
 def launch_matrix(cfg: ModelConfig, layouts: list[dict], *, folder: Path, steps: int = 8,
                   seq: int = 32, gbs: int = 8, nproc: int = 8, seed: int = 0,
-                  on_layout=None) -> tuple[int, list[dict], str]:
+                  dtype: str = "fp32", on_layout=None) -> tuple[int, list[dict], str]:
     """Run ``layouts`` (the reference first is the caller's choice) in one torchrun world of
     ``nproc`` CPU processes; (exit code, the ``layout`` events, the error if any)."""
     from planner.tomlio import write_toml
@@ -79,7 +79,7 @@ def launch_matrix(cfg: ModelConfig, layouts: list[dict], *, folder: Path, steps:
 
     path = write_toml(folder / f"matrix-{cfg.name}.toml", {
         "model": cfg.to_dict(), "layouts": layouts,
-        "run": {"steps": steps, "seq": seq, "gbs": gbs, "dtype": "fp32", "seed": seed,
+        "run": {"steps": steps, "seq": seq, "gbs": gbs, "dtype": dtype, "seed": seed,
                 "device": "cpu", "warmup_steps": 2}})
     got: list[events.LayoutResult] = []
     error = ""

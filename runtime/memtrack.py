@@ -43,7 +43,8 @@ def measure(cfg, setup, *, dp: int = 1, zero: int = 0) -> dict[str, Any]:
     from torch.distributed._tools.mem_tracker import MemTracker
 
     from runtime.model import Decoder
-    from runtime.parallel import apply_fsdp, apply_recompute
+    from runtime.fp8 import apply_fp8
+    from runtime.parallel import BF16_COMPUTE, apply_fsdp, apply_recompute
     from runtime.trainer import make_optimizer, param_groups
 
     fsdp = zero >= 2 and dp > 1
@@ -56,17 +57,21 @@ def measure(cfg, setup, *, dp: int = 1, zero: int = 0) -> dict[str, Any]:
         dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=dp)
         mesh = init_device_mesh("cpu", (dp,), mesh_dim_names=("dp",))
     m, b, s = setup.grad_accum, setup.micro_batch, setup.seq_len
-    autocast = setup.dtype == "bf16" and not fsdp  # as runtime.trainer.Trainer.contexts
+    autocast = setup.dtype in BF16_COMPUTE and not fsdp  # as runtime.trainer.Trainer.contexts
     with FakeTensorMode():
         if fsdp:  # as runtime.parallel.build: shard on the meta device, then materialise
             with torch.device("meta"):
                 model = Decoder(cfg)
+            if setup.dtype == "fp8":
+                apply_fp8(model, emulate=True)
             apply_recompute(model, setup.recompute)
             apply_fsdp(model, mesh, zero=zero, dtype=setup.dtype)
             model.to_empty(device="cpu")
             model.tie_weights()
         else:
             model = Decoder(cfg)
+            if setup.dtype == "fp8":
+                apply_fp8(model, emulate=True)
             apply_recompute(model, setup.recompute)
         optimizer = make_optimizer(setup.optimizer, param_groups(model), lr=1e-4,
                                    weight_decay=0.1)

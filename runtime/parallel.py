@@ -29,6 +29,9 @@ from planner.cost import DP_BUCKET_BYTES
 from runtime.model import Decoder, MoE
 
 
+BF16_COMPUTE = ("bf16", "fp8")
+"""Run dtypes computing in bf16 over fp32 master weights (fp8: all but the block linears'
+GEMMs, ``runtime.fp8``)."""
 MESH_DIMS = ("pp", "edp", "ep", "cp", "tp")
 FLATTENED = {"dp": ("edp", "ep"), "dp_cp": ("edp", "ep", "cp"), "expert_dp_cp": ("edp", "cp")}
 
@@ -114,7 +117,7 @@ def apply_fsdp(part: Decoder, dp_mesh, *, zero: int, dtype: str, expert_mesh=Non
     ``runtime.expert_parallel`` for the factor)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if dtype == "bf16" else torch.float32,
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if dtype in BF16_COMPUTE else torch.float32,
                               reduce_dtype=torch.float32)
     reshard = zero == 3
     for block in part.layers.values():
@@ -189,6 +192,10 @@ def build(cfg: ModelConfig, setup: TrainSetup, par: Parallel, *, device: torch.d
         from runtime.lora import apply_lora
 
         apply_lora(model, cfg, setup.adapters)
+    if setup.dtype == "fp8":  # before any sharding, as torchtitan converts
+        from runtime.fp8 import apply_fp8, emulated
+
+        apply_fp8(model, emulate=emulated(device))
     pp_rank = mesh["pp"].get_local_rank()
     n_stages = par.pp * par.vpp
     ids = stage_ids(par, pp_rank) if par.pp > 1 else [0]

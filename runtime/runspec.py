@@ -26,7 +26,8 @@ from runtime import inputs
 from runtime.launch import LaunchSpec, torchrun_command
 
 DEVICES = ("auto", "cpu", "cuda")
-RUNTIME_DTYPES = ("fp32", "bf16")
+RUNTIME_DTYPES = ("fp32", "bf16", "fp8")
+GENERATION_DTYPES = ("fp32", "bf16")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,6 +169,22 @@ def _cuda_ranks(per_node: int) -> None:
                           "per rank; use --device cpu to run the layout on CPU processes")
 
 
+def _fp8_device(device: str) -> None:
+    """fp8 training runs on fp8 tensor cores (compute capability 8.9 and up: Ada, Hopper,
+    Blackwell); elsewhere its GEMMs would be emulated, at no fp8 peak to plan it by."""
+    if device == "cuda":
+        import torch
+
+        major, minor = torch.cuda.get_device_capability()
+        if (major, minor) >= (8, 9):
+            return
+        where = f"{torch.cuda.get_device_name()} (compute capability {major}.{minor})"
+    else:
+        where = device
+    raise ConfigError(f"--dtype fp8 runs on a CUDA GPU with fp8 tensor cores (compute "
+                      f"capability 8.9+), not on {where}: train in bf16 there")
+
+
 def check_train_options(req: TrainRequest) -> None:
     """Every option a training request carries, before anything reads a file or starts."""
     for label in ("tp", "pp", "vpp", "dp", "cp", "ep", "mbs", "gbs", "seq"):
@@ -186,10 +203,6 @@ def check_train_options(req: TrainRequest) -> None:
     if req.method == "ppo":
         raise ConfigError("--method ppo is planned (memory, flops, plan), not trained by "
                           "llmplan's runtime")
-    if req.dtype == "fp8":
-        raise ConfigError("--dtype fp8: llmplan's runtime trains in fp32 or bf16 (fp8 GEMMs "
-                          "need torchao float8 on a CUDA GPU with fp8 tensor cores); plan it "
-                          "with `llmplan plan --dtype fp8 --runtime any`")
     if req.dtype is not None and req.dtype not in RUNTIME_DTYPES:
         raise ConfigError(f"--dtype {req.dtype!r}: llmplan's runtime trains in "
                           f"{' or '.join(RUNTIME_DTYPES)}")
@@ -356,6 +369,8 @@ def resolve(req: TrainRequest, *, progress: Callable[[int, int], None] | None = 
         raise ConfigError(f"world({par.world}) is not divisible by nnodes({req.nnodes})")
     per_node = par.world // req.nnodes
     device = _device(req.device)
+    if setup.dtype == "fp8":
+        _fp8_device(device)
     if device == "cuda":
         _cuda_ranks(per_node)
     else:
@@ -439,8 +454,8 @@ def resolve_generation(req: GenerateRequest) -> Resolved:
     _positive_int("--seed", req.seed, minimum=0)
     _finite("--temperature", req.temperature, low_open=False)
     _finite("--top-p", req.top_p, high=1.0)
-    if req.dtype not in (*RUNTIME_DTYPES, "auto"):
-        raise ConfigError(f"--dtype {req.dtype!r}: use {', '.join(RUNTIME_DTYPES)} or auto")
+    if req.dtype not in (*GENERATION_DTYPES, "auto"):
+        raise ConfigError(f"--dtype {req.dtype!r}: use {', '.join(GENERATION_DTYPES)} or auto")
     folder = Path(req.target)
     checkpoint = weights = tokenizer_dir = ""
     if (folder / "config.json").exists():  # a Hugging Face model folder

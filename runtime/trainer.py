@@ -147,7 +147,9 @@ class Trainer:
         if self.par.tp > 1:
             from torch.distributed.tensor.parallel import loss_parallel
             tp_ctx = loss_parallel()
-        bf16 = self.setup.dtype == "bf16" and not self.built.fsdp
+        from runtime.parallel import BF16_COMPUTE
+
+        bf16 = self.setup.dtype in BF16_COMPUTE and not self.built.fsdp
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         return tp_ctx, amp
 

@@ -27,3 +27,19 @@ def test_the_allocator_peak_is_the_planners_peak(recompute):
                                                                  rel=0.10)
     for cat in ("parameters", "gradients", "optimizer_states"):
         assert rank[f"measured_{cat}_bytes"] == rank[f"predicted_{cat}_bytes"], cat
+
+
+def test_fp8_trains_like_bf16_on_fp8_tensor_cores():
+    """torchao's fp8 GEMMs on the device (no emulation): the loss follows the bf16 run's
+    within fp8's noise (tests/runtime/test_fp8_training.py)."""
+    import torch
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 tensor cores need compute capability 8.9+")
+    runs = {}
+    for dtype in ("bf16", "fp8"):
+        events, _ = cuda_launch("llama-3.2-1b", "--set", "num_layers=4", "--dtype", dtype,
+                                "--seq", "2048", "--gbs", "2", "--mbs", "2", "--steps", "8")
+        runs[dtype] = [e for e in events if e["event"] == "step"]
+    for a, b in zip(runs["bf16"], runs["fp8"]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=2e-3), (a["step"], a["loss"], b["loss"])

@@ -23,9 +23,11 @@ def measured(*args: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def autocast_cache_bytes(model: str, sets: dict) -> int:
+def autocast_cache_bytes(model: str, sets: dict, *, head_only: bool = False) -> int:
     """bf16 copies of every linear weight (autocast caches each cast for the step): counted
-    on the transformers model of the same shape, independently of the planner."""
+    on the transformers model of the same shape, independently of the planner. An fp8 run
+    casts its block linears' weights to fp8 at each GEMM: only the LM head's bf16 copy is
+    cached (``head_only``)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -35,7 +37,8 @@ def autocast_cache_bytes(model: str, sets: dict) -> int:
     hf = to_hf_config(load_model(model, sets))
     with torch.device("meta"):
         net = AutoModelForCausalLM.from_config(AutoConfig.for_model(hf.pop("model_type"), **hf))
-    return 2 * sum(m.weight.numel() for m in net.modules() if isinstance(m, torch.nn.Linear))
+    return 2 * sum(m.weight.numel() for name, m in net.named_modules()
+                   if isinstance(m, torch.nn.Linear) and (name == "lm_head" or not head_only))
 
 
 @pytest.mark.parametrize("args", [
@@ -46,7 +49,9 @@ def autocast_cache_bytes(model: str, sets: dict) -> int:
     ("--m", "2"),
     ("--optimizer", "sgd_momentum"),
     ("--set", "tie_embeddings=false", "--dtype", "bf16"),
-], ids=["fp32", "full-recompute", "selective", "bf16-autocast", "accumulation", "sgd", "untied-bf16"])
+    ("--dtype", "fp8"),
+], ids=["fp32", "full-recompute", "selective", "bf16-autocast", "accumulation", "sgd", "untied-bf16",
+        "fp8"])
 def test_single_rank_peak_and_activations(args):
     out = measured(*LLAMA_1B_4L, *args)
     predicted = out["predicted"]
@@ -54,9 +59,9 @@ def test_single_rank_peak_and_activations(args):
     # activations saved at the turn from forward to backward (MemTracker counts autocast's
     # cached weight casts as activations too: they are made in the forward)
     turn = out["turn"]["activation"]
-    if "bf16" in args:
+    if "bf16" in args or "fp8" in args:
         sets = {"num_layers": "4", **({"tie_embeddings": "false"} if "tie_embeddings=false" in args else {})}
-        turn -= autocast_cache_bytes("llama-3.2-1b", sets)
+        turn -= autocast_cache_bytes("llama-3.2-1b", sets, head_only="fp8" in args)
     kept = predicted["activations_bytes"] - predicted["activations_recompute_bytes"]
     assert kept == pytest.approx(turn, rel=0.05)
 

@@ -37,7 +37,7 @@ def launch_cmd(
     mbs: Annotated[OptInt, typer.Option(help="Micro-batch b.")] = None,
     gbs: Annotated[OptInt, typer.Option(help="Global batch in sequences.")] = None,
     seq: Annotated[OptInt, typer.Option(help="Sequence length.")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="fp32 or bf16 (default: the plan's, a model folder's stored dtype, or fp32).")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="fp32, bf16 or fp8 (fp8: CUDA, compute capability 8.9+; default: the plan's, a model folder's stored dtype, or fp32).")] = None,
     pp_rounds: Annotated[int, typer.Option("--pp-rounds", help="Pipelines: run the step's micro-batches as this many schedule calls (gradient accumulation across flushes).")] = 1,
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 20,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-4,
