@@ -1,6 +1,6 @@
 """FP8 training (``--dtype fp8``): the decoder's block linears run their three GEMMs in fp8
 through torchao's ``Float8Linear`` (torchao.float8, the recipe torchtitan trains Llama 3
-with), everything else in bf16, exactly as ``planner.fp8`` plans it. Applied from outside
+with), everything else in bf16: the split ``planner.fp8`` plans. Applied from outside
 the model, on the meta device, before any parallelism (torchtitan's order: convert, then
 TP, then FSDP).
 
@@ -27,6 +27,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+FP8_CAPABILITY = (8, 9)
+"""The first CUDA compute capability with fp8 tensor cores (Ada; Hopper is 9.0)."""
+
 
 def is_fp8_linear(fqn: str) -> bool:
     """The linears the fp8 recipe converts, by their name in ``runtime.model.Decoder``."""
@@ -73,5 +77,5 @@ def apply_fp8(model: nn.Module, *, emulate: bool) -> int:
 
 def emulated(device: torch.device) -> bool:
     """Whether fp8 GEMMs on ``device`` are emulated: anything but a CUDA GPU with fp8
-    tensor cores (compute capability 8.9 or newer)."""
-    return device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9)
+    tensor cores (compute capability ``FP8_CAPABILITY`` or newer)."""
+    return device.type != "cuda" or torch.cuda.get_device_capability(device) < FP8_CAPABILITY

@@ -170,19 +170,21 @@ def _cuda_ranks(per_node: int) -> None:
 
 
 def _fp8_device(device: str) -> None:
-    """fp8 training runs on fp8 tensor cores (compute capability 8.9 and up: Ada, Hopper,
-    Blackwell); elsewhere its GEMMs would be emulated, at no fp8 peak to plan it by."""
-    if device == "cuda":
-        import torch
+    """fp8 training runs on fp8 tensor cores (Ada, Hopper, Blackwell); elsewhere its GEMMs
+    would be emulated (``runtime.fp8``), at no fp8 peak to plan it by."""
+    import torch
 
+    from runtime.fp8 import FP8_CAPABILITY, emulated
+
+    if not emulated(torch.device(device)):
+        return
+    where = device
+    if device == "cuda":
         major, minor = torch.cuda.get_device_capability()
-        if (major, minor) >= (8, 9):
-            return
         where = f"{torch.cuda.get_device_name()} (compute capability {major}.{minor})"
-    else:
-        where = device
     raise ConfigError(f"--dtype fp8 runs on a CUDA GPU with fp8 tensor cores (compute "
-                      f"capability 8.9+), not on {where}: train in bf16 there")
+                      f"capability {'.'.join(map(str, FP8_CAPABILITY))}+), not on {where}: "
+                      "train in bf16 there")
 
 
 def check_train_options(req: TrainRequest) -> None:

@@ -9,6 +9,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def launch_refused(*args: str) -> str:
+    """`llmplan launch ...` that must be refused before any process starts: exit 2 and one
+    line; that line."""
+    _, proc = launch(*args, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, (proc.returncode, proc.stderr)
+    return proc.stderr
+
+
 def launch(*args: str, env: dict | None = None, check: bool = True, timeout: int = 600,
            device: str = "cpu"):
     """Run `llmplan launch ... --json --device cpu` and return (events, process)."""
