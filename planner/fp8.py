@@ -25,7 +25,9 @@ torchao.float8), with DeepSeek-V3's block scaling as the alternative (arXiv 2412
 
 llmplan's runtime (``recipe="runtime"``, ``runtime.fp8``) runs torchao's tensor-wise recipe,
 which saves the linears' bf16 inputs and casts each weight at each GEMM: its saved
-activations are the bf16 run's and it keeps no fp8 weight copy.
+activations are the bf16 run's, autocast keeps no bf16 copy of an fp8 linear's weight, no
+fp8 copy outlives its GEMM, and the cast itself is a transient of ``RUNTIME_CAST_BYTES``
+per element of the weight being cast (checked against MemTracker, tests/oracle).
 
 The casts themselves (read bf16, write fp8, one amax reduction per tensor) are element-wise
 traffic of the tensors they read; the cost model counts them with the layer's activations.
@@ -93,6 +95,20 @@ def linear_weights_per_layer(cfg: ModelConfig, tp: int, *, moe: bool, ep: int = 
         return attn + (cfg.num_experts // ep + cfg.num_shared_experts) * per_mlp * (
             cfg.moe_ffn_hidden_size // tp)
     return attn + per_mlp * (cfg.ffn_hidden_size // tp)
+
+
+RUNTIME_CAST_BYTES = 9
+"""Bytes per element alive while torchao casts a weight to fp8 (its eager cast, torchao
+0.18 ``float8_training_tensor``/``float8_utils``): ``w.to(float32) * scale`` (4) and its
+clamp (4) both held as the fp8 copy (1) is written; the amax's ``abs`` is freed before."""
+
+
+def largest_linear_weight(cfg: ModelConfig, tp: int, *, moe: bool) -> int:
+    """The most elements one fp8 GEMM's weight has on a TP rank (q, k, v, o; the MLP's or
+    an expert's gate, up or down)."""
+    h = cfg.hidden_size
+    ffn = cfg.moe_ffn_hidden_size if moe else cfg.ffn_hidden_size
+    return h * max(cfg.q_width // tp, kv_heads_per_rank(cfg, tp) * cfg.head_dim, ffn // tp)
 
 
 def weight_copy_bytes(linear_weights: int, scaling: str) -> int:

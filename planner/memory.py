@@ -293,6 +293,9 @@ class Estimator:
             else:
                 out["fp8_copies"] = n_layers * copies
                 out["weights"] += out["fp8_copies"]
+        if setup.dtype == "fp8" and self.runtime:  # one weight cast to fp8 at a time
+            out["block_temp"] = fp8.RUNTIME_CAST_BYTES * fp8.largest_linear_weight(
+                cfg, tp, moe=cfg.is_moe)
         if self.adapters is not None:
             out.update(self.adapters.timeline_terms(
                 num_layers=cfg.num_layers, dp=dp, zero=zero, root_params=root,

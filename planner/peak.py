@@ -15,7 +15,8 @@ each the sum of what is alive in it:
 * ``after_loss``: the loss's temporaries and the logits are freed; the LM head's weight
   gradient exists (on a tied head, held by autograd until the embedding's half arrives);
   the first recomputed layer's working set is allocated (full or selective recompute); a
-  quantised frozen base dequantises one weight for a block's input gradient (QLoRA).
+  quantised frozen base dequantises one weight for a block's input gradient (QLoRA); the
+  runtime's fp8 linears cast one weight to fp8 at a time (``planner.fp8``).
 * ``backward_end`` (first stage): every gradient exists; the embedding's backward adds its
   own dense ``V h / t`` gradient, and with a tied head the two halves and their sum.
 * ``optimizer_step``: W + gradients + O + the optimizer's temporaries (``torch.optim``'s
@@ -63,7 +64,7 @@ class StepBytes:
     unsharded_start: int = 0  # FSDP: gathered parameters at the turn (root unit + blocks)
     unsharded_block: int = 0  # FSDP: + a block's gradients and reduce-scatter input
     unsharded_end: int = 0    # FSDP: the root unit and its gradients at the end
-    block_temp: int = 0       # a quantised base: one weight dequantised in a block's backward
+    block_temp: int = 0       # one weight dequantised (QLoRA) or cast to fp8 in a block's backward
 
     def parts(self) -> tuple[tuple[int, int, int], ...]:
         """(gradients, activations, temporaries) alive in each phase of :data:`PHASES`,

@@ -66,12 +66,45 @@ def test_single_rank_peak_and_activations(args):
     assert kept == pytest.approx(turn, rel=0.05)
 
 
-@pytest.mark.parametrize("args", [
-    ("--dp", "8", "--zero", "3"),
-    ("--dp", "8", "--zero", "2", "--dtype", "bf16"),
-    ("--dp", "4", "--zero", "3", "--m", "2"),
-], ids=["zero3", "zero2-bf16", "zero3-accumulation"])
-def test_fsdp_rank_peak(args):
+@pytest.mark.parametrize(("args", "rel"), [
+    (("--dp", "8", "--zero", "3"), 0.02),
+    (("--dp", "8", "--zero", "2", "--dtype", "bf16"), 0.02),
+    (("--dp", "4", "--zero", "3", "--m", "2"), 0.02),
+    # the fp8 cast of the largest weight is counted beside the whole block's gradients,
+    # which do not exist yet when it is cast: over by 2.5% here
+    (("--dp", "8", "--zero", "3", "--dtype", "fp8"), 0.03),
+], ids=["zero3", "zero2-bf16", "zero3-accumulation", "zero3-fp8"])
+def test_fsdp_rank_peak(args, rel):
     out = measured(*FSDP_04B, *args)
-    assert out["predicted"]["total_bytes"] == pytest.approx(out["peak_bytes"], rel=0.02)
+    assert out["predicted"]["total_bytes"] == pytest.approx(out["peak_bytes"], rel=rel)
     assert out["predicted"]["peak_phase"] == "after_loss"  # mid-backward, not at the turn
+
+
+def test_an_fp8_weight_cast_holds_nine_bytes_per_element():
+    """torchao's eager cast (``planner.fp8.RUNTIME_CAST_BYTES``) measured by MemTracker on
+    one fp8 linear's forward and backward: the step's peak is the weight plus 9 bytes per
+    element of it (the backward's cast for the input gradient, before the weight gradient
+    exists), in fp32 and in bf16."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    from planner.fp8 import RUNTIME_CAST_BYTES
+    from runtime.fp8 import apply_fp8
+
+    n_in, n_out, tokens = 2048, 8192, 32
+    for dtype in (torch.float32, torch.bfloat16):
+        with FakeTensorMode():
+            model = torch.nn.ModuleDict({"layers": torch.nn.ModuleDict(
+                {"0": torch.nn.Linear(n_in, n_out, bias=False, dtype=dtype)})})
+            apply_fp8(model, emulate=True)
+            x = torch.randn(tokens, n_in, dtype=dtype, requires_grad=True)
+            tracker = MemTracker()
+            tracker.track_external(model, x)
+            with tracker:
+                model["layers"]["0"](x).float().sum().backward()
+            peak = sum(v for per in tracker.get_tracker_snapshot("peak").values()
+                       for k, v in per.items() if str(getattr(k, "value", k)).lower() == "total")
+        weight = n_in * n_out
+        assert (peak - weight * dtype.itemsize) / weight == pytest.approx(RUNTIME_CAST_BYTES,
+                                                                        abs=0.1), dtype
