@@ -56,15 +56,32 @@ def _build(quantity: str, description: str, expr: Any, values: dict[Any, Any],
         result=float(result), planner_value=float(planner_value), source=source)
 
 
+def dense_attention_only(cfg: ModelConfig, quantity: str, see: str) -> None:
+    """The closed forms of ``params`` and ``train_flops_per_token`` are those of a dense
+    decoder of attention and MLP layers; anything else is refused in one line, pointing at
+    the command that computes it (the planner's per-kind breakdown)."""
+    kinds = [kind for on, kind in (
+        (cfg.is_moe, "MoE layers"), (cfg.position == "relative", "relative positions"),
+        (cfg.attention == "mla", "MLA attention"),
+        (cfg.mixer != "attention", f"{cfg.mixer} layers"),
+        (cfg.mlp == "rwkv", "RWKV channel mix")) if on]
+    if kinds:
+        raise ConfigError(f"explain {quantity} covers dense attention + MLP decoders, not "
+                          f"{' or '.join(kinds)}; see `llmplan {see}` for the breakdown")
+
+
 def explain_params(cfg: ModelConfig, **_: Any) -> Explanation:
     from planner.params import count_params, norm_params
 
+    dense_attention_only(cfg, "params", "params")
     V, h, L, a, g, d, f, n_norm, n_mlp = _symbols("V h L a g d f n_norm n_mlp")
     attn = h * a * d + 2 * h * g * d + a * d * h
     if cfg.qkv_bias:
         attn += a * d + 2 * g * d
     if cfg.out_bias:
         attn += h
+    if cfg.qk_norm:  # one norm of d over every query head, one over every key head
+        attn += 2 * n_norm * d
     mlp = n_mlp * h * f
     if cfg.mlp_bias:
         mlp += (n_mlp - 1) * f + h
@@ -75,9 +92,6 @@ def explain_params(cfg: ModelConfig, **_: Any) -> Explanation:
     if cfg.position == "learned":
         P = _symbols("P")
         expr += P * h
-    if cfg.is_moe or cfg.position == "relative":
-        raise ConfigError("explain params covers dense models without relative positions; "
-                          "see `llmplan params` for the breakdown")
     values = {V: cfg.vocab_size, h: cfg.hidden_size, L: cfg.num_layers, a: cfg.num_heads,
               g: cfg.num_kv_heads, d: cfg.head_dim, f: cfg.ffn_hidden_size,
               n_norm: norm_params(cfg) // cfg.hidden_size, n_mlp: 3 if cfg.gated else 2}
@@ -88,26 +102,72 @@ def explain_params(cfg: ModelConfig, **_: Any) -> Explanation:
 
 
 def explain_kv(cfg: ModelConfig, *, kv_dtype: str = "bf16", **_: Any) -> Explanation:
-    from planner.kv import KV_BITS, kv_bytes_per_token
+    """K and V of the attention layers (a hybrid's only), or MLA's latent and rotary key."""
+    from planner.kv import kv_bits, kv_bytes_per_token
 
-    L, g, d, bits = _symbols("L g d bits")
-    expr = 2 * L * g * d * bits / 8
-    values = {L: cfg.num_layers, g: cfg.num_kv_heads, d: cfg.head_dim, bits: KV_BITS[kv_dtype]}
-    return _build("kv_bytes_per_token", "KV-cache bytes per token (K and V, all layers)", expr,
-                  values, kv_bytes_per_token(cfg, kv_dtype), "planner.kv")
+    if not cfg.num_attention_layers:
+        raise ConfigError(f"{cfg.name} caches no K/V: its {cfg.mixer} layers hold a fixed "
+                          "state per sequence; see `llmplan explain state_bytes_per_sequence "
+                          f"{cfg.name}`")
+    values: dict[Any, Any] = {}
+    if cfg.attention == "mla":
+        L, d_c, d_R, bits = _symbols("L d_c d_R bits")
+        expr = L * (d_c + d_R) * bits / 8
+        values = {d_c: cfg.kv_lora_rank, d_R: cfg.qk_rope_head_dim}
+        what, source = "MLA cache bytes per token (latent and rotary key, all layers)", \
+            "planner.kv (DeepSeek-V2 §2.1.3)"
+    else:
+        L, g, d, bits = _symbols("L g d bits")
+        expr = 2 * L * g * d * bits / 8
+        values = {g: cfg.num_kv_heads, d: cfg.head_dim}
+        what, source = "KV-cache bytes per token (K and V, all attention layers)", "planner.kv"
+    values.update({L: cfg.num_attention_layers, bits: kv_bits(kv_dtype)})
+    return _build("kv_bytes_per_token", what, expr, values, kv_bytes_per_token(cfg, kv_dtype),
+                  source)
+
+
+def explain_state(cfg: ModelConfig, *, kv_dtype: str = "bf16", **_: Any) -> Explanation:
+    """The recurrent layers' fixed state per sequence (``planner.recurrent.state_bytes``):
+    convolution inputs at the cache dtype, the recurrent state in fp32."""
+    from planner.kv import kv_bits, state_bytes_per_sequence
+
+    kinds = {mixer for (mixer, _), n in cfg.layer_kinds().items() if mixer != "attention"}
+    if len(kinds) != 1:
+        raise ConfigError(f"{cfg.name} has no recurrent layers: its cache is K/V per token; see "
+                          f"`llmplan explain kv_bytes_per_token {cfg.name}`")
+    (mixer,) = kinds
+    L, d, h, N, K, G, bits = _symbols("L_r d h N K G bits")
+    if mixer == "rwkv":
+        per_layer = 2 * h * bits / 8 + 3 * 4 * d
+    else:
+        conv = d if mixer == "mamba" else d + 2 * G * N
+        per_layer = conv * K * bits / 8 + 4 * d * N
+    values = {L: cfg.num_layers - cfg.num_attention_layers, d: cfg.recurrent_width,
+              bits: kv_bits(kv_dtype)}
+    values.update({h: cfg.hidden_size} if mixer == "rwkv" else
+                  {N: cfg.ssm_state_size, K: cfg.ssm_conv_kernel})
+    if mixer == "mamba2":
+        values[G] = cfg.ssm_groups
+    return _build("state_bytes_per_sequence",
+                  f"recurrent state bytes per sequence ({mixer} layers), whatever its length",
+                  L * per_layer, values, state_bytes_per_sequence(cfg, kv_dtype),
+                  "planner.recurrent (as transformers' caches hold it)")
 
 
 def explain_train_flops(cfg: ModelConfig, *, setup: TrainSetup, causal: bool = True,
                         **_: Any) -> Explanation:
     from planner.flops import FlopConventions, attended_keys, flops_report
 
-    if cfg.is_moe or cfg.position == "relative":
-        raise ConfigError("explain train_flops covers dense models; see `llmplan flops`")
+    from planner.flops import attention_groups
+
+    dense_attention_only(cfg, "train_flops_per_token", "flops")
     V, h, L, a, g, d, f, n_mlp, keys = _symbols("V h L a g d f n_mlp keys")
     forward = L * (2 * h * (a * d + 2 * g * d) + 2 * 2 * a * d * keys + 2 * a * d * h
                    + 2 * n_mlp * h * f) + 2 * h * V
     expr = 3 * forward
-    k = attended_keys(setup.seq_len, causal=causal, window=cfg.sliding_window)
+    # local and global layers attend different numbers of keys: their mean over the layers
+    k = sum(n * attended_keys(setup.seq_len, causal=causal, window=window)
+            for n, window in attention_groups(cfg)) / cfg.num_layers
     values = {V: cfg.vocab_size, h: cfg.hidden_size, L: cfg.num_layers, a: cfg.num_heads,
               g: cfg.num_kv_heads, d: cfg.head_dim, f: cfg.ffn_hidden_size,
               n_mlp: 3 if cfg.gated else 2, keys: k}
@@ -203,20 +263,30 @@ def explain_decode_roofline(cfg: ModelConfig, *, par: Parallel, hardware: Any = 
     """One decode step's bandwidth roofline: the weights on a GPU and the batch's cache read
     once per generated token, over the HBM bandwidth (planner.serving)."""
     from planner.activations import kv_heads_per_rank
-    from planner.kv import KV_BITS, cached_tokens, kv_bytes_per_token
+    from planner.kv import KV_BITS, cached_tokens, kv_bytes_per_sequence
     from planner.serving import ServeEstimator, weight_bytes_per_gpu
 
     if hardware is None:
         raise ConfigError("decode_roofline_s needs --hardware")
-    W, L, g, d, kb, c, b, B = _symbols("W L g_r d b_kv c b B_hbm")
-    expr = (W + 2 * L * g * d * kb * c * b) / B
     tp = par.tp
     w = weight_bytes_per_gpu(cfg, weight_bits=weight_bits, tp=tp)
     tokens = cached_tokens(cfg, context)
-    kv = kv_bytes_per_token(cfg, kv_dtype, tp) * tokens * batch
-    values = {W: w, L: cfg.num_layers, g: kv_heads_per_rank(cfg, tp) if tp > 1 else cfg.num_kv_heads,
-              d: cfg.head_dim, kb: KV_BITS[kv_dtype] / 8, c: tokens, b: batch,
-              B: hardware.hbm_bandwidth_gbps * 1e9}
+    kv = kv_bytes_per_sequence(cfg, context, kv_dtype, tp) * batch
+    W, c, b, B = _symbols("W c b B_hbm")
+    values: dict[Any, Any] = {W: w, c: tokens, b: batch, B: hardware.hbm_bandwidth_gbps * 1e9}
+    if cfg.attention == "mla" or cfg.mixer != "attention" or cfg.sliding_window_pattern:
+        # MLA's latent, local layers' windows, recurrent state: the cache of one sequence
+        # (``planner.kv.kv_bytes_per_sequence``; see explain kv_bytes_per_token and
+        # state_bytes_per_sequence)
+        S = _symbols("S_seq")
+        expr = (W + S * b) / B
+        values[S] = kv_bytes_per_sequence(cfg, context, kv_dtype, tp)
+        del values[c]
+    else:
+        L, g, d, kb = _symbols("L g_r d b_kv")
+        expr = (W + 2 * L * g * d * kb * c * b) / B
+        values.update({L: cfg.num_layers, kb: KV_BITS[kv_dtype] / 8, d: cfg.head_dim,
+                       g: kv_heads_per_rank(cfg, tp) if tp > 1 else cfg.num_kv_heads})
     planner_value = ServeEstimator(cfg, hardware).decode_roofline_s(weights_bytes=w, kv_bytes=kv)
     return _build("decode_roofline_s",
                   f"seconds per decode step at batch {batch}, context {tokens}, {weight_bits}-bit "
@@ -229,6 +299,7 @@ def explain_decode_roofline(cfg: ModelConfig, *, par: Parallel, hardware: Any = 
 QUANTITIES: dict[str, Callable[..., Explanation]] = {
     "params": explain_params,
     "kv_bytes_per_token": explain_kv,
+    "state_bytes_per_sequence": explain_state,
     "train_flops_per_token": explain_train_flops,
     "model_states_bytes": explain_model_states,
     "chinchilla_params": explain_chinchilla,

@@ -176,8 +176,8 @@ class ModelForm(VerticalScroll):
             self._edit(event.switch.id[2:], event.value)
 
 
-EXPLAINABLE = ("params", "kv_bytes_per_token", "train_flops_per_token",
-               "model_states_bytes", "chinchilla_params")
+EXPLAINABLE = ("params", "kv_bytes_per_token", "state_bytes_per_sequence",
+               "train_flops_per_token", "model_states_bytes", "chinchilla_params")
 
 
 class ResultsView(VerticalScroll):

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from planner.config import LlmplanError
+from planner.explain import QUANTITIES
 from tui import options, output
 from planner.finetune import DEFAULT_ALPHA, DEFAULT_RANK
 from tui.options import (AttentionOpt, BaseBitsOpt, DoubleQuantOpt, DpOpt, DropoutOpt,
@@ -348,7 +349,7 @@ def chinchilla_cmd(
 
 
 def explain_cmd(
-    quantity: Annotated[str, typer.Argument(help="params, kv_bytes_per_token, train_flops_per_token, model_states_bytes, chinchilla_params, decode_roofline_s.")],
+    quantity: Annotated[str, typer.Argument(help=f"{', '.join(QUANTITIES)}.")],
     model: ModelArg,
     seq: SeqOpt = 2048, mbs: MbsOpt = 1, gbs: GbsOpt = 0, dtype: DtypeOpt = "bf16",
     recipe: RecipeOpt = "mixed", optimizer: OptimOpt = "adamw", zero: ZeroOpt = 0,
