@@ -95,20 +95,35 @@ def torchtitan(repo: Path) -> None:
                 and isinstance(n.target, ast.Name)}
 
     sections = {}
-    for name, node in fields(classes["JobConfig"]).items():
-        cls = classes.get(ast.unparse(node.annotation))
-        if cls is None:
-            continue
+
+    def section(name: str, cls: ast.ClassDef) -> None:
+        """One TOML table; a field whose type is another config class is a nested table
+        (``[quantize.linear.float8]``), recorded under its dotted name."""
         table = {}
         for key, field in fields(cls).items():
             ann = field.annotation
-            literal = (isinstance(ann, ast.Subscript) and ast.unparse(ann.value) == "Literal")
-            table[key] = {"type": ast.unparse(ann),
-                          "choices": list(ast.literal_eval(ann.slice)) if literal else None}
+            nested = classes.get(ast.unparse(ann))
+            if nested is not None:
+                section(f"{name}.{key}", nested)
+            table[key] = {"type": ast.unparse(ann), "choices": _literal_choices(ann)}
         sections[name] = table
+
+    for name, node in fields(classes["JobConfig"]).items():
+        cls = classes.get(ast.unparse(node.annotation))
+        if cls is not None:
+            section(name, cls)
     data = {"source": {"repository": "pytorch/torchtitan", "path": "torchtitan/config/job_config.py",
                        "commit": _commit(repo)}, "sections": sections}
     _write("torchtitan_job_config.json", data)
+
+
+def _literal_choices(ann: ast.expr) -> list | None:
+    """The values of ``Literal[...]`` (or of ``Literal[...] | None``, None left out)."""
+    if isinstance(ann, ast.BinOp) and ast.unparse(ann.right) == "None":
+        ann = ann.left
+    if isinstance(ann, ast.Subscript) and ast.unparse(ann.value) == "Literal":
+        return list(ast.literal_eval(ann.slice))
+    return None
 
 
 def _write(name: str, data: dict) -> None:

@@ -12,7 +12,9 @@ FSDP shards gradients with the optimizer state, so ZeRO-1 alone is DeepSpeed's; 
 parallelism applies the model's ``transformers`` tp_plan, which keeps activations whole
 (no Megatron sequence parallelism) and composes only with a sharded dp
 (``ParallelismConfig``: "cannot be used with pure data parallelism"); FSDP's activation
-checkpointing wraps whole layers, so selective recompute is not an option.
+checkpointing wraps whole layers, so selective recompute is not an option. fp8 is
+``mixed_precision: fp8`` with torchao's backend (``fp8_config``, ``FP8_CONFIG``), tensor-wise:
+block scaling is refused.
 """
 
 from __future__ import annotations
@@ -24,7 +26,11 @@ from planner.exports.job import Job
 
 NAME = "accelerate"
 FILENAME = "accelerate_config.yaml"
-MIXED_PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}
+MIXED_PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp32": "no", "fp8": "fp8"}
+FP8_CONFIG = {"backend": "AO", "enable_fsdp_float8_all_gather": False, "pad_inner_dim": True}
+"""fp8 through torchao (accelerate's ``AORecipeKwargs``): tensor-wise Float8Linear, all-gathers
+in bf16 as planned, and the first and last linear left in bf16 by accelerate's default filter
+(the head, as ``planner.fp8`` plans, and the first layer's query projection)."""
 
 
 def problems(job: Job) -> list[str]:
@@ -50,6 +56,8 @@ def problems(job: Job) -> list[str]:
     if recompute == "selective":
         out.append("recompute(selective): FSDP's activation checkpointing recomputes whole "
                    "layers (full)")
+    if job.setup.dtype == "fp8" and job.setup.fp8_scaling == "block":
+        out.append("fp8 scaling(block): accelerate's torchao fp8 scales per tensor")
     return out
 
 
@@ -68,6 +76,8 @@ def settings(job: Job) -> dict[str, Any]:
         "same_network": True,
         "use_cpu": False,
     }
+    if job.setup.dtype == "fp8":
+        out["fp8_config"] = dict(FP8_CONFIG)
     if out["distributed_type"] == "FSDP":
         out["fsdp_config"] = {
             "fsdp_version": 2,

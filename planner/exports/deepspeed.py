@@ -10,7 +10,8 @@ first key, ``"//"``, which DeepSpeed, ``json`` and ``hjson`` all read and DeepSp
 Refused, with the reason: pipeline parallelism (its degree is ``PipelineModule(num_stages=)``
 in the training script, and its engine has no interleaved schedule), Megatron sequence
 parallelism (AutoTP keeps norms and dropout whole; DeepSpeed's own "sequence parallel" is
-Ulysses, a different split) and selective recompute (layer checkpointing only).
+Ulysses, a different split), selective recompute (layer checkpointing only) and fp8 (its
+config has none: Transformer Engine's layers go into the model code).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ def problems(job: Job) -> list[str]:
     if job.setup.recompute == "selective":
         out.append("recompute(selective): DeepSpeed's activation checkpointing recomputes "
                    "whole layers (full)")
+    if job.setup.dtype == "fp8":
+        out.append("dtype(fp8): DeepSpeed's config has no fp8 training (Transformer Engine's "
+                   "layers go into the model code)")
     return out
 
 

@@ -7,8 +7,11 @@ sizes, ``--num-virtual-stages-per-pipeline-rank``, ``--sequence-parallel``, micr
 global batch (Megatron derives the accumulation), ZeRO-1 as ``--use-distributed-optimizer``
 and ZeRO-2/3 as Megatron-FSDP's ``--data-parallel-sharding-strategy optim_grads`` /
 ``optim_grads_params``, recompute as ``--recompute-granularity selective`` (attention core,
-Korthikanti et al. 2022) or ``full`` (uniform, every layer). The model is spelt out too, so
-Megatron builds the shape the plan was made for.
+Korthikanti et al. 2022) or ``full`` (uniform, every layer); fp8 as Transformer Engine's
+``--fp8-format hybrid --fp8-recipe tensorwise`` (E4M3 forward, E5M2 gradients) or, for block
+scaling, ``--fp8-format e4m3 --fp8-recipe blockwise`` (DeepSeek-V3 §3.3: 1 x 128 and 128 x
+128 tiles, E4M3 throughout), over ``--bf16``. The model is spelt out too, so Megatron builds
+the shape the plan was made for.
 
 Refused, with the reason: the GPipe schedule (Megatron runs 1F1B and interleaved 1F1B), and
 model features Megatron's GPT model has no flag for (parallel blocks, ALiBi or sinusoidal
@@ -103,6 +106,10 @@ def layout_args(job: Job) -> list[str]:
     args += ["--attention-backend", "flash" if s.attention == "flash" else "unfused"]
     if s.dtype in ("bf16", "fp16"):
         args.append(f"--{s.dtype}")
+    elif s.dtype == "fp8":  # Transformer Engine's fp8 GEMMs over bf16 (DeepSeek-V3's blocks: e4m3)
+        block = s.fp8_scaling == "block"
+        args += ["--bf16", "--fp8-format", "e4m3" if block else "hybrid",
+                 "--fp8-recipe", "blockwise" if block else "tensorwise"]
     return [str(a) for a in args]
 
 

@@ -13,8 +13,12 @@ optimizer step with pipelining (split into ``pipeline_parallel_microbatch_size``
 Refused, with the reason: models other than torchtitan's llama3 architecture (RoPE, SwiGLU,
 RMSNorm, no biases, untied head); ZeRO-1 (its FSDP2 shards parameters, gradients and
 optimizer state together); tensor parallelism without sequence parallelism (its llama3 plan
-always shards the norms over the sequence in 0.2.2); fp16 (it trains bf16 or fp32); and
-torch's 1F1B with fewer micro-batches than stages (``Schedule1F1B`` raises).
+always shards the norms over the sequence in 0.2.2); fp16 (it trains bf16 or fp32); fp8
+block scaling (its float8 recipes are tensorwise and rowwise); and torch's 1F1B with fewer
+micro-batches than stages (``Schedule1F1B`` raises). fp8 is torchao's ``Float8Linear`` on
+every linear but the head (``filter_fqns = ["output"]``), tensorwise, as ``planner.fp8`` plans;
+llmplan's memory for it is Transformer Engine's recipe (fp8 saved inputs and weight copies),
+where torchao saves bf16 inputs (``recipe="runtime"`` models that).
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from planner.exports.job import Job
 NAME = "torchtitan"
 FILENAME = "torchtitan.toml"
 SCHEDULES = {"1f1b": "1F1B", "gpipe": "GPipe", "interleaved": "Interleaved1F1B"}
+FLOAT8 = "quantize.linear.float8"
+"""torchtitan's model converter for fp8 linears (``components/quantization/float8.py``, its
+``[quantize.linear.float8]`` table; docs/float8.md)."""
 
 # torchtitan/models/llama3/__init__.py at v0.2.2, ``llama3_args``: (h, L, a, g, f, V, theta);
 # f from TransformerModelArgs' rule multiple_of * ceil(multiplier * int(8 h / 3) / multiple_of).
@@ -58,6 +65,9 @@ def problems(job: Job) -> list[str]:
                    "the norms over the sequence (sequence parallel)")
     if s.dtype == "fp16":
         out.append("dtype(fp16): torchtitan trains in bf16 or fp32")
+    if s.dtype == "fp8" and s.fp8_scaling == "block":
+        out.append("fp8 scaling(block): torchtitan's float8 recipes scale per tensor or per "
+                   "row (tensorwise, rowwise)")
     out.extend(f"torch's Schedule1F1B (torchtitan's): {problem.detail}"
                for problem in layout.batch_problems(
                    pp=p.pp, vpp=p.vpp, schedule=p.schedule, global_batch=job.global_batch,
@@ -110,9 +120,15 @@ def settings(job: Job) -> dict[str, Any]:
     checkpoint: dict[str, Any] = {"mode": s.recompute}
     if s.recompute == "selective":
         checkpoint["selective_ac_option"] = "op"
+    model: dict[str, Any] = {"name": "llama3", "flavor": flavor(job) or job.cfg.name}
+    extra: dict[str, Any] = {}
+    if s.dtype == "fp8":  # torchao's Float8Linear on the block linears; the head ("output") stays bf16
+        model["converters"] = [FLOAT8]
+        extra["quantize"] = {"linear": {"float8": {"recipe_name": "tensorwise",
+                                                   "filter_fqns": ["output"]}}}
     return {
         "job": {"description": f"llmplan: {job.cfg.name}"},
-        "model": {"name": "llama3", "flavor": flavor(job) or job.cfg.name},
+        "model": model,
         "training": {
             "local_batch_size": s.micro_batch * (s.grad_accum if piped else 1),
             "global_batch_size": job.global_batch,
@@ -121,6 +137,7 @@ def settings(job: Job) -> dict[str, Any]:
         },
         "parallelism": parallelism,
         "activation_checkpoint": checkpoint,
+        **extra,
     }
 
 
@@ -134,6 +151,11 @@ def render(job: Job) -> str:
                      f"register it in torchtitan/models/llama3/__init__.py as {model_args(job)}")
     overrides = " ".join(f"--{section}.{key}={value}" for section in ("training", "parallelism")
                          for key, value in data[section].items())
+    if "quantize" in data:
+        float8 = data["quantize"]["linear"]["float8"]
+        overrides += f" --model.converters={FLOAT8}" + "".join(
+            f" --{FLOAT8}.{key}={','.join(v) if isinstance(v, list) else v}"
+            for key, v in float8.items())
     registry = f"llama3_{flavor(job).lower()}" if flavor(job) else "<your registry entry>"
     notes += [f"torchrun ... -m torchtitan.train --job.config_file {FILENAME}  (torchtitan <= 0.2.2)",
               f"torchtitan 0.3 (same keys as overrides; activation checkpointing "

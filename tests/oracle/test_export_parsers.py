@@ -48,7 +48,8 @@ fsdp = FullyShardedDataParallelPlugin()
 print(json.dumps({**ParallelismConfig()._sizes, "processes": args.num_processes,
                   "fsdp_version": fsdp.fsdp_version, "reshard": fsdp.reshard_after_forward,
                   "checkpointing": fsdp.activation_checkpointing,
-                  "mixed_precision": args.mixed_precision}))
+                  "mixed_precision": args.mixed_precision,
+                  "fp8_backend": os.environ.get("ACCELERATE_FP8_BACKEND")}))
 """
 
 
@@ -67,7 +68,8 @@ def read(script, *args):
 
 
 @pytest.mark.parametrize("pins", [["--tp", "2", "--zero", "3", "--recompute", "full"],
-                                  ["--tp", "1", "--zero", "2", "--recompute", "none"]])
+                                  ["--tp", "1", "--zero", "2", "--recompute", "none"],
+                                  ["--tp", "1", "--zero", "3", "--dtype", "fp8"]])
 def test_accelerate_reads_the_sizes_back(tmp_path, pins):
     data = plan(tmp_path, "llama-3-8b", "--gpus", "16", "--gbs", "64", "--seq", "4096",
                 "--export", "accelerate", *pins)
@@ -77,7 +79,9 @@ def test_accelerate_reads_the_sizes_back(tmp_path, pins):
     assert got["processes"] == 16 and got["fsdp_version"] == 2
     assert got["reshard"] == (best["zero"] == 3)
     assert got["checkpointing"] == (best["recompute"] == "full")
-    assert got["mixed_precision"] == "bf16"
+    fp8 = "fp8" in pins
+    assert got["mixed_precision"] == ("fp8" if fp8 else "bf16")
+    assert got["fp8_backend"] == ("AO" if fp8 else None)  # torchao, as planner.fp8 plans
 
 
 def test_deepspeed_accepts_the_json_for_its_data_parallel_size_only(tmp_path):

@@ -77,17 +77,28 @@ def test_megatron_model_flags_parse_for_other_families(model):
     assert args["--num-experts"] == (str(cfg.num_experts) if cfg.is_moe else None)
 
 
-def test_torchtitan_keys_are_its_own_and_read_back_to_the_layout():
+def assert_torchtitan_keys(data: dict, prefix: str = "") -> None:
+    """Every key of the file is a field of its table in torchtitan's JobConfig (nested
+    tables, ``[quantize.linear.float8]``, by their dotted names), every value one it allows."""
     sections = TORCHTITAN["sections"]
+    for section, table in data.items():
+        name = f"{prefix}{section}"
+        for key, value in table.items():
+            known = sections[name][key]
+            if isinstance(value, dict):
+                assert f"{name}.{key}" in sections, (name, key)
+                assert_torchtitan_keys({key: value}, f"{name}.")
+                continue
+            assert known["choices"] is None or value in known["choices"], (name, key, value)
+
+
+def test_torchtitan_keys_are_its_own_and_read_back_to_the_layout():
     for spec in LAYOUTS:
         j = job(**spec)
         if exports.torchtitan.problems(j):
             continue
         data = tomllib.loads(exports.torchtitan.render(j))
-        for section, table in data.items():
-            for key, value in table.items():
-                known = sections[section][key]
-                assert known["choices"] is None or value in known["choices"], (section, key, value)
+        assert_torchtitan_keys(data)
         got = torchtitan_layout(data)
         assert got["tp"] == j.par.tp and got["pp"] == j.par.pp and got["dp"] == j.par.dp
         assert got["zero"] == j.par.zero and got["recompute"] == j.setup.recompute
@@ -116,6 +127,28 @@ def test_torchtitan_flavor_names_match_its_shapes_and_others_get_model_args():
 ])
 def test_refusals_name_the_reason(name, spec, needle):
     assert any(needle in p for p in exports.framework(name).problems(job(**spec)))
+
+
+def test_fp8_is_written_in_each_frameworks_terms_or_refused():
+    """fp8 as each framework spells it, never dropped to bf16: torchao's Float8Linear through
+    accelerate and torchtitan (head left in bf16), Transformer Engine's recipes in Megatron
+    (DeepSeek-V3's 128-blocks as its blockwise recipe); DeepSpeed's config has none."""
+    tensor = job(dp=8, zero=2, dtype="fp8")
+    block = replace(tensor, setup=replace(tensor.setup, fp8_scaling="block"))
+    acc = exports.accelerate.settings(tensor)
+    assert acc["mixed_precision"] == "fp8" and acc["fp8_config"]["backend"] == "AO"
+    titan = tomllib.loads(exports.torchtitan.render(tensor))
+    assert_torchtitan_keys(titan)
+    assert titan["model"]["converters"] == ["quantize.linear.float8"]
+    assert titan["quantize"]["linear"]["float8"] == {"recipe_name": "tensorwise",
+                                                     "filter_fqns": ["output"]}
+    for j, fmt, recipe in ((tensor, "hybrid", "tensorwise"), (block, "e4m3", "blockwise")):
+        args = megatron_read(exports.megatron.render(j))  # Megatron's own choices, strictly
+        assert (args["--bf16"], args["--fp8-format"], args["--fp8-recipe"]) == (True, fmt, recipe)
+    assert any("dtype(fp8)" in p for p in exports.deepspeed.problems(tensor))
+    for name in ("accelerate", "torchtitan"):
+        assert any("fp8 scaling(block)" in p for p in exports.framework(name).problems(block))
+        assert not exports.framework(name).problems(tensor), name
 
 
 def test_unknown_framework_is_one_line():
