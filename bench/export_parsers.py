@@ -20,10 +20,11 @@ import tempfile
 from pathlib import Path
 
 JOBS = [
-    ("llama-3-70b", 64, 512, 8192),
-    ("llama-3.1-8b", 8, 64, 8192),
-    ("llama-3.1-405b", 512, 1024, 8192),
-    ("tiny", 8, 32, 256),
+    ("llama-3-70b", 64, 512, 8192, ()),
+    ("llama-3.1-8b", 8, 64, 8192, ()),
+    ("llama-3.1-405b", 512, 1024, 8192, ()),
+    ("tiny", 8, 32, 256, ()),
+    ("llama-3.1-8b", 8, 64, 8192, ("--dtype", "fp8", "--hardware", "h100-sxm")),
 ]
 READ = r"""
 import json, sys, types, importlib.util
@@ -38,7 +39,8 @@ print(json.dumps({"tp": p.tensor_parallel_degree, "pp": p.pipeline_parallel_degr
                   "reshard": p.fsdp_reshard_after_forward, "layers_per_stage": p.pipeline_parallel_layers_per_stage,
                   "microbatch": p.pipeline_parallel_microbatch_size, "local_batch": t.local_batch_size,
                   "global_batch": t.global_batch_size, "seq": t.seq_len, "ac": c.activation_checkpoint.mode,
-                  "flavor": c.model.flavor}))
+                  "flavor": c.model.flavor, "converters": c.model.converters,
+                  "float8": [c.quantize.linear.float8.recipe_name, c.quantize.linear.float8.filter_fqns]}))
 """
 
 
@@ -59,10 +61,11 @@ def main() -> int:
     llmplan = Path(sys.executable).with_name("llmplan")
     bad = 0
     print(f"{'job':<28} {'layout (plan)':<44} torchtitan reads")
-    for model, gpus, gbs, seq in JOBS:
+    for model, gpus, gbs, seq, extra in JOBS:
         with tempfile.TemporaryDirectory() as out:
             run = subprocess.run([str(llmplan), "plan", model, "--gpus", str(gpus), "--gbs", str(gbs),
-                                  "--seq", str(seq), "--export", "torchtitan", "--out", out, "--json"],
+                                  "--seq", str(seq), "--export", "torchtitan", "--out", out, "--json",
+                                  *extra],
                                  capture_output=True, text=True, check=True)
             best = json.loads(run.stdout)["candidates"][0]
             got = json.loads(subprocess.run([str(python), "-c", READ, f"{out}/torchtitan.toml"],
@@ -72,12 +75,15 @@ def main() -> int:
         want = {"tp": best["tp"], "pp": best["pp"],
                 "dp_shard": best["dp"] if sharded else 1, "dp_replicate": 1 if sharded else best["dp"],
                 "local_batch": best["mbs"] * (best["grad_accum"] if piped else 1),
-                "global_batch": gbs, "seq": seq, "ac": best["recompute"]}
+                "global_batch": gbs, "seq": seq, "ac": best["recompute"],
+                "converters": ["quantize.linear.float8"] if "fp8" in extra else [],
+                "float8": ["tensorwise", ["output"]] if "fp8" in extra else [None, []]}
         diff = {k: (v, got[k]) for k, v in want.items() if got[k] != v}
         bad += bool(diff)
         label = (f"tp{best['tp']} pp{best['pp']} v{best['vpp']} dp{best['dp']} z{best['zero']} "
                  f"{best['recompute']} b{best['mbs']} m{best['grad_accum']}")
-        print(f"{model + ' on ' + str(gpus):<28} {label:<44} "
+        name = f"{model} on {gpus}{' fp8' if 'fp8' in extra else ''}"
+        print(f"{name:<28} {label:<44} "
               f"{'same' if not diff else diff} (flavor {got['flavor']})")
     print(f"{len(JOBS) - bad}/{len(JOBS)} parsed by torchtitan 0.2.2 with the plan's layout")
     return 1 if bad else 0
