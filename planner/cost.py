@@ -18,7 +18,8 @@ For one optimizer step with m micro-batches of b sequences per data-parallel ran
 * Elementwise work (norms, activations, softmax, dropout, residuals) is memory bound:
   ``traffic_factor x`` the layer's activation bytes moved at HBM bandwidth; fused kernels
   (Megatron, Transformer Engine, torch.compile) move fewer bytes than eager PyTorch's one
-  kernel per op (``eager``: ``eager_elementwise_traffic``).
+  kernel per op (``eager``: ``eager_elementwise_traffic``). llmplan's runtime in fp8 adds
+  torchao's eager casts (``planner.fp8.runtime_cast_elements`` x ``EAGER_CAST_BYTES``).
 * TP (Megatron): 2 all-reduces per layer forward, 2 backward, 2 more under full recompute, of
   ``s*b*h`` activations (SP replaces each by a reduce-scatter + all-gather of equal volume),
   plus the vocab-parallel embedding and cross-entropy.
@@ -71,7 +72,7 @@ from planner.setup import Parallel, TrainSetup
 from planner.flops import FlopConventions, flops_report
 from planner.activations import layer_activation_bytes, layer_activation_terms
 from planner.memory import Estimator
-from planner import ep_cp
+from planner import ep_cp, fp8
 from planner.step_time import StepTime, allgather_s, allreduce_s
 from planner.states import RECIPE_BYTES
 
@@ -311,6 +312,9 @@ class CostEstimator:
         memory_s = layers * passes * self.elementwise_bytes_per_layer(tp, sp, cp) * mbs / self.hbm
         if adapters is not None:  # a quantised base is dequantised in every pass
             memory_s += adapters.dequantise_traffic_bytes / self.hbm
+        if setup.dtype == "fp8" and self.memory.runtime:  # torchao's casts, kernel by kernel
+            memory_s += layers * fp8.EAGER_CAST_BYTES * fp8.runtime_cast_elements(
+                cfg, tp, moe=cfg.is_moe, ep=ep, tokens=tokens_mb, recompute=recompute) / self.hbm
         # framework time per layer, and DTensor's dispatch on top of it under TP
         per_layer_s = model.layer_overhead_s
         if tp > 1:

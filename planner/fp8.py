@@ -31,6 +31,10 @@ per element of the weight being cast (checked against MemTracker, tests/oracle).
 
 The casts themselves (read bf16, write fp8, one amax reduction per tensor) are element-wise
 traffic of the tensors they read; the cost model counts them with the layer's activations.
+llmplan's runtime casts eagerly, kernel by kernel: ``EAGER_CAST_BYTES`` per element, six
+casts per linear per micro-batch (``runtime_cast_elements``), in the step's element-wise
+time; on an H100 that outweighs the fp8 GEMMs' gain for Llama-3-8B at 4,096 tokens per
+micro-batch (``plan --recipe runtime`` ranks it so).
 """
 
 from __future__ import annotations
@@ -109,6 +113,33 @@ def largest_linear_weight(cfg: ModelConfig, tp: int, *, moe: bool) -> int:
     h = cfg.hidden_size
     ffn = cfg.moe_ffn_hidden_size if moe else cfg.ffn_hidden_size
     return h * max(cfg.q_width // tp, kv_heads_per_rank(cfg, tp) * cfg.head_dim, ffn // tp)
+
+
+EAGER_CAST_BYTES = 33
+"""HBM bytes torchao's eager cast moves per element it casts (torchao 0.18, kernel by kernel):
+for a bf16 tensor abs (read 2, write 2), its amax (read 2), ``to(float32)`` (2, 4), ``x scale``
+(4, 4), the clamp (4, 4) and ``to(float8)`` (4, 1); an fp32 tensor skips the copy and reads 4
+in abs and amax: 33 either way (counted op by op in tests/runtime/test_fp8_training.py). A
+compiled or Transformer Engine cast fuses them into one read and one write."""
+
+
+def runtime_cast_elements(cfg: ModelConfig, tp: int, *, moe: bool, ep: int, tokens: int,
+                          recompute: str) -> int:
+    """Elements torchao's eager recipe (llmplan's runtime) casts to fp8 in one micro-batch of
+    ``tokens`` tokens, one layer, one TP rank. Each fp8 linear casts its input X and weight W
+    in forward; in backward its output gradient G twice (for the input and for the weight
+    gradient), W and X again: ``2 (W + X + G)``, and ``W + X`` more when full recompute redoes
+    the forward. Per token X and G sum each linear's input and output widths on the rank
+    (q, k, v, o; gate, up, down; an MoE layer's k routed and every shared expert's)."""
+    h, f_r = cfg.hidden_size, (cfg.moe_ffn_hidden_size if moe else cfg.ffn_hidden_size) // tp
+    q_r, kv_r = cfg.q_width // tp, kv_heads_per_rank(cfg, tp) * cfg.head_dim
+    runs = cfg.experts_per_token + cfg.num_shared_experts if moe else 1
+    gates = 1 if cfg.gated else 0
+    x = 3 * h + q_r + runs * ((1 + gates) * h + f_r)
+    g = q_r + 2 * kv_r + h + runs * ((1 + gates) * f_r + h)
+    w = linear_weights_per_layer(cfg, tp, moe=moe, ep=ep)
+    once = w + tokens * x
+    return 2 * (once + tokens * g) + (once if recompute == "full" else 0)
 
 
 def weight_copy_bytes(linear_weights: int, scaling: str) -> int:

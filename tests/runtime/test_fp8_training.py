@@ -85,6 +85,84 @@ def test_an_expert_no_token_chose_gets_a_zero_gradient():
     assert torch.equal(model["layers"]["0"].weight.grad, torch.zeros(32, 64))
 
 
+# ---- what the eager casts move (the cost model's planner.fp8.runtime_cast_elements) -----------
+class _Counted:
+    """A dispatch mode over aten ops: HBM bytes of every op but the GEMMs (inputs read,
+    outputs written) and the elements of every copy into an fp8 dtype (one per cast)."""
+
+    GEMMS = {"mm", "_scaled_mm", "addmm", "bmm"}
+    FREE = {"view", "t", "transpose", "_unsafe_view", "reshape", "detach", "alias", "expand",
+            "as_strided"}  # no data moves
+
+    def __new__(cls):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+
+        class Mode(TorchDispatchMode):
+            bytes = cast_elements = 0
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                name = func.__name__.split(".")[0]
+                if name not in cls.GEMMS | cls.FREE:
+                    tensors = [t for t in tree_flatten((args, kwargs, out))[0]
+                               if isinstance(t, torch.Tensor) and t.dim() > 0]
+                    self.bytes += sum(t.numel() * t.element_size() for t in tensors)
+                if name == "_to_copy" and out.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+                    self.cast_elements += out.numel()
+                return out
+
+        return Mode()
+
+
+def test_an_eager_fp8_cast_moves_33_bytes_per_element():
+    """One fp8 linear's forward and backward through torch's own ``_scaled_mm`` (CPU): every
+    byte outside the GEMMs is the casts', ``EAGER_CAST_BYTES`` per element cast, and the
+    elements cast are 2 (W + X + G), for bf16 and fp32 operands alike."""
+    from planner.fp8 import EAGER_CAST_BYTES
+    from runtime.fp8 import apply_fp8
+
+    n_in, n_out, tokens = 256, 512, 64
+    for dtype in (torch.bfloat16, torch.float32):
+        model = torch.nn.ModuleDict({"layers": torch.nn.ModuleDict(
+            {"0": torch.nn.Linear(n_in, n_out, bias=False, dtype=dtype)})})
+        apply_fp8(model, emulate=False)
+        x = torch.randn(tokens, n_in, dtype=dtype, requires_grad=True)
+        grad = torch.randn(tokens, n_out, dtype=dtype)
+        with _Counted() as mode:
+            model["layers"]["0"](x).backward(grad)
+        elements = 2 * (n_in * n_out + tokens * n_in + tokens * n_out)
+        assert mode.cast_elements == elements, dtype
+        assert mode.bytes == EAGER_CAST_BYTES * elements, dtype
+
+
+@pytest.mark.parametrize(("model", "recompute"), [("tiny", "none"), ("tiny", "full"),
+                                                  ("tiny-moe", "none")])
+def test_the_planner_counts_every_cast_the_decoder_makes(model, recompute):
+    """The whole decoder in fp8, forward and backward (full recompute redoes each block's
+    forward): the elements its casts produce are the planner's per-layer count times the
+    layers (the LM head and routers are not cast)."""
+    from planner.fp8 import runtime_cast_elements
+    from presets import load_model
+    from runtime.fp8 import apply_fp8
+    from runtime.init import init_weights
+    from runtime.model import Decoder
+    from runtime.parallel import apply_recompute
+
+    cfg = load_model(model, SETS.get(model))
+    net = Decoder(cfg)
+    init_weights(net, 0)
+    net.reset_buffers()
+    apply_fp8(net, emulate=True)
+    apply_recompute(net, recompute)
+    b, s = 4, 32
+    tokens = torch.randint(0, cfg.vocab_size, (b, s), generator=torch.Generator().manual_seed(0))
+    with _Counted() as mode, torch.autocast("cpu", dtype=torch.bfloat16):
+        net(tokens).float().logsumexp(-1).sum().backward()
+    assert mode.cast_elements == cfg.num_layers * runtime_cast_elements(
+        cfg, 1, moe=cfg.is_moe, ep=1, tokens=b * s, recompute=recompute)
+
+
 # ---- the layout matrix in fp8 ---------------------------------------------------------------
 FP8_NOISE = {"loss": 2e-3, "grad_norm": 3e-2}
 """How far fp8 runs of one model drift apart when a scale is taken over other tensors: an
