@@ -131,7 +131,7 @@ def explain_state(cfg: ModelConfig, *, kv_dtype: str = "bf16", **_: Any) -> Expl
     convolution inputs at the cache dtype, the recurrent state in fp32."""
     from planner.kv import kv_bits, state_bytes_per_sequence
 
-    kinds = {mixer for (mixer, _), n in cfg.layer_kinds().items() if mixer != "attention"}
+    kinds = {mixer for mixer, _moe in cfg.layer_kinds() if mixer != "attention"}
     if len(kinds) != 1:
         raise ConfigError(f"{cfg.name} has no recurrent layers: its cache is K/V per token; see "
                           f"`llmplan explain kv_bytes_per_token {cfg.name}`")
@@ -156,9 +156,7 @@ def explain_state(cfg: ModelConfig, *, kv_dtype: str = "bf16", **_: Any) -> Expl
 
 def explain_train_flops(cfg: ModelConfig, *, setup: TrainSetup, causal: bool = True,
                         **_: Any) -> Explanation:
-    from planner.flops import FlopConventions, attended_keys, flops_report
-
-    from planner.flops import attention_groups
+    from planner.flops import FlopConventions, attended_keys, attention_groups, flops_report
 
     dense_attention_only(cfg, "train_flops_per_token", "flops")
     V, h, L, a, g, d, f, n_mlp, keys = _symbols("V h L a g d f n_mlp keys")

@@ -8,7 +8,8 @@ runtime's model, recompute and optimizer on tensors that have shapes but no stor
 its breakdown by category, the activations saved at the turn from forward to backward, and
 the planner's prediction for the same setup (``--dtype fp8``: torchao's emulated fp8 GEMMs,
 ``runtime.fp8``, whose fp32 operand copies a CUDA run does not make). Single-rank layouts
-and data parallelism only (TP and PP need real collectives). The oracle tests and ``bench/memory_timeline.py`` use it.
+and data parallelism only (TP and PP need real collectives). The oracle tests and
+``bench/memory_timeline.py`` use it.
 """
 
 from __future__ import annotations

@@ -117,8 +117,8 @@ def apply_fsdp(part: Decoder, dp_mesh, *, zero: int, dtype: str, expert_mesh=Non
     ``runtime.expert_parallel`` for the factor)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if dtype in BF16_COMPUTE else torch.float32,
-                              reduce_dtype=torch.float32)
+    param_dtype = torch.bfloat16 if dtype in BF16_COMPUTE else torch.float32
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     reshard = zero == 3
     for block in part.layers.values():
         if expert_mesh is not None and isinstance(block.feed_forward, MoE):
