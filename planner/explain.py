@@ -57,16 +57,16 @@ def _build(quantity: str, description: str, expr: Any, values: dict[Any, Any],
 
 
 def dense_attention_only(cfg: ModelConfig, quantity: str, see: str) -> None:
-    """The closed forms of ``params`` and ``train_flops_per_token`` are those of a dense
-    decoder of attention and MLP layers; anything else is refused in one line, pointing at
-    the command that computes it (the planner's per-kind breakdown)."""
+    """The closed forms of ``params`` and ``train_flops_per_token`` are those of a decoder of
+    attention and MLP (or MoE) layers; anything else is refused in one line, pointing at the
+    command that computes it (the planner's per-kind breakdown)."""
     kinds = [kind for on, kind in (
-        (cfg.is_moe, "MoE layers"), (cfg.position == "relative", "relative positions"),
+        (cfg.position == "relative", "relative positions"),
         (cfg.attention == "mla", "MLA attention"),
         (cfg.mixer != "attention", f"{cfg.mixer} layers"),
         (cfg.mlp == "rwkv", "RWKV channel mix")) if on]
     if kinds:
-        raise ConfigError(f"explain {quantity} covers dense attention + MLP decoders, not "
+        raise ConfigError(f"explain {quantity} covers attention + MLP or MoE decoders, not "
                           f"{' or '.join(kinds)}; see `llmplan {see}` for the breakdown")
 
 
@@ -86,16 +86,23 @@ def explain_params(cfg: ModelConfig, **_: Any) -> Explanation:
     if cfg.mlp_bias:
         mlp += (n_mlp - 1) * f + h
     norm = n_norm * h
-    per_layer = attn + mlp + cfg.norms_per_layer * norm
+    per_layer = attn + cfg.norms_per_layer * norm
     expr = L * per_layer + V * h * (1 if cfg.tie_embeddings else 2)
     expr += norm * (int(cfg.final_norm) + int(cfg.embedding_norm))
-    if cfg.position == "learned":
-        P = _symbols("P")
-        expr += P * h
     values = {V: cfg.vocab_size, h: cfg.hidden_size, L: cfg.num_layers, a: cfg.num_heads,
               g: cfg.num_kv_heads, d: cfg.head_dim, f: cfg.ffn_hidden_size,
               n_norm: norm_params(cfg) // cfg.hidden_size, n_mlp: 3 if cfg.gated else 2}
+    if cfg.is_moe:  # L_moe layers of E routed and S shared experts of width f_e and a router
+        L_d, L_m, E, S, f_e = _symbols("L_dense L_moe E S f_e")
+        expr += L_d * mlp + L_m * ((E + S) * n_mlp * h * f_e + h * E)
+        values.update({L_d: cfg.num_dense_layers, L_m: cfg.num_moe_layers,
+                       E: cfg.num_experts, S: cfg.num_shared_experts,
+                       f_e: cfg.moe_ffn_hidden_size})
+    else:
+        expr += L * mlp
     if cfg.position == "learned":
+        P = _symbols("P")
+        expr += P * h
         values[P] = cfg.max_context + cfg.position_offset
     return _build("params", "total parameters", expr, values, count_params(cfg).total,
                   "planner.params (exact; checked against transformers on the meta device)")
@@ -160,15 +167,22 @@ def explain_train_flops(cfg: ModelConfig, *, setup: TrainSetup, causal: bool = T
 
     dense_attention_only(cfg, "train_flops_per_token", "flops")
     V, h, L, a, g, d, f, n_mlp, keys = _symbols("V h L a g d f n_mlp keys")
-    forward = L * (2 * h * (a * d + 2 * g * d) + 2 * 2 * a * d * keys + 2 * a * d * h
-                   + 2 * n_mlp * h * f) + 2 * h * V
+    forward = L * (2 * h * (a * d + 2 * g * d) + 2 * 2 * a * d * keys + 2 * a * d * h) + 2 * h * V
+    moe: dict[Any, Any] = {}
+    if cfg.is_moe:  # each token runs k routed and S shared experts, and the router
+        L_d, L_m, E, k_e, S, f_e = _symbols("L_dense L_moe E k S f_e")
+        forward += L_d * 2 * n_mlp * h * f + L_m * ((k_e + S) * 2 * n_mlp * h * f_e + 2 * h * E)
+        moe = {L_d: cfg.num_dense_layers, L_m: cfg.num_moe_layers, E: cfg.num_experts,
+               k_e: cfg.experts_per_token, S: cfg.num_shared_experts, f_e: cfg.moe_ffn_hidden_size}
+    else:
+        forward += L * 2 * n_mlp * h * f
     expr = 3 * forward
     # local and global layers attend different numbers of keys: their mean over the layers
     k = sum(n * attended_keys(setup.seq_len, causal=causal, window=window)
             for n, window in attention_groups(cfg)) / cfg.num_layers
     values = {V: cfg.vocab_size, h: cfg.hidden_size, L: cfg.num_layers, a: cfg.num_heads,
               g: cfg.num_kv_heads, d: cfg.head_dim, f: cfg.ffn_hidden_size,
-              n_mlp: 3 if cfg.gated else 2, keys: k}
+              n_mlp: 3 if cfg.gated else 2, keys: k, **moe}
     report = flops_report(cfg, setup.seq_len, FlopConventions(causal=causal))
     return _build("train_flops_per_token",
                   "training FLOPs per token: 3 x forward matmuls (keys = mean keys per query)",

@@ -50,6 +50,7 @@ def test_every_preset_is_explained_exactly_or_refused_in_one_line(name):
     ("deepseek-v3", "kv_bytes_per_token", 61 * (512 + 64) * 2),  # DeepSeek-V2 §2.1.3
     ("jamba-v0.1", "kv_bytes_per_token", 4 * 2 * 8 * 128 * 2),   # 4 of 32 layers attend
     ("mamba-2.8b", "state_bytes_per_sequence", 64 * (5120 * 4 * 2 + 5120 * 16 * 4)),
+    ("mixtral-8x7b", "params", 46_702_792_704),  # transformers' count of Mixtral-8x7B (46.7B)
 ])
 def test_explanations_of_the_new_caches_give_the_closed_form(name, quantity, value):
     exp = explain(quantity, load_model(name))
