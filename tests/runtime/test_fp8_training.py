@@ -16,6 +16,8 @@ import os
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from helpers import launch_refused
 
@@ -86,33 +88,25 @@ def test_an_expert_no_token_chose_gets_a_zero_gradient():
 
 
 # ---- what the eager casts move (the cost model's planner.fp8.runtime_cast_elements) -----------
-class _Counted:
-    """A dispatch mode over aten ops: HBM bytes of every op but the GEMMs (inputs read,
-    outputs written) and the elements of every copy into an fp8 dtype (one per cast)."""
+class CastTraffic(TorchDispatchMode):
+    """Over aten ops: the HBM bytes of every op but the GEMMs (inputs read, outputs written)
+    and the elements of every copy into an fp8 dtype (one per cast)."""
 
     GEMMS = {"mm", "_scaled_mm", "addmm", "bmm"}
     FREE = {"view", "t", "transpose", "_unsafe_view", "reshape", "detach", "alias", "expand",
             "as_strided"}  # no data moves
+    bytes = cast_elements = 0
 
-    def __new__(cls):
-        from torch.utils._python_dispatch import TorchDispatchMode
-        from torch.utils._pytree import tree_flatten
-
-        class Mode(TorchDispatchMode):
-            bytes = cast_elements = 0
-
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                name = func.__name__.split(".")[0]
-                if name not in cls.GEMMS | cls.FREE:
-                    tensors = [t for t in tree_flatten((args, kwargs, out))[0]
-                               if isinstance(t, torch.Tensor) and t.dim() > 0]
-                    self.bytes += sum(t.numel() * t.element_size() for t in tensors)
-                if name == "_to_copy" and out.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-                    self.cast_elements += out.numel()
-                return out
-
-        return Mode()
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.__name__.split(".")[0]
+        if name not in self.GEMMS | self.FREE:
+            tensors = [t for t in tree_flatten((args, kwargs, out))[0]
+                       if isinstance(t, torch.Tensor) and t.dim() > 0]
+            self.bytes += sum(t.numel() * t.element_size() for t in tensors)
+        if name == "_to_copy" and out.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+            self.cast_elements += out.numel()
+        return out
 
 
 def test_an_eager_fp8_cast_moves_33_bytes_per_element():
@@ -129,7 +123,7 @@ def test_an_eager_fp8_cast_moves_33_bytes_per_element():
         apply_fp8(model, emulate=False)
         x = torch.randn(tokens, n_in, dtype=dtype, requires_grad=True)
         grad = torch.randn(tokens, n_out, dtype=dtype)
-        with _Counted() as mode:
+        with CastTraffic() as mode:
             model["layers"]["0"](x).backward(grad)
         elements = 2 * (n_in * n_out + tokens * n_in + tokens * n_out)
         assert mode.cast_elements == elements, dtype
@@ -157,7 +151,7 @@ def test_the_planner_counts_every_cast_the_decoder_makes(model, recompute):
     apply_recompute(net, recompute)
     b, s = 4, 32
     tokens = torch.randint(0, cfg.vocab_size, (b, s), generator=torch.Generator().manual_seed(0))
-    with _Counted() as mode, torch.autocast("cpu", dtype=torch.bfloat16):
+    with CastTraffic() as mode, torch.autocast("cpu", dtype=torch.bfloat16):
         net(tokens).float().logsumexp(-1).sum().backward()
     assert mode.cast_elements == cfg.num_layers * runtime_cast_elements(
         cfg, 1, moe=cfg.is_moe, ep=1, tokens=b * s, recompute=recompute)
