@@ -56,7 +56,7 @@ def _build(quantity: str, description: str, expr: Any, values: dict[Any, Any],
         result=float(result), planner_value=float(planner_value), source=source)
 
 
-def dense_attention_only(cfg: ModelConfig, quantity: str, see: str) -> None:
+def attention_decoders_only(cfg: ModelConfig, quantity: str, see: str) -> None:
     """The closed forms of ``params`` and ``train_flops_per_token`` are those of a decoder of
     attention and MLP (or MoE) layers; anything else is refused in one line, pointing at the
     command that computes it (the planner's per-kind breakdown)."""
@@ -73,7 +73,7 @@ def dense_attention_only(cfg: ModelConfig, quantity: str, see: str) -> None:
 def explain_params(cfg: ModelConfig, **_: Any) -> Explanation:
     from planner.params import count_params, norm_params
 
-    dense_attention_only(cfg, "params", "params")
+    attention_decoders_only(cfg, "params", "params")
     V, h, L, a, g, d, f, n_norm, n_mlp = _symbols("V h L a g d f n_norm n_mlp")
     attn = h * a * d + 2 * h * g * d + a * d * h
     if cfg.qkv_bias:
@@ -165,7 +165,7 @@ def explain_train_flops(cfg: ModelConfig, *, setup: TrainSetup, causal: bool = T
                         **_: Any) -> Explanation:
     from planner.flops import FlopConventions, attended_keys, attention_groups, flops_report
 
-    dense_attention_only(cfg, "train_flops_per_token", "flops")
+    attention_decoders_only(cfg, "train_flops_per_token", "flops")
     V, h, L, a, g, d, f, n_mlp, keys = _symbols("V h L a g d f n_mlp keys")
     forward = L * (2 * h * (a * d + 2 * g * d) + 2 * 2 * a * d * keys + 2 * a * d * h) + 2 * h * V
     moe: dict[Any, Any] = {}

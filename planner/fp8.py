@@ -89,16 +89,27 @@ def fp8_terms(terms: ActivationTerms, cfg: ModelConfig, *, local_seq: int, act_b
                    sharded=terms.sharded - saved * sharded)
 
 
-def linear_weights_per_layer(cfg: ModelConfig, tp: int, *, moe: bool, ep: int = 1) -> int:
-    """The weights of one layer's fp8 GEMMs on one TP rank (q, k, v, o and the MLP or the
-    rank's E/ep routed and every shared expert; not the router)."""
-    h, d = cfg.hidden_size, cfg.head_dim
-    attn = 2 * h * (cfg.q_width // tp) + 2 * h * kv_heads_per_rank(cfg, tp) * d
-    per_mlp = (3 if cfg.gated else 2) * h
+def layer_gemms(cfg: ModelConfig, tp: int, *, moe: bool,
+                ep: int = 1) -> list[tuple[int, int, int, int]]:
+    """(in, out, copies held, runs per token) of each of one layer's fp8 GEMMs on one TP rank:
+    q, k, v, o, then the MLP's gate (gated), up and down, or each expert's -- the rank's
+    E/ep routed experts held, k of them run per token, every shared expert held and run
+    (the router stays bf16)."""
+    h, q_r, kv_r = cfg.hidden_size, cfg.q_width // tp, kv_heads_per_rank(cfg, tp) * cfg.head_dim
+    attention = [(h, q_r, 1, 1), (h, kv_r, 1, 1), (h, kv_r, 1, 1), (q_r, h, 1, 1)]
     if moe:
-        return attn + (cfg.num_experts // ep + cfg.num_shared_experts) * per_mlp * (
-            cfg.moe_ffn_hidden_size // tp)
-    return attn + per_mlp * (cfg.ffn_hidden_size // tp)
+        f_r = cfg.moe_ffn_hidden_size // tp
+        shared = cfg.num_shared_experts
+        held, runs = cfg.num_experts // ep + shared, cfg.experts_per_token + shared
+    else:
+        f_r, held, runs = cfg.ffn_hidden_size // tp, 1, 1
+    mlp = [(h, f_r, held, runs)] * (2 if cfg.gated else 1) + [(f_r, h, held, runs)]
+    return attention + mlp
+
+
+def linear_weights_per_layer(cfg: ModelConfig, tp: int, *, moe: bool, ep: int = 1) -> int:
+    """The weights of one layer's fp8 GEMMs on one TP rank (``layer_gemms``)."""
+    return sum(i * o * held for i, o, held, _ in layer_gemms(cfg, tp, moe=moe, ep=ep))
 
 
 RUNTIME_CAST_BYTES = 9
@@ -108,11 +119,8 @@ clamp (4) both held as the fp8 copy (1) is written; the amax's ``abs`` is freed 
 
 
 def largest_linear_weight(cfg: ModelConfig, tp: int, *, moe: bool) -> int:
-    """The most elements one fp8 GEMM's weight has on a TP rank (q, k, v, o; the MLP's or
-    an expert's gate, up or down)."""
-    h = cfg.hidden_size
-    ffn = cfg.moe_ffn_hidden_size if moe else cfg.ffn_hidden_size
-    return h * max(cfg.q_width // tp, kv_heads_per_rank(cfg, tp) * cfg.head_dim, ffn // tp)
+    """The most elements one fp8 GEMM's weight has on a TP rank (``layer_gemms``)."""
+    return max(i * o for i, o, _, _ in layer_gemms(cfg, tp, moe=moe))
 
 
 EAGER_CAST_BYTES = 33
@@ -131,13 +139,10 @@ def runtime_cast_elements(cfg: ModelConfig, tp: int, *, moe: bool, ep: int, toke
     gradient), W and X again: ``2 (W + X + G)``, and ``W + X`` more when full recompute redoes
     the forward. Per token X and G sum each linear's input and output widths on the rank
     (q, k, v, o; gate, up, down; an MoE layer's k routed and every shared expert's)."""
-    h, f_r = cfg.hidden_size, (cfg.moe_ffn_hidden_size if moe else cfg.ffn_hidden_size) // tp
-    q_r, kv_r = cfg.q_width // tp, kv_heads_per_rank(cfg, tp) * cfg.head_dim
-    runs = cfg.experts_per_token + cfg.num_shared_experts if moe else 1
-    gates = 1 if cfg.gated else 0
-    x = 3 * h + q_r + runs * ((1 + gates) * h + f_r)
-    g = q_r + 2 * kv_r + h + runs * ((1 + gates) * f_r + h)
-    w = linear_weights_per_layer(cfg, tp, moe=moe, ep=ep)
+    gemms = layer_gemms(cfg, tp, moe=moe, ep=ep)
+    w = sum(i * o * held for i, o, held, _ in gemms)
+    x = sum(i * runs for i, _, _, runs in gemms)
+    g = sum(o * runs for _, o, _, runs in gemms)
     once = w + tokens * x
     return 2 * (once + tokens * g) + (once if recompute == "full" else 0)
 

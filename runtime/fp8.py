@@ -24,6 +24,8 @@ TP, then FSDP).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,6 +39,7 @@ def is_fp8_linear(fqn: str) -> bool:
     return fqn.startswith("layers.") and not fqn.endswith(".router")
 
 
+@functools.cache
 def _float8_linear_class():
     from torchao.float8.float8_linear import Float8Linear
 
