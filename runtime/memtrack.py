@@ -61,20 +61,16 @@ def measure(cfg, setup, *, dp: int = 1, zero: int = 0) -> dict[str, Any]:
     m, b, s = setup.grad_accum, setup.micro_batch, setup.seq_len
     autocast = setup.dtype in BF16_COMPUTE and not fsdp  # as runtime.trainer.Trainer.contexts
     with FakeTensorMode():
-        if fsdp:  # as runtime.parallel.build: shard on the meta device, then materialise
-            with torch.device("meta"):
-                model = Decoder(cfg)
-            if setup.dtype == "fp8":
-                apply_fp8(model, emulate=True)
-            apply_recompute(model, setup.recompute)
+        # as runtime.parallel.build: under FSDP shard on the meta device, then materialise
+        with torch.device("meta") if fsdp else contextlib.nullcontext():
+            model = Decoder(cfg)
+        if setup.dtype == "fp8":
+            apply_fp8(model, emulate=True)
+        apply_recompute(model, setup.recompute)
+        if fsdp:
             apply_fsdp(model, mesh, zero=zero, dtype=setup.dtype)
             model.to_empty(device="cpu")
             model.tie_weights()
-        else:
-            model = Decoder(cfg)
-            if setup.dtype == "fp8":
-                apply_fp8(model, emulate=True)
-            apply_recompute(model, setup.recompute)
         optimizer = make_optimizer(setup.optimizer, param_groups(model), lr=1e-4,
                                    weight_decay=0.1)
         tokens = torch.randint(0, cfg.vocab_size, (m * b, s + 1))
