@@ -56,10 +56,6 @@ def dumps(data: Mapping[str, Any], *, comment: str = "") -> str:
 
 def write_toml(path: Path, data: Mapping[str, Any], *, comment: str = "") -> Path:
     """Write ``data`` to ``path`` atomically (parents created); returns the path."""
-    path = Path(path)
-    text = dumps(data, comment=comment)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    from planner.outputs import write_text
+
+    return write_text(path, dumps(data, comment=comment), "TOML file")
