@@ -12,6 +12,10 @@ from helpers import launch  # noqa: E402
 # Tests never read or write the user's settings, presets or calibration profiles; launched
 # processes inherit this.
 os.environ["LLMPLAN_CONFIG_DIR"] = tempfile.mkdtemp(prefix="llmplan-test-config-")
+# The oracles are transformers' own PyTorch code: never a kernel swapped in from a hub (none
+# can be fetched here, and a hub kernel is not the reference the planner is checked against).
+os.environ["USE_HUB_KERNELS"] = "NO"
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def pytest_collection_modifyitems(config, items):
