@@ -15,7 +15,37 @@ enforces on real runs).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
+
+
+def relative_error(measured: float, predicted: float) -> float:
+    """``(measured - predicted) / predicted``: the one sign convention of every error llmplan
+    prints (``launch``'s comparison, ``validate``, ``calibrate``, ``validate --serving`` and
+    ``--published``): positive when the run was slower or larger than predicted, and
+    ``1 + error`` is the ``measured / predicted`` ratio the bands are made of."""
+    return (measured - predicted) / predicted
+
+
+NOISE_LIMIT = 0.75
+"""The most a case's repeated step-time measurements may spread before its runs are too
+noisy to fit or to set bands from: the interquartile range of its steady steps over their
+median, and the range of its rounds' medians over their median (:func:`spread`)."""
+
+
+def spread(values: Sequence[float]) -> float:
+    """How much repeated measurements of one quantity disagree, relative to their median:
+    the interquartile range over the median for four or more values, the whole range for two
+    or three, 0 for fewer."""
+    xs = sorted(v for v in values if v is not None)
+    if len(xs) < 2:
+        return 0.0
+    n = len(xs)
+    median = xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+    if median <= 0:
+        return 0.0
+    if n < 4:
+        return (xs[-1] - xs[0]) / median
+    return (xs[(3 * n) // 4] - xs[n // 4]) / median
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -83,6 +113,21 @@ class Accuracy:
 DEFAULT_ACCURACY = Accuracy(
     step_time_ratio=(0.75, 1.25), memory_ratio=(0.90, 1.10),
     source="uncalibrated (reference tolerances)")
+
+
+def describe_change(old: "Accuracy | None", new: Accuracy) -> str:
+    """One line saying how a profile's bands move (``step time x0.80-1.30 -> x3.97-19.73,
+    memory x0.98-1.00 -> x0.98-1.01``), or that they are new or unchanged."""
+    def fmt(r: tuple[float, float]) -> str:
+        return f"x{r[0]:.2f}-{r[1]:.2f}"
+
+    if old is None:
+        return (f"new bands: step time {fmt(new.step_time_ratio)}, memory "
+                f"{fmt(new.memory_ratio)}")
+    parts = [f"{what} {fmt(a)} -> {fmt(b)}" for what, a, b in (
+        ("step time", old.step_time_ratio, new.step_time_ratio),
+        ("memory", old.memory_ratio, new.memory_ratio)) if fmt(a) != fmt(b)]
+    return "bands changed: " + ", ".join(parts) if parts else "bands unchanged"
 
 
 def fmt_band(band: Band, fmt: Callable[[float], str] = "{:,.3g}".format, unit: str = "") -> str:

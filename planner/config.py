@@ -11,6 +11,7 @@ Validation happens at construction and names the offending numbers, e.g.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -22,6 +23,13 @@ class LlmplanError(ValueError):
 
 class ConfigError(LlmplanError):
     """An invalid configuration value or combination."""
+
+
+class NoAnswer(LlmplanError):
+    """Nothing wrong with the input, but no answer to give (runs too noisy to fit): the CLI
+    prints its one line and exits 1."""
+
+    exit_code = 1
 
 
 MLP_KINDS = ("gelu", "relu", "swiglu", "geglu", "reglu", "rwkv")
@@ -60,6 +68,11 @@ ALIASES = {
 
 
 MAX_LAYERS = 10_000
+MAX_WIDTH = 2**24
+"""The largest vocabulary, width, head count or expert count a model may have (16,777,216:
+far above any real model, small enough that every count and byte stays exact in a float)."""
+MAX_CONTEXT = 2**30
+"""The longest sequence (and ``max_context``) the planner accepts: 1,073,741,824 tokens."""
 
 
 def _congruent(lo: int, hi: int, period: int, offset: int) -> int:
@@ -187,6 +200,11 @@ class ModelConfig:
         for label, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{label}({value}) must be a positive integer")
+        for label, value in positive.items():
+            limit = MAX_CONTEXT if label == "max context" else MAX_WIDTH
+            if label != "layers" and value > limit:
+                raise ConfigError(f"{label}({value}) is larger than any model has "
+                                  f"(at most {limit:,})")
         if self.num_layers > MAX_LAYERS:
             raise ConfigError(f"layers({self.num_layers}) is more than any decoder has "
                               f"(at most {MAX_LAYERS:,}: layer patterns are counted per layer)")
@@ -214,8 +232,8 @@ class ModelConfig:
             ("rope_scaling_factor", self.rope_scaling_factor),
             ("embedding_multiplier", self.embedding_multiplier),
         ):
-            if not value > 0:
-                raise ConfigError(f"{label}({value}) must be positive")
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{label}({value}) must be a positive finite number")
         if not 0 < self.rope_fraction <= 1:
             raise ConfigError(f"rope_fraction({self.rope_fraction}) must be in (0, 1]")
         non_negative = {
@@ -231,6 +249,11 @@ class ModelConfig:
         for label, value in non_negative.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{label}({value}) must be a non-negative integer")
+            limit = MAX_CONTEXT if label in ("position_offset", "rope_original_context",
+                                             "sliding_window") else MAX_WIDTH
+            if value > limit:
+                raise ConfigError(f"{label}({value}) is larger than any model has "
+                                  f"(at most {limit:,})")
         if self.num_experts:
             if not 1 <= self.experts_per_token <= self.num_experts:
                 raise ConfigError(

@@ -68,7 +68,7 @@ from planner.config import ConfigError, ModelConfig
 
 from planner.hardware import Hardware
 
-from planner.setup import Parallel, TrainSetup
+from planner.setup import MAX_RANKS, Parallel, TrainSetup
 from planner.flops import FlopConventions, flops_report
 from planner.activations import layer_activation_bytes, layer_activation_terms
 from planner.memory import Estimator
@@ -121,8 +121,10 @@ class Cluster:
     inter_node_bandwidth_gbps: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.gpus < 1:
-            raise ConfigError(f"gpus({self.gpus}) must be positive")
+        if not isinstance(self.gpus, int) or isinstance(self.gpus, bool) or self.gpus < 1:
+            raise ConfigError(f"gpus({self.gpus}) must be a positive integer")
+        if self.gpus > MAX_RANKS:
+            raise ConfigError(f"gpus({self.gpus}) must be at most {MAX_RANKS:,}")
         for name, default in (("gpus_per_node", self.hardware.gpus_per_node),
                               ("intra_node_bandwidth_gbps", self.hardware.intra_node_bandwidth_gbps),
                               ("inter_node_bandwidth_gbps", self.hardware.inter_node_bandwidth_gbps)):

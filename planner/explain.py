@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from planner.config import ConfigError, ModelConfig
 
+from planner.scaling import DEFAULT_FIT
 from planner.setup import Parallel, TrainSetup
 
 
@@ -248,7 +249,7 @@ def explain_model_states(cfg: ModelConfig, *, setup: TrainSetup, par: Parallel,
 
 
 def explain_chinchilla(_cfg: ModelConfig | None = None, *, compute_flops: float = 5.76e23,
-                       fit: str = "hoffmann", **_: Any) -> Explanation:
+                       fit: str = DEFAULT_FIT, **_: Any) -> Explanation:
     from planner.scaling import FITS, optimal_for_compute
 
     C, A, B, alpha, beta = _symbols("C A B alpha beta")

@@ -29,6 +29,7 @@ precision):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from planner.config import ConfigError, ModelConfig
@@ -63,8 +64,8 @@ class Adapters:
             raise ConfigError(f"method({self.method!r}) has no adapters: use lora or qlora")
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank <= 0:
             raise ConfigError(f"--lora-rank({self.rank}) must be a positive integer")
-        if not self.alpha > 0:
-            raise ConfigError(f"--lora-alpha({self.alpha}) must be positive")
+        if not (self.alpha > 0 and math.isfinite(self.alpha)):
+            raise ConfigError(f"--lora-alpha({self.alpha}) must be a positive finite number")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--lora-dropout({self.dropout}) must be in [0, 1)")
         check_method_bits(self.method, self.base_bits)

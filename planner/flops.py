@@ -244,6 +244,24 @@ def prefill_flops(cfg: ModelConfig, prompt_len: int, batch: int = 1) -> float:
     return per_token.total * prompt_len * batch
 
 
+def decode_flops_sum(cfg: ModelConfig, context: int, tokens: int) -> float:
+    """``sum(decode_flops_per_token(cfg, context + t) for t in range(tokens))`` in closed
+    form, so a million generated tokens cost no more to plan than ten: per token the FLOPs
+    are linear in the keys attended, which grow with the context until a sliding window
+    fills, so the sum splits at each window's fill point into linear pieces, each summed
+    as count x (first + last) / 2."""
+    if tokens <= 0:
+        return 0.0
+    lo, hi = context, context + tokens - 1
+    cuts = sorted({w - 1 for _, w in attention_groups(cfg) if w and lo <= w - 1 < hi})
+    total, start = 0.0, lo
+    for end in [*cuts, hi]:
+        total += (end - start + 1) * (decode_flops_per_token(cfg, start)
+                                      + decode_flops_per_token(cfg, end)) / 2
+        start = end + 1
+    return total
+
+
 def decode_flops_per_token(cfg: ModelConfig, context: int) -> float:
     """Forward FLOPs to generate one token with ``context`` tokens already cached: every
     linear once, and attention over ``context + 1`` keys (capped by each layer's sliding

@@ -112,7 +112,7 @@ def ppo_report(cfg: ModelConfig, setup: TrainSetup, par: Parallel, shape: PPOSha
     their own ``groups`` of GPUs (which together are the layout's dp); ``rollout`` is the
     sequences each GPU generating them holds."""
     from planner import layout
-    from planner.flops import FlopConventions, decode_flops_per_token, flops_report, \
+    from planner.flops import FlopConventions, decode_flops_sum, flops_report, \
         prefill_flops
 
     train = replace(setup, seq_len=shape.seq_len)
@@ -153,8 +153,8 @@ def ppo_report(cfg: ModelConfig, setup: TrainSetup, par: Parallel, shape: PPOSha
     sequences = shape.rollout * generating
     tokens = sequences * shape.seq_len
     generation = sequences * (prefill_flops(cfg, shape.prompt_tokens)
-                              + sum(decode_flops_per_token(cfg, shape.prompt_tokens + t)
-                                    for t in range(shape.response_tokens - 1)))
+                              + decode_flops_sum(cfg, shape.prompt_tokens,
+                                                 shape.response_tokens - 1))
     flops = {"generation": float(generation),
              "reference_forward": float(fwd * tokens),
              "reward_forward": float(critic_fwd * tokens),

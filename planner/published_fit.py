@@ -181,7 +181,10 @@ class Row:
 
     @property
     def error(self) -> float:
-        return self.predicted_step_time_s / self.measured_step_time_s - 1
+        """(measured - predicted) / predicted (``planner.accuracy.relative_error``)."""
+        from planner.accuracy import relative_error
+
+        return relative_error(self.measured_step_time_s, self.predicted_step_time_s)
 
     def to_dict(self) -> dict[str, object]:
         world = self.run.gpus

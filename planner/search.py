@@ -26,6 +26,11 @@ from planner.cost import Cluster, CostEstimator, CostModel, StepTime
 from planner.memory import Estimator
 
 REASONS = layout.KEYS
+MAX_LAYOUTS = 4_000_000
+"""The most layouts one search enumerates (each rejected in bulk or evaluated): beyond it a
+search could take minutes, so it is refused up front, naming the count and how to shrink it
+(Mixtral 8x7B on 131,072 GPUs has 2.3 M layouts, 176 k of them evaluated: ~10 s of CPU; on
+2^20 GPUs, 4.1 M)."""
 RECOMPUTES = ("none", "selective", "full")
 ZEROS = (0, 1, 2, 3)
 SPS = (False, True)
@@ -222,7 +227,9 @@ class SearchResult:
 
 
 def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    """The divisors of ``n``, ascending (trial division up to sqrt(n): fast for any cluster)."""
+    small = [d for d in range(1, int(n ** 0.5) + 1) if n % d == 0]
+    return small + [n // d for d in reversed(small) if d * d != n]
 
 
 def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batch: int,
@@ -261,6 +268,11 @@ def search(cfg: ModelConfig, cluster: Cluster, setup: TrainSetup, *, global_batc
         return sum(per_cp(tp, cp) for cp in space.context_sizes(N, tp))
 
     tokens_per_step = global_batch * seq * setup.sequences_per_example
+    layouts = sum(per_tp(tp) for tp in space.tensor_sizes(N))
+    if layouts > MAX_LAYOUTS:
+        raise ConfigError(f"the search has {layouts:,} layouts of {N:,} GPUs, more than "
+                          f"{MAX_LAYOUTS:,}: pin a dimension (--tp, --pp, --dp, --ep, --zero, "
+                          "--mbs) or lower --max-vpp")
 
     def refused(found: list[layout.Problem]) -> tuple[str | None, tuple[str, ...]]:
         """(the key that rejects, else None; the runtime-only reasons it is kept with)."""

@@ -91,8 +91,8 @@ class ServeJob:
                 raise ConfigError(f"{label}({value}) must be a positive integer")
         for label, value in (("ttft", self.ttft_s), ("tpot", self.tpot_s), ("rate", self.rate_qps),
                              ("concurrency", self.concurrency), ("price", self.price_per_gpu_hour)):
-            if value < 0:
-                raise ConfigError(f"{label}({value}) must not be negative")
+            if isinstance(value, bool) or not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{label}({value}) must be a non-negative finite number")
         if self.rate_qps and self.concurrency:
             raise ConfigError("give one of --rate or --concurrency, not both")
 
@@ -236,14 +236,16 @@ def serve_plan(cfg: ModelConfig, hardware: Hardware, *, gpus: int, job: ServeJob
     from planner import layout
     from planner.kv import kv_bytes_per_sequence
 
+    from planner.setup import MAX_RANKS
+
+    if not isinstance(gpus, int) or isinstance(gpus, bool) or not 1 <= gpus <= MAX_RANKS:
+        raise ConfigError(f"gpus({gpus}) must be a positive integer (at most {MAX_RANKS:,})")
     for bits in weight_bits:
         if bits not in WEIGHT_BITS:
             raise ConfigError(f"--weight-bits({bits}) is not one of 16, 8, 4")
     for kv in kv_dtypes:
         if kv not in KV_DTYPES:
             raise ConfigError(f"--kv-dtype({kv!r}) is not one of {', '.join(KV_DTYPES)}")
-    if gpus < 1:
-        raise ConfigError(f"gpus({gpus}) must be positive")
     est = ServeEstimator(cfg, hardware, model)
     usable = usable_bytes if usable_bytes is not None else int(
         hardware.memory_bytes * (1 - model.reserve_fraction) - model.reserve_gib * 2**30)
@@ -253,7 +255,7 @@ def serve_plan(cfg: ModelConfig, hardware: Hardware, *, gpus: int, job: ServeJob
     found: list[ServeCandidate] = []
     refused: dict[str, str] = {}
     evaluated = 0
-    for tp in [t for t in range(1, gpus + 1) if gpus % t == 0 and t <= hardware.gpus_per_node]:
+    for tp in [t for t in range(1, min(gpus, hardware.gpus_per_node) + 1) if gpus % t == 0]:
         problems = [p for p in layout.tp_problems(cfg, tp) if not p.runtime_only]
         if problems:
             refused[str(tp)] = problems[0].message

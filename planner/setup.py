@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.config import ConfigError
+from planner.config import MAX_CONTEXT, ConfigError
 from planner.finetune import Adapters
 
 
@@ -17,6 +17,8 @@ OPTIMIZERS = ("adamw", "adafactor", "sgd_momentum", "adam8bit")
 RECOMPUTES = ("none", "selective", "full")
 ATTENTIONS = ("flash", "eager")
 SCHEDULES = ("1f1b", "gpipe", "interleaved")
+MAX_RANKS = 2**20
+"""The most accelerators (and so the largest tp, pp, dp, ...) a layout may have: 1,048,576."""
 OBJECTIVES = ("lm", "dpo")
 """Next-token prediction, or DPO (Rafailov et al. 2023, arXiv 2305.18290 §4): a preference
 pair (chosen, rejected) per example, scored against a frozen reference."""
@@ -53,6 +55,8 @@ class TrainSetup:
                              ("grad accumulation", self.grad_accum)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{label}({value}) must be a positive integer")
+            if value > MAX_CONTEXT:
+                raise ConfigError(f"{label}({value}) must be at most {MAX_CONTEXT:,}")
         for label, value, allowed in (("dtype", self.dtype, DTYPES),
                                       ("recipe", self.recipe, RECIPES),
                                       ("optimizer", self.optimizer, OPTIMIZERS),
@@ -124,6 +128,8 @@ class Parallel:
                              ("cp", self.cp), ("ep", self.ep)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{label}({value}) must be a positive integer")
+            if value > MAX_RANKS:
+                raise ConfigError(f"{label}({value}) must be at most {MAX_RANKS:,}")
         if self.zero not in (0, 1, 2, 3):
             raise ConfigError(f"zero({self.zero}) must be 0, 1, 2 or 3")
         if not isinstance(self.sp, bool):

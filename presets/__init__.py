@@ -116,15 +116,43 @@ def load_model(spec: str, overrides: Mapping[str, str] | None = None) -> ModelCo
     return cfg.with_overrides(overrides) if overrides else cfg
 
 
+HARDWARE_ALIASES: dict[str, str] = {
+    "h100": "h100-sxm", "h100-sxm5": "h100-sxm", "h100-80gb": "h100-sxm",
+    "a100": "a100-80gb", "a100-sxm": "a100-80gb", "a100-80g": "a100-80gb",
+    "a100-40g": "a100-40gb", "h800-sxm": "h800", "h200-sxm": "h200", "gb200-nvl72": "gb200",
+    "4090": "rtx-4090", "rtx4090": "rtx-4090", "v5p": "tpu-v5p",
+}
+"""The one table of accelerator aliases (alias -> hardware preset), read wherever a hardware
+name is (``--hardware``, profiles, fitted constants) and listed by ``llmplan presets``. Case
+does not matter; a preset file of the same name (a user's own ``h100.toml``) wins over it."""
+
+
+def canonical_hardware(name: str) -> str:
+    """The hardware preset a name means: itself when a preset (or a ``.toml`` file) has that
+    name, else the alias's target, else the name unchanged (the caller reports it)."""
+    if name.endswith(".toml"):
+        return name
+    files = preset_files("hardware")
+    if name in files:
+        return name
+    target = HARDWARE_ALIASES.get(name.lower())
+    if target is not None and target in files:
+        return target
+    return name.lower() if name.lower() in files else name
+
+
 def load_hardware(name: str) -> Hardware:
-    """A hardware preset by name, or a TOML file describing one (cached by file version)."""
+    """A hardware preset by name or alias, or a TOML file describing one (cached by file
+    version)."""
     if name.endswith(".toml"):
         path = Path(name)
     else:
         files = preset_files("hardware")
-        if name not in files:
-            raise PresetError(f"unknown hardware preset {name!r} ({_suggest(name, files)})")
-        path = files[name]
+        resolved = canonical_hardware(name)
+        if resolved not in files:
+            raise PresetError(f"unknown hardware preset {name!r} "
+                              f"({_suggest(name, {**files, **HARDWARE_ALIASES})})")
+        path = files[resolved]
     return _load_hardware_file(path, _file_version(path))
 
 
@@ -144,7 +172,7 @@ published runs of its chip and the held-out error they leave (``llmplan validate
 def preset_fit(hardware: str) -> dict[str, Any]:
     """The ``[cost_model]`` and ``[accuracy]`` tables of a hardware preset ({} without)."""
     files = preset_files("hardware")
-    path = Path(hardware) if hardware.endswith(".toml") else files.get(hardware)
+    path = Path(hardware) if hardware.endswith(".toml") else files.get(canonical_hardware(hardware))
     if path is None or not path.exists():
         return {}
     data = _read_toml(path)
@@ -178,8 +206,9 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
 
 
 def profile_path(hardware: str) -> Path:
-    """Where `llmplan calibrate` keeps the fitted constants for an accelerator."""
-    return config_dir() / "profiles" / f"{hardware}.toml"
+    """Where `llmplan calibrate` keeps the fitted constants for an accelerator (an alias
+    shares its preset's profile)."""
+    return config_dir() / "profiles" / f"{canonical_hardware(hardware)}.toml"
 
 
 def load_profile(hardware: str) -> dict:
@@ -255,3 +284,81 @@ def write_fit(chip: str, peak_tflops_bf16: float, cost_model: Mapping[str, Any],
         path.write_text(tomlkit.dumps(doc))
         written.append(path)
     return written
+
+
+# ---- one preset's file: show it, copy it into the user's folder ---------------------------
+PRESET_KINDS = {"model": "models", "hardware": "hardware"}
+"""The ``--kind`` values and the preset folders they name."""
+
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def find_preset(name: str, kind: str = "") -> tuple[str, str, Path]:
+    """``(kind, name, path)`` of the model or hardware preset ``name`` (a hardware alias
+    resolves to its preset); ``kind`` ("model" or "hardware", "" for either) picks one when
+    both have a preset of that name."""
+    if kind and kind not in PRESET_KINDS:
+        raise PresetError(f"--kind {kind!r}: use model or hardware")
+    found = []
+    for k in ([kind] if kind else list(PRESET_KINDS)):
+        files = preset_files(PRESET_KINDS[k])
+        resolved = canonical_hardware(name) if k == "hardware" else name
+        if resolved in files:
+            found.append((k, resolved, files[resolved]))
+    if len(found) > 1:
+        raise PresetError(f"{name!r} names a model and a hardware preset: add --kind model "
+                          "or --kind hardware")
+    if not found:
+        every = {n: Path() for k in ([kind] if kind else list(PRESET_KINDS))
+                 for n in preset_files(PRESET_KINDS[k])}
+        what = f"{kind} preset" if kind else "preset"
+        raise PresetError(f"unknown {what} {name!r} ({_suggest(name, every)})")
+    return found[0]
+
+
+def read_toml_text(path: Path) -> tuple[str, str]:
+    """A preset file's text and its ``source`` field (checked to parse)."""
+    data = _read_toml(path)
+    table = data.get("model", data.get("hardware", data))
+    source = table.get("source", "") if isinstance(table, dict) else ""
+    try:
+        return path.read_text(), str(source)
+    except OSError as err:
+        raise PresetError(f"{path}: cannot read ({err.strerror})") from None
+
+
+def is_user_preset(path: Path) -> bool:
+    """Whether ``path`` is in the user's preset folder (not a built-in)."""
+    return path.resolve().parent.parent == (config_dir() / "presets").resolve()
+
+
+def new_user_preset(source: str, name: str = "", kind: str = "") -> tuple[str, Path]:
+    """Copy the preset ``source`` into ``<config dir>/presets/<kind>/<name>.toml`` (``name``
+    defaults to the source's, which then overrides the built-in), with its ``name`` field
+    set to ``name`` and its comments kept; refuses to overwrite a user preset. Written
+    atomically (``planner.outputs.write_text``). Returns ``(kind, path)``."""
+    import tomlkit  # deferred: only this writer needs it
+
+    from planner.outputs import writable_file, write_text
+
+    kind, resolved, path = find_preset(source, kind)
+    name = name or resolved
+    if name != name.strip() or not name or not set(name) <= _NAME_CHARS or \
+            name.startswith((".", "-")) or name.endswith((".toml", ".json")):
+        raise PresetError(f"--name {name!r}: use letters, digits, '.', '_' and '-' "
+                          "(no extension)")
+    dest = config_dir() / "presets" / PRESET_KINDS[kind] / f"{name}.toml"
+    if dest.exists():
+        raise PresetError(f"user preset {dest} exists: remove it or choose another --name")
+    writable_file(dest, "user preset", overwrite=False)
+    try:
+        doc = tomlkit.parse(path.read_text())
+    except OSError as err:
+        raise PresetError(f"{path}: cannot read ({err.strerror})") from None
+    table = doc["model"] if kind == "model" and isinstance(doc.get("model"), dict) else doc
+    if kind == "hardware":
+        table = doc["hardware"] if isinstance(doc.get("hardware"), dict) else doc
+    table["name"] = name
+    header = f"# {name}: a user preset copied from {path} (llmplan presets new)\n"
+    write_text(dest, header + tomlkit.dumps(doc), "user preset")
+    return kind, dest

@@ -294,6 +294,35 @@ def _falcon(f: _Fields) -> dict[str, Any]:
     }
 
 
+# The config classes whose ``validate_architecture`` (transformers 5.x, run when the class is
+# built, so ``from_pretrained`` refuses the folder) requires hidden_size % num_attention_heads
+# == 0, whatever ``head_dim`` says. Mistral, Mixtral, Qwen2/3, Gemma (1) and the others do not
+# check it: they compute head_dim = hidden // heads and build (o_proj maps heads x head_dim
+# back to hidden), as ``_decoder`` does. Mamba2Config's and JambaConfig's own checks are read
+# with those families (``presets.hf_variants``).
+HEADS_DIVIDE_HIDDEN = {"llama": "LlamaConfig", "gpt_neox": "GPTNeoXConfig",
+                       "gemma2": "Gemma2Config", "gemma3_text": "Gemma3TextConfig",
+                       "deepseek_v2": "DeepseekV2Config"}
+
+
+def _refused_by_transformers(model_type: str, data: Mapping[str, Any], fields: dict[str, Any],
+                             where: str) -> None:
+    """What ``transformers`` refuses when it builds the family's config class, refused here
+    too (a config.json no ``from_pretrained`` loads is not a model to count): the heads rule
+    of :data:`HEADS_DIVIDE_HIDDEN`, and ``PreTrainedConfig.validate_layer_type``'s one
+    ``layer_types`` entry per layer (every family)."""
+    h, a = fields["hidden_size"], fields["num_heads"]
+    if model_type in HEADS_DIVIDE_HIDDEN and isinstance(a, int) and a > 0 and h % a:
+        given = f", head_dim({data['head_dim']}) notwithstanding" if data.get("head_dim") else ""
+        raise ConfigError(f"{where}: hidden_size({h}) is not a multiple of "
+                          f"num_attention_heads({a}){given}: transformers' "
+                          f"{HEADS_DIVIDE_HIDDEN[model_type]} refuses it")
+    types, layers = data.get("layer_types"), fields["num_layers"]
+    if isinstance(types, list) and len(types) != layers:
+        raise ConfigError(f"{where}: layer_types has {len(types)} entries for "
+                          f"num_hidden_layers({layers}): transformers refuses it")
+
+
 from presets.hf_variants import VARIANT_FAMILIES  # noqa: E402 (uses the helpers above)
 
 FAMILIES: dict[str, Callable[[_Fields], dict[str, Any]]] = {
@@ -324,6 +353,7 @@ def from_hf_config(data: Mapping[str, Any], *, name: str = "hf", where: str = "c
             f"(supported: {', '.join(sorted(FAMILIES))})"
         )
     fields = FAMILIES[model_type](_Fields(data, where, DEFAULTS[model_type]))
+    _refused_by_transformers(model_type, data, fields, where)
     try:
         return ModelConfig(name=name, source=where, **fields)
     except ConfigError as err:

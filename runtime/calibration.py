@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from planner.accuracy import Accuracy
+from planner.accuracy import NOISE_LIMIT, Accuracy, describe_change, relative_error, spread
 from planner.config import ModelConfig
 from planner.setup import Parallel, TrainSetup
 from planner.cost import Cluster, CostEstimator, CostModel
@@ -75,15 +75,27 @@ class Case:
         return cls(name=data["name"], cfg=cfg, setup=setup, par=par, done=data["done"],
                    plan=data["plan"])
 
+    round_step_s: list[float] = field(default_factory=list)
+    """The measured step time of each round of this case (``measure`` keeps the median run)."""
+
     @property
     def measured_step_s(self) -> float:
         return float(self.done["measured_step_time_s"])
+
+    @property
+    def noise(self) -> float:
+        """How much this case's repeated measurements disagree (``planner.accuracy.spread``):
+        the larger of its steady steps' spread (the steps after the first two, as the
+        measured step time is taken) and its rounds' spread."""
+        steps = self.done.get("step_times_s") or []
+        steady = steps[2:] if len(steps) >= 5 else steps
+        return max(spread(steady), spread(self.round_step_s))
 
     def memory_errors(self) -> dict[str, float]:
         """Worst relative error over ranks, per category."""
         out = {}
         for cat in CATEGORIES:
-            errs = [abs(r[f"measured_{cat}_bytes"] - r[f"predicted_{cat}_bytes"]) / r[f"predicted_{cat}_bytes"]
+            errs = [abs(relative_error(r[f"measured_{cat}_bytes"], r[f"predicted_{cat}_bytes"]))
                     for r in self.done["ranks"] if r.get(f"predicted_{cat}_bytes")]
             out[cat] = max(errs) if errs else 0.0
         return out
@@ -168,7 +180,11 @@ def measure(cases: dict[str, dict[str, Any]], device: str = "cpu", *, rounds: in
         for name, args in cases.items():
             progress(f"round {r + 1}/{rounds}: {name}")
             runs.setdefault(name, []).append(run_case(name, args, device))
-    return [sorted(rs, key=lambda c: c.measured_step_s)[(len(rs) - 1) // 2] for rs in runs.values()]
+    kept = []
+    for rs in runs.values():
+        median = sorted(rs, key=lambda c: c.measured_step_s)[(len(rs) - 1) // 2]
+        kept.append(replace(median, round_step_s=[c.measured_step_s for c in rs]))
+    return kept
 
 
 def _run_case(name: str, args: dict[str, Any], device: str) -> Case:
@@ -185,8 +201,9 @@ def _run_case(name: str, args: dict[str, Any], device: str) -> Case:
     if rc or done is None:
         last = next((e.message for e in reversed(seen) if isinstance(e, events.Error)), f"exit {rc}")
         raise RuntimeError(f"case {name} failed: {last}")
+    steps = [e.step_time_s for e in seen if isinstance(e, events.Step)]
     return Case(name=name, cfg=resolved.cfg, setup=resolved.setup, par=resolved.par,
-                done=done.to_dict(), plan=resolved.plan)
+                done={**done.to_dict(), "step_times_s": steps}, plan=resolved.plan)
 
 
 def estimator(case: Case, model: CostModel, hardware) -> CostEstimator:
@@ -252,7 +269,8 @@ def errors(cases: list[Case], model: CostModel, hardware) -> list[dict[str, Any]
         mem = c.memory_errors()
         rows.append({"case": c.name, "predicted_step_time_s": predicted,
                      "measured_step_time_s": c.measured_step_s,
-                     "step_time_error": (predicted - c.measured_step_s) / c.measured_step_s,
+                     "step_time_error": relative_error(c.measured_step_s, predicted),
+                     "noise": c.noise,
                      "memory_error": max(mem.values()), "memory_errors": mem,
                      "memory_ratios": c.memory_ratios()})
     return rows
@@ -263,6 +281,43 @@ def accuracy(rows: list[dict[str, Any]], source: str) -> Accuracy:
     return Accuracy.from_runs(
         (r["measured_step_time_s"] / r["predicted_step_time_s"] for r in rows),
         (x for r in rows for x in r["memory_ratios"]), source=source)
+
+
+def check_noise(cases: list[Case], limit: float = NOISE_LIMIT) -> None:
+    """Refuse to fit or set bands from runs too noisy to say anything (a busy host): a case
+    whose repeated step times spread more than ``limit`` (``NOISE_LIMIT`` unless the user
+    says ``--max-noise``: interquartile range of its steady steps, or range of its rounds'
+    medians, over their median) is a one-line error naming it (exit 1), and the profile is
+    left as it was."""
+    from planner.config import NoAnswer
+
+    noisy = sorted(((c.noise, c.name) for c in cases if c.noise > limit), reverse=True)
+    if noisy:
+        worst, name = noisy[0]
+        raise NoAnswer(
+            f"profile not saved: {len(noisy)} of {len(cases)} case(s) too noisy to measure "
+            f"(worst {name}: step times spread {worst:.0%} > {limit:.0%}, the "
+            "interquartile range or rounds' range over the median); rerun on a quiet host "
+            "or raise --max-noise")
+
+
+def save_checked(hardware: str, record: Accuracy, cases: list[Case],
+                 cost_model: dict[str, Any] | None = None,
+                 progress: Callable[[str], None] = lambda _: None,
+                 max_noise: float = NOISE_LIMIT) -> str:
+    """Save ``record`` (and ``cost_model``) in ``hardware``'s profile unless the runs are
+    too noisy (:func:`check_noise`), and say in one line how the bands moved."""
+    from presets import PresetError, load_accuracy, load_profile, save_profile
+
+    check_noise(cases, max_noise)
+    try:
+        old = load_accuracy(hardware) if load_profile(hardware).get("accuracy") else None
+    except PresetError:
+        old = None
+    path = save_profile(hardware, record, cost_model)
+    refit = "; cost model refitted" if cost_model is not None else ""
+    progress(f"{hardware} profile: {describe_change(old, record)}{refit} ({path})")
+    return str(path)
 
 
 MEMORY_GATE = 0.10
@@ -276,9 +331,37 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
             "mean_memory_error": sum(mems) / len(mems), "worst_memory_error": max(mems)}
 
 
+CALIBRATION_DEVICES = ("cpu", "cuda")
+
+
+def check_device(device: str) -> None:
+    """Calibration measures runs on ``cpu`` or ``cuda``; anything else is refused before
+    anything runs or is written."""
+    from planner.config import ConfigError
+
+    if device not in CALIBRATION_DEVICES:
+        raise ConfigError(f"--device {device!r}: calibrate runs on "
+                          f"{' or '.join(CALIBRATION_DEVICES)}")
+
+
+def sweep(device: str) -> dict[str, dict[str, Any]]:
+    """The cases this host runs, refused before any run (and before the previous sweep's
+    runs file is replaced) unless they hold both fitted and held-out cases."""
+    from planner.config import ConfigError
+
+    chosen = runnable({**FIT_CASES, **HELD_OUT}, device)
+    fitted, held = [n for n in chosen if n in FIT_CASES], [n for n in chosen if n in HELD_OUT]
+    if not fitted or not held:
+        raise ConfigError(f"--device {device}: {len(fitted)} sweep and {len(held)} held-out "
+                          f"case(s) run here, need both"
+                          + (f" ({cuda_device_count()} CUDA GPU(s) visible)" if device != "cpu"
+                             else ""))
+    return chosen
+
+
 def calibrate(*, device: str, hardware: str, rounds: int, budget_s: float,
-              runs: str | None = None, progress: Callable[[str], None] = lambda _: None
-              ) -> dict[str, Any]:
+              runs: str | None = None, progress: Callable[[str], None] = lambda _: None,
+              max_noise: float = NOISE_LIMIT) -> dict[str, Any]:
     """Measure the sweep (or reread ``runs``, a previous sweep's file), fit the constants on
     the fitted cases, judge them on the held-out ones, and save the profile (constants and
     accuracy record) for ``hardware``; everything as one report."""
@@ -288,25 +371,31 @@ def calibrate(*, device: str, hardware: str, rounds: int, budget_s: float,
     from pathlib import Path
 
     from planner.config import ConfigError
-    from presets import load_cost_model, load_hardware, load_profile, profile_path, save_profile
+    from planner.outputs import writable_file, write_text
+    from presets import load_cost_model, load_hardware, load_profile, profile_path
 
+    check_device(device)
     check_calibratable(device, hardware)
     hw = load_hardware(hardware)
     saved = profile_path(hardware).with_suffix(".runs.json")
+    writable_file(profile_path(hardware), "calibration profile")
     if runs:
         try:
             cases = [Case.from_dict(d) for d in json.loads(Path(runs).read_text())]
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ConfigError(f"{runs}: not a calibrate runs file ({err})") from None
     else:
-        cases = measure(runnable({**FIT_CASES, **HELD_OUT}, device), device, rounds=rounds,
+        writable_file(saved, "calibration runs file")
+        chosen = sweep(device)
+        cases = measure(chosen, device, rounds=rounds,
                         deadline=time.monotonic() + budget_s, progress=progress)
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps([c.to_dict() for c in cases]) + "\n")
+        write_text(saved, json.dumps([c.to_dict() for c in cases]) + "\n",
+                   "calibration runs file")
     fit_cases = [c for c in cases if c.name in FIT_CASES]
     held = [c for c in cases if c.name in HELD_OUT]
     if not fit_cases or not held:
         raise ConfigError(f"{len(fit_cases)} sweep and {len(held)} held-out runs: need both")
+    check_noise(cases, max_noise)  # before a minute of fitting: a busy host's are refused
     before = load_cost_model(hardware)
     before_label = "the previous profile" if load_profile(hardware).get("cost_model") else "defaults"
     fitted = fit(fit_cases, hw, before)
@@ -314,7 +403,8 @@ def calibrate(*, device: str, hardware: str, rounds: int, budget_s: float,
     record = accuracy(rows_after, f"{len(held)} held-out runs, llmplan calibrate "
                                   f"{time.strftime('%Y-%m-%d')}")
     constants = dataclasses.asdict(fitted)
-    return {"profile": str(save_profile(hardware, record, constants)),
+    return {"profile": save_checked(hardware, record, fit_cases + held, constants, progress,
+                                    max_noise),
             "runs": runs or str(saved), "cost_model": constants,
             "fit_cases": [c.name for c in fit_cases],
             "before_label": before_label,
@@ -324,18 +414,22 @@ def calibrate(*, device: str, hardware: str, rounds: int, budget_s: float,
 
 
 def validate(*, device: str, hardware: str, rounds: int, folder: str,
-             names: list[str] | None = None, progress: Callable[[str], None] = lambda _: None
-             ) -> dict[str, Any]:
+             names: list[str] | None = None, progress: Callable[[str], None] = lambda _: None,
+             max_noise: float = NOISE_LIMIT) -> dict[str, Any]:
     """Run the cases (all, or ``names``) against the current constants; save the accuracy
     record in the profile and write ``validation.json`` / ``validation.md`` in ``folder``."""
     import json
     import time
-    from pathlib import Path
 
     from planner.config import ConfigError
-    from presets import load_cost_model, load_hardware, save_profile
+    from planner.outputs import writable_file, writable_folder, write_text
+    from presets import load_cost_model, load_hardware, profile_path
 
     check_calibratable(device, hardware)
+    out = writable_folder(folder, "--out")  # every output checked before any run
+    for name in ("validation.json", "validation.md"):
+        writable_file(out / name, "--out")
+    writable_file(profile_path(hardware), "calibration profile")
     every = {**FIT_CASES, **HELD_OUT}
     unknown = sorted(set(names or ()) - set(every))
     if unknown:
@@ -344,14 +438,13 @@ def validate(*, device: str, hardware: str, rounds: int, folder: str,
     chosen = runnable({k: v for k, v in every.items() if not names or k in names}, device)
     if not chosen:
         raise ConfigError(f"no validation case runs on {device} here")
-    rows = errors(measure(chosen, device, rounds=rounds, progress=progress),
-                  load_cost_model(hardware), load_hardware(hardware))
+    cases = measure(chosen, device, rounds=rounds, progress=progress)
+    rows = errors(cases, load_cost_model(hardware), load_hardware(hardware))
     record = accuracy(rows, f"{len(rows)} runs, llmplan validate {time.strftime('%Y-%m-%d')}")
     data = {"hardware": hardware, "cases": rows, **summary(rows), "accuracy": record.to_dict(),
-            "profile": str(save_profile(hardware, record))}
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "validation.json").write_text(json.dumps(data, indent=2) + "\n")
+            "profile": save_checked(hardware, record, cases, progress=progress,
+                                    max_noise=max_noise)}
+    write_text(out / "validation.json", json.dumps(data, indent=2) + "\n", "--out")
     md = ["| case | step predicted (ms) | step measured (ms) | step error | worst memory error |",
           "|---|---|---|---|---|"]
     md += [f"| {r['case']} | {r['predicted_step_time_s'] * 1e3:.1f} | "
@@ -359,5 +452,5 @@ def validate(*, device: str, hardware: str, rounds: int, folder: str,
            f"{r['memory_error']:.1%} |" for r in rows]
     md.append(f"\nworst memory error {data['worst_memory_error']:.1%}, worst step-time error "
               f"{data['worst_step_time_error']:.1%} ({hardware})")
-    (out / "validation.md").write_text("\n".join(md) + "\n")
+    write_text(out / "validation.md", "\n".join(md) + "\n", "--out")
     return data

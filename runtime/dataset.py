@@ -65,32 +65,72 @@ def _key(files: list[Path], tokenizer_file: str, sft: bool) -> str:
     return h.hexdigest()[:24]
 
 
-def documents(path: Path, tokenizer):
+def documents(path: Path, tokenizer, flag: str = "--data"):
     """Each document of one file as ([(text, trained)] segments, fraction of the file read);
-    line numbers in errors."""
+    line numbers in errors, which name ``flag`` (the option, or command, that gave the file)."""
+    if _blank(path):
+        raise ConfigError(f"{flag} {path}: the file is empty (no documents)")
+    rows = _rows(path, flag)
+    kind = SUFFIXES[path.suffix]
+    count = len(rows)
+    for i, row in enumerate(rows):
+        done = (i + 1) / count
+        where = f"{flag} {path}: {'line' if kind == 'json' else 'row'} {i + 1}"
+        if row.get("prompt") is not None and row.get("completion") is not None:
+            yield [(_string(row, "prompt", where), False),
+                   (_string(row, "completion", where), True)], done
+        elif row.get("messages") is not None:
+            yield _chat(row["messages"], tokenizer, where), done
+        elif row.get("text") is not None:
+            yield [(_string(row, "text", where), True)], done
+        else:
+            raise ConfigError(f"{where}: no 'text', 'prompt' + 'completion' or 'messages' field")
+
+
+def _blank(path: Path, probe: int = 1 << 20) -> bool:
+    """The file holds nothing but white space (read whole only when small)."""
+    size = path.stat().st_size
+    return size == 0 or (size <= probe and not path.read_bytes().strip())
+
+
+def _string(row, field: str, where: str) -> str:
+    """A document field's text; any other type is refused, not converted."""
+    value = row[field]
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {field} must be a string, not {type(value).__name__} "
+                          f"({' '.join(repr(value).split())[:40]})")
+    return value
+
+
+def _rows(path: Path, flag: str):
+    """The file read by ``datasets``, whose own log lines and progress bars are silenced
+    (llmplan says what went wrong, once); its error is reported by its innermost cause."""
+    import datasets
     from datasets import disable_progress_bars, load_dataset
 
     disable_progress_bars()
     kind = SUFFIXES[path.suffix]
     options = {"sample_by": "document"} if kind == "text" else {}
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL + 1)
     try:
-        rows = load_dataset(kind, data_files=str(path), split="train",
+        return load_dataset(kind, data_files=str(path), split="train",
                             cache_dir=str(cache_dir() / "arrow"), **options)
     except Exception as err:  # datasets / pyarrow raise their own types for malformed files
-        raise ConfigError(f"--data {path}: cannot read ({' '.join(str(err).split())[:160]})"
-                          ) from None
-    count = len(rows)
-    for i, row in enumerate(rows):
-        done = (i + 1) / count
-        where = f"--data {path}: {'line' if kind == 'json' else 'row'} {i + 1}"
-        if row.get("prompt") is not None and row.get("completion") is not None:
-            yield [(str(row["prompt"]), False), (str(row["completion"]), True)], done
-        elif row.get("messages") is not None:
-            yield _chat(row["messages"], tokenizer, where), done
-        elif isinstance(row.get("text"), str):
-            yield [(row["text"], True)], done
-        else:
-            raise ConfigError(f"{where}: no 'text', 'prompt' + 'completion' or 'messages' field")
+        raise ConfigError(f"{flag} {path}: cannot read ({_cause(err)})") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+
+
+def _cause(err: BaseException) -> str:
+    """The innermost message of an exception chain, on one line (datasets wraps a parse
+    error in "An error occurred while generating the dataset")."""
+    said = ""
+    while err is not None:
+        text = " ".join(str(err).split())
+        said = text or said or type(err).__name__
+        err = err.__cause__ or err.__context__
+    return said[:160]
 
 
 def _chat(messages, tokenizer, where: str) -> list[tuple[str, bool]]:
@@ -117,11 +157,11 @@ def _chat(messages, tokenizer, where: str) -> list[tuple[str, bool]]:
 
 
 def prepare(path: str, tokenizer, *, vocab_size: int, sft: bool,
-            progress: Callable[[int, int], None] | None = None) -> str:
+            progress: Callable[[int, int], None] | None = None, flag: str = "--data") -> str:
     """Tokenise ``path`` once (or find it cached); the cache key to pass to the ranks."""
     import numpy as np
 
-    files = data_files(path)
+    files = data_files(path, flag)
     key = _key(files, getattr(tokenizer, "path", ""), sft)
     root = cache_dir()
     if (root / f"{key}.tokens.npy").exists() and (root / f"{key}.mask.npy").exists():
@@ -134,7 +174,7 @@ def prepare(path: str, tokenizer, *, vocab_size: int, sft: bool,
     seen = 0
     for path_i in files:
         size = path_i.stat().st_size
-        for n, (segments, done) in enumerate(documents(path_i, tokenizer)):
+        for n, (segments, done) in enumerate(documents(path_i, tokenizer, flag)):
             for k, (text, trained) in enumerate(segments):  # specials (BOS) once, at the start
                 piece = tokenizer.encode(text, special=k == 0) if text else []
                 ids.extend(piece)
@@ -147,7 +187,7 @@ def prepare(path: str, tokenizer, *, vocab_size: int, sft: bool,
     if progress:
         progress(total, total)
     if ids and max(ids) >= vocab_size:
-        raise ConfigError(f"--data {path}: token id {max(ids)} exceeds the model's vocab({vocab_size})")
+        raise ConfigError(f"{flag} {path}: token id {max(ids)} exceeds the model's vocab({vocab_size})")
     stored = {"tokens": np.frombuffer(ids, dtype=np.int32),
               "mask": np.frombuffer(mask, dtype=np.int8).astype(np.bool_)}
     for name, values in stored.items():

@@ -207,13 +207,25 @@ class Error(Event):
     exit_code: int | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class Cancelled(Event):
+    """The launcher stopped every rank on a signal (Ctrl-C: SIGINT, or SIGTERM); ``exit_code``
+    is the launcher's (128 + the signal number, the shell's convention)."""
+
+    KIND: ClassVar[str] = "cancelled"
+    signal: str
+    message: str
+    exit_code: int
+
+
 _BY_KIND: dict[tuple[str, str], type[Event]] = {
     ("start", "train"): Start, ("start", "inference"): GenerationStart,
     ("done", "train"): Done, ("done", "inference"): GenerationDone,
-    **{(cls.KIND, ""): cls for cls in (Step, Eval, Checkpoint, Token, LayoutResult, Error)},
+    **{(cls.KIND, ""): cls for cls in (Step, Eval, Checkpoint, Token, LayoutResult, Error,
+                                       Cancelled)},
 }
 KINDS = tuple(dict.fromkeys(kind for kind, _ in _BY_KIND))
-ENDINGS = (Done, GenerationDone, Error)
+ENDINGS = (Done, GenerationDone, Error, Cancelled)
 """The events that end a run: after one of them, nothing more is said."""
 
 

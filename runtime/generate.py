@@ -25,7 +25,7 @@ from planner.config import ConfigError, ModelConfig
 from planner.planfile import read_plan
 from presets import default_hardware
 from runtime import events
-from runtime.runspec import check_generation
+from runtime.launch_checks import check_generation
 from runtime.tokenizer import load_tokenizer, prompt_ids
 
 GEN_DEFAULTS: dict[str, Any] = {
@@ -161,6 +161,22 @@ def load_weights(model, ckpt_dir: str) -> int:
         raise ConfigError(f"{ckpt_dir}: incompatible checkpoint for this model ({detail})") from None
     set_model_state_dict(model, state["model"], options=StateDictOptions(strict=True))
     return step
+
+
+def checkpoint_model(cfg: ModelConfig, ckpt_dir: str, *, tp: int, device: torch.device,
+                     opts: dict[str, Any]):
+    """A training checkpoint's model on this rank and its step. A LoRA run's adapters are
+    merged into the weights (one process: ``runtime.hf_weights.trained_model``, as ``export``
+    writes it; ``runtime.inputs.checkpoint_folder`` refuses tp > 1 for one before launch), so
+    the text is the trained model's, not the base's."""
+    from runtime.hf_weights import checkpoint_run, trained_model
+
+    _, adapters, run = checkpoint_run(ckpt_dir)
+    if adapters is None:
+        model = build_model(cfg, tp=tp, device=device, opts=opts)
+        return model, load_weights(model, ckpt_dir)
+    model, step = trained_model(cfg, adapters, ckpt_dir, run)
+    return model.to(device), step
 
 
 @torch.no_grad()
@@ -331,8 +347,11 @@ def run(plan_path: str) -> int:
     rank = dist.get_rank()
     say = events.emit if rank == 0 else (lambda ev: None)
     dtype = torch.bfloat16 if opts["dtype"] == "bf16" else torch.float32
-    model = build_model(cfg, tp=tp, device=device, opts=opts)
-    step = load_weights(model, opts["checkpoint"]) if opts["checkpoint"] else None
+    if opts["checkpoint"]:
+        model, step = checkpoint_model(cfg, str(opts["checkpoint"]), tp=tp, device=device,
+                                       opts=opts)
+    else:
+        model, step = build_model(cfg, tp=tp, device=device, opts=opts), None
     model.to(dtype=dtype).eval()
     weight_bits = int(opts["weight_bits"])
     logit_diff = None

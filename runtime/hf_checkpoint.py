@@ -146,10 +146,15 @@ def staging(out: str | Path) -> Path:
 
 
 def check_output(out: str | Path, label: str = "--save-hf") -> None:
-    """Before anything runs: the output folder must not exist (nothing is overwritten)."""
+    """Before anything runs: the output folder must not exist (nothing is overwritten), and
+    its parent must be a folder llmplan can write in (``planner.outputs``: the staging folder
+    goes beside it)."""
+    from planner.outputs import writable_folder
+
     out = Path(out)
     if out.exists():
         raise ConfigError(f"{label} {out}: already exists (nothing is overwritten)")
+    writable_folder(out, label)
     if not out.parent.is_dir():
         raise ConfigError(f"{label} {out}: parent folder {out.parent} does not exist")
 

@@ -178,27 +178,88 @@ def _assemble(group: list) -> torch.Tensor:
 def export_checkpoint(ckpt_dir: str, out: str) -> dict:
     """``llmplan export``: a training checkpoint (any layout; DCP reshards it into one
     process) written as a Hugging Face folder; the source folder's config and tokenizer are
-    kept when the run started from one."""
-    from planner.planfile import read_plan
+    kept when the run started from one. A LoRA run's checkpoint is written merged, W + (alpha
+    / r) B A as peft's ``merge_and_unload`` folds it (``runtime.lora.merge_adapters``): the
+    folder is the model the run trained, not its untouched base."""
     from runtime.checkpoint import latest_step
-    from runtime.generate import build_model, load_weights as load_dcp
     from runtime.hf_checkpoint import check_output
     from runtime.hf_names import check_family
+    from runtime.inputs import run_tokenizer
     from presets.hf_export import to_hf_config
 
     check_output(out, "export")
     run_plan = Path(ckpt_dir) / "run.toml"
     if not run_plan.exists() or latest_step(ckpt_dir) is None:
         raise ConfigError(f"{ckpt_dir}: not a checkpoint folder (needs run.toml and latest)")
-    plan = read_plan(run_plan)
-    cfg = ModelConfig.from_dict(plan["model"], where=str(run_plan))
+    cfg, adapters, run = checkpoint_run(ckpt_dir)
     check_family(cfg, f"export {out}")
     to_hf_config(cfg)
+    source = str(run.get("weights", "")) or run_tokenizer(run, str(ckpt_dir))
+    model, step = trained_model(cfg, adapters, ckpt_dir, run)
+    save_hf([model], cfg, out, writer=True, label="0", dtype=torch.float32, source=source)
+    return {"checkpoint": str(ckpt_dir), "step": step, "out": str(out), "model": cfg.name,
+            "merged_adapters": adapters is not None}
+
+
+def checkpoint_run(ckpt_dir: str):
+    """A checkpoint folder's model, adapters (None for a run that trained every weight) and
+    ``[run]`` table, from its ``run.toml``."""
+    from planner.planfile import plan_objects, read_plan
+
+    run_plan = Path(ckpt_dir) / "run.toml"
+    plan = read_plan(run_plan)
+    cfg, setup, _ = plan_objects(plan, where=str(run_plan))
+    return cfg, setup.adapters, plan.get("run", {})
+
+
+def trained_model(cfg: ModelConfig, adapters, ckpt_dir: str, run: dict):
+    """The checkpoint's model in one process, its adapters (if any) merged into the weights;
+    and the checkpoint's step.
+
+    LoRA over a 16-bit base: every tensor (base and adapters) from the checkpoint. QLoRA:
+    the checkpoint holds the base as torchao NF4 tensors, which DCP reads back only by
+    unpickling them; the base is frozen, so it is rebuilt as the run built it (the run's
+    weights folder, or its seeded initialisation, quantised to NF4) and only the adapters are
+    read. The merge dequantises the NF4 base, as ``--merge`` and peft's 4-bit merge do, and
+    the folder is written in fp32 (not re-quantised)."""
+    from runtime.generate import build_model, load_weights as load_dcp
+    from runtime.lora import apply_lora, merge_adapters, quantise_base
+
+    nf4 = adapters is not None and adapters.base_bits == 4
+    weights = str(run.get("weights", "")) if nf4 else ""
+    if nf4 and weights and not Path(weights).is_dir():
+        raise ConfigError(f"{ckpt_dir}: the QLoRA run's base {weights} is gone (the checkpoint "
+                          "keeps only its adapters readable): put it back to export")
     model = build_model(cfg, tp=1, device=torch.device("cpu"),
-                        opts={"weights": "", "weights_seed": 0})
+                        opts={"weights": weights, "weights_seed": int(run.get("seed", 0))})
+    if adapters is not None:
+        apply_lora(model, cfg, adapters)
     with warnings.catch_warnings():  # DCP says it loads in one process: that is the intent
         warnings.simplefilter("ignore", UserWarning)
-        step = load_dcp(model, ckpt_dir)
-    source = str(plan.get("run", {}).get("weights", ""))
-    save_hf([model], cfg, out, writer=True, label="0", dtype=torch.float32, source=source)
-    return {"checkpoint": str(ckpt_dir), "step": step, "out": str(out), "model": cfg.name}
+        if nf4:
+            quantise_base(model, cfg)
+            step = _load_adapters(model, ckpt_dir)
+        else:
+            step = load_dcp(model, ckpt_dir)
+    if adapters is not None:
+        merge_adapters([model])
+    return model, step
+
+
+def _load_adapters(model: nn.Module, ckpt_dir: str) -> int:
+    """Only the adapter tensors of the latest checkpoint, read into ``model``'s."""
+    import torch.distributed.checkpoint as dcp
+
+    from runtime.checkpoint import latest_step
+    from runtime.lora import is_adapter
+
+    step = latest_step(ckpt_dir)
+    state = {"model": {n: p.detach() for n, p in model.named_parameters() if is_adapter(n)}}
+    try:
+        dcp.load(state, checkpoint_id=str(Path(ckpt_dir) / f"step-{step}"))
+    except BaseException as err:  # DCP's CheckpointException derives from BaseException
+        if isinstance(err, (KeyboardInterrupt, SystemExit)):
+            raise
+        detail = " ".join(str(err).split())[-200:]
+        raise ConfigError(f"{ckpt_dir}: incompatible checkpoint for this model ({detail})") from None
+    return step

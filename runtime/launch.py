@@ -1,17 +1,19 @@
 """Plan or flags -> the exact torchrun command, spawned as its own process group, with the
 event stream relayed line by line. Standard library only (torch is never imported here).
 
-Ctrl-C (or ``cancel()``) terminates torchrun's process group and, explicitly, each rank's:
-torchrun starts every rank in a session of its own (``start_new_session``), so signalling
-torchrun's group alone reaches the ranks only through torchrun. A grace period later whatever
-is left is killed. A rank that dies makes torchrun end the others and exit non-zero; if the
-run printed no ``done`` the launcher adds an ``error`` event, so a consumer always sees how
-the run ended.
+Ctrl-C, SIGTERM (or ``cancel()``) terminates torchrun's process group and, explicitly, each
+rank's: torchrun starts every rank in a session of its own (``start_new_session``), so
+signalling torchrun's group alone reaches the ranks only through torchrun. A grace period
+later whatever is left is killed, and the launcher says ``cancelled`` (exit 130 or 143). A
+rank that dies makes torchrun end the others and exit non-zero; if the run printed no
+``done`` the launcher adds an ``error`` event, so a consumer always sees how the run ended.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -163,25 +165,66 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
 
 
+class Stopped(Exception):
+    """The launcher was asked to stop (SIGTERM, or SIGINT where Python's own handler is not
+    installed): raised in the main thread so the run is cancelled like Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """While a run is followed from the main thread, SIGTERM (a service manager, ``kill``,
+    Slurm) and SIGHUP (the terminal closed) raise :class:`Stopped` as Ctrl-C raises
+    ``KeyboardInterrupt``, so each cancels every rank; the previous handlers are restored
+    after. Elsewhere (a TUI worker thread) signal handlers cannot be set and nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame):
+        raise Stopped(signum)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def cancelled(signum: int) -> events.Cancelled:
+    """The ``cancelled`` event of a run stopped on ``signum``, exit code 128 + its number."""
+    name = signal.Signals(signum).name
+    how = "Ctrl-C" if signum == signal.SIGINT else name
+    return events.Cancelled(signal=name, exit_code=128 + signum,
+                            message=f"cancelled ({how}): every rank was stopped")
+
+
 def stream(spec: LaunchSpec, on_line: Callable[[str, events.Event | None], None]) -> int:
     """Run to the end, calling ``on_line(line, event_or_None)`` for every stdout line.
     Returns the exit code; an ``error`` event is synthesised when the run ended without
-    ``done`` or ``error``."""
+    ``done`` or ``error``; Ctrl-C or SIGTERM stops every rank and says ``cancelled`` (exit 130
+    or 143)."""
     run = start(spec)
     ended = finished = False
-    try:
-        for line in run.lines():
-            ev = events.parse(line)
-            if isinstance(ev, events.ENDINGS):
-                ended = True
-                finished = not isinstance(ev, events.Error)
-            on_line(line.rstrip("\n"), ev)
-        rc = run.wait()
-    except KeyboardInterrupt:
-        run.cancel()
-        ev = events.Error(message="cancelled (Ctrl-C): every rank was stopped")
-        on_line(ev.to_json(), ev)
-        return 130
+    with stop_on_signals():
+        try:
+            for line in run.lines():
+                ev = events.parse(line)
+                if isinstance(ev, events.ENDINGS):
+                    ended = True
+                    finished = not isinstance(ev, events.Error)
+                on_line(line.rstrip("\n"), ev)
+            rc = run.wait()
+        except (KeyboardInterrupt, Stopped) as stop:
+            signum = stop.signum if isinstance(stop, Stopped) else signal.SIGINT
+            with _deferred(signal.SIGTERM, signal.SIGINT):  # a second signal waits its turn
+                run.cancel()
+                ev = cancelled(signum)
+                on_line(ev.to_json(), ev)
+            return ev.exit_code
     if rc != 0 and not ended:
         ev = failure(rc, run.stderr_tail)
         on_line(ev.to_json(), ev)
@@ -191,7 +234,49 @@ def stream(spec: LaunchSpec, on_line: Callable[[str, events.Event | None], None]
         sys.stderr.write(f"llmplan: warning: a rank exited with code {rc} after the run finished: "
                          f"{first_error(run.stderr_tail)}\n")
         return 0
+    if rc != 0:
+        hint = export_hint(spec.plan_path)
+        if hint:
+            sys.stderr.write(f"llmplan: {hint}\n")
     return rc
+
+
+@contextlib.contextmanager
+def _deferred(*signums: int) -> Iterator[None]:
+    """Ignore ``signums`` while the ranks are being stopped (main thread only), so a second
+    Ctrl-C cannot leave them half-stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in signums}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def export_hint(plan_path: Path) -> str:
+    """After a failed training run that asked for ``--save-hf``: the ``llmplan export``
+    command that writes the folder from the run's final checkpoint (``--ckpt-dir``, else the
+    run folder), when that checkpoint is on disk; "" otherwise."""
+    import tomllib
+
+    try:
+        run = tomllib.loads(Path(plan_path).read_text()).get("run", {})
+    except (OSError, ValueError):
+        return ""
+    out, steps = run.get("save_hf", ""), run.get("steps")
+    folder = Path(run.get("ckpt_dir") or Path(plan_path).parent)
+    try:
+        committed = (folder / "latest").read_text().strip() == str(steps)
+    except OSError:
+        return ""
+    if not out or not committed or not (folder / "run.toml").exists():
+        return ""
+    return (f"the Hugging Face folder was not written; the trained model is kept in the "
+            f"checkpoint {folder} (step {steps}): `llmplan export {shlex.quote(str(folder))} "
+            f"{shlex.quote(str(out))}` writes it")
 
 
 def start(spec: LaunchSpec) -> Run:

@@ -29,7 +29,12 @@ def read_pairs(path: str) -> list[dict[str, str]]:
         raise ConfigError(f"--data {path}: no readable file there")
     if file.suffix not in (".jsonl", ".json"):
         raise ConfigError(f"--data {path}: preference pairs are JSONL (prompt, chosen, rejected)")
-    for n, line in enumerate(file.read_text().splitlines(), 1):
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else f"not UTF-8 text: {err.reason}"
+        raise ConfigError(f"--data {path}: cannot read ({reason})") from None
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -9,8 +9,6 @@ Standard library only (torch is imported only to look for CUDA when ``device`` i
 
 from __future__ import annotations
 
-import math
-import os
 import tempfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -24,10 +22,10 @@ from planner.planfile import plan_dict, plan_objects, read_plan, write_plan
 from presets import default_hardware, load_model, parse_overrides
 from runtime import inputs
 from runtime.launch import LaunchSpec, torchrun_command
+from runtime.launch_checks import (GENERATION_DTYPES, check_generation, check_host_memory,
+                                   check_resume, check_train_options, cuda_ranks, device_of,
+                                   finite, fp8_device, positive_int)
 
-DEVICES = ("auto", "cpu", "cuda")
-RUNTIME_DTYPES = ("fp32", "bf16", "fp8")
-GENERATION_DTYPES = ("fp32", "bf16")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,7 +108,9 @@ class Resolved:
     spec: LaunchSpec
     plan: dict[str, Any]
     mode: str = "train"                      # or "inference"
-    overrides: tuple[str, ...] = ()          # what a flag changed in a plan, said to the user
+    overrides: tuple[str, ...] = ()
+    """Said to the user before the run starts: what a flag changed in a plan, and a resume
+    from an older step than ``latest`` (a ``warning: ...`` line)."""
     cfg: ModelConfig | None = None
     setup: TrainSetup | None = None
     par: Parallel | None = None
@@ -134,145 +134,12 @@ class Resolved:
         return out
 
 
-# ---- option checks ------------------------------------------------------------------------
-def _positive_int(label: str, value: Any, *, minimum: int = 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{label}({value}) must be an integer >= {minimum}")
-
-
-def _finite(label: str, value: Any, *, low: float = 0.0, high: float = math.inf,
-            low_open: bool = True) -> None:
-    ok = isinstance(value, (int, float)) and math.isfinite(value) and value <= high and \
-        (value > low if low_open else value >= low)
-    if not ok:
-        bound = f"> {low:g}" if low_open else f">= {low:g}"
-        raise ConfigError(f"{label}({value}) must be a finite number {bound}"
-                          + (f" and <= {high:g}" if high < math.inf else ""))
-
-
-def _device(device: str) -> str:
-    if device not in DEVICES:
-        raise ConfigError(f"--device {device!r}: use {', '.join(DEVICES)}")
-    if device == "auto":
-        import torch  # deferred: only "auto" pays for it
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def _cuda_ranks(per_node: int) -> None:
-    import torch
-
-    have = torch.cuda.device_count()
-    if per_node > have:
-        raise ConfigError(f"{per_node} processes per node but {have} GPU(s): NCCL needs one GPU "
-                          "per rank; use --device cpu to run the layout on CPU processes")
-
-
-def _fp8_device(device: str) -> None:
-    """fp8 training runs on fp8 tensor cores (Ada, Hopper, Blackwell); elsewhere its GEMMs
-    would be emulated (``runtime.fp8``), at no fp8 peak to plan it by."""
-    import torch
-
-    from runtime.fp8 import FP8_CAPABILITY, emulated
-
-    if not emulated(torch.device(device)):
-        return
-    where = device
-    if device == "cuda":
-        major, minor = torch.cuda.get_device_capability()
-        where = f"{torch.cuda.get_device_name()} (compute capability {major}.{minor})"
-    raise ConfigError(f"--dtype fp8 runs on a CUDA GPU with fp8 tensor cores (compute "
-                      f"capability {'.'.join(map(str, FP8_CAPABILITY))}+), not on {where}: "
-                      "train in bf16 there")
-
-
-def check_train_options(req: TrainRequest) -> None:
-    """Every option a training request carries, before anything reads a file or starts."""
-    for label in ("tp", "pp", "vpp", "dp", "cp", "ep", "mbs", "gbs", "seq"):
-        value = getattr(req, label)
-        if value is not None:
-            _positive_int(f"--{label}", value)
-    if req.zero is not None and req.zero not in (0, 1, 2, 3):
-        raise ConfigError(f"--zero({req.zero}) must be 0, 1, 2 or 3")
-    _positive_int("--steps", req.steps)
-    _positive_int("--pp-rounds", req.pp_rounds)
-    _positive_int("--nnodes", req.nnodes)
-    _positive_int("--seed", req.seed, minimum=0)
-    _positive_int("--ckpt-every", req.ckpt_every, minimum=0)
-    _finite("--lr", req.lr)
-    _finite("--dpo-beta", req.dpo_beta)
-    if req.method == "ppo":
-        raise ConfigError("--method ppo is planned (memory, flops, plan), not trained by "
-                          "llmplan's runtime")
-    if req.dtype is not None and req.dtype not in RUNTIME_DTYPES:
-        raise ConfigError(f"--dtype {req.dtype!r}: llmplan's runtime trains in "
-                          f"{' or '.join(RUNTIME_DTYPES)}")
-    if req.device not in DEVICES:
-        raise ConfigError(f"--device {req.device!r}: use {', '.join(DEVICES)}")
-    if req.data:
-        from runtime.dataset import data_files
-
-        data_files(req.data)
-    _positive_int("--eval-every", req.eval_every, minimum=0)
-    if req.eval_every and not req.eval_data:
-        raise ConfigError(f"--eval-every {req.eval_every} needs --eval-data")
-    if req.eval_data:
-        from runtime.dataset import data_files
-
-        data_files(req.eval_data, flag="--eval-data")
-    if req.sft and not req.data:
-        raise ConfigError("--sft needs --data (prompt/completion or chat messages)")
-    if req.save_hf:
-        from runtime.hf_checkpoint import check_output
-
-        check_output(req.save_hf)
-    if req.ckpt_every and not req.ckpt_dir:
-        raise ConfigError(f"--ckpt-every {req.ckpt_every} needs --ckpt-dir")
-    if req.resume:
-        from runtime.checkpoint import latest_step
-
-        if not req.ckpt_dir or latest_step(req.ckpt_dir) is None:
-            raise ConfigError(f"--resume: no checkpoint in {req.ckpt_dir or '(no --ckpt-dir)'}")
-    if req.nnodes > 1 and not req.rdzv_endpoint:
-        raise ConfigError(f"--nnodes {req.nnodes} needs --rdzv-endpoint host:port")
-    check_adapter_options(req)
 
 
 def objective(req: TrainRequest) -> str:
     from planner.finetune import objective_for
 
     return objective_for(req.method or "full")
-
-
-def check_adapter_options(req: TrainRequest) -> None:
-    """The adapter folder read and the merged folder written, checked before anything
-    starts (that they need adapters at all: :func:`resolve`, once the plan's are known)."""
-    if req.init_adapter and req.adapters is not None:
-        from runtime.lora import check_adapter_folder
-
-        check_adapter_folder(req.init_adapter, req.adapters)
-    if req.merge:
-        from runtime.hf_checkpoint import check_output
-
-        check_output(req.merge)
-
-
-def check_host_memory(cfg: ModelConfig, setup: TrainSetup, par: Parallel) -> None:
-    """CPU runs put every rank on this host: refuse a layout whose predicted memory (runtime
-    recipe, all ranks) exceeds the host's RAM, instead of swapping it to a halt."""
-    from planner.memory import memory_report
-
-    stages = memory_report(cfg, setup, par).stages
-    need = sum(s.total_bytes for s in stages) * (par.world // par.pp)  # every stage's ranks
-    try:
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        return
-    if need > have:
-        raise ConfigError(f"{par.world} CPU processes of {cfg.name} need about "
-                          f"{need / 2**30:,.1f} GiB but this host has {have / 2**30:,.1f} GiB; "
-                          "use --device cuda or a smaller model (e.g. tiny)")
 
 
 # ---- training -----------------------------------------------------------------------------
@@ -299,6 +166,18 @@ def _run_folder(run_dir: str, fallback: str, prefix: str) -> Path:
     except OSError as err:
         raise ConfigError(f"{folder}: cannot create the run folder ({err.strerror})") from None
     return folder
+
+
+def _plan_beside(req: TrainRequest) -> str:
+    """The checkpoint folder, where the run's plan goes when no ``--run-dir`` is given, unless
+    it already holds another run's checkpoint that this run does not resume: then the plan
+    goes to a folder of its own, and the checkpoint folder's ``run.toml`` is replaced only
+    when this run saves its first step (a start that fails leaves it intact)."""
+    if not req.ckpt_dir or req.resume:
+        return req.ckpt_dir
+    root = Path(req.ckpt_dir)
+    taken = (root / "run.toml").exists() or (root / "latest").exists()
+    return "" if taken else req.ckpt_dir
 
 
 def resolve(req: TrainRequest, *, progress: Callable[[int, int], None] | None = None) -> Resolved:
@@ -370,13 +249,16 @@ def resolve(req: TrainRequest, *, progress: Callable[[int, int], None] | None = 
     if par.world % req.nnodes:
         raise ConfigError(f"world({par.world}) is not divisible by nnodes({req.nnodes})")
     per_node = par.world // req.nnodes
-    device = _device(req.device)
+    device = device_of(req.device)
     if setup.dtype == "fp8":
-        _fp8_device(device)
+        fp8_device(device)
     if device == "cuda":
-        _cuda_ranks(per_node)
+        cuda_ranks(per_node)
     else:
         check_host_memory(cfg, setup, par)
+    resumed = check_resume(req.ckpt_dir, cfg) if req.resume else None
+    if resumed is not None and resumed.warning:
+        said = (*said, f"warning: {resumed.warning}")
     hardware = hardware or default_hardware(device)
     plan = plan_dict(cfg=cfg, setup=setup, par=par, hardware=hardware, gpus=par.world,
                      gpus_per_node=per_node, prediction=base.get("prediction", {}))
@@ -395,11 +277,14 @@ def resolve(req: TrainRequest, *, progress: Callable[[int, int], None] | None = 
                                                 flag="--eval-data"),
                    "eval_every": req.eval_every,
                    "ckpt_dir": req.ckpt_dir, "ckpt_every": req.ckpt_every,
-                   "resume": req.resume, "device": device, "pp_rounds": req.pp_rounds,
+                   "resume": req.resume,
+                   "resume_step": resumed.step if resumed is not None else -1,
+                   "device": device, "pp_rounds": req.pp_rounds,
                    "weights": weights, "save_hf": inputs.exportable(req.save_hf, cfg),
+                   "tokenizer": inputs.tokenizer_folder(req.target, weights),
                    "init_adapter": req.init_adapter, "save_adapter": req.save_adapter,
                    "merge": inputs.exportable(req.merge, cfg)}
-    folder = _run_folder(req.run_dir, req.ckpt_dir, "llmplan-run-")
+    folder = _run_folder(req.run_dir, _plan_beside(req), "llmplan-run-")
     plan_path = folder / "run.toml"
     # each node's agent runs the same file; the Slurm script is the planner's, not the run's
     write_plan(plan_path, {**plan, "cluster": {**plan["cluster"], "nodes": 1}})
@@ -415,47 +300,28 @@ def _inference_plan(path: Path, plan: dict[str, Any], device: str) -> Resolved:
     cfg = ModelConfig.from_dict(plan.get("model", {}), where=f"{path} [model]")
     options = plan.get("generate", {})
     tp = plan.get("cluster", {}).get("gpus", 1)
-    _positive_int(f"{path}: [cluster] gpus", tp)
-    device = _device(options.get("device", "cpu") if device == "auto" else device)
+    positive_int(f"{path}: [cluster] gpus", tp)
+    device = device_of(options.get("device", "cpu") if device == "auto" else device)
     check_generation(cfg, tp=tp, prompts=list(options.get("prompts", ["Hello"])),
                      max_new=options.get("max_new_tokens", 32))
+    inputs.check_eos(options.get("eos_token", -1), cfg)  # the plan's stop token, as --eos
     if device == "cuda":
-        _cuda_ranks(tp)
+        cuda_ranks(tp)
     spec = LaunchSpec(plan_path=path, nproc_per_node=tp, device=device, module="runtime.generate")
     return Resolved(spec=spec, plan=plan, mode="inference", cfg=cfg)
 
 
 # ---- generation ---------------------------------------------------------------------------
-def check_generation(cfg: ModelConfig, *, tp: int, prompts: list[str], max_new: int,
-                     tokenizer=None, chat: bool = False) -> None:
-    """The layout contract's model and tensor-parallel rules for llmplan's runtime, then the
-    prompt lengths (in ``tokenizer``'s tokens, bytes by default) against the context."""
-    from runtime.tokenizer import ByteTokenizer, prompt_ids
-
-    def encode(text: str) -> list[int]:
-        return prompt_ids(tokenizer or ByteTokenizer(), text, chat=chat)
-    _positive_int("--max-new-tokens", max_new)
-    refused = layout.refusals([*layout.model_problems(cfg), *layout.tp_problems(cfg, tp)],
-                              "llmplan")
-    if refused:
-        raise ConfigError("; ".join(p.message for p in refused))
-    lengths = [len(encode(p)) for p in prompts]
-    if not lengths or min(lengths) < 1:
-        raise ConfigError("every prompt needs at least one token")
-    longest = max(lengths) + max_new
-    if longest > cfg.max_context:
-        raise ConfigError(f"prompt({max(lengths)}) + max new tokens({max_new}) = {longest} "
-                          f"exceeds the model's max context({cfg.max_context})")
 
 
 def resolve_generation(req: GenerateRequest) -> Resolved:
     """A generation request -> the inference plan written and the run to start."""
-    _positive_int("--tp", req.tp)
-    _positive_int("--batch", req.batch, minimum=0)
-    _positive_int("--top-k", req.top_k, minimum=0)
-    _positive_int("--seed", req.seed, minimum=0)
-    _finite("--temperature", req.temperature, low_open=False)
-    _finite("--top-p", req.top_p, high=1.0)
+    positive_int("--tp", req.tp)
+    positive_int("--batch", req.batch, minimum=0)
+    positive_int("--top-k", req.top_k, minimum=0)
+    positive_int("--seed", req.seed, minimum=0)
+    finite("--temperature", req.temperature, low_open=False)
+    finite("--top-p", req.top_p, high=1.0)
     if req.dtype not in (*GENERATION_DTYPES, "auto"):
         raise ConfigError(f"--dtype {req.dtype!r}: use {', '.join(GENERATION_DTYPES)} or auto")
     folder = Path(req.target)
@@ -464,14 +330,11 @@ def resolve_generation(req: GenerateRequest) -> Resolved:
         cfg = load_model(req.target, parse_overrides(list(req.sets)))
         weights = inputs.hf_weights(req.target, cfg)
         tokenizer_dir = str(folder.resolve())
-    elif folder.is_dir():
-        run_plan = folder / "run.toml"
-        if not run_plan.exists() or not (folder / "latest").exists():
-            raise ConfigError(f"{folder}: not a checkpoint folder (needs run.toml and latest)")
-        cfg = ModelConfig.from_dict(read_plan(run_plan)["model"], where=str(run_plan))
-        checkpoint = str(folder.resolve())
+    elif folder.is_dir():  # a training checkpoint, with the tokenizer its run used
+        cfg, checkpoint, tokenizer_dir = inputs.checkpoint_folder(req.target, req.tp)
     else:
         cfg = load_model(req.target, parse_overrides(list(req.sets)))
+    inputs.check_eos(req.eos, cfg)
     texts = list(req.prompts) or ["Hello"]
     if req.batch:
         texts = [texts[i % len(texts)] for i in range(req.batch)]
@@ -480,9 +343,9 @@ def resolve_generation(req: GenerateRequest) -> Resolved:
     tokenizer = load_tokenizer(tokenizer_dir, model_vocab=cfg.vocab_size)
     check_generation(cfg, tp=req.tp, prompts=texts, max_new=req.max_new_tokens,
                      tokenizer=tokenizer, chat=req.chat)
-    device = _device(req.device)
+    device = device_of(req.device)
     if device == "cuda":
-        _cuda_ranks(req.tp)
+        cuda_ranks(req.tp)
     dtype = (inputs.folder_dtype(req.target) or "fp32") if req.dtype == "auto" else req.dtype
     if req.weight_bits not in (16, 8):
         raise ConfigError(f"--weight-bits({req.weight_bits}) is not one of 16, 8 for generate "

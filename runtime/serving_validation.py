@@ -24,6 +24,8 @@ import subprocess
 import sys
 from typing import Any, Callable
 
+from planner.accuracy import relative_error
+
 BASE = {"prompt": "the quick brown fox jumps over the lazy dog " * 3, "max_new": 16}
 FIT_CASES: dict[str, dict[str, Any]] = {
     "tiny-b1": {"model": "tiny", "batch": 1},
@@ -101,7 +103,8 @@ def rows_of(results: dict[str, dict[str, Any]], cases: dict[str, dict[str, Any]]
         ttft, tpot = predict(cases[name], model, hardware, done["prompt_tokens"])
         rows.append({"case": name, "predicted_ttft_s": ttft, "measured_ttft_s": done["ttft_s"],
                      "predicted_tpot_s": tpot, "measured_tpot_s": done["tpot_s"],
-                     "ttft_error": ttft / done["ttft_s"] - 1, "tpot_error": tpot / done["tpot_s"] - 1})
+                     "ttft_error": relative_error(done["ttft_s"], ttft),
+                     "tpot_error": relative_error(done["tpot_s"], tpot)})
     return rows
 
 

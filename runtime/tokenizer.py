@@ -56,9 +56,7 @@ class FolderTokenizer:
         self.eos = _eos_ids(folder)
         self.path = str(path)
         settings = _json(folder / "tokenizer_config.json")
-        template = folder / "chat_template.jinja"
-        self.chat_template = (template.read_text() if template.exists()
-                              else settings.get("chat_template") or "")
+        self.chat_template = _template(folder) or settings.get("chat_template") or ""
         self.specials = {k: _token_text(settings.get(k)) for k in ("bos_token", "eos_token")}
         if not self.eos and self.specials["eos_token"]:  # a folder with no eos_token_id
             found = self.inner.token_to_id(self.specials["eos_token"])
@@ -104,6 +102,18 @@ def _json(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _template(folder: Path) -> str:
+    """The folder's ``chat_template.jinja`` ("" when it has none); one line if unreadable."""
+    path = folder / "chat_template.jinja"
+    if not path.exists():
+        return ""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else f"not UTF-8 text: {err.reason}"
+        raise ConfigError(f"{path}: cannot read ({reason})") from None
 
 
 def _token_text(value) -> str:

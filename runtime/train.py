@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -25,6 +26,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "resume": False, "device": "cpu", "measure_step": 2, "pp_rounds": 1,
     "weights": "", "save_hf": "", "eval_data": "", "eval_every": 0, "eval_batches": 8,
     "init_adapter": "", "save_adapter": "", "merge": "", "dpo_beta": 0.1,
+    "resume_step": -1, "plan_path": "",
 }
 
 
@@ -59,14 +61,18 @@ def load_run(plan_path: str):
 
 
 def resume(trainer: Trainer, opts: dict[str, Any]) -> int:
-    """Load the latest checkpoint when resuming (into this layout, whatever layout wrote
-    it) and move the LR schedules to its step; the step to continue from."""
+    """Load the checkpoint when resuming (into this layout, whatever layout wrote it) and move
+    the LR schedules to its step; the step to continue from. The step is the launcher's
+    (``resume_step``: the newest intact one, checked before any rank started), else
+    ``latest``'s."""
     from runtime import checkpoint
 
     if not opts["resume"]:
         return 0
     ckpt_dir = opts["ckpt_dir"]
-    latest = checkpoint.latest_step(ckpt_dir) if ckpt_dir else None
+    latest = int(opts["resume_step"])
+    if latest < 0:
+        latest = checkpoint.latest_step(ckpt_dir) if ckpt_dir else None
     if latest is None:
         raise ConfigError(f"--resume: no checkpoint in {ckpt_dir or '(no --ckpt-dir)'}")
     checkpoint.load(ckpt_dir, latest, trainer.parts, trainer.optimizers)
@@ -141,7 +147,8 @@ def train_steps(trainer: Trainer, data, *, start_step: int, predicted: dict[str,
             sys.stderr.write(f"llmplan: fault injection: rank {rank} exits at step {step}\n")
             os._exit(17)
         if ckpt_dir and ((every and step % every == 0) or step == steps):
-            path = checkpoint.save(ckpt_dir, step, trainer.parts, trainer.optimizers)
+            path = checkpoint.save(ckpt_dir, step, trainer.parts, trainer.optimizers,
+                                   plan_path=str(opts["plan_path"]))
             say(events.Checkpoint(step=step, path=path))
     return measured, step_times
 
@@ -160,6 +167,32 @@ def save_final(trainer: Trainer, out: str, say) -> None:
             dtype=next(trainer.parts[0].parameters()).dtype if trainer.parts else torch.float32,
             source=str(trainer.opts["weights"]), rank0=torch.distributed.get_rank() == 0)
     say(events.Checkpoint(step=int(trainer.opts["steps"]), path=out, format="hf"))
+
+
+def fallback_ckpt_dir(opts: dict[str, Any]) -> str:
+    """Where the final checkpoint of a ``--save-hf`` run without ``--ckpt-dir`` goes: the run
+    folder (beside its ``run.toml``), so a failed export loses no training."""
+    return str(Path(str(opts["plan_path"])).parent)
+
+
+def export_with_fallback(trainer: Trainer, opts: dict[str, Any], say) -> None:
+    """``--save-hf`` with the trained weights kept until it is written: without ``--ckpt-dir``
+    the final step is first saved as a checkpoint in the run folder (removed once the folder
+    is written); with one, its final checkpoint is already there. If the export fails, the
+    launcher names the ``llmplan export`` command that writes it from that checkpoint."""
+    import torch.distributed as dist
+
+    from runtime import checkpoint
+
+    steps = int(opts["steps"])
+    fallback = "" if opts["ckpt_dir"] else fallback_ckpt_dir(opts)
+    if fallback:
+        checkpoint.save(fallback, steps, trainer.parts, trainer.optimizers,
+                        plan_path=str(opts["plan_path"]))
+    save_final(trainer, str(opts["save_hf"]), say)
+    if fallback and dist.get_rank() == 0:  # written: the interim checkpoint goes
+        shutil.rmtree(Path(fallback) / f"step-{steps}", ignore_errors=True)
+        (Path(fallback) / "latest").unlink(missing_ok=True)
 
 
 def save_adapters(trainer: Trainer, opts: dict[str, Any], say) -> None:
@@ -191,6 +224,7 @@ def run(plan_path: str) -> int:
     from runtime.report import peak_rss_bytes, predictions, report
 
     plan, cfg, setup, par, opts = load_run(plan_path)
+    opts["plan_path"] = plan_path
     device = init_distributed(opts["device"])
     rank = dist.get_rank()
     say = events.emit if rank == 0 else (lambda ev: None)
@@ -223,7 +257,7 @@ def run(plan_path: str) -> int:
                                        held_out=held_out)
     save_adapters(trainer, opts, say)
     if opts["save_hf"]:
-        save_final(trainer, str(opts["save_hf"]), say)
+        export_with_fallback(trainer, opts, say)
     report(trainer, {**measured, "host_build_peak_bytes": build_peak}, predicted, step_times,
            say, cuda=device.type == "cuda", rss_baseline=rss_baseline)
     dist.barrier()

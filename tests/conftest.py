@@ -9,9 +9,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from helpers import launch  # noqa: E402
 
-# Tests never read or write the user's settings, presets or calibration profiles; launched
-# processes inherit this.
+# Tests never read or write the user's settings, presets, calibration profiles or tokenised
+# data cache; launched processes inherit this.
 os.environ["LLMPLAN_CONFIG_DIR"] = tempfile.mkdtemp(prefix="llmplan-test-config-")
+os.environ["LLMPLAN_CACHE_DIR"] = tempfile.mkdtemp(prefix="llmplan-test-cache-")
 # The oracles are transformers' own PyTorch code: never a kernel swapped in from a hub (none
 # can be fetched here, and a hub kernel is not the reference the planner is checked against).
 os.environ["USE_HUB_KERNELS"] = "NO"

@@ -2,10 +2,12 @@
 
 Commands are grouped by topic in ``tui/commands/`` (models, calculate, plan, serve, run,
 calibrate, data); each parses its options, calls one library function and renders the result.
-Every calculation takes ``--json`` (data on stdout, diagnostics on stderr); bad input exits
-2 with one line naming the problem. Heavy modules (rich, textual, torch, sympy) are imported
-inside the commands that need them, and only the invoked command's module is imported, so
-``llmplan params --json`` starts fast.
+Every calculation takes ``--json`` (data on stdout, diagnostics on stderr). Exit codes: 0 an
+answer, 1 no answer (``plan`` finds no layout, ``serve-plan`` no split), 2 bad input (one
+stderr line ``llmplan: error: ...``, whether the planner or the option parser found it),
+130 interrupted (Ctrl-C; SIGTERM's 143 is the default signal exit). Heavy modules (rich, textual,
+torch, sympy) are imported inside the commands that need them, and only the invoked
+command's module is imported, so ``llmplan params --json`` starts fast.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 from typing import Annotated, Any, Callable
 
 import typer
+from typer.core import TyperGroup
 
 from planner.config import LlmplanError
 
@@ -34,6 +37,39 @@ COMMAND_MODULES = {
 SETTINGS = {"help_option_names": ["-h", "--help"]}
 
 
+class OneLineErrors(TyperGroup):
+    """The command group, with Click's own errors (a value that is not a number, an unknown
+    option or command, a missing argument, a value the option callbacks in ``tui.options``
+    refuse) printed as one ``llmplan: error:`` line with exit 2, instead of Typer's usage
+    box. Both places Click raises them are covered: parsing the group's own options, and
+    invoking (which parses the subcommand's)."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except typer.TyperException as err:  # Click's errors (typer vendors click)
+            one_line(err)
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except typer.TyperException as err:
+            one_line(err)
+
+
+def one_line(err: Exception) -> None:
+    """A Click usage error as ``llmplan: error: [command: ]message``, then exit 2."""
+    message = err.format_message()  # type: ignore[attr-defined]
+    ctx = getattr(err, "ctx", None)
+    if ctx is not None and ctx.info_name not in (None, "llmplan") and \
+            not message.startswith("--"):
+        message = f"{ctx.info_name}: {message}"
+    from tui.output import stderr_line
+
+    stderr_line(f"llmplan: error: {' '.join(str(message).splitlines())}")
+    raise typer.Exit(2)
+
+
 def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn llmplan's user-facing errors into one stderr line and exit code 2."""
 
@@ -42,8 +78,10 @@ def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except LlmplanError as err:
-            sys.stderr.write(f"llmplan: error: {err}\n")
-            raise typer.Exit(2) from None
+            from tui.output import stderr_line
+
+            stderr_line(f"llmplan: error: {err}")
+            raise typer.Exit(getattr(err, "exit_code", 2)) from None
 
     return wrapper
 
@@ -76,7 +114,8 @@ def build(names: list[str] | None = None) -> typer.Typer:
     app = typer.Typer(name="llmplan",
                       help="Exact LLM calculator and 3D-parallel planner with a runnable backend.",
                       add_completion=False, no_args_is_help=False,
-                      pretty_exceptions_show_locals=False, context_settings=SETTINGS)
+                      pretty_exceptions_show_locals=False, context_settings=SETTINGS,
+                      cls=OneLineErrors)
     app.callback(invoke_without_command=True)(root)
     if names is None or "tui" in names:
         app.command("tui")(tui_cmd)

@@ -7,6 +7,7 @@ import math
 import typing
 from dataclasses import dataclass
 
+from rich.markup import escape
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -74,6 +75,21 @@ def _bar(parts: list[tuple[str, int, str]], capacity: int, width: int = 40) -> s
     return "".join(cells) + "[dim]" + "░" * free + "[/dim]"
 
 
+EDITED = "-edited"
+
+
+def edited(origin: ModelConfig | None, spec: ModelConfig) -> ModelConfig:
+    """``spec`` named apart from the model it was edited from (``llama-3-8b-edited``), so a
+    plan saved from the TUI never passes an edited model off under a preset's name; edited
+    back to ``origin`` exactly, it takes ``origin``'s name again. (A suffix, not
+    "(edited)": the name also becomes a Slurm job name and file names.)"""
+    if origin is None:
+        return spec
+    if spec.replace(name=origin.name) == origin:
+        return origin
+    return spec.replace(name=origin.name.removesuffix(EDITED) + EDITED)
+
+
 class ModelForm(VerticalScroll):
     """Validated inputs for every field; a bad value is marked at the field with the reason
     and never clears the others. Valid edits go up as ``SpecEdited``."""
@@ -88,6 +104,13 @@ class ModelForm(VerticalScroll):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._errors: set[str] = set()
+        # Edits posted up whose echo (the app's spec coming back down) has not arrived yet:
+        # the inputs already show them, and maybe keys typed since, so an echo never rewrites
+        # an input (a digit typed while the app recomputes is kept).
+        self._sent: list[ModelConfig] = []
+        # The model as it came from outside (a preset, a file): an edit is named apart from
+        # it, and an edit back to it takes its name again.
+        self._origin: ModelConfig | None = None
 
     def compose(self) -> ComposeResult:
         hints = typing.get_type_hints(ModelConfig)
@@ -114,16 +137,17 @@ class ModelForm(VerticalScroll):
     def watch_spec(self, spec: ModelConfig | None) -> None:
         if spec is None:
             return
-        groups = _groups_in_use(spec)
+        if spec in self._sent:  # our own edit coming back: the inputs are ahead of it
+            del self._sent[:self._sent.index(spec) + 1]
+            self._show_variant_rows(spec)
+            return
+        self._sent.clear()
+        self._origin = spec
+        self._show_variant_rows(spec)
         with self.prevent(Input.Changed, Select.Changed, Switch.Changed):
             for name, value in spec.to_dict().items():
                 if name in SKIP:
                     continue
-                if name in VARIANT_FIELD:
-                    row = self.query_one(f"#row-{name}")
-                    show = VARIANT_FIELD[name] in groups or value != DEFAULTS[name]
-                    if row.display != show:
-                        row.display = show
                 widget = self.query_one(f"#f-{name}")
                 if isinstance(widget, Input):
                     text = _shown(value)
@@ -133,11 +157,20 @@ class ModelForm(VerticalScroll):
                     widget.value = value
                 self._show_error(name, "")
 
+    def _show_variant_rows(self, spec: ModelConfig) -> None:
+        groups = _groups_in_use(spec)
+        for name, value in spec.to_dict().items():
+            if name in VARIANT_FIELD:
+                row = self.query_one(f"#row-{name}")
+                show = VARIANT_FIELD[name] in groups or value != DEFAULTS[name]
+                if row.display != show:
+                    row.display = show
+
     def _show_error(self, name: str, message: str) -> None:
         if not message and name not in self._errors:
             return  # nothing shown, nothing to clear (keeps edits from relaying out the form)
         error = self.query_one(f"#err-{name}", Static)
-        error.update(f"[red]{message}[/red]" if message else "")
+        error.update(f"[red]{escape(message)}[/red]" if message else "")
         error.display = bool(message)
         if message:
             self._errors.add(name)
@@ -145,16 +178,18 @@ class ModelForm(VerticalScroll):
             self._errors.discard(name)
 
     def _edit(self, name: str, raw: object) -> None:
-        if self.spec is None:
+        base = self._sent[-1] if self._sent else self.spec  # on top of edits not yet echoed
+        if base is None:
             return
         try:
             value = C.parse_field(name, raw) if isinstance(raw, str) else raw
-            new = self.spec.replace(**{name: value})
+            new = edited(self._origin, base.replace(**{name: value}))
         except ConfigError as err:
             self._show_error(name, str(err))
             return
         self._show_error(name, "")
-        if new != self.spec:
+        if new != base:
+            self._sent.append(new)
             self.post_message(self.SpecEdited(new))
 
     @on(Input.Changed)

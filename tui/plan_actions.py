@@ -10,8 +10,13 @@ from pathlib import Path
 def save_plan(spec, result, cand, path: Path) -> tuple[str, str]:
     from planner.planfile import candidate_plan, write_plan
 
+    script = path.with_suffix(".slurm")
+    stale = script.is_file()
     written = write_plan(path, candidate_plan(spec, result, cand))
-    return "plan saved", "wrote " + ", ".join(str(p) for p in written)
+    message = "wrote " + ", ".join(str(p) for p in written)
+    if stale and not script.exists():
+        message += f"; removed {script}, written for an earlier multi-node plan"
+    return "plan saved", message
 
 
 def export_plan(spec, result, cand, folder: Path, *, framework: str) -> tuple[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich.markup import escape
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
@@ -45,6 +46,8 @@ class PlanPane(Vertical):
     """The latest search (pushed down by the app)."""
     accuracy: reactive[Accuracy] = reactive(DEFAULT_ACCURACY, init=False)
     """The band put around each time and memory estimate (from the accelerator's profile)."""
+    error: reactive[str] = reactive("", init=False, always_update=True)
+    """Why the latest search did not run or failed (pushed down by the app)."""
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="cluster"):
@@ -80,11 +83,16 @@ class PlanPane(Vertical):
 
     @on(Button.Pressed, "#search")
     @on(Input.Submitted, "#nodes, #gbs")
-    def _search(self) -> None:
+    def request(self) -> None:
+        """Ask for a search with this screen's inputs (the button, Enter, ctrl+r)."""
         inputs = self.inputs()
         if inputs is not None:
             self.query_one("#plan-status", Static).update("searching ...")
             self.post_message(self.SearchRequested(inputs))
+
+    def watch_error(self, error: str) -> None:
+        if error:
+            self.query_one("#plan-status", Static).update(f"[red]{escape(error)}[/red]")
 
     @on(Button.Pressed, "#save")
     def _save(self) -> None:

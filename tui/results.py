@@ -17,7 +17,7 @@ from planner.flops import flops_report
 from planner.kv import kv_bytes_per_token, max_batch
 from planner.memory import memory_report
 from planner.params import ParamCounts, count_params
-from planner.scaling import FITS, optimal_for_params
+from planner.scaling import DEFAULT_FIT, FITS, optimal_for_params
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -86,8 +86,8 @@ def compute(cfg: ModelConfig, choices: Choices) -> Results:
         contexts.append(cfg.max_context)
     window = cfg.sliding_window
     kv_curve = [(c, per_token * (min(c, window) if window else c)) for c in contexts]
-    budget = optimal_for_params(counts.total, "hoffmann")
-    law = FITS["hoffmann"]
+    budget = optimal_for_params(counts.total, DEFAULT_FIT)  # ~20 tokens per parameter
+    law = FITS[DEFAULT_FIT]
     curve = []
     for i in range(25):  # N from N*/10 to 10 N* at the same compute
         n = budget.params * 10 ** (-1 + i / 12)

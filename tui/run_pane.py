@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 
 from textual import on
@@ -51,10 +52,26 @@ class RunState:
             out.comparison = comparison_rows(ev, _mib)
         elif isinstance(ev, events.Error):
             out.status = f"error: {ev.message}"
+        elif ev.KIND == "cancelled":
+            out.status = "cancelled"
         return out
 
     def with_status(self, status: str) -> "RunState":
         return replace(self, status=status)
+
+
+def says_cancelled(line: str, ev: events.Event | None) -> bool:
+    """The launcher's ``cancelled`` event: typed, or (from a reader whose schema does not
+    know the kind yet) the raw line."""
+    if ev is not None:
+        return ev.KIND == "cancelled"
+    if not line.lstrip().startswith("{"):
+        return False
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(data, dict) and data.get("event") == "cancelled"
 
 
 def _mib(n: float) -> str:

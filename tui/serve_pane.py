@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich.markup import escape
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
@@ -41,6 +42,9 @@ class ServePane(Vertical):
         inputs: ServeInputs
 
     result: reactive[ServeResult | None] = reactive(None, init=False)
+    """The latest serving plan (pushed down by the app)."""
+    error: reactive[str] = reactive("", init=False, always_update=True)
+    """Why the latest serving plan did not run or failed (pushed down by the app)."""
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="serve-inputs"):
@@ -71,11 +75,16 @@ class ServePane(Vertical):
 
     @on(Button.Pressed, "#serve-search")
     @on(Input.Submitted, "#serve-prompt, #serve-output, #serve-ttft, #serve-tpot")
-    def _search(self) -> None:
+    def request(self) -> None:
+        """Ask for a serving plan with this screen's inputs (the button, Enter, ctrl+r)."""
         inputs = self.inputs()
         if inputs is not None:
             self.query_one("#serve-status", Static).update("searching ...")
             self.post_message(self.ServeRequested(inputs))
+
+    def watch_error(self, error: str) -> None:
+        if error:
+            self.query_one("#serve-status", Static).update(f"[red]{escape(error)}[/red]")
 
     def watch_result(self, result: ServeResult | None) -> None:
         table = self.query_one("#serve-table", DataTable)

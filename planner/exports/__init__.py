@@ -65,10 +65,9 @@ def export(name: str, job: Job, out_dir: Path) -> Path:
     found = module.problems(job)
     if found:
         raise ConfigError(f"--export {name}: {found[0]}")
-    path = Path(out_dir) / module.FILENAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(module.render(job))
-    return path
+    from planner.outputs import write_text
+
+    return write_text(Path(out_dir) / module.FILENAME, module.render(job), f"--export {name} file")
 
 
 def settings(name: str, job: Job) -> Mapping[str, Any] | list[str]:

@@ -13,7 +13,14 @@ scaling, ``--fp8-format e4m3 --fp8-recipe blockwise`` (DeepSeek-V3 §3.3: 1 x 12
 128 tiles, E4M3 throughout), over ``--bf16``. The model is spelt out too, so Megatron builds
 the shape the plan was made for.
 
-Refused, with the reason: the GPipe schedule (Megatron runs 1F1B and interleaved 1F1B), and
+Megatron-FSDP needs ``--ckpt-format fsdp_dtensor`` (its only checkpoint format) and
+CUDA_DEVICE_MAX_CONNECTIONS unset; tp or cp > 1 without it needs CUDA_DEVICE_MAX_CONNECTIONS=1
+(both asserted by ``validate_args``). Several nodes get a torchrun line with c10d rendezvous
+(``--node-rank "$NODE_RANK" --rdzv-endpoint "$MASTER_ADDR:$MASTER_PORT"``).
+
+Refused, with the reason: the GPipe schedule (Megatron runs 1F1B and interleaved 1F1B),
+ZeRO-2/3 with pp > 1 (Megatron-FSDP does not support pipeline parallelism: NVIDIA/Megatron-LM
+issue 1455), a sequence longer than the model's max_position_embeddings (asserted), and
 model features Megatron's GPT model has no flag for (parallel blocks, ALiBi or sinusoidal
 positions, norms without bias, biases on a subset other than q/k/v, ReLU/GeGLU MLPs).
 """
@@ -26,9 +33,15 @@ from planner.exports.job import Job
 
 NAME = "megatron"
 FILENAME = "megatron_args.sh"
+FSDP_CHECKPOINT = ["--ckpt-format", "fsdp_dtensor"]
+"""Megatron-FSDP saves only this format: ``validate_args`` asserts ``args.ckpt_format ==
+"fsdp_dtensor"`` under ``--use-megatron-fsdp`` ("Megatron FSDP only supports fsdp_dtensor
+checkpoint format")."""
 ZERO = {0: [], 1: ["--use-distributed-optimizer"],
-        2: ["--use-megatron-fsdp", "--data-parallel-sharding-strategy", "optim_grads"],
-        3: ["--use-megatron-fsdp", "--data-parallel-sharding-strategy", "optim_grads_params"]}
+        2: ["--use-megatron-fsdp", "--data-parallel-sharding-strategy", "optim_grads",
+            *FSDP_CHECKPOINT],
+        3: ["--use-megatron-fsdp", "--data-parallel-sharding-strategy", "optim_grads_params",
+            *FSDP_CHECKPOINT]}
 POSITIONS = {"rope": "rope", "learned": "learned_absolute", "none": "none"}
 NORMS = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm"}
 
@@ -38,6 +51,12 @@ def problems(job: Job) -> list[str]:
     out = []
     if job.par.schedule == "gpipe":
         out.append("schedule(gpipe): Megatron-LM runs 1F1B and interleaved 1F1B")
+    if job.par.zero >= 2 and job.par.pp > 1:
+        out.append("zero 2/3 with pp > 1: Megatron-LM runs ZeRO-2/3 as Megatron-FSDP, which "
+                   "does not support pipeline parallelism (NVIDIA/Megatron-LM issue 1455)")
+    if job.setup.seq_len > cfg.max_context:
+        out.append(f"seq({job.setup.seq_len}) > max_position_embeddings({cfg.max_context}): "
+                   "Megatron-LM asserts max_position_embeddings >= seq_length")
     unlike = [what for what, differs in (
         (f"block {cfg.block}", cfg.block != "pre_norm"),
         (f"positions {cfg.position}", cfg.position not in POSITIONS),
@@ -87,16 +106,15 @@ def model_args(job: Job) -> list[str]:
 
 def layout_args(job: Job) -> list[str]:
     p, s = job.par, job.setup
-    args = ["--tensor-model-parallel-size", p.tp, "--pipeline-model-parallel-size", p.pp]
-    if p.cp > 1:
-        args += ["--context-parallel-size", p.cp]
+    args = ["--tensor-model-parallel-size", p.tp, "--pipeline-model-parallel-size", p.pp,
+            "--context-parallel-size", p.cp]
     if p.ep > 1:
         args += ["--expert-model-parallel-size", p.ep]
     if p.vpp > 1:
         args += ["--num-virtual-stages-per-pipeline-rank", p.vpp]
     if p.sp:
         args.append("--sequence-parallel")
-    args += ["--context-parallel-size", 1, "--micro-batch-size", s.micro_batch,
+    args += ["--micro-batch-size", s.micro_batch,
              "--global-batch-size", job.global_batch, *ZERO[p.zero]]
     if s.recompute == "selective":
         args += ["--recompute-granularity", "selective"]
@@ -125,8 +143,28 @@ def render(job: Job) -> str:
             "# add your data and tokenizer, e.g. --data-path ... --tokenizer-type "
             "HuggingFaceTokenizer --tokenizer-model ...\n"
             f"MEGATRON_ARGS=(\n{lines})\n"
-            f"torchrun --nproc-per-node {min(job.gpus, job.gpus_per_node)} --nnodes {job.nodes} "
-            'pretrain_gpt.py "${MEGATRON_ARGS[@]}" "$@"\n')
+            f"{_connections(job)}{torchrun(job)} pretrain_gpt.py \"${{MEGATRON_ARGS[@]}}\" \"$@\"\n")
+
+
+def _connections(job: Job) -> str:
+    """Megatron-LM asserts CUDA_DEVICE_MAX_CONNECTIONS=1 with tp or cp > 1 before Blackwell,
+    and asserts it is not 1 under Megatron-FSDP (``validate_args``)."""
+    if job.par.zero >= 2:
+        return "unset CUDA_DEVICE_MAX_CONNECTIONS  # Megatron-FSDP asserts it is not 1\n"
+    if job.par.tp > 1 or job.par.cp > 1:
+        return "export CUDA_DEVICE_MAX_CONNECTIONS=1  # Megatron-LM asserts it with tp/cp > 1\n"
+    return ""
+
+
+def torchrun(job: Job) -> str:
+    """The launcher line: one node as is; several with c10d rendezvous on $MASTER_ADDR and
+    each node's $NODE_RANK (set them per node, as a Slurm or Kubernetes job does)."""
+    line = f"torchrun --nproc-per-node {min(job.gpus, job.gpus_per_node)} --nnodes {job.nodes}"
+    if job.nodes > 1:
+        line += (' --node-rank "$NODE_RANK" --rdzv-backend c10d'
+                 ' --rdzv-endpoint "$MASTER_ADDR:${MASTER_PORT:-29500}"'
+                 ' --rdzv-id "${RDZV_ID:-llmplan}"')
+    return line
 
 
 def _pairs(args: list[str]) -> list[list[str]]:

@@ -96,7 +96,9 @@ def test_deepspeed_accepts_the_json_for_its_data_parallel_size_only(tmp_path):
 
 def test_llama_70b_on_64_h100_torchtitan_megatron_and_plan_agree(tmp_path):
     job = ["llama-3-70b", "--hardware", "h100-sxm", "--gpus", "64", "--gbs", "512", "--seq", "8192"]
-    titan = plan(tmp_path / "titan", *job, "--export", "torchtitan")["candidates"][0]
+    # ZeRO-0: torchtitan's best here is ZeRO-3 with pp > 1, which Megatron-LM cannot run
+    # (Megatron-FSDP has no pipeline parallelism: tests/unit/test_exports.py)
+    titan = plan(tmp_path / "titan", *job, "--zero", "0", "--export", "torchtitan")["candidates"][0]
     pins = ["--tp", str(titan["tp"]), "--pp", str(titan["pp"]), "--vpp", str(titan["vpp"]),
             "--dp", str(titan["dp"]), "--zero", str(titan["zero"]), "--mbs", str(titan["mbs"]),
             "--recompute", titan["recompute"], "--sp" if titan["sp"] else "--no-sp"]

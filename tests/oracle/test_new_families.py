@@ -22,10 +22,12 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "hf"
 NEW = ("qwen3", "qwen3_moe", "gemma2", "gemma3_text", "deepseek_v2", "deepseek_v3", "mamba",
        "mamba2", "jamba", "rwkv")
 PATHS = [p for p in sorted(FIXTURES.glob("*.json")) if json.loads(p.read_text())["model_type"] in NEW]
-PRESETS = ["qwen3-8b", "qwen3-30b-a3b", "gemma-2-9b", "gemma-3-1b", "gemma-3-4b", "deepseek-v3",
-           "deepseek-v2-lite", "mamba-2.8b", "mamba2-2.7b", "mamba-codestral-7b", "jamba-v0.1",
-           "rwkv-4-3b"]
-MOE_PRESETS = ["qwen3-30b-a3b", "deepseek-v3", "deepseek-v2-lite", "jamba-v0.1"]
+PRESETS = ["qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b", "qwen3-14b", "qwen3-32b",
+           "qwen3-30b-a3b", "qwen3-235b-a22b", "gemma-2-9b", "gemma-3-1b", "gemma-3-4b",
+           "gemma-3-12b", "gemma-3-27b", "deepseek-v3", "deepseek-r1", "deepseek-v2-lite",
+           "mamba-2.8b", "mamba2-2.7b", "mamba-codestral-7b", "jamba-v0.1", "rwkv-4-3b"]
+MOE_PRESETS = ["qwen3-30b-a3b", "qwen3-235b-a22b", "deepseek-v3", "deepseek-r1", "deepseek-v2-lite",
+               "jamba-v0.1"]
 
 
 def fixture(path: Path):

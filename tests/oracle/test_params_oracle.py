@@ -23,7 +23,7 @@ def test_preset_total_equals_hf_model(name):
     assert count_params(cfg).total == hf_param_count(to_hf_config(cfg))
 
 
-@pytest.mark.parametrize("name", ["mixtral-8x7b", "tiny-moe"])
+@pytest.mark.parametrize("name", ["mixtral-8x7b", "mixtral-8x22b", "tiny-moe"])
 def test_moe_active_equals_hf_model_with_k_experts(name):
     cfg = load_model(name)
     hf = to_hf_config(cfg)

@@ -76,8 +76,10 @@ def test_validate_runs_real_cases_gates_memory_error_and_sets_the_bands(tmp_path
     # a representative sample of the cases (one per parallelism); `llmplan validate` runs all
     sample = ["single-b4-m1", "dp2-zero3", "tp2", "pp2-b2"]
     cases = [arg for name in sample for arg in ("--case", name)]
+    # the bands are what this test checks, not the host's quiet: a loaded CI host's spread is
+    # accepted (the noise rule has its own tests, tests/unit/test_profile_bands.py)
     proc = subprocess.run([sys.executable, "-m", "tui.cli", "validate", "--out", str(tmp_path),
-                           "--json", *cases], cwd=ROOT, capture_output=True, text=True,
+                           "--json", "--max-noise", "100", *cases], cwd=ROOT, capture_output=True, text=True,
                           timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(proc.stdout)

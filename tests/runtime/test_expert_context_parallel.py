@@ -65,7 +65,7 @@ def _ring_worker(rank: int, world: int, store: str) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("world", [2, 4])
+@pytest.mark.parametrize("world", [2, pytest.param(4, marks=pytest.mark.extended)])
 def test_ring_attention_equals_sdpa_on_the_whole_sequence(world, tmp_path):
     import torch.multiprocessing as mp
 

@@ -179,7 +179,8 @@ MATRIX = {  # model: [(layout, reference index, exact)]
 SETS = {"tiny": {"ffn_hidden_size": "192"}}  # 176 / tp 2 = 88 is not a multiple of 16
 
 
-@pytest.mark.parametrize("model", list(MATRIX))
+@pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.extended)
+                                   if m == "tiny-moe" else m for m in MATRIX])  # MoE: extended
 def test_fp8_layouts_train_like_the_single_process_fp8_run(model, tmp_path):
     from presets import load_model
     from runtime.matrix import agrees, launch_matrix

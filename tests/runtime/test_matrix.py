@@ -31,8 +31,8 @@ SAMPLE = {  # 13 layouts: TP+FSDP with and without SP, TP x PP, ZeRO-1 under TP,
 
 
 @pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.extended)
-                                   if m in ("tiny-moe", "tiny-falcon") else m
-                                   for m in SAMPLE])  # MoE and MQA/ALiBi: test-extended
+                                   if m in ("tiny-moe", "tiny-falcon", "tiny-gpt2") else m
+                                   for m in SAMPLE])  # MoE, GPT-2, MQA/ALiBi: test-extended
 def test_sampled_layouts_match_single_process(model, tmp_path):
     cfg = load_model(model)
     accepted, _ = enumerate_layouts(cfg, seq=32, gbs=8)

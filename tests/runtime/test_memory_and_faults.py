@@ -78,6 +78,7 @@ def test_a_rank_dying_after_done_is_a_warning_not_a_failed_run():
     assert "after the run finished" in proc.stderr
 
 
+@pytest.mark.extended  # the suite resumes ZeRO-1 into tp2 + dp2 (test_zero1_shards_...)
 def test_resume_into_a_different_layout(tmp_path):
     """DCP reshards: a checkpoint saved by dp2 ZeRO-3 loads into tp2 + pp2."""
     launch("tiny", "--steps", "6", "--seq", "32", "--gbs", "4", "--mbs", "1", "--dp", "2",

@@ -180,20 +180,24 @@ async def test_cancel_stops_every_rank_of_a_four_rank_run():
         assert not [p for p in pids if _alive(p)]
         await app.workers.wait_for_complete()
         await pilot.pause()
-        assert app.run_state.status.startswith(("cancelled", "error"))
+        assert app.run_state.status == "cancelled", app.run_state.status
         assert app.query_one("#run-log").lines  # the log is kept
 
 
-async def test_failed_run_shows_its_error_and_keeps_the_log():
+@pytest.mark.parametrize(("args", "said"), [
+    ("tiny --tp 3 --device cpu", "tp(3)"),  # the layout contract refuses it
+    ("tiny --tp abc --device cpu", "'abc' is not a valid int"),  # the option parser does
+])
+async def test_failed_run_shows_its_error_and_keeps_the_log(args, said):
     app = PlanApp(save_settings=False)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("f3")
-        app.query_one("#run-args").value = "tiny --tp 3 --device cpu"
+        app.query_one("#run-args").value = args
         await pilot.press("ctrl+l")
         await app.workers.wait_for_complete()
         await pilot.pause()
         assert app.run_state.status.startswith("error")
-        assert any("tp(3)" in line for line in app.query_one("#run-log").lines)
+        assert any(said in line for line in app.query_one("#run-log").lines)
 
 
 async def test_compare_highlights_differences():

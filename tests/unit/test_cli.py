@@ -164,10 +164,14 @@ def test_plan_json_and_plan_file(tmp_path):
     assert "--nnodes=8" in slurm and "--rdzv-backend=c10d" in slurm
 
 
-def test_plan_with_no_feasible_layout_is_not_an_error():
-    data = json.loads(llmplan("plan", "llama-3.1-405b", "--gpus", "8", "--gbs", "64",
-                              "--seq", "8192", "--json").stdout)
+def test_plan_with_no_feasible_layout_is_no_answer_not_bad_input():
+    proc = llmplan("plan", "llama-3.1-405b", "--gpus", "8", "--gbs", "64", "--seq", "8192",
+                   "--json", check=False)
+    assert proc.returncode == 1  # exit codes: 0 answer, 1 no answer, 2 bad input
+    data = json.loads(proc.stdout)
     assert data["candidates"] == [] and data["closest"] and data["suggestions"]
+    assert data["no_answer"].startswith("no layout fits: ")
+    assert proc.stderr.strip().splitlines() == [f"llmplan: no answer: {data['no_answer']}"]
 
 
 def test_plan_returns_a_pinned_layout_with_its_breakdown():
@@ -190,10 +194,12 @@ def test_plan_returns_a_pinned_layout_with_its_breakdown():
 
 
 def test_a_pinned_layout_that_does_not_fit_comes_back_with_its_overshoot():
-    data = json.loads(llmplan("plan", "llama-3.1-405b", "--hardware", "h100-sxm", "--gpus", "64",
-                              "--gbs", "64", "--seq", "8192", "--tp", "8", "--pp", "1", "--dp",
-                              "8", "--zero", "0", "--vpp", "1", "--no-sp", "--recompute", "none",
-                              "--mbs", "1", "--json").stdout)
+    proc = llmplan("plan", "llama-3.1-405b", "--hardware", "h100-sxm", "--gpus", "64",
+                   "--gbs", "64", "--seq", "8192", "--tp", "8", "--pp", "1", "--dp",
+                   "8", "--zero", "0", "--vpp", "1", "--no-sp", "--recompute", "none",
+                   "--mbs", "1", "--json", check=False)
+    assert proc.returncode == 1  # it does not fit: no answer, though the layout comes back
+    data = json.loads(proc.stdout)
     assert data["evaluated"] == 1 and len(data["candidates"]) == 1
     c = data["candidates"][0]
     assert (c["tp"], c["pp"], c["dp"], c["zero"]) == (8, 1, 8, 0)

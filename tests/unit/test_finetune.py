@@ -77,13 +77,13 @@ def test_lora_flops_drop_the_frozen_weight_gradient():
 
 
 def test_plan_qlora_searches_dp_and_zero_and_fits_where_full_training_does_not():
-    def plan(*args):
+    def plan(*args, code=0):
         out = cli("plan", "llama-2-7b", "--hardware", "rtx-4090", "--gpus", "1", "--gbs", "8",
                   "--seq", "1024", "--runtime", "any", "--json", *args)
-        assert out.returncode == 0, out.stderr
+        assert out.returncode == code, out.stderr  # 1: no answer (no layout fits)
         return json.loads(out.stdout)
 
-    assert not plan()["candidates"]
+    assert not plan(code=1)["candidates"]
     q = plan("--method", "qlora")
     assert q["candidates"] and all(c["tp"] == c["pp"] == 1 for c in q["candidates"])
     multi = json.loads(cli("plan", "llama-2-7b", "--gpus", "8", "--gbs", "64", "--seq", "1024",
@@ -189,7 +189,11 @@ def test_ppo_is_sized_by_memory_not_treated_as_one_run(command):
 
 
 def test_a_plan_every_layout_of_which_one_rule_refuses_says_that_rule():
-    d = json_of("plan", "llama-3-8b", "--method", "qlora", "--gpus", "8", "--gbs", "64")
+    out = cli("plan", "llama-3-8b", "--method", "qlora", "--gpus", "8", "--gbs", "64", "--json")
+    assert out.returncode == 1, out.stderr  # no answer
+    d = json.loads(out.stdout)
     assert d["candidates"] == [] and d["evaluated"] == 0
+    assert d["no_answer"].startswith("no layout passes the rules: of ")
+    assert "runtime_adapters rejected" in d["no_answer"]
     assert any("torchao's NF4 base always quantises its constants: add --double-quant" in s
                for s in d["suggestions"])

@@ -3,7 +3,7 @@ formula behind a number."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -15,27 +15,27 @@ from tui.options import (AttentionOpt, BaseBitsOpt, DoubleQuantOpt, DpOpt, Dropo
                          DtypeOpt, GbsOpt, HardwareOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt,
                          LoraRankOpt, LoraTargetsOpt, MbsOpt, MethodOpt, PolicyOpt, ModelArg, OptimOpt,
                          PpOpt, RecipeOpt, RecomputeOpt, ScheduleOpt, SeqOpt, SetOpt, SpOpt,
-                         TpOpt, VppOpt, ZeroOpt, CpOpt, EpOpt, Fp8ScalingOpt)
+                         TpOpt, VppOpt, ZeroOpt, CpOpt, EpOpt, Fp8ScalingOpt, FormatOpt)
 from tui.options import model as load
 
 
 def flops_cmd(
     model: ModelArg,
     seq: SeqOpt = 2048,
-    tokens: Annotated[float, typer.Option(help="Training tokens D: adds total_train_flops.")] = 0.0,
+    tokens: Annotated[Optional[float], options.sized(options.POSITIVE_TOKENS, "--tokens", help="Training tokens D (e.g. 15T): adds total_train_flops.")] = None,
     causal: Annotated[bool, typer.Option("--causal/--no-causal", help="Halve attention for the causal mask.")] = True,
     count_embedding: Annotated[bool, typer.Option("--embedding/--no-embedding", help="Count the embedding lookup as a matmul.")] = False,
     recompute: RecomputeOpt = "none",
     hardware: HardwareOpt = "",
-    gpus: Annotated[int, typer.Option(help="Accelerators, for time to train.")] = 0,
-    mfu: Annotated[float, typer.Option(help="Model FLOPs utilisation, for time to train.")] = 0.4,
+    gpus: Annotated[Optional[int], typer.Option(callback=options.POSITIVE.callback, help="Accelerators, for time to train (with --tokens and --hardware).")] = None,
+    mfu: Annotated[float, typer.Option(callback=options.MFU.callback, help="Model FLOPs utilisation, for time to train.")] = 0.4,
     method: MethodOpt = "full", policy: PolicyOpt = "full",
     lora_rank: LoraRankOpt = DEFAULT_RANK,
     lora_alpha: LoraAlphaOpt = DEFAULT_ALPHA, lora_targets: LoraTargetsOpt = None,
     lora_dropout: LoraDropoutOpt = 0.0, base_bits: BaseBitsOpt = None,
     double_quant: DoubleQuantOpt = False,
     set_: SetOpt = None,
-    json_mode: JsonOpt = False,
+    json_mode: JsonOpt = False, fmt: FormatOpt = "table",
 ) -> None:
     """FLOPs per token (exact, 6N, PaLM), inference prefill/decode, total and time to train;
     with --method lora or qlora, of adapters over a frozen base (no weight gradient for it)."""
@@ -43,9 +43,13 @@ def flops_cmd(
     from planner.setup import RECOMPUTES
 
     flags = dict(locals())
+    fmt = options.output_format(json_mode, fmt)
     options.refuse_ppo(method, "flops")
     if recompute not in RECOMPUTES:
         raise LlmplanError(f"recompute({recompute!r}) is not one of {', '.join(RECOMPUTES)}")
+    if (gpus is not None or hardware) and not (gpus and hardware and tokens):
+        raise LlmplanError(f"--gpus({gpus or '-'}) and --hardware({hardware or '-'}) give the time "
+                           "to train: give both, with --tokens")
     cfg = load(model, set_)
     adapters = options.adapters(flags)
     conv = F.FlopConventions(causal=causal, count_embedding=count_embedding)
@@ -106,7 +110,8 @@ def flops_cmd(
             output.table("Forward matmul FLOPs per token", ["component", "per token"], fwd),
             output.table("Totals", ["quantity", "value"], extra))
 
-    output.render(json_mode, data, human)
+    options.warn_context(cfg, seq)
+    output.render(json_mode, data, human, fmt)
 
 
 def memory_cmd(
@@ -122,19 +127,20 @@ def memory_cmd(
     lora_alpha: LoraAlphaOpt = DEFAULT_ALPHA, lora_targets: LoraTargetsOpt = None,
     lora_dropout: LoraDropoutOpt = 0.0, base_bits: BaseBitsOpt = None,
     double_quant: DoubleQuantOpt = False,
-    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", help="PPO: prompt length.")] = 512,
-    response_tokens: Annotated[int, typer.Option("--response-tokens", help="PPO: generated tokens per sequence.")] = 512,
-    rollout: Annotated[int, typer.Option("--rollout", help="PPO: sequences generated per GPU per step.")] = 8,
-    actor_gpus: Annotated[int, typer.Option("--actor-gpus", help="PPO: split the models into groups: the actor's GPUs (with --critic-gpus, --reference-gpus, --reward-gpus, summing to --dp; default co-located).")] = 0,
-    critic_gpus: Annotated[int, typer.Option("--critic-gpus", help="PPO: the critic's GPUs.")] = 0,
-    reference_gpus: Annotated[int, typer.Option("--reference-gpus", help="PPO: the reference's GPUs.")] = 0,
-    reward_gpus: Annotated[int, typer.Option("--reward-gpus", help="PPO: the reward model's GPUs.")] = 0,
-    set_: SetOpt = None, json_mode: JsonOpt = False,
+    prompt_tokens: Annotated[int, options.sized(options.SEQ_LEN, "--prompt-tokens", help="PPO: prompt length.")] = 512,
+    response_tokens: Annotated[int, options.sized(options.SEQ_LEN, "--response-tokens", help="PPO: generated tokens per sequence.")] = 512,
+    rollout: Annotated[int, typer.Option("--rollout", callback=options.POSITIVE.callback, help="PPO: sequences generated per GPU per step.")] = 8,
+    actor_gpus: Annotated[int, typer.Option("--actor-gpus", callback=options.OPTIONAL_COUNT.callback, help="PPO: split the models into groups: the actor's GPUs (with --critic-gpus, --reference-gpus, --reward-gpus, summing to --dp; default co-located).")] = 0,
+    critic_gpus: Annotated[int, typer.Option("--critic-gpus", callback=options.OPTIONAL_COUNT.callback, help="PPO: the critic's GPUs.")] = 0,
+    reference_gpus: Annotated[int, typer.Option("--reference-gpus", callback=options.OPTIONAL_COUNT.callback, help="PPO: the reference's GPUs.")] = 0,
+    reward_gpus: Annotated[int, typer.Option("--reward-gpus", callback=options.OPTIONAL_COUNT.callback, help="PPO: the reward model's GPUs.")] = 0,
+    set_: SetOpt = None, json_mode: JsonOpt = False, fmt: FormatOpt = "table",
 ) -> None:
     """Per-GPU training memory: weights, gradients, optimizer, activations, per pipeline
     stage; with --method lora or qlora, of adapters over a frozen base; dpo: preference
     pairs and a frozen reference; ppo: each phase of the four co-located models."""
     flags = dict(locals())
+    fmt = options.output_format(json_mode, fmt)
     from planner.accuracy import fmt_band
     from planner.memory import memory_report
 
@@ -144,7 +150,7 @@ def memory_cmd(
         if par.cp > 1 or par.ep > 1:
             raise LlmplanError(f"--method ppo is planned over dp x ZeRO: cp({par.cp}) and "
                                f"ep({par.ep}) must be 1")
-        return ppo_memory(cfg, setup, par, flags, hardware, json_mode)
+        return ppo_memory(cfg, setup, par, flags, hardware, fmt)
     rep = memory_report(cfg, setup, par)
     accuracy = options.accuracy(hardware)
     band = accuracy.memory(rep.per_gpu.total_bytes)
@@ -196,10 +202,11 @@ def memory_cmd(
             + describe_method(method, setup),
             cols, rows, caption=caption))
 
-    output.render(json_mode, data, human)
+    options.warn_context(cfg, seq)
+    output.render(json_mode, data, human, fmt)
 
 
-def ppo_memory(cfg, setup, par, flags: dict, hardware: str, json_mode: bool) -> None:
+def ppo_memory(cfg, setup, par, flags: dict, hardware: str, fmt: str) -> None:
     from planner.ppo import PPOGroups, PPOShape, ppo_report
 
     shape = PPOShape(prompt_tokens=flags["prompt_tokens"], response_tokens=flags["response_tokens"],
@@ -221,6 +228,8 @@ def ppo_memory(cfg, setup, par, flags: dict, hardware: str, json_mode: bool) -> 
         capacity = load_hardware(hardware).memory_bytes
         data.update(hardware=hardware, capacity_bytes=capacity, fits=rep.peak_bytes <= capacity)
 
+    options.warn_context(cfg, setup.seq_len)
+
     def human() -> None:
         rows = [(name.replace("_", " "), output.fmt_gib(n)) for name, n in rep.phases_bytes.items()]
         parts = [(name.replace("_", " "), output.fmt_gib(n)) for name, n in rep.parts_bytes.items()]
@@ -234,7 +243,7 @@ def ppo_memory(cfg, setup, par, flags: dict, hardware: str, json_mode: bool) -> 
             output.table("What each phase holds", ["part", "per GPU"], parts),
             output.table("FLOPs per step (all GPUs)", ["work", "FLOPs"], flops))
 
-    output.render(json_mode, data, human)
+    output.render(False, data, human, fmt)
 
 
 def describe_method(method: str, setup) -> str:
@@ -249,17 +258,18 @@ def describe_method(method: str, setup) -> str:
 def kv_cmd(
     model: ModelArg,
     seq: SeqOpt = 2048,
-    batch: Annotated[int, typer.Option(help="Sequences in the batch.")] = 1,
+    batch: Annotated[int, options.sized(options.BATCH, "--batch", help="Sequences in the batch.")] = 1,
     kv_dtype: Annotated[str, typer.Option("--kv-dtype", help="fp32, bf16, fp16, fp8, int8, int4.")] = "bf16",
     tp: TpOpt = 1,
     hardware: HardwareOpt = "",
     set_: SetOpt = None,
-    json_mode: JsonOpt = False,
+    json_mode: JsonOpt = False, fmt: FormatOpt = "table",
 ) -> None:
     """KV-cache bytes per token and for a batch (MLA: the latent; Mamba, RWKV: a fixed state
     per sequence, whatever --seq); with --hardware, what fits beside the weights."""
     from planner import kv as K
 
+    fmt = options.output_format(json_mode, fmt)
     cfg = load(model, set_)
     rep = K.kv_report(cfg, seq_len=seq, batch=batch, kv_dtype=kv_dtype, tp=tp)
     data: dict[str, Any] = {"model": cfg.name, "seq_len": seq, "batch": batch,
@@ -291,61 +301,127 @@ def kv_cmd(
                      (f"longest context at batch {batch}", f"{data['max_context']:,}")]
         output.show(output.table(f"KV cache, {cfg.name}, {kv_dtype}, tp={tp}", ["quantity", "value"], rows))
 
-    output.render(json_mode, data, human)
+    options.warn_context(cfg, seq)
+    output.render(json_mode, data, human, fmt)
 
 
 def chinchilla_cmd(
-    compute: Annotated[float, typer.Option(help="Compute budget C in FLOPs.")] = 0.0,
-    params: Annotated[float, typer.Option(help="Model size N (parameters).")] = 0.0,
+    compute: Annotated[Optional[float], options.sized(options.FLOPS, "--compute", help="Compute budget C in FLOPs (e.g. 1e24).")] = None,
+    params: Annotated[Optional[float], options.sized(options.PARAMS, "--params", help="Model size N in parameters (e.g. 70B).")] = None,
     model: Annotated[str, typer.Option(help="Take N from a model (preset, TOML, config.json).")] = "",
-    tokens: Annotated[float, typer.Option(help="With --params/--model: the planned D, for over-training.")] = 0.0,
-    gpus: Annotated[int, typer.Option(help="Accelerators (with --hardware and --days).")] = 0,
+    tokens: Annotated[Optional[float], options.sized(options.POSITIVE_TOKENS, "--tokens", help="With --params/--model: the planned training tokens D (e.g. 15T), for planned compute and over-training.")] = None,
+    gpus: Annotated[Optional[int], typer.Option(callback=options.POSITIVE.callback, help="Accelerators (with --hardware and --days).")] = None,
     hardware: HardwareOpt = "",
-    days: Annotated[float, typer.Option(help="Days of training.")] = 0.0,
-    mfu: Annotated[float, typer.Option(help="Model FLOPs utilisation.")] = 0.4,
-    fit: Annotated[str, typer.Option(help="hoffmann, epoch or tokens20.")] = "hoffmann",
-    json_mode: JsonOpt = False,
+    days: Annotated[Optional[float], typer.Option(callback=options.DAYS.callback, help="Days of training.")] = None,
+    mfu: Annotated[float, typer.Option(callback=options.MFU.callback, help="Model FLOPs utilisation.")] = 0.4,
+    fit: Annotated[str, typer.Option(help="epoch (default: Besiroglu et al. 2024's refit of Hoffmann's Approach 3, ~20 tokens/param), approach1 (Hoffmann et al. 2022 Approach 1, Table 3), hoffmann (Approach 3 as published, ~100 tokens/param) or tokens20 (D = 20 N).")] = "epoch",
+    json_mode: JsonOpt = False, fmt: FormatOpt = "table",
 ) -> None:
-    """Compute-optimal params and tokens for a budget, a model size, or a cluster and time."""
+    """Compute-optimal params and tokens for a budget, a model size, or a cluster and time,
+    under each published fit side by side; with --tokens, the planned compute and how far
+    past compute-optimal the plan trains."""
     from planner import scaling as S
 
+    fmt = options.output_format(json_mode, fmt)
+    cluster = gpus is not None or bool(hardware) or days is not None
+    given = [name for name, there in (("--compute", compute is not None),
+                                      ("--params", params is not None), ("--model", bool(model)),
+                                      ("--gpus/--hardware/--days", cluster)) if there]
+    if len(given) != 1:
+        raise LlmplanError("give exactly one of --compute, --params/--model, or --gpus --hardware "
+                           f"--days ({'given: ' + ', '.join(given) if given else 'none given'})")
+    if tokens is not None and not (params or model):
+        raise LlmplanError(f"--tokens({options._show(tokens)}) needs --params or --model")
+    if fit not in S.FIT_NAMES:
+        raise LlmplanError(f"--fit({fit}) must be one of {', '.join(S.FIT_NAMES)}")
+    name = ""
     if model:
         from planner.params import count_params
-        params = float(count_params(load(model, None)).total)
-    chosen = sum(bool(x) for x in (compute, params, gpus or hardware or days))
-    if chosen != 1:
-        raise LlmplanError("give exactly one of --compute, --params/--model, or --gpus --hardware --days")
-    if gpus or hardware or days:
+        cfg = load(model, None)
+        name, params = cfg.name, float(count_params(cfg).total)
+    if cluster:
         if not (gpus and hardware and days):
             raise LlmplanError("--gpus, --hardware and --days go together")
         from presets import load_hardware
         compute = S.compute_for_cluster(gpus=gpus, peak_flops=load_hardware(hardware).peak_flops("bf16"),
                                         days=days, mfu=mfu)
-    budget = S.optimal_for_params(params, fit) if params else S.optimal_for_compute(compute, fit)
-    data: dict[str, Any] = {**budget.to_dict(),
-                            "kaplan_params": S.kaplan_optimal_params(budget.compute_flops)}
-    over = None
-    if tokens:
-        if not params:
-            raise LlmplanError("--tokens needs --params or --model")
-        over = S.overtraining(params, tokens, fit if fit != "tokens20" else "hoffmann")
-        data["overtraining"] = over.to_dict()
+
+    def solve(one: str):
+        return S.optimal_for_params(params, one) if params else S.optimal_for_compute(compute, one)
+
+    budget = solve(fit)
+    names = [fit, *(f for f in S.COMPARED_FITS if f != fit)]
+    fits = {f: {**solve(f).to_dict(), "label": S.FIT_LABELS[f],
+                "source": (S.FITS.get(f) or S.POWER_FITS.get(f)).source if f != "tokens20"
+                else "D = 20 N (Hoffmann et al. 2022 Table 3, rounded)"} for f in names}
+    data: dict[str, Any] = {**budget.to_dict(), "kaplan_params": S.kaplan_optimal_params(budget.compute_flops),
+                            "fits": fits}
+    if name:
+        data["model"] = name
+    overs = {}
+    if tokens is not None:
+        overs = {f: S.overtraining(params, tokens, f) for f in names}
+        over = overs[fit]
+        data.update(planned_tokens=tokens, planned_compute_flops=over.compute_flops,
+                    overtraining=over.to_dict())
+        for f in names:
+            fits[f]["overtraining_ratio"] = overs[f].ratio
+
+    def loss(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
 
     def human() -> None:
-        rows = [("fit", fit), ("compute", output.fmt_flops(budget.compute_flops)),
-                ("optimal params N*", output.fmt_count(budget.params)),
-                ("optimal tokens D*", output.fmt_count(budget.tokens)),
-                ("tokens per param", f"{budget.tokens_per_param:,.1f}"),
-                ("loss L(N*, D*)", "n/a" if budget.loss is None else f"{budget.loss:.4f}"),
-                ("Kaplan 2020 N (for comparison)", output.fmt_count(data["kaplan_params"]))]
-        if over is not None:
-            rows += [("planned tokens D", output.fmt_count(over.tokens)),
-                     ("D / D*(6ND) (over-training ratio)", f"{over.ratio:.2f}"),
-                     ("loss at (N, D)", f"{over.loss:.4f}"),
-                     ("loss cost vs optimal at equal compute", f"{over.loss_cost:+.4f}")]
-        output.show(output.table("Compute-optimal budget", ["quantity", "value"], rows))
+        label = f"{S.FIT_LABELS[fit]} ({fit})"
+        if params:
+            who = f"{name} ({output.fmt_count(params)} parameters)" if name else \
+                f"{output.fmt_count(params)} parameters"
+            rows = [("model size N", output.fmt_count(params))]
+            if tokens is not None:
+                over = overs[fit]
+                rows += [("planned tokens D", output.fmt_count(tokens)),
+                         ("planned compute 6ND", output.fmt_flops(over.compute_flops)),
+                         ("optimal tokens D*(N) for this size", output.fmt_count(budget.tokens)),
+                         ("over-training ratio D / D*(N)", f"{over.ratio:,.2f}x"),
+                         ("tokens per param (planned / optimal)",
+                          f"{over.tokens_per_param:,.1f} / {budget.tokens_per_param:,.1f}"),
+                         ("compute-optimal at the planned compute: N*, D*",
+                          f"{output.fmt_count(over.optimal.params)}, "
+                          f"{output.fmt_count(over.optimal.tokens)}"),
+                         ("loss L(N, D) planned", loss(over.loss)),
+                         ("loss cost vs compute-optimal at equal compute",
+                          "n/a" if over.loss_cost is None else f"{over.loss_cost:+.4f}")]
+            else:
+                rows += [("optimal tokens D*(N)", output.fmt_count(budget.tokens)),
+                         ("tokens per param", f"{budget.tokens_per_param:,.1f}"),
+                         ("compute at which N is optimal (6 N D*)",
+                          output.fmt_flops(budget.compute_flops)),
+                         ("loss L(N, D*)", loss(budget.loss))]
+            title = f"Compute-optimal tokens for {who}, fit: {label}"
+            cols = ["fit", "optimal tokens D*", "tokens/param", "compute 6ND*", "loss L(N, D*)"]
+            compare = [(f"{f}: {S.FIT_LABELS[f]}", output.fmt_count(b["tokens"]),
+                        f"{b['tokens_per_param']:,.1f}", output.fmt_flops(b["compute_flops"]),
+                        loss(b["loss"]),
+                        *([f"{overs[f].ratio:,.2f}x"] if overs else []))
+                       for f, b in fits.items()]
+            if overs:
+                cols.append("over-training D/D*")
+        else:
+            rows = [("compute C", output.fmt_flops(budget.compute_flops)),
+                    ("optimal params N*", output.fmt_count(budget.params)),
+                    ("optimal tokens D*", output.fmt_count(budget.tokens)),
+                    ("tokens per param", f"{budget.tokens_per_param:,.1f}"),
+                    ("loss L(N*, D*)", loss(budget.loss)),
+                    ("Kaplan 2020 N (for comparison)", output.fmt_count(data["kaplan_params"]))]
+            title = f"Compute-optimal split of {output.fmt_flops(budget.compute_flops)}, fit: {label}"
+            cols = ["fit", "params N*", "tokens D*", "tokens/param", "loss L(N*, D*)"]
+            compare = [(f"{f}: {S.FIT_LABELS[f]}", output.fmt_count(b["params"]), output.fmt_count(b["tokens"]),
+                        f"{b['tokens_per_param']:,.1f}", loss(b["loss"])) for f, b in fits.items()]
+        output.show(output.table(title, ["quantity", "value"], rows),
+                    output.table("The published fits side by side", cols, compare,
+                                 caption="sources: " + "; ".join(f"{f}: {b['source']}"
+                                                                 for f, b in fits.items())))
 
-    output.render(json_mode, data, human)
+    output.render(json_mode, data, human, fmt)
 
 
 def explain_cmd(
@@ -359,10 +435,10 @@ def explain_cmd(
     schedule: ScheduleOpt = "", dropout: DropoutOpt = False,
     causal: Annotated[bool, typer.Option("--causal/--no-causal")] = True,
     kv_dtype: Annotated[str, typer.Option("--kv-dtype")] = "bf16",
-    compute: Annotated[float, typer.Option(help="For chinchilla_params.")] = 5.76e23,
-    fit: Annotated[str, typer.Option(help="For chinchilla_params: hoffmann or epoch.")] = "hoffmann",
+    compute: Annotated[float, options.sized(options.FLOPS, "--compute", help="For chinchilla_params: the budget in FLOPs.")] = 5.76e23,
+    fit: Annotated[str, typer.Option(help="For chinchilla_params: epoch or hoffmann (the loss fits).")] = "epoch",
     hardware: Annotated[str, typer.Option("--hardware", help="For decode_roofline_s.")] = "h100-sxm",
-    batch: Annotated[int, typer.Option("--batch", help="For decode_roofline_s: sequences decoding.")] = 1,
+    batch: Annotated[int, options.sized(options.BATCH, "--batch", help="For decode_roofline_s: sequences decoding.")] = 1,
     weight_bits: Annotated[int, typer.Option("--weight-bits", help="For decode_roofline_s: 16, 8 or 4.")] = 16,
     set_: SetOpt = None, json_mode: JsonOpt = False,
 ) -> None:
@@ -370,6 +446,11 @@ def explain_cmd(
     decode_roofline_s, --seq is the context)."""
     flags = dict(locals())
     from planner.explain import explain
+    from planner.scaling import FITS
+
+    if fit not in FITS:
+        raise LlmplanError(f"--fit({fit}) must be one of {', '.join(FITS)}: the loss fits "
+                           "whose optimum explain derives")
 
     cfg = load(model, set_)
     setup, par = options.training(flags)
@@ -388,6 +469,7 @@ def explain_cmd(
                 f"\n\nsource: {exp.source}")
         output.show(Panel(body, title=f"{exp.quantity} of {cfg.name}", expand=False))
 
+    options.warn_context(cfg, seq)
     output.render(json_mode, exp.to_dict(), human)
 
 

@@ -7,11 +7,13 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from planner.accuracy import NOISE_LIMIT
 from tui import output
-from tui.options import DeviceOpt, JsonOpt
+from tui.options import Amount, Count, DeviceOpt, JsonOpt
 
 ProfileHwOpt = Annotated[str, typer.Option("--hardware", help="Hardware preset the profile is for (default: cpu, or h100-sxm on cuda).")]
-RoundsOpt = Annotated[int, typer.Option(min=1, help="Runs per case; the median counts.")]
+RoundsOpt = Annotated[int, typer.Option(callback=Count(1, 100).callback, help="Runs per case; the median counts.")]
+MaxNoiseOpt = Annotated[float, typer.Option("--max-noise", callback=Amount(100.0, low=0.01).callback, help="Refuse to save the profile when a case's step times spread more than this (interquartile range or rounds' range over the median; default 0.75).")]
 
 
 def _accuracy_table(title: str, rows: list[dict[str, Any]]) -> Any:
@@ -25,19 +27,22 @@ def _accuracy_table(title: str, rows: list[dict[str, Any]]) -> Any:
 def calibrate_cmd(
     device: DeviceOpt = "cpu",
     hardware: ProfileHwOpt = "",
-    budget_minutes: Annotated[float, typer.Option("--budget-minutes", help="Start no further round after this long.")] = 10.0,
+    budget_minutes: Annotated[float, typer.Option("--budget-minutes", callback=Amount(1e6, positive=True).callback, help="Start no further round after this long.")] = 10.0,
     rounds: RoundsOpt = 3,
     runs: Annotated[Optional[str], typer.Option(help="Refit the runs a previous calibrate saved (its .runs.json) instead of running.")] = None,
+    max_noise: MaxNoiseOpt = NOISE_LIMIT,
     json_mode: JsonOpt = False,
 ) -> None:
     """Run a sweep of short real runs, fit the planner's constants, save a hardware profile."""
     from presets import default_hardware
     from runtime import calibration as cal
 
+    cal.check_device(device)  # before anything is measured or written
     hardware = hardware or default_hardware(device)
     cal.check_calibratable(device, hardware)
     data = cal.calibrate(device=device, hardware=hardware, rounds=rounds,
-                         budget_s=budget_minutes * 60, runs=runs, progress=output.warn)
+                         budget_s=budget_minutes * 60, runs=runs, progress=output.warn,
+                         max_noise=max_noise)
 
     def human() -> None:
         output.show(_accuracy_table(f"Held-out runs, before calibration ({data['before_label']})",
@@ -59,6 +64,7 @@ def validate_cmd(
     published: Annotated[bool, typer.Option("--published", help="Check the cost model against published GPU runs (presets/runs), each held out of the fit.")] = False,
     serving: Annotated[bool, typer.Option("--serving", help="Generation runs here (batch, TP, two models) against the serving model; fit and save its constants.")] = False,
     write: Annotated[bool, typer.Option("--write", help="With --published: write the fitted constants and held-out error into the hardware presets.")] = False,
+    max_noise: MaxNoiseOpt = NOISE_LIMIT,
     json_mode: JsonOpt = False,
 ) -> None:
     """The accuracy table: planner vs real runs; exits 1 if a memory error exceeds 10%.
@@ -77,7 +83,7 @@ def validate_cmd(
     hardware = hardware or default_hardware(device)
     cal.check_calibratable(device, hardware)
     data = cal.validate(device=device, hardware=hardware, rounds=rounds, folder=out,
-                        names=cases or None, progress=output.warn)
+                        names=cases or None, progress=output.warn, max_noise=max_noise)
     acc = data["accuracy"]
     output.render(json_mode, data, lambda: output.show(
         _accuracy_table(f"Validation on {hardware}", data["cases"]),

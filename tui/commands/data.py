@@ -12,8 +12,8 @@ from tui import output
 def tokenizer_cmd(
     action: Annotated[str, typer.Argument(help="train")],
     files: Annotated[list[str], typer.Argument(help="Text, JSONL or Parquet files (or folders).")],
-    vocab: Annotated[int, typer.Option(help="Vocabulary size, special tokens included.")] = 32_000,
-    out: Annotated[str, typer.Option(help="Folder to write tokenizer.json into (a model folder).")] = ".",
+    vocab: Annotated[int, typer.Option(help="Vocabulary size, special tokens included (257 to 2^24).")] = 32_000,
+    out: Annotated[str, typer.Option(help="Folder to write tokenizer.json into (a model folder; created if missing).")] = ".",
     json_mode: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
 ) -> None:
     """Train a byte-level BPE tokenizer (the `tokenizers` library) on local files."""

@@ -111,7 +111,7 @@ def train_request(params: dict[str, Any]):
 
 def parse_launch_args(args: list[str]):
     """``launch``'s options given as words (the TUI's run screen) -> the runtime's request;
-    a ``click.UsageError`` for words ``launch`` would refuse."""
+    a ``typer.TyperException`` (Typer's Click's ``UsageError``) for words ``launch`` would refuse."""
     import typer.main
 
     single = typer.Typer(add_completion=False)
@@ -218,18 +218,10 @@ def generate_cmd(
     json_mode: Annotated[bool, typer.Option("--json", help="Print the JSON-lines event stream.")] = False,
 ) -> None:
     """Generate text with a KV cache (prefill + decode), tensor-parallel over --tp processes."""
-    from pathlib import Path
-
-    from planner.config import LlmplanError
     from runtime import events
     from runtime.runspec import GenerateRequest, resolve_generation
 
-    texts = list(prompt or [])
-    if prompts:
-        try:
-            texts += [line for line in Path(prompts).read_text().splitlines() if line.strip()]
-        except OSError as err:
-            raise LlmplanError(f"--prompts {prompts}: cannot read ({err.strerror})") from None
+    texts = list(prompt or []) + (_prompt_lines(prompts) if prompts else [])
     resolved = resolve_generation(GenerateRequest(
         target=target, prompts=tuple(texts or ["Hello"]), max_new_tokens=max_new_tokens,
         temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, batch=batch, tp=tp,
@@ -274,6 +266,26 @@ def generate_cmd(
             output.warn(f"error: {ev.message}")
 
     _finish(follow(resolved, json_mode, on_event))
+
+
+def _prompt_lines(path: str) -> list[str]:
+    """``--prompts``: the file's non-blank lines, one prompt each; a file without any, or not
+    UTF-8 text, is refused (never replaced by the default prompt)."""
+    from pathlib import Path
+
+    from planner.config import LlmplanError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise LlmplanError(f"--prompts {path}: cannot read ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise LlmplanError(f"--prompts {path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} "
+                           f"at offset {err.start})") from None
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise LlmplanError(f"--prompts {path}: no prompts in the file (one a line)")
+    return lines
 
 
 def export_cmd(

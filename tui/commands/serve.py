@@ -7,33 +7,33 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from planner.config import LlmplanError
-from tui import output
-from tui.options import HardwareOpt, JsonOpt, ModelArg, SetOpt
+from tui import options, output
+from tui.options import FormatOpt, HardwareOpt, JsonOpt, ModelArg, SetOpt
 from tui.options import model as load
 
 
 def serve_plan_cmd(
     model: ModelArg,
     hardware: HardwareOpt = "h100-sxm",
-    gpus: Annotated[int, typer.Option(help="Accelerators to serve on.")] = 8,
-    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", help="Typical prompt length P.")] = 1024,
-    output_tokens: Annotated[int, typer.Option("--output-tokens", help="Typical answer length O.")] = 256,
-    ttft_ms: Annotated[float, typer.Option("--ttft-ms", help="Time-to-first-token target (0: none).")] = 0.0,
-    tpot_ms: Annotated[float, typer.Option("--tpot-ms", help="Time-per-output-token target (0: none).")] = 0.0,
-    rate: Annotated[float, typer.Option("--rate", help="Requests/s to sustain (0: none).")] = 0.0,
-    concurrency: Annotated[int, typer.Option("--concurrency", help="Sequences in flight (0: as many as fit).")] = 0,
+    gpus: Annotated[int, typer.Option(callback=options.POSITIVE.callback, help="Accelerators to serve on.")] = 8,
+    prompt_tokens: Annotated[int, options.sized(options.SEQ_LEN, "--prompt-tokens", help="Typical prompt length P.")] = 1024,
+    output_tokens: Annotated[int, options.sized(options.SEQ_LEN, "--output-tokens", help="Typical answer length O.")] = 256,
+    ttft_ms: Annotated[float, typer.Option("--ttft-ms", callback=options.MS.callback, help="Time-to-first-token target (0: none).")] = 0.0,
+    tpot_ms: Annotated[float, typer.Option("--tpot-ms", callback=options.MS.callback, help="Time-per-output-token target (0: none).")] = 0.0,
+    rate: Annotated[float, typer.Option("--rate", callback=options.RATE.callback, help="Requests/s to sustain (0: none).")] = 0.0,
+    concurrency: Annotated[int, options.sized(options.OPTIONAL_BATCH, "--concurrency", help="Sequences in flight (0: as many as fit).")] = 0,
     weight_bits: Annotated[Optional[list[int]], typer.Option("--weight-bits", help="16, 8 or 4 (repeatable; default all).")] = None,
     kv_dtype: Annotated[Optional[list[str]], typer.Option("--kv-dtype", help="bf16, fp8 or int8 (repeatable; default bf16).")] = None,
-    price: Annotated[float, typer.Option("--price", help="USD per GPU-hour (default: the preset's, if any).")] = 0.0,
-    top: Annotated[int, typer.Option(help="Candidates to show.")] = 8,
-    set_: SetOpt = None, json_mode: JsonOpt = False,
+    price: Annotated[float, typer.Option("--price", callback=options.PRICE.callback, help="USD per GPU-hour (default: the preset's, if any).")] = 0.0,
+    top: Annotated[int, typer.Option(callback=options.TOP.callback, help="Candidates to show.")] = 8,
+    set_: SetOpt = None, json_mode: JsonOpt = False, fmt: FormatOpt = "table",
 ) -> None:
     """Serving plan: every TP x replica split, weight / KV precision and batch, ranked by
     output tokens/s among those meeting the targets (continuous batching, steady state)."""
     from planner.serving import WEIGHT_BITS, ServeJob, serve_plan
     from presets import load_cost_model, load_hardware
 
+    fmt = options.output_format(json_mode, fmt)
     cfg = load(model, set_)
     hw = load_hardware(hardware)
     job = ServeJob(prompt_tokens=prompt_tokens, output_tokens=output_tokens,
@@ -54,8 +54,13 @@ def serve_plan_cmd(
                        "each new request's prefill runs between steps (planner.serving)",
     }
     if not result.candidates and result.closest is None:
-        raise LlmplanError(f"no TP size of {gpus} GPUs holds {cfg.name} with room for a cache: "
-                           + "; ".join(f"tp {k}: {v}" for k, v in result.refused.items()))
+        # no answer (exit 1), not bad input: the model does not fit these GPUs
+        output.warn(f"no answer: no TP size of {gpus} GPUs holds {cfg.name} with room for a "
+                    "cache: " + "; ".join(f"tp {k}: {v}" for k, v in result.refused.items()))
+        raise typer.Exit(1)
+    if not result.candidates:
+        data["no_answer"] = ("no candidate meets the targets; closest: "
+                             + "; ".join(result.closest.misses))
 
     def human() -> None:
         priced = bool(job.price_per_gpu_hour)
@@ -77,7 +82,12 @@ def serve_plan_cmd(
         notes.extend(f"tp {k} refused: {v}" for k, v in result.refused.items())
         output.show(output.table(title, cols, rows, caption=f"{result.evaluated:,} evaluated"), *notes)
 
-    output.render(json_mode, data, human)
+    options.warn_context(cfg, prompt_tokens + output_tokens)
+    output.render(json_mode, data, human, fmt)
+    if not result.candidates:
+        if fmt in ("json", "csv"):  # the reason is not among their rows
+            output.warn(f"no answer: {data['no_answer']}")
+        raise typer.Exit(1)
 
 
 COMMANDS = {"serve-plan": serve_plan_cmd}
