@@ -88,6 +88,25 @@ def save(ckpt_dir: str, step: int, parts, optimizers, plan_path: str = "") -> st
     return str(final)
 
 
+def read_latest(state: dict, ckpt_dir: str) -> int:
+    """Fill ``state`` (DCP's nested dict of tensors, read in place) from ``ckpt_dir``'s latest
+    step, outside a training run (generation, export); that step. One-line ``ConfigError``
+    for a folder without a checkpoint or one whose tensors do not fit ``state``."""
+    import torch.distributed.checkpoint as dcp
+
+    step = latest_step(ckpt_dir)
+    if step is None:
+        raise ConfigError(f"{ckpt_dir}: no checkpoint (no 'latest' file)")
+    try:
+        dcp.load(state, checkpoint_id=str(Path(ckpt_dir) / f"step-{step}"))
+    except BaseException as err:  # DCP's CheckpointException derives from BaseException
+        if isinstance(err, (KeyboardInterrupt, SystemExit)):
+            raise
+        detail = " ".join(str(err).split())[-200:]
+        raise ConfigError(f"{ckpt_dir}: incompatible checkpoint for this model ({detail})") from None
+    return step
+
+
 def load(ckpt_dir: str, step: int, parts, optimizers) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,

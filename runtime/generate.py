@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from planner.activations import kv_heads_per_rank
-from planner.config import ConfigError, ModelConfig
+from planner.config import ModelConfig
 from planner.planfile import read_plan
 from presets import default_hardware
 from runtime import events
@@ -142,23 +142,13 @@ def build_model(cfg: ModelConfig, *, tp: int, device: torch.device, opts: dict[s
 
 def load_weights(model, ckpt_dir: str) -> int:
     """Model weights from a training checkpoint (any layout: DCP reshards on load)."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                          set_model_state_dict)
 
-    from runtime.checkpoint import latest_step
+    from runtime.checkpoint import read_latest
 
-    step = latest_step(ckpt_dir)
-    if step is None:
-        raise ConfigError(f"{ckpt_dir}: no checkpoint (no 'latest' file)")
     state = {"model": get_model_state_dict(model)}
-    try:
-        dcp.load(state, checkpoint_id=str(Path(ckpt_dir) / f"step-{step}"))
-    except BaseException as err:  # DCP's CheckpointException derives from BaseException
-        if isinstance(err, (KeyboardInterrupt, SystemExit)):
-            raise
-        detail = " ".join(str(err).split())[-200:]
-        raise ConfigError(f"{ckpt_dir}: incompatible checkpoint for this model ({detail})") from None
+    step = read_latest(state, ckpt_dir)
     set_model_state_dict(model, state["model"], options=StateDictOptions(strict=True))
     return step
 

@@ -248,18 +248,8 @@ def trained_model(cfg: ModelConfig, adapters, ckpt_dir: str, run: dict):
 
 def _load_adapters(model: nn.Module, ckpt_dir: str) -> int:
     """Only the adapter tensors of the latest checkpoint, read into ``model``'s."""
-    import torch.distributed.checkpoint as dcp
-
-    from runtime.checkpoint import latest_step
+    from runtime.checkpoint import read_latest
     from runtime.lora import is_adapter
 
-    step = latest_step(ckpt_dir)
     state = {"model": {n: p.detach() for n, p in model.named_parameters() if is_adapter(n)}}
-    try:
-        dcp.load(state, checkpoint_id=str(Path(ckpt_dir) / f"step-{step}"))
-    except BaseException as err:  # DCP's CheckpointException derives from BaseException
-        if isinstance(err, (KeyboardInterrupt, SystemExit)):
-            raise
-        detail = " ".join(str(err).split())[-200:]
-        raise ConfigError(f"{ckpt_dir}: incompatible checkpoint for this model ({detail})") from None
-    return step
+    return read_latest(state, ckpt_dir)

@@ -27,3 +27,26 @@ def launch(*args: str, env: dict | None = None, check: bool = True, timeout: int
     if check:
         assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
     return events, proc
+
+
+def cli(*args: str, env: dict | None = None):
+    """``llmplan ARGS`` in-process (Typer's runner on the invoked command alone, as the
+    console script builds it): never a traceback, never an exception but ``SystemExit``."""
+    from typer.testing import CliRunner
+
+    from tui.cli import build
+
+    result = CliRunner().invoke(build([args[0]]), list(args), env=env)
+    assert result.exception is None or isinstance(result.exception, SystemExit), \
+        repr(result.exception)
+    assert "Traceback" not in result.output
+    return result
+
+
+def cli_error(*args: str) -> str:
+    """The one ``llmplan: error:`` line (exit 2) of ``llmplan ARGS``, without its prefix."""
+    result = cli(*args)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, (result.exit_code, result.stderr)
+    assert lines[0].startswith("llmplan: error: ")
+    return lines[0].removeprefix("llmplan: error: ")

@@ -7,27 +7,9 @@ import json
 import os
 
 import pytest
-from typer.testing import CliRunner
 
-from tui.cli import build
-
-RUNNER = CliRunner()
-
-
-def run(*args: str):
-    result = RUNNER.invoke(build([args[0]]), list(args))
-    assert result.exception is None or isinstance(result.exception, SystemExit), \
-        repr(result.exception)
-    assert "Traceback" not in result.output
-    return result
-
-
-def error_line(*args: str) -> str:
-    result = run(*args)
-    lines = result.stderr.strip().splitlines()
-    assert result.exit_code == 2 and len(lines) == 1, (result.exit_code, result.stderr)
-    assert lines[0].startswith("llmplan: error: ")
-    return lines[0].removeprefix("llmplan: error: ")
+from helpers import cli as run
+from helpers import cli_error as error_line
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -8,33 +8,15 @@ import io
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from tui.cli import build
-
-RUNNER = CliRunner()
-
-
-def run(*args: str, env: dict | None = None):
-    result = RUNNER.invoke(build([args[0]]), list(args), env=env)
-    assert result.exception is None or isinstance(result.exception, SystemExit), \
-        repr(result.exception)
-    assert "Traceback" not in result.output
-    return result
+from helpers import cli as run
+from helpers import cli_error as error_line
 
 
 def ok_json(*args: str) -> dict:
     result = run(*args, "--json")
     assert result.exit_code == 0, result.stderr
     return json.loads(result.stdout)
-
-
-def error_line(*args: str) -> str:
-    result = run(*args)
-    lines = result.stderr.strip().splitlines()
-    assert result.exit_code == 2 and len(lines) == 1, (result.exit_code, result.stderr)
-    assert lines[0].startswith("llmplan: error: ")
-    return lines[0].removeprefix("llmplan: error: ")
 
 
 # --- 1. size suffixes --------------------------------------------------------------------
