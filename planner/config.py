@@ -200,7 +200,6 @@ class ModelConfig:
         for label, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{label}({value}) must be a positive integer")
-        for label, value in positive.items():
             limit = MAX_CONTEXT if label == "max context" else MAX_WIDTH
             if label != "layers" and value > limit:
                 raise ConfigError(f"{label}({value}) is larger than any model has "
